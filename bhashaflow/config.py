@@ -1,0 +1,344 @@
+"""The pipeline's one typed configuration, loaded from YAML with `--set` overrides.
+
+Every field carries a description: Prefect renders this model as the run form in its UI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bhashaflow.languages import LANGUAGES, parse_direction
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+SourceKind = Literal["flores", "http", "s3", "hf", "qdrant"]
+FileFormat = Literal["jsonl", "tsv", "parquet"]
+
+
+class FieldMap(_Strict):
+    """Column names in the source rows that hold each part of a pair."""
+
+    src: str = Field("src", description="Column holding the source sentence.")
+    tgt: str = Field("tgt", description="Column holding the target sentence.")
+    src_lang: str = Field("src_lang", description="Column holding the source FLORES-200 code.")
+    tgt_lang: str = Field("tgt_lang", description="Column holding the target FLORES-200 code.")
+
+
+class LangPair(_Strict):
+    """Fixed languages for a source whose rows do not name them."""
+
+    src: str = Field(description="FLORES-200 code of every source sentence, e.g. eng_Latn.")
+    tgt: str = Field(description="FLORES-200 code of every target sentence, e.g. hin_Deva.")
+
+    @field_validator("src", "tgt")
+    @classmethod
+    def _known(cls, code: str) -> str:
+        if code not in LANGUAGES:
+            raise ValueError(f"unknown FLORES-200 language code {code!r}")
+        return code
+
+
+class SourceConfig(_Strict):
+    """One place parallel text is read from."""
+
+    name: str = Field(description="Unique name of the source; used in counts and positions.")
+    kind: SourceKind = Field(description="flores | http | s3 | hf | qdrant.")
+    uri: str = Field(
+        description=(
+            "flores: a directory in the official layout; http: a URL; s3: s3://bucket/prefix or glob; "
+            "hf: a hub dataset id or a local file/directory; qdrant: a server URL, a local path, or :memory:."
+        )
+    )
+    split: str | None = Field(None, description="flores: dev (devtest is refused); hf: the split to stream.")
+    format: FileFormat | None = Field(
+        None, description="jsonl | tsv | parquet; inferred from the file name when omitted."
+    )
+    fields: FieldMap = Field(default_factory=FieldMap, description="Column names of the pair's parts.")
+    langs: LangPair | None = Field(None, description="Fix the languages instead of reading them per row.")
+    collection: str | None = Field(None, description="qdrant: the collection holding pairs as payloads.")
+    endpoint_url: str | None = Field(
+        None, description="s3: an S3-compatible endpoint (overrides AWS_ENDPOINT_URL from the environment)."
+    )
+    subset: str | None = Field(None, description="hf: the dataset configuration name, if any.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            raise ValueError("source name must be 1-64 letters, digits, '_', '.', '-' and not start with a symbol")
+        return name
+
+    @model_validator(mode="after")
+    def _kind_requirements(self) -> SourceConfig:
+        if self.kind == "qdrant" and not self.collection:
+            raise ValueError(f"source {self.name!r}: kind qdrant needs 'collection'")
+        if self.kind == "flores" and (self.split or "dev") != "dev":
+            raise ValueError(
+                f"source {self.name!r}: flores split {self.split!r} is not allowed for training; "
+                "devtest is the evaluation set, train on 'dev' only"
+            )
+        return self
+
+
+class IngestConfig(_Strict):
+    """Validation and sharding settings of ingestion."""
+
+    max_chars: int = Field(2000, gt=0, description="Longest accepted sentence, in characters.")
+    max_reject_fraction: float = Field(
+        0.2, ge=0, le=1, description="Fail the run when more than this share of read rows is rejected."
+    )
+    shard_rows: int = Field(50000, gt=0, description="Rows per Parquet shard.")
+    min_script_fraction: float = Field(
+        0.5, ge=0, le=1, description="Least share of a sentence's letters that must be in its language's script."
+    )
+    commit_rows: int = Field(
+        20000, gt=0, description="Accepted rows between resumable checkpoints of a source's progress."
+    )
+
+
+class LoraConfig(_Strict):
+    """LoRA adapter shape."""
+
+    r: int = Field(16, gt=0, description="LoRA rank: higher increases capacity and memory.")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] | Literal["auto"] = Field(
+        "auto", description="Module names to adapt, or 'auto' for the architecture's defaults."
+    )
+
+
+class TrainingConfig(_Strict):
+    """Adapter fine-tuning settings."""
+
+    max_steps: int = Field(300, gt=0, description="Optimizer steps (streamed data has no length).")
+    batch_size: int = Field(16, gt=0, description="Pairs per step.")
+    learning_rate: float = Field(3.0e-4, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    checkpoint_every: int = Field(100, gt=0, description="Steps between resumable checkpoints.")
+    seed: int = Field(0, description="Random seed for data order and initialisation.")
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="Load the base in 8-bit or 4-bit through bitsandbytes (CUDA for 4bit)."
+    )
+    max_length: int = Field(128, gt=0, description="Longest tokenized sentence kept for training.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large bases.")
+    optimizer: Literal["adamw", "paged_adamw_8bit"] = Field(
+        "adamw", description="adamw, or bitsandbytes' paged 8-bit AdamW (CUDA)."
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter shape.")
+
+
+class EvaluationConfig(_Strict):
+    """chrF evaluation on FLORES-200."""
+
+    flores_dir: str = Field("data/flores200", description="FLORES-200 directory in the official layout.")
+    split: Literal["devtest", "dev"] = Field("devtest", description="Evaluation split.")
+    max_sentences: int | None = Field(None, gt=0, description="Score only the first N sentences (None: all).")
+    batch_size: int = Field(32, gt=0, description="Sentences per generate call.")
+    num_beams: int = Field(1, gt=0, description="Beam width of generation.")
+    max_new_tokens: int = Field(128, gt=0, description="Longest generated translation, in tokens.")
+
+
+class PromotionConfig(_Strict):
+    """Metric gate for promotion."""
+
+    min_gain: float = Field(0.5, ge=0, description="chrF++ points the candidate must gain over incumbent and base.")
+
+
+class ServingConfig(_Strict):
+    """The translation service."""
+
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8080, ge=0, le=65535, description="Port to bind (0: any free port).")
+    max_batch_size: int = Field(16, gt=0, description="Most texts in one generate call.")
+    max_wait_ms: int = Field(10, ge=0, description="Longest wait to fill a batch, in milliseconds.")
+    queue_limit: int = Field(256, gt=0, description="Most texts waiting; more are refused with 503.")
+    max_texts: int = Field(32, gt=0, description="Most texts in one request (413 beyond).")
+    max_chars: int = Field(2000, gt=0, description="Longest text in a request (413 beyond).")
+    request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request (504 beyond).")
+    reload_poll_s: float = Field(0.0, ge=0, description="Seconds between registry polls for new adapters (0: off).")
+    require_auth: bool = Field(False, description="Require the bearer token on every endpoint.")
+    episodes_db: str = Field("episodes.db", description="SQLite file that records every served translation.")
+    max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body, refused before parsing.")
+
+
+class RLExportConfig(_Strict):
+    """Export of served episodes for preference or RL training."""
+
+    target: str = Field("rl-logs", description="s3://, file:// (or a path) or https:// endpoint.")
+    format: Literal["jsonl", "parquet"] = Field("jsonl", description="Format of exported parts.")
+    only_with_feedback: bool = Field(False, description="Export only episodes that received feedback.")
+
+
+class PipelineConfig(_Strict):
+    """Everything one bhashaflow run needs."""
+
+    run_name: str = Field("run", description="Name of the run; its folder under workdir.")
+    run_id: str | None = Field(
+        None, description="Fix the run id (default: run_name plus a hash of the config, so re-runs resume)."
+    )
+    workdir: str = Field("runs", description="Where runs write (any fsspec URL).")
+    directions: list[str] = Field(
+        description="Translation directions as src-tgt FLORES-200 codes, e.g. eng_Latn-hin_Deva.", min_length=1
+    )
+    sources: list[SourceConfig] = Field(default_factory=list, description="Where training pairs come from.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="Validation and sharding.")
+    base_model: str = Field(
+        "builtin:tiny-seq2seq",
+        description="A hub id, a local directory, or builtin:tiny-seq2seq / builtin:tiny-causal.",
+    )
+    base_revision: str | None = Field(None, description="Hub revision of the base model.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off unless needed).")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Adapter fine-tuning.")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="chrF on FLORES-200.")
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig, description="Promotion gate.")
+    registry: str = Field("registry", description="Adapter registry location (any fsspec URL).")
+    serving: ServingConfig = Field(default_factory=ServingConfig, description="Translation service.")
+    rl_export: RLExportConfig = Field(default_factory=RLExportConfig, description="RL log export.")
+
+    @field_validator("run_name")
+    @classmethod
+    def _safe_run_name(cls, name: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            raise ValueError("run_name must be 1-64 letters, digits, '_', '.', '-'")
+        return name
+
+    @field_validator("directions")
+    @classmethod
+    def _valid_directions(cls, directions: list[str]) -> list[str]:
+        for d in directions:
+            parse_direction(d)
+        if len(set(directions)) != len(directions):
+            raise ValueError("directions repeat")
+        return directions
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> PipelineConfig:
+        names = [s.name for s in self.sources]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"source names repeat: {sorted(dup)}")
+        return self
+
+    def section_hash(self, *sections: str) -> str:
+        """sha256 of the named sections' canonical JSON (all sections when none are named)."""
+        data = self.model_dump(mode="json")
+        picked = {k: data[k] for k in (sections or tuple(sorted(data)))}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def ingest_hash(self) -> str:
+        return self.section_hash("directions", "sources", "ingest")
+
+    def resolved_run_id(self) -> str:
+        """The run id: fixed by `run_id`, else stable for the same data, model and training settings."""
+        if self.run_id:
+            return self.run_id
+        digest = self.section_hash("directions", "sources", "ingest", "base_model", "training")
+        return f"{self.run_name}-{digest[:10]}"
+
+    def run_uri(self) -> str:
+        return f"{self.workdir.rstrip('/')}/{self.run_name}/{self.resolved_run_id()}"
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: Any = data
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, key, ".".join(keys[: i + 1]))]
+            continue
+        if key not in node or node[key] is None:
+            node[key] = {}
+        node = node[key]
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, dotted)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {dotted}: {'.'.join(keys[:-1])} is not a mapping")
+
+
+def _list_index(node: list[Any], key: str, where: str) -> int:
+    if key.isdigit() and int(key) < len(node):
+        return int(key)
+    # sources are addressed by name too: --set sources.web.uri=...
+    for i, item in enumerate(node):
+        if isinstance(item, dict) and item.get("name") == key:
+            return i
+    raise ConfigError(f"--set {where}: no list item {key!r}")
+
+
+def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
+    """Parse `key.path=value` strings; values are YAML."""
+    parsed = []
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: value is not valid YAML ({exc})") from exc
+        parsed.append((key, value))
+    return parsed
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{loc}: unknown key")
+        else:
+            parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, origin: str = "config") -> PipelineConfig:
+    """Validate a config mapping after applying `--set` overrides."""
+    data = json.loads(json.dumps(data))  # a deep copy we may edit
+    for key, value in parse_overrides(overrides):
+        _set_path(data, key, value)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {_format_errors(exc)}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load a YAML config file and apply `--set key.path=value` overrides.
+
+    Args:
+        path: YAML file.
+        overrides: `key.path=value` strings, each value parsed as YAML.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return config_from_dict(data, overrides, origin=str(path))

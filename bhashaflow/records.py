@@ -1,0 +1,64 @@
+"""The records that flow through ingestion: raw rows from a source, accepted pairs, rejections."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# A resumable position inside a source, JSON-serialisable; its shape belongs to the connector.
+Position = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One line or record taken from a source, parsed or not.
+
+    `position` is where reading resumes to get the record *after* this one, so a consumer that has
+    handled this record can checkpoint `position` and later pass it back as `start`.
+    """
+
+    position: Position
+    ref: str  # human-readable location, e.g. "pairs.jsonl:17" or "point 42"
+    row: Mapping[str, Any] | None = None  # the parsed row; None when the line could not be parsed
+    error: str | None = None  # why the line could not be parsed
+    raw: str | None = None  # the raw line (truncated) when unparsed, for the quarantine
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """A validated sentence pair."""
+
+    src: str
+    tgt: str
+    src_lang: str
+    tgt_lang: str
+    source: str
+    id: str
+
+    @property
+    def direction(self) -> str:
+        return f"{self.src_lang}-{self.tgt_lang}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A row refused by validation, kept in the quarantine with its reason."""
+
+    source: str
+    ref: str
+    reason: str  # one of REJECT_REASONS
+    detail: str
+    row: Mapping[str, Any] | None = field(default=None)
+    raw: str | None = None
+
+
+REJECT_REASONS = (
+    "malformed",  # the line or record could not be parsed
+    "missing_field",  # a required field is absent or null
+    "not_a_string",  # a field is not a string
+    "empty",  # a sentence is empty after normalisation
+    "too_long",  # a sentence is over ingest.max_chars
+    "unknown_language",  # a language code is not a FLORES-200 code
+    "wrong_script",  # a sentence is not mostly in its language's script
+)

@@ -1,0 +1,59 @@
+"""Secrets and endpoints, read from the environment (and a `.env` file) in one place."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Credentials and endpoints; `os.environ` is read nowhere else in bhashaflow."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    aws_access_key_id: str | None = Field(None, validation_alias=AliasChoices("BHASHAFLOW_AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"))
+    aws_secret_access_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("BHASHAFLOW_AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
+    )
+    aws_session_token: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_SESSION_TOKEN"))
+    aws_region: str | None = Field(None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
+    aws_endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("BHASHAFLOW_AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+    )
+    hf_token: SecretStr | None = Field(None, validation_alias=AliasChoices("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"))
+    hf_hub_offline: bool = Field(False, validation_alias=AliasChoices("HF_HUB_OFFLINE"))
+    hf_endpoint: str = Field("https://huggingface.co", validation_alias=AliasChoices("HF_ENDPOINT"))
+    qdrant_url: str | None = Field(None, validation_alias=AliasChoices("QDRANT_URL"))
+    qdrant_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("QDRANT_API_KEY"))
+    api_token: SecretStr | None = Field(None, validation_alias=AliasChoices("BHASHAFLOW_API_TOKEN"))
+    cache_dir: str = Field(
+        "~/.cache/bhashaflow", validation_alias=AliasChoices("BHASHAFLOW_CACHE_DIR"),
+        description="Where built-in base models are built and cached.",
+    )
+
+    def storage_options_for(self, uri: str) -> dict[str, object] | None:
+        """fsspec options for a workdir, registry or sink URL (None for local paths)."""
+        return self.storage_options() if uri.startswith(("s3://", "s3a://")) else None
+
+    def storage_options(self, endpoint_url: str | None = None) -> dict[str, object]:
+        """fsspec options for s3:// URLs from these credentials."""
+        opts: dict[str, object] = {}
+        if self.aws_access_key_id:
+            opts["key"] = self.aws_access_key_id
+        if self.aws_secret_access_key:
+            opts["secret"] = self.aws_secret_access_key.get_secret_value()
+        if self.aws_session_token:
+            opts["token"] = self.aws_session_token.get_secret_value()
+        client_kwargs: dict[str, str] = {}
+        endpoint = endpoint_url or self.aws_endpoint_url
+        if endpoint:
+            client_kwargs["endpoint_url"] = endpoint
+        if self.aws_region:
+            client_kwargs["region_name"] = self.aws_region
+        if client_kwargs:
+            opts["client_kwargs"] = client_kwargs
+        return opts
+
+
+def get_settings() -> Settings:
+    return Settings()

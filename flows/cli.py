@@ -1,0 +1,124 @@
+"""The `bhashaflow` command line: runs the flows locally (ephemeral Prefect) and starts the service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+# Project defaults for Prefect, applied before it is imported; the user's environment wins.
+_PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+    "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+class _NoTraceback(logging.Filter):
+    """Keeps Prefect's console logs to one line per failure; the CLI prints the reason itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info = None
+        record.exc_text = None
+        return True
+
+
+def _quiet_prefect_tracebacks() -> None:
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_NoTraceback())
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from bhashaflow.config import load_config
+
+    return load_config(args.config, args.set)
+
+
+def _emit(args: argparse.Namespace, result: dict[str, Any], human: Callable[[dict[str, Any]], str]) -> None:
+    if args.json:
+        print(human(result), file=sys.stderr)
+        print(json.dumps(result, ensure_ascii=False, default=str))
+    else:
+        print(human(result))
+
+
+def _ingest_table(result: dict[str, Any]) -> str:
+    lines = [f"run {result['run_id']}: manifest {result['manifest']}"]
+    lines.append(f"{'source':<20} {'read':>9} {'accepted':>9} {'dupes':>7} {'rejected':>9} {'skipped':>8}")
+    for name, s in result["sources"].items():
+        lines.append(
+            f"{name:<20} {s['read']:>9} {s['accepted']:>9} {s['duplicates']:>7} {s['rejected']:>9} {s['skipped']:>8}"
+        )
+    lines.append(f"{'direction':<20} {'accepted':>9} {'dupes':>7} {'rejected':>9}")
+    for d, p in result["pairs"].items():
+        lines.append(f"{d:<20} {p['accepted']:>9} {p['duplicates']:>7} {p['rejected']:>9}")
+    if result.get("rejected_by_reason"):
+        reasons = ", ".join(f"{k}: {v}" for k, v in result["rejected_by_reason"].items())
+        lines.append(f"rejected by reason: {reasons} (quarantine: {result['quarantine']['path']})")
+    return "\n".join(lines)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from flows.ingest_corpus import ingest_corpus
+
+    _quiet_prefect_tracebacks()
+    _emit(args, ingest_corpus(config), _ingest_table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bhashaflow",
+        description="LoRA translation adapters for Indic languages: ingest, fine-tune, evaluate, promote, serve.",
+    )
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("config", help="YAML config file (see configs/)")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY.PATH=VALUE",
+            help="override a config field; the value is parsed as YAML (repeatable)",
+        )
+        p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+        p.set_defaults(func=func)
+        return p
+
+    add("ingest", cmd_ingest, "run the ingest-corpus flow")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    for key, value in _PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except KeyboardInterrupt:
+        print("bhashaflow: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the CLI's last line of defence: one readable line, then the traceback if asked
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"bhashaflow {args.command}: error: {message}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""The `ingest-corpus` flow: every configured source into de-duplicated Parquet shards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from bhashaflow.config import PipelineConfig
+from bhashaflow.fsio import join
+from bhashaflow.ingest import MANIFEST, summary
+from tasks.ingest import finished_manifest_task, stage_source_task, write_shards_task
+
+
+@flow(name="ingest-corpus")
+def ingest_corpus(config: PipelineConfig) -> dict[str, Any]:
+    """Stream, validate and de-duplicate the configured sources into shards with a manifest.
+
+    Args:
+        config: the pipeline config; its `sources`, `directions` and `ingest` sections are used.
+    """
+    run_uri = config.run_uri()
+    manifest = finished_manifest_task(config, run_uri)
+    if manifest is None:
+        staged = [stage_source_task(config, source.name, run_uri) for source in config.sources]
+        manifest = write_shards_task(config, staged, run_uri)
+    return summary(manifest, join(run_uri, MANIFEST))

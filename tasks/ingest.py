@@ -1,0 +1,59 @@
+"""Prefect tasks of ingestion: thin wrappers around bhashaflow.ingest and the connectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.tasks import exponential_backoff
+
+from bhashaflow.config import PipelineConfig
+from bhashaflow.ingest import StagedSource, load_manifest, stage_source, write_shards
+from bhashaflow.settings import get_settings
+from connectors import open_connector
+from connectors.base import SourceError, TransientSourceError
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    # Retry network trouble; a missing file, a refused credential or bad data fails at once.
+    try:
+        state.result()
+    except TransientSourceError:
+        return True
+    except SourceError:
+        return False
+    except (OSError, TimeoutError):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+@task(
+    retries=3,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=_retry_transient,
+    task_run_name="stage-{source_name}",
+)
+def stage_source_task(config: PipelineConfig, source_name: str, run_uri: str) -> StagedSource:
+    """Stream one source into validated staged parts, resuming from its last committed position."""
+    settings = get_settings()
+    source = next(s for s in config.sources if s.name == source_name)
+    reader = open_connector(source, settings, config.directions)
+    return stage_source(config, source, reader, run_uri, settings.storage_options_for(run_uri))
+
+
+@task
+def write_shards_task(config: PipelineConfig, staged: list[StagedSource], run_uri: str) -> dict[str, Any]:
+    """De-duplicate the staged sources into per-direction shards and write the manifest."""
+    return write_shards(config, staged, run_uri, get_settings().storage_options_for(run_uri))
+
+
+@task
+def finished_manifest_task(config: PipelineConfig, run_uri: str) -> dict[str, Any] | None:
+    """The run's manifest when ingestion already finished under the same ingest config."""
+    manifest = load_manifest(run_uri, get_settings().storage_options_for(run_uri))
+    if manifest is not None and manifest.get("config_hash") == config.ingest_hash:
+        return manifest
+    return None
