@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from bhashaflow.config import PipelineConfig, SourceConfig
 from bhashaflow.fsio import join, open_fs, read_json, sha256_file, write_bytes_atomic, write_json_atomic
 from bhashaflow.records import Pair, Position, RawRecord, Rejection
-from bhashaflow.validation import Skip, Validator, pair_key
+from bhashaflow.validation import Validator, pair_key
 
 PAIR_SCHEMA = pa.schema(
     [
@@ -124,56 +124,48 @@ def stage_source(
 
     validator = Validator(source, config.directions, config.ingest.max_chars, config.ingest.min_script_fraction)
     commit_rows = config.ingest.commit_rows
-    pending = _Pending()
-    position = progress.position
+    batch: list[RawRecord] = []
     for record in reader.iter_records(progress.position):
-        pending.add(record, validator.check(record), validator)
-        position = record.position
-        if pending.read >= commit_rows:
-            _commit(progress, pending, position, stage, progress_uri, storage_options)
-            pending = _Pending()
-    _commit(progress, pending, position, stage, progress_uri, storage_options, done=True)
+        batch.append(record)
+        if len(batch) >= commit_rows:
+            _commit(progress, _Pending(batch, validator), stage, progress_uri, storage_options)
+            batch = []
+    _commit(progress, _Pending(batch, validator), stage, progress_uri, storage_options, done=True)
     return staged
 
 
 class _Pending:
-    """Rows read since the last commit."""
+    """Rows read since the last commit, validated."""
 
-    def __init__(self) -> None:
-        self.columns: dict[str, list[Any]] = {name: [] for name in _STAGED_SCHEMA.names}
-        self.quarantine: list[str] = []
-        self.read = 0
-        self.valid = 0
-        self.skipped_by_direction: Counter[str] = Counter()
+    def __init__(self, batch: list[RawRecord], validator: Validator) -> None:
+        checked = validator.check_batch(batch)
+        self.read = len(batch)
+        self.position = batch[-1].position if batch else None
+        self.valid = len(checked.pairs)
+        self.columns: dict[str, list[Any]] = {
+            "src": [p.src for p in checked.pairs],
+            "tgt": [p.tgt for p in checked.pairs],
+            "src_lang": [p.src_lang for p in checked.pairs],
+            "tgt_lang": [p.tgt_lang for p in checked.pairs],
+            "source": [p.source for p in checked.pairs],
+            "id": [p.id for p in checked.pairs],
+            "key": [pair_key(p.src, p.tgt, p.src_lang, p.tgt_lang) for p in checked.pairs],
+        }
+        self.skipped_by_direction = Counter(checked.skipped)
         self.rejected_by_reason: Counter[str] = Counter()
         self.rejected_by_direction: Counter[str] = Counter()
-
-    def add(self, record: RawRecord, outcome: Pair | Rejection | Skip, validator: Validator) -> None:
-        self.read += 1
-        if isinstance(outcome, Pair):
-            self.valid += 1
-            cols = self.columns
-            cols["src"].append(outcome.src)
-            cols["tgt"].append(outcome.tgt)
-            cols["src_lang"].append(outcome.src_lang)
-            cols["tgt_lang"].append(outcome.tgt_lang)
-            cols["source"].append(outcome.source)
-            cols["id"].append(outcome.id)
-            cols["key"].append(pair_key(outcome.src, outcome.tgt, outcome.src_lang, outcome.tgt_lang))
-        elif isinstance(outcome, Skip):
-            self.skipped_by_direction[outcome.direction] += 1
-        else:
-            self.rejected_by_reason[outcome.reason] += 1
+        self.quarantine: list[str] = []
+        for record, rejection in checked.rejections:
+            self.rejected_by_reason[rejection.reason] += 1
             hint = validator.direction_hint(record)
             if hint is not None and hint in validator.directions:
                 self.rejected_by_direction[hint] += 1
-            self.quarantine.append(_quarantine_line(outcome))
+            self.quarantine.append(_quarantine_line(rejection))
 
 
 def _commit(
     progress: SourceProgress,
     pending: _Pending,
-    position: Position | None,
     stage: str,
     progress_uri: str,
     storage_options: dict[str, Any] | None,
@@ -190,7 +182,8 @@ def _commit(
         data = ("\n".join(pending.quarantine) + "\n").encode()
         write_bytes_atomic(join(stage, f"quarantine-{part:05d}.jsonl"), data, storage_options)
     if pending.read or done:
-        progress.position = position
+        if pending.read:
+            progress.position = pending.position
         progress.read += pending.read
         progress.valid += pending.valid
         progress.rejected += sum(pending.rejected_by_reason.values())

@@ -117,6 +117,18 @@ def _patterns(script: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     return re.compile(f"[{block}]"), re.compile(f"[^\\W\\d_{block}]")
 
 
+def script_regexes(code: str) -> tuple[str, str] | None:
+    """RE2 patterns (for pyarrow.compute) of `code`'s script characters and of letters of any other script.
+
+    They count what `script_fraction` counts, for whole columns at once; None for an unknown script.
+    """
+    block = SCRIPT_RANGES.get(script_of(code))
+    if block is None:
+        return None
+    re2_block = re.sub(r"[^\x00-\x7f]", lambda m: f"\\x{{{ord(m.group()):04x}}}", block)
+    return f"[{re2_block}]", f"[^\\P{{L}}{re2_block}]"
+
+
 def script_fraction(text: str, code: str) -> float:
     """Share of the letters of `text` that are in `code`'s script; 1.0 when it has no letters."""
     script = script_of(code)
