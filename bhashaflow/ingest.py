@@ -441,6 +441,7 @@ def summary(manifest: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
     return {
         "run_id": manifest["run_id"],
         "manifest": manifest_uri,
+        "manifest_sha256": manifest_sha256(manifest),
         "pairs": {
             d: {k: v[k] for k in ("accepted", "duplicates", "rejected")} for d, v in manifest["directions"].items()
         },

@@ -6,6 +6,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+
+class SourceError(RuntimeError):
+    """A source that cannot be read (unreachable, missing, refused); the message names the source."""
+
+
 # A resumable position inside a source, JSON-serialisable; its shape belongs to the connector.
 Position = dict[str, Any]
 

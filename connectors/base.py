@@ -6,12 +6,10 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.records import Position, RawRecord
+from bhashaflow.records import Position, RawRecord, SourceError
 from bhashaflow.settings import Settings
 
-
-class SourceError(RuntimeError):
-    """A source that cannot be read (unreachable, missing, refused); the message names the source."""
+__all__ = ["Connector", "SourceError", "TransientSourceError", "open_connector"]
 
 
 class TransientSourceError(SourceError):

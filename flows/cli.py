@@ -75,6 +75,34 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from bhashaflow.report import format_table
+    from flows.adapter_pipeline import adapter_pipeline
+
+    _quiet_prefect_tracebacks()
+    _emit(args, adapter_pipeline(config), lambda r: f"run {r['run_id']}\n{format_table(r['directions'])}")
+    return 0
+
+
+def _evaluation_table(result: dict[str, Any]) -> str:
+    lines = [f"{'direction':<20} {'adapter':>9} {'chrF':>7} {'chrF++':>7} {'script':>7} {'n':>5}"]
+    for d, r in result["directions"].items():
+        lines.append(
+            f"{d:<20} {r['version'] or 'none':>9} {r['chrf']:>7.2f} {r['chrf_pp']:>7.2f} {r['script_valid']:>7.0%} {r['n']:>5}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from flows.evaluate_adapter import evaluate_adapter
+
+    _quiet_prefect_tracebacks()
+    _emit(args, evaluate_adapter(config, args.adapter), _evaluation_table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bhashaflow",
@@ -98,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     add("ingest", cmd_ingest, "run the ingest-corpus flow")
+    add("pipeline", cmd_pipeline, "run the adapter-pipeline flow: ingest, fine-tune, evaluate, promote")
+    evaluate = add("evaluate", cmd_evaluate, "score one adapter per direction on FLORES-200 (evaluate-adapter flow)")
+    evaluate.add_argument(
+        "--adapter",
+        default="promoted",
+        help="promoted (default), none (the base model alone), or a registry version such as v0002",
+    )
     return parser
 
 

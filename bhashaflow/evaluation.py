@@ -1,0 +1,68 @@
+"""`evaluate_chrf`: translate a FLORES-200 split with one adapter (or none) and score it with chrF/chrF++."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bhashaflow.config import EvaluationConfig
+from bhashaflow.flores import read_flores
+from bhashaflow.languages import parse_direction
+from bhashaflow.metrics import ChrfScore, score_chrf, write_scores
+from bhashaflow.modeling import LoadedModel
+from bhashaflow.translation import translate
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Source sentences and references of one direction on a FLORES-200 split."""
+
+    direction: str
+    sources: list[str]
+    references: list[str]
+
+
+def load_eval_set(evaluation: EvaluationConfig, direction: str) -> EvalSet:
+    """The configured FLORES-200 split for a direction, cut to `max_sentences`."""
+    src_lang, tgt_lang = parse_direction(direction)
+    sources = read_flores(evaluation.flores_dir, src_lang, evaluation.split)
+    references = read_flores(evaluation.flores_dir, tgt_lang, evaluation.split)
+    if evaluation.max_sentences is not None:
+        sources, references = sources[: evaluation.max_sentences], references[: evaluation.max_sentences]
+    return EvalSet(direction, sources, references)
+
+
+def evaluate_chrf(
+    lm: LoadedModel,
+    eval_set: EvalSet,
+    evaluation: EvaluationConfig,
+    *,
+    adapter: str | None = None,
+    out_dir: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> ChrfScore:
+    """Translate the evaluation set with `adapter` (None: the bare base) and score it.
+
+    Args:
+        lm: the loaded base, with the adapter attached under that name when one is given.
+        eval_set: sources and references.
+        evaluation: generation settings (batch size, beams, new tokens).
+        adapter: name of the attached adapter to use, or None for the base alone.
+        out_dir: where to write `scores.json` and `hypotheses.txt` (skipped when None).
+        storage_options: fsspec options for `out_dir`.
+    """
+    src_lang, tgt_lang = parse_direction(eval_set.direction)
+    hypotheses = translate(
+        lm,
+        eval_set.sources,
+        src_lang=src_lang,
+        tgt_lang=tgt_lang,
+        adapter=adapter,
+        batch_size=evaluation.batch_size,
+        num_beams=evaluation.num_beams,
+        max_new_tokens=evaluation.max_new_tokens,
+    )
+    score = score_chrf(hypotheses, eval_set.references, tgt_lang)
+    if out_dir is not None:
+        write_scores(out_dir, score, hypotheses, eval_set.references, eval_set.sources, storage_options)
+    return score

@@ -1,0 +1,24 @@
+"""The `evaluate-adapter` flow: score one adapter per direction on FLORES-200, alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from bhashaflow.config import PipelineConfig
+from tasks.evaluate import evaluate_adapter_task
+
+
+@flow(name="evaluate-adapter")
+def evaluate_adapter(config: PipelineConfig, adapter: str = "promoted") -> dict[str, Any]:
+    """Score an adapter of every configured direction with the config's evaluation settings.
+
+    Args:
+        config: the pipeline config (directions, base model, evaluation, registry).
+        adapter: `promoted`, `none` (the base model alone) or a registry version such as `v0002`.
+    """
+    return {
+        "run_id": config.resolved_run_id(),
+        "directions": {d: evaluate_adapter_task(config, d, adapter) for d in config.directions},
+    }

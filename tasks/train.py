@@ -1,0 +1,54 @@
+"""Prefect task of fine-tuning: a thin wrapper around bhashaflow.training.train_adapter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.logging import get_run_logger
+
+from bhashaflow.config import PipelineConfig
+from bhashaflow.evaluation import load_eval_set
+from bhashaflow.ingest import load_manifest, shard_uris
+from bhashaflow.rundirs import artifact_key, local_run_dir
+from bhashaflow.settings import get_settings
+from bhashaflow.training import train_adapter
+
+
+@task(task_run_name="train-{direction}")
+def train_adapter_task(config: PipelineConfig, direction: str) -> dict[str, Any]:
+    """Fine-tune one direction's LoRA adapter, resuming from the run's latest checkpoint."""
+    settings = get_settings()
+    run_uri = config.run_uri()
+    options = settings.storage_options_for(run_uri)
+    manifest = load_manifest(run_uri, options)
+    if manifest is None:
+        raise RuntimeError(f"{run_uri}: no finished ingestion (manifest.json) to train on")
+    eval_set = load_eval_set(config.evaluation, direction)
+    logger = get_run_logger()
+    artifact = create_progress_artifact(0.0, key=artifact_key("train", config.run_name, direction))
+    every = max(1, config.training.max_steps // 50)
+
+    def on_progress(step: int, max_steps: int, loss: float) -> None:
+        if step % every == 0 or step == max_steps:
+            update_progress_artifact(artifact, 100.0 * step / max_steps, description=f"step {step}: loss {loss:.4f}")
+            logger.info("%s step %d/%d loss %.4f", direction, step, max_steps, loss)
+
+    result = train_adapter(
+        config=config,
+        direction=direction,
+        shard_paths=shard_uris(manifest, run_uri, direction),
+        out_dir=str(local_run_dir(config, settings) / "adapters" / direction),
+        eval_texts={"src": eval_set.sources, "tgt": eval_set.references},
+        on_progress=on_progress,
+        storage_options=options,
+    )
+    return {
+        "adapter_dir": result.adapter_dir,
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "final_loss": result.final_loss,
+        "tokens_per_s": result.tokens_per_s,
+        "decontaminated": result.decontaminated,
+    }

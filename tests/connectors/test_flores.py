@@ -1,0 +1,164 @@
+"""FloresConnector, read_flores and flores_checksums_ok against FLORES-layout folders on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bhashaflow.config import SourceConfig
+from bhashaflow.settings import Settings
+from connectors.base import SourceError, open_connector
+from connectors.flores import FloresConnector, flores_checksums_ok, read_flores
+
+REAL_FLORES = Path(__file__).resolve().parents[2] / "data" / "flores200"
+
+DEV = {
+    "eng_Latn": ["One.", "Two.", "Three."],
+    "hin_Deva": ["एक।", "दो।", "तीन।"],
+    "tam_Taml": ["ஒன்று.", "இரண்டு.", "மூன்று."],
+}
+
+
+@pytest.fixture
+def flores_dir(tmp_path: Path) -> Path:
+    """A three-line FLORES-layout folder with dev and devtest splits and their checksum files."""
+    root = tmp_path / "flores200"
+    for split in ("dev", "devtest"):
+        (root / split).mkdir(parents=True)
+        sums = []
+        for lang, lines in DEV.items():
+            path = root / split / f"{lang}.{split}"
+            path.write_text("".join(f"{split} {line}\n" for line in lines), encoding="utf-8")
+            sums.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
+        (root / f"{split}.sha256").write_text("".join(sums), encoding="utf-8")
+    return root
+
+
+def flores_source(uri: Path | str, split: str | None = "dev") -> SourceConfig:
+    return SourceConfig(name="flores-dev", kind="flores", uri=str(uri), split=split)
+
+
+def test_yields_aligned_pairs_per_direction_in_config_order(flores_dir: Path) -> None:
+    conn = FloresConnector(flores_source(flores_dir), ["hin_Deva-tam_Taml", "eng_Latn-hin_Deva"])
+    records = list(conn.iter_records())
+
+    assert conn.name == "flores-dev"
+    assert [r.ref for r in records] == [
+        "flores:dev:hin_Deva-tam_Taml:1",
+        "flores:dev:hin_Deva-tam_Taml:2",
+        "flores:dev:hin_Deva-tam_Taml:3",
+        "flores:dev:eng_Latn-hin_Deva:1",
+        "flores:dev:eng_Latn-hin_Deva:2",
+        "flores:dev:eng_Latn-hin_Deva:3",
+    ]
+    assert records[1].row == {"src": "dev दो।", "tgt": "dev இரண்டு.", "src_lang": "hin_Deva", "tgt_lang": "tam_Taml"}
+    assert records[5].row == {"src": "dev Three.", "tgt": "dev तीन।", "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}
+    assert [r.position for r in records] == [
+        {"direction_index": 0, "line": 1},
+        {"direction_index": 0, "line": 2},
+        {"direction_index": 0, "line": 3},
+        {"direction_index": 1, "line": 1},
+        {"direction_index": 1, "line": 2},
+        {"direction_index": 1, "line": 3},
+    ]
+    assert all(r.error is None and r.raw is None for r in records)
+
+
+def test_resuming_from_every_position_continues_exactly_after_it(flores_dir: Path) -> None:
+    directions = ["eng_Latn-hin_Deva", "eng_Latn-tam_Taml"]
+    records = list(FloresConnector(flores_source(flores_dir), directions).iter_records())
+
+    for i, record in enumerate(records):
+        fresh = FloresConnector(flores_source(flores_dir), directions)
+        assert [r.ref for r in fresh.iter_records(record.position)] == [r.ref for r in records[i + 1 :]]
+
+
+def test_a_position_from_elsewhere_is_refused(flores_dir: Path) -> None:
+    conn = FloresConnector(flores_source(flores_dir), ["eng_Latn-hin_Deva"])
+    with pytest.raises(SourceError, match="does not belong"):
+        next(conn.iter_records({"consumed": 3}))
+    with pytest.raises(SourceError, match="does not belong"):
+        next(conn.iter_records({"direction_index": 2, "line": 0}))
+
+
+def test_missing_language_file_names_the_file_before_anything_is_yielded(flores_dir: Path) -> None:
+    (flores_dir / "dev" / "tam_Taml.dev").unlink()
+    conn = FloresConnector(flores_source(flores_dir), ["eng_Latn-hin_Deva", "eng_Latn-tam_Taml"])
+    with pytest.raises(SourceError, match=r"tam_Taml\.dev does not exist") as err:
+        next(conn.iter_records())
+    assert "'flores-dev'" in str(err.value)
+
+
+def test_files_of_unequal_length_are_refused(flores_dir: Path) -> None:
+    with (flores_dir / "dev" / "hin_Deva.dev").open("a", encoding="utf-8") as f:
+        f.write("चार।\n")
+    conn = FloresConnector(flores_source(flores_dir), ["eng_Latn-hin_Deva"])
+    with pytest.raises(SourceError, match=r"eng_Latn\.dev has 3 lines but .*hin_Deva\.dev has 4"):
+        list(conn.iter_records())
+
+
+def test_devtest_is_refused_even_when_config_validation_is_bypassed(flores_dir: Path) -> None:
+    with pytest.raises(ValueError, match="devtest is the evaluation set"):
+        flores_source(flores_dir, split="devtest")
+    unchecked = SourceConfig.model_construct(name="sneaky", kind="flores", uri=str(flores_dir), split="devtest")
+    with pytest.raises(SourceError, match="devtest is the evaluation set"):
+        FloresConnector(unchecked, ["eng_Latn-hin_Deva"])
+
+
+def test_unknown_direction_is_a_source_error(flores_dir: Path) -> None:
+    with pytest.raises(SourceError, match="xyz_Latn"):
+        FloresConnector(flores_source(flores_dir), ["eng_Latn-xyz_Latn"])
+
+
+def test_read_flores_keeps_lines_exactly(tmp_path: Path) -> None:
+    (tmp_path / "devtest").mkdir()
+    # a Windows line end, an in-sentence line separator, a blank line, no newline at the end
+    (tmp_path / "devtest" / "hin_Deva.devtest").write_bytes("क\r\nख\u2028ग\n\nघ".encode())
+    assert read_flores(tmp_path, "hin_Deva", "devtest") == ["क", "ख\u2028ग", "", "घ"]
+    with pytest.raises(SourceError, match="split 'test' does not exist"):
+        read_flores(tmp_path, "hin_Deva", "test")
+    with pytest.raises(SourceError, match=r"hin_Deva\.dev does not exist"):
+        read_flores(tmp_path, "hin_Deva", "dev")
+
+
+def test_read_flores_on_the_bundled_release() -> None:
+    dev = read_flores(REAL_FLORES, "hin_Deva", "dev")
+    devtest = read_flores(REAL_FLORES, "eng_Latn", "devtest")
+    assert (len(dev), len(devtest)) == (997, 1012)
+    assert dev[0].startswith("सोमवार को, स्टैनफ़ोर्ड यूनिवर्सिटी")
+
+
+def test_checksums_of_the_bundled_release_match() -> None:
+    assert flores_checksums_ok(REAL_FLORES, "dev") == []
+    assert flores_checksums_ok(REAL_FLORES, "devtest") == []
+
+
+def test_checksums_list_changed_and_missing_files(flores_dir: Path) -> None:
+    assert flores_checksums_ok(flores_dir, "dev") == []
+    (flores_dir / "dev" / "hin_Deva.dev").write_text("tampered\n", encoding="utf-8")
+    (flores_dir / "dev" / "eng_Latn.dev").unlink()
+    assert flores_checksums_ok(flores_dir, "dev") == ["eng_Latn.dev", "hin_Deva.dev"]
+    assert flores_checksums_ok(flores_dir, "devtest") == []
+    (flores_dir / "devtest.sha256").unlink()
+    with pytest.raises(SourceError, match=r"devtest\.sha256"):
+        flores_checksums_ok(flores_dir, "devtest")
+
+
+def test_open_connector_reads_the_bundled_dev_split(tmp_path: Path) -> None:
+    # a copy of two languages keeps the test independent of what else the folder holds
+    for lang in ("eng_Latn", "mar_Deva"):
+        (tmp_path / "dev").mkdir(exist_ok=True)
+        shutil.copy(REAL_FLORES / "dev" / f"{lang}.dev", tmp_path / "dev")
+    conn = open_connector(flores_source(tmp_path, split=None), Settings(), ["mar_Deva-eng_Latn"])
+    records = list(conn.iter_records())
+    assert len(records) == 997
+    assert records[-1].ref == "flores:dev:mar_Deva-eng_Latn:997"
+    assert records[0].row == {
+        "src": read_flores(REAL_FLORES, "mar_Deva", "dev")[0],
+        "tgt": read_flores(REAL_FLORES, "eng_Latn", "dev")[0],
+        "src_lang": "mar_Deva",
+        "tgt_lang": "eng_Latn",
+    }
