@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 
 # Unicode blocks of the scripts used by the languages below.
 SCRIPT_RANGES: dict[str, str] = {
@@ -110,7 +110,7 @@ def parse_direction(direction: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _patterns(script: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     block = SCRIPT_RANGES[script]
     # Letters and marks of the script; and letters of any other script (\w minus digits and '_').

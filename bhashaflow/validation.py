@@ -134,11 +134,11 @@ class Validator:
         texts: dict[str, list[str]] = {"src": [], "tgt": []}
         langs: dict[str, list[str]] = {"src_lang": [], "tgt_lang": []}
         for i, record in enumerate(records):
-            verdict = self._check_structure(record, texts, langs)
-            if verdict is None:
+            structural = self._check_structure(record, texts, langs)
+            if structural is None:
                 cand.append(i)
             else:
-                verdicts[i] = verdict
+                verdicts[i] = structural
         if cand:
             self._check_texts(records, cand, texts, langs, verdicts)
         for record, verdict in zip(records, verdicts, strict=True):
