@@ -1,0 +1,350 @@
+"""Row parsing shared by the file-like connectors: JSONL, TSV and Parquet, gzip allowed.
+
+Text formats are parsed from an iterable of raw byte chunks, so a connector can feed whatever its transport
+gives (an HTTP body, an S3 object, a local file) without ever holding a whole file in memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO, Literal
+
+import orjson
+
+from bhashaflow.config import FileFormat
+from bhashaflow.records import Position, RawRecord
+
+TextFormat = Literal["jsonl", "tsv"]
+
+GZIP_MAGIC = b"\x1f\x8b"
+RAW_PREVIEW_CHARS = 500  # how much of an unparsable line is kept for the quarantine
+MAX_LINE_BYTES = 8 * 1024 * 1024  # a longer "line" is almost surely not line-delimited data; never buffer it whole
+_DECOMPRESS_STEP = 1 << 20  # bound on decompressed bytes per step, so a gzip bomb cannot blow up memory
+_BOM = b"\xef\xbb\xbf"
+
+_SUFFIX_FORMATS: dict[str, FileFormat] = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".tsv": "tsv",
+    ".txt": "tsv",
+    ".parquet": "parquet",
+}
+
+
+class FormatError(ValueError):
+    """A file that cannot be parsed at all (unknown format, corrupt gzip or Parquet, bad TSV header)."""
+
+
+class TruncatedStreamError(IOError):
+    """The stream ended before its data did (cut gzip member, body shorter than announced); worth a retry."""
+
+
+def infer_format(name: str, declared: FileFormat | None = None) -> FileFormat:
+    """The format of a file: `declared` when set, else from its name (a `.gz` suffix is looked through).
+
+    Args:
+        name: the file name or URL path.
+        declared: the source's configured format, if any.
+    """
+    if declared is not None:
+        return declared
+    lowered = name.lower().rsplit("/", 1)[-1]
+    if lowered.endswith(".gz"):
+        lowered = lowered[:-3]
+    for suffix, fmt in _SUFFIX_FORMATS.items():
+        if lowered.endswith(suffix):
+            return fmt
+    raise FormatError(f"cannot infer the format of {name!r}; set the source's format to jsonl, tsv or parquet")
+
+
+def gunzip_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Decompress a gzip stream chunk by chunk (multi-member files too).
+
+    Raises TruncatedStreamError when the input stops inside a member, FormatError when it is not gzip.
+    """
+    decompressor = zlib.decompressobj(wbits=31)
+    member_has_input = False
+    try:
+        for chunk in chunks:
+            while chunk:
+                member_has_input = True
+                out = decompressor.decompress(chunk, _DECOMPRESS_STEP)
+                if out:
+                    yield out
+                while decompressor.unconsumed_tail:
+                    out = decompressor.decompress(decompressor.unconsumed_tail, _DECOMPRESS_STEP)
+                    if out:
+                        yield out
+                chunk = b""
+                if decompressor.eof:
+                    # Concatenated members are one valid gzip file; start over on what follows.
+                    chunk = decompressor.unused_data
+                    decompressor = zlib.decompressobj(wbits=31)
+                    member_has_input = False
+    except zlib.error as exc:
+        raise FormatError(f"corrupt gzip data: {exc}") from None
+    if member_has_input:
+        raise TruncatedStreamError("gzip stream ended before its end-of-member marker")
+
+
+def sniff_gzip(chunks: Iterable[bytes]) -> tuple[bool, Iterator[bytes]]:
+    """Look at the first bytes of a stream: (is it gzip?, the decompressed or plain chunks).
+
+    Content is sniffed rather than trusting the name, so a `.gz` served with transport compression or a
+    mislabelled file still reads right.
+    """
+    it = iter(chunks)
+    head = b""
+    for chunk in it:
+        head += chunk
+        if len(head) >= len(GZIP_MAGIC):
+            break
+    stream = itertools.chain((head,), it) if head else it
+    if head.startswith(GZIP_MAGIC):
+        return True, gunzip_chunks(stream)
+    return False, stream
+
+
+def _preview(line: bytes) -> str:
+    return line[: RAW_PREVIEW_CHARS * 4].decode("utf-8", "replace").rstrip("\r\n")[:RAW_PREVIEW_CHARS]
+
+
+def _utf8_problem(line: bytes) -> str | None:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"invalid UTF-8 at byte {exc.start}"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+        type(value), "null"
+    )
+
+
+def _parse_tsv_header(line: bytes) -> list[str]:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"TSV header is not valid UTF-8 (byte {exc.start})") from None
+    names = [name.strip() for name in text.lstrip("\ufeff").rstrip("\r").split("\t")]
+    if any(not name for name in names) or len(set(names)) != len(names):
+        raise FormatError(f"TSV header {text.strip()!r} must name every column once")
+    return names
+
+
+def iter_text_records(
+    chunks: Iterable[bytes],
+    fmt: TextFormat,
+    name: str,
+    *,
+    base: Position | None = None,
+    line: int = 0,
+    offset: int | None = 0,
+    skip_to_line: int = 0,
+    header: list[str] | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
+) -> Iterator[RawRecord]:
+    """Parse JSONL or TSV lines from raw byte chunks into records.
+
+    Blank lines (and the TSV header) are consumed but yield nothing. Each record's position holds `base`'s
+    keys, `line` (physical lines consumed, header and blanks included), `offset` (byte offset after the
+    record's line, only when `offset` is not None) and, for TSV, `header`.
+
+    Args:
+        chunks: the bytes, already decompressed, starting right after line `line`.
+        fmt: jsonl or tsv.
+        name: the file name shown in each record's `ref` ("pairs.jsonl:17").
+        base: keys copied into every position (for example the file's key).
+        line: lines consumed before the first byte of `chunks`.
+        offset: byte offset of the first byte of `chunks` in the file; None to leave offsets out.
+        skip_to_line: lines numbered up to this were handled before; they are read but not yielded.
+        header: TSV column names when resuming after the header line.
+        max_line_bytes: a longer line becomes a malformed record instead of being buffered.
+    """
+    jsonl = fmt == "jsonl"
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
+    extra: dict[str, Any] = dict(base or {})
+    if not jsonl and header is not None:
+        extra["header"] = header
+    lineno = line
+
+    def parse(raw_line: bytes, position: Position) -> RawRecord | None:
+        nonlocal header
+        ref = f"{name}:{lineno}"
+        if jsonl:
+            try:
+                row = loads(raw_line)
+            except decode_error as exc:
+                if raw_line.startswith(_BOM):
+                    return parse(raw_line[len(_BOM) :], position)
+                if not raw_line.strip():
+                    return None
+                problem = _utf8_problem(raw_line) or f"invalid JSON: {exc}"
+                return RawRecord(position, ref, error=problem, raw=_preview(raw_line))
+            if type(row) is not dict:
+                return RawRecord(position, ref, error=f"JSON line is {_json_type(row)}, not an object",
+                                 raw=_preview(raw_line))
+            return RawRecord(position, ref, row=row)
+        if not raw_line.strip():
+            return None
+        if header is None:
+            header = _parse_tsv_header(raw_line)
+            extra["header"] = header
+            return None
+        try:
+            text = raw_line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return RawRecord(position, ref, error=f"invalid UTF-8 at byte {exc.start}", raw=_preview(raw_line))
+        values = text.rstrip("\r").split("\t")
+        if len(values) != len(header):
+            return RawRecord(position, ref, error=f"TSV line has {len(values)} columns, the header names "
+                             f"{len(header)}", raw=_preview(raw_line))
+        return RawRecord(position, ref, row=dict(zip(header, values, strict=True)))
+
+    def position_at() -> Position:
+        if offset is None:
+            return {**extra, "line": lineno}
+        return {**extra, "line": lineno, "offset": offset}
+
+    def overlong(kept: bytes, size: int) -> RawRecord:
+        return RawRecord(position_at(), f"{name}:{lineno}", error=f"line is longer than {max_line_bytes} bytes "
+                         f"({size} bytes); not line-delimited data?", raw=_preview(kept))
+
+    tail: list[bytes] = []  # pieces of the line still waiting for its newline
+    tail_size = 0
+    long_head: bytes | None = None  # start of an over-long line being discarded
+    long_size = 0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if long_head is not None:
+            newline = chunk.find(b"\n")
+            if newline < 0:
+                long_size += len(chunk)
+                continue
+            long_size += newline + 1
+            lineno += 1
+            if offset is not None:
+                offset += long_size
+            if lineno > skip_to_line:
+                yield overlong(long_head, long_size - 1)
+            long_head = None
+            chunk = chunk[newline + 1 :]
+        parts = chunk.split(b"\n")
+        if len(parts) == 1:
+            # No newline in this chunk: collect pieces instead of re-concatenating a growing line.
+            tail.append(chunk)
+            tail_size += len(chunk)
+            if tail_size > max_line_bytes:
+                long_head, long_size = b"".join(tail)[: RAW_PREVIEW_CHARS * 4], tail_size
+                tail, tail_size = [], 0
+            continue
+        if tail:
+            tail.append(parts[0])
+            parts[0] = b"".join(tail)
+        last = parts.pop()
+        tail, tail_size = ([last], len(last)) if last else ([], 0)
+        for raw_line in parts:
+            lineno += 1
+            if offset is not None:
+                offset += len(raw_line) + 1
+            if lineno <= skip_to_line:
+                if header is None and not jsonl and raw_line.strip():
+                    header = _parse_tsv_header(raw_line)
+                    extra["header"] = header
+                continue
+            record = parse(raw_line, position_at())
+            if record is not None:
+                yield record
+    if long_head is not None:
+        lineno += 1
+        if offset is not None:
+            offset += long_size
+        if lineno > skip_to_line:
+            yield overlong(long_head, long_size)
+    elif tail:
+        # The last line has no newline; it is complete only because the stream ended cleanly.
+        last = b"".join(tail)
+        lineno += 1
+        if offset is not None:
+            offset += len(last)
+        if lineno > skip_to_line:
+            record = parse(last, position_at())
+            if record is not None:
+                yield record
+
+
+def iter_parquet_records(
+    file: BinaryIO,
+    name: str,
+    *,
+    base: Position | None = None,
+    start_row: int = 0,
+    batch_rows: int = 4096,
+) -> Iterator[RawRecord]:
+    """Yield one record per Parquet row, reading a bounded batch at a time.
+
+    Each position holds `base`'s keys and `row` (rows consumed). Row groups wholly before `start_row` are
+    not read at all; memory is bounded by one row group.
+
+    Args:
+        file: a seekable binary file.
+        name: the file name shown in each record's `ref` ("pairs.parquet:row 17").
+        base: keys copied into every position.
+        start_row: rows already handled; reading starts after them.
+        batch_rows: rows decoded at a time.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(file)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise FormatError(f"not a readable Parquet file: {exc}") from None
+    extra: dict[str, Any] = dict(base or {})
+    metadata = parquet.metadata
+    first_group, row = 0, 0
+    while first_group < metadata.num_row_groups:
+        group_rows = metadata.row_group(first_group).num_rows
+        if row + group_rows > start_row:
+            break
+        row += group_rows
+        first_group += 1
+    try:
+        # One row group at a time: pyarrow fetches a group's column chunks in one coalesced read (few GETs
+        # on object stores) and memory stays at one group, however many groups the file has.
+        for group in range(first_group, metadata.num_row_groups):
+            for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group]):
+                rows = batch.to_pylist()
+                if row + len(rows) <= start_row:
+                    row += len(rows)
+                    continue
+                if row < start_row:
+                    rows = rows[start_row - row :]
+                    row = start_row
+                for values in rows:
+                    row += 1
+                    yield RawRecord({**extra, "row": row}, f"{name}:row {row}", row=values)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise FormatError(f"corrupt Parquet data after row {row}: {exc}") from None
+
+
+def mark_last(records: Iterable[RawRecord]) -> Iterator[RawRecord]:
+    """Pass records through, adding `"done": True` to the last one's position.
+
+    A resume from a position marked done knows the whole file was read and need not reopen it. The last
+    record is held back until the input is exhausted, so a failure at the very end never marks it.
+    """
+    pending: RawRecord | None = None
+    for record in records:
+        if pending is not None:
+            yield pending
+        pending = record
+    if pending is not None:
+        yield RawRecord({**pending.position, "done": True}, pending.ref, pending.row, pending.error, pending.raw)

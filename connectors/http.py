@@ -1,0 +1,200 @@
+"""Stream a JSONL or TSV file (gzip allowed) over http(s), resuming after dropped connections.
+
+A plain file resumes at the exact byte after the last record with a `Range` request; when the server
+ignores ranges, or the file is gzip (which cannot be entered mid-stream), the body is re-read from the
+start and what was already handed out is skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from bhashaflow.config import SourceConfig
+from bhashaflow.records import Position, RawRecord
+from bhashaflow.settings import Settings
+from connectors.base import SourceError
+from connectors.formats import (
+    FormatError,
+    TextFormat,
+    TruncatedStreamError,
+    infer_format,
+    iter_text_records,
+    mark_last,
+    sniff_gzip,
+)
+from connectors.retry import Backoff, one_line, stream_with_retries
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)")
+_RETRY_STATUSES = {408, 425, 429}
+
+
+class RetryableStatus(IOError):
+    """A response worth retrying (5xx, 429, 408)."""
+
+    def __init__(self, status: int, reason: str, retry_after: float | None) -> None:
+        super().__init__(f"HTTP {status} {reason}".strip())
+        self.retry_after = retry_after
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, httpx.TransportError | TruncatedStreamError | RetryableStatus)
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    return float(value) if value.isdigit() else None
+
+
+def _skip_bytes(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:
+    for chunk in chunks:
+        if count >= len(chunk):
+            count -= len(chunk)
+            continue
+        yield chunk[count:] if count else chunk
+        count = 0
+        break
+    yield from chunks
+
+
+class HttpConnector:
+    """Streams one JSONL or TSV file from an http(s) URL, with retries that resume where they left off.
+
+    Positions are `{"line": lines consumed, "offset": byte after the last record}` for plain files and
+    `{"line": ...}` for gzip; TSV positions also carry the `header`.
+    """
+
+    def __init__(
+        self,
+        source: SourceConfig,
+        settings: Settings | None = None,
+        *,
+        attempts: int = 6,
+        base_delay: float = 1.0,
+        max_delay: float = 30.0,
+        timeout: float = 60.0,
+    ) -> None:
+        """Check the URL and format; nothing is contacted until `iter_records`.
+
+        Args:
+            source: an http source; `uri` is the file's URL.
+            settings: unused today (no HTTP credentials), kept for the common connector signature.
+            attempts: consecutive failed attempts before giving up with TransientSourceError.
+            base_delay: first backoff delay in seconds, doubled per failure (with jitter).
+            max_delay: longest backoff delay.
+            timeout: seconds allowed to connect and between received bytes.
+        """
+        self.name = source.name
+        self.url = source.uri
+        if urlsplit(self.url).scheme not in ("http", "https"):
+            raise SourceError(f"source {self.name!r}: {self.url!r} is not an http(s) URL")
+        path = unquote(urlsplit(self.url).path)
+        self.file_name = PurePosixPath(path).name or self.url
+        try:
+            fmt = infer_format(path, source.format)
+        except FormatError as exc:
+            raise SourceError(f"source {self.name!r}: {exc}") from None
+        if fmt == "parquet":
+            raise SourceError(
+                f"source {self.name!r}: Parquet needs random access and is not streamed over http; "
+                "use an s3 source or a local path"
+            )
+        self.format: TextFormat = fmt
+        self.backoff = Backoff(attempts=attempts, base_delay=base_delay, max_delay=max_delay)
+        self.timeout = timeout
+
+    def iter_records(self, start: Position | None = None) -> Iterator[RawRecord]:
+        """Yield every row after `start` (from the beginning when None), each with its resume position."""
+        if start is not None and not isinstance(start.get("line"), int):
+            raise SourceError(f"source {self.name!r}: {start!r} is not a position of an http source")
+        headers = {"Accept-Encoding": "identity", "User-Agent": "bhashaflow"}
+        with httpx.Client(timeout=self.timeout, follow_redirects=True, headers=headers) as client:
+            yield from stream_with_retries(
+                lambda position: self._read_from(client, position),
+                start,
+                backoff=self.backoff,
+                is_transient=_is_transient,
+                what=f"source {self.name!r}: GET {self.url}",
+            )
+
+    def _read_once(self, client: httpx.Client, position: Position | None) -> Iterator[RawRecord]:
+        position = position or {}
+        if position.get("done"):
+            return
+        line: int = position.get("line", 0)
+        offset: int | None = position.get("offset")
+        header: list[str] | None = position.get("header")
+        by_bytes = offset is not None and offset > 0
+        request_headers = {"Range": f"bytes={offset}-"} if by_bytes else {}
+        with client.stream("GET", self.url, headers=request_headers) as response:
+            if response.status_code == 416 and by_bytes:
+                self._check_finished(response, offset or 0)
+                return
+            self._check_status(response)
+            chunks = self._body(response)
+            if by_bytes and offset is not None:
+                if response.status_code == 206:
+                    self._check_range_start(response, offset)
+                else:  # the server ignored Range: read from the start, drop what was handed out
+                    chunks = _skip_bytes(chunks, offset)
+                records = iter_text_records(
+                    chunks, self.format, self.file_name, line=line, offset=offset, header=header
+                )
+            else:
+                gzipped, chunks = sniff_gzip(chunks)
+                records = iter_text_records(
+                    chunks, self.format, self.file_name, offset=None if gzipped else 0, skip_to_line=line,
+                    header=header,
+                )
+            try:
+                yield from mark_last(records)
+            except FormatError as exc:
+                raise SourceError(f"source {self.name!r}: {self.url}: {exc}") from None
+
+    def _read_from(self, client: httpx.Client, position: Position | None) -> Iterator[RawRecord]:
+        try:
+            yield from self._read_once(client, position)
+        except httpx.HTTPError as exc:  # a refused redirect loop, an invalid URL: not worth retrying
+            if _is_transient(exc):
+                raise
+            raise SourceError(f"source {self.name!r}: GET {self.url}: {one_line(exc)}") from None
+
+    def _check_status(self, response: httpx.Response) -> None:
+        status = response.status_code
+        if status in (200, 206):
+            return
+        if status >= 500 or status in _RETRY_STATUSES:
+            raise RetryableStatus(status, response.reason_phrase, _retry_after(response))
+        raise SourceError(f"source {self.name!r}: GET {self.url} answered {status} {response.reason_phrase}")
+
+    def _check_range_start(self, response: httpx.Response, offset: int) -> None:
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
+        if not match or match.group(1) is None or int(match.group(1)) != offset:
+            raise SourceError(
+                f"source {self.name!r}: GET {self.url} answered bytes "
+                f"{response.headers.get('content-range')!r} to a request for bytes {offset}-"
+            )
+
+    def _check_finished(self, response: httpx.Response, offset: int) -> None:
+        # 416 to "bytes=N-" means N is at or past the end: fine only if N is exactly the size.
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
+        if not match or match.group(2) == "*" or int(match.group(2)) != offset:
+            size = match.group(2) if match else "unknown"
+            raise SourceError(
+                f"source {self.name!r}: {self.url} is now {size} bytes long but was read up to byte {offset}; "
+                "it changed since the position was taken"
+            )
+
+    @staticmethod
+    def _body(response: httpx.Response) -> Iterator[bytes]:
+        expected = response.headers.get("content-length")
+        received = 0
+        for chunk in response.iter_raw():
+            received += len(chunk)
+            yield chunk
+        if expected is not None and expected.isdigit() and received < int(expected):
+            raise TruncatedStreamError(f"body ended after {received} of {expected} bytes")
