@@ -28,18 +28,8 @@ import pyarrow.parquet as pq
 from bhashaflow.config import PipelineConfig, SourceConfig
 from bhashaflow.fsio import join, open_fs, read_json, sha256_file, write_bytes_atomic, write_json_atomic
 from bhashaflow.records import Pair, Position, RawRecord, Rejection
-from bhashaflow.validation import Validator, pair_key
+from bhashaflow.validation import PAIR_SCHEMA, Validator, pair_keys
 
-PAIR_SCHEMA = pa.schema(
-    [
-        ("src", pa.string()),
-        ("tgt", pa.string()),
-        ("src_lang", pa.string()),
-        ("tgt_lang", pa.string()),
-        ("source", pa.string()),
-        ("id", pa.string()),
-    ]
-)
 _STAGED_SCHEMA = PAIR_SCHEMA.append(pa.field("key", pa.uint64()))
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
@@ -141,16 +131,8 @@ class _Pending:
         checked = validator.check_batch(batch)
         self.read = len(batch)
         self.position = batch[-1].position if batch else None
-        self.valid = len(checked.pairs)
-        self.columns: dict[str, list[Any]] = {
-            "src": [p.src for p in checked.pairs],
-            "tgt": [p.tgt for p in checked.pairs],
-            "src_lang": [p.src_lang for p in checked.pairs],
-            "tgt_lang": [p.tgt_lang for p in checked.pairs],
-            "source": [p.source for p in checked.pairs],
-            "id": [p.id for p in checked.pairs],
-            "key": [pair_key(p.src, p.tgt, p.src_lang, p.tgt_lang) for p in checked.pairs],
-        }
+        self.valid = checked.accepted.num_rows
+        self.table = checked.accepted.append_column("key", pair_keys(checked.accepted))
         self.skipped_by_direction = Counter(checked.skipped)
         self.rejected_by_reason: Counter[str] = Counter()
         self.rejected_by_direction: Counter[str] = Counter()
@@ -174,9 +156,8 @@ def _commit(
     # Parts first, progress last: a crash in between rewrites the same part number on resume.
     part = progress.parts
     if pending.valid:
-        table = pa.table(pending.columns, schema=_STAGED_SCHEMA)
         buf = io.BytesIO()
-        pq.write_table(table, buf)
+        pq.write_table(pending.table, buf)
         write_bytes_atomic(join(stage, f"part-{part:05d}.parquet"), buf.getvalue(), storage_options)
     if pending.quarantine:
         data = ("\n".join(pending.quarantine) + "\n").encode()

@@ -25,10 +25,24 @@ _OTHER_SPACE_RE2 = r"[\t\n\r\x0b\x0c\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028
 _CONTROL_RE2 = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 
 
+def _on_subset(texts: pa.Array, mask: np.ndarray, fn: Any) -> pa.Array:
+    """Apply a kernel only to the rows in `mask` (most rows need no fixing) and put the results back."""
+    if not mask.any():
+        return texts
+    fixed = fn(texts.take(pa.array(np.flatnonzero(mask))))
+    return pc.replace_with_mask(texts, pa.array(mask), fixed)
+
+
+def _fix_spaces(texts: pa.Array) -> pa.Array:
+    return pc.replace_substring_regex(pc.replace_substring_regex(texts, _OTHER_SPACE_RE2, " "), "  +", " ")
+
+
 def _normalize(texts: pa.Array) -> pa.Array:
-    # Two cheap passes (rare matches) instead of one `\s+` pass that matches at every word.
-    spaced = pc.replace_substring_regex(pc.utf8_normalize(texts, form="NFC"), _OTHER_SPACE_RE2, " ")
-    return pc.utf8_trim_whitespace(pc.replace_substring_regex(spaced, "  +", " "))
+    """NFC, other whitespace to spaces, runs of spaces collapsed, ends trimmed; kernels only where needed."""
+    non_ascii = ~pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
+    texts = _on_subset(texts, non_ascii, lambda t: pc.utf8_normalize(t, form="NFC"))
+    messy = pc.match_substring_regex(texts, f"{_OTHER_SPACE_RE2}|  ").to_numpy(zero_copy_only=False)
+    return pc.utf8_trim_whitespace(_on_subset(texts, messy, _fix_spaces))
 
 
 def normalize_text(text: str) -> str:
@@ -39,9 +53,17 @@ def normalize_text(text: str) -> str:
 
 def pair_key(src: str, tgt: str, src_lang: str, tgt_lang: str) -> int:
     """A 64-bit fingerprint of a normalised pair, for exact de-duplication."""
-    h = blake2b(digest_size=8)
-    h.update(f"{src_lang}\x1f{tgt_lang}\x1f{src}\x1f{tgt}".encode())
-    return int.from_bytes(h.digest(), "little")
+    return _fingerprint(f"{src_lang}\x1f{tgt_lang}\x1f{src}\x1f{tgt}")
+
+
+def pair_keys(pairs: pa.Table) -> pa.Array:
+    """`pair_key` of every row of a table with the pair columns."""
+    joined = pc.binary_join_element_wise(pairs["src_lang"], pairs["tgt_lang"], pairs["src"], pairs["tgt"], "\x1f")
+    return pa.array([_fingerprint(text) for text in joined.to_pylist()], pa.uint64())
+
+
+def _fingerprint(text: str) -> int:
+    return int.from_bytes(blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 class Skip:
@@ -53,13 +75,29 @@ class Skip:
         self.direction = direction
 
 
+PAIR_SCHEMA = pa.schema(
+    [
+        ("src", pa.string()),
+        ("tgt", pa.string()),
+        ("src_lang", pa.string()),
+        ("tgt_lang", pa.string()),
+        ("source", pa.string()),
+        ("id", pa.string()),
+    ]
+)
+
+
 @dataclass
 class CheckedBatch:
-    """The outcome of validating a batch of rows, in row order within each list."""
+    """The outcome of validating a batch of rows, in row order within each part."""
 
-    pairs: list[Pair] = field(default_factory=list)
+    accepted: pa.Table = field(default_factory=PAIR_SCHEMA.empty_table)
     rejections: list[tuple[RawRecord, Rejection]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # the direction of each skipped row
+
+    @property
+    def pairs(self) -> list[Pair]:
+        return [Pair(**row) for row in self.accepted.to_pylist()]
 
 
 def _script_share(texts: pa.Array, langs: np.ndarray) -> np.ndarray:
@@ -120,7 +158,7 @@ class Validator:
     def check(self, record: RawRecord) -> Pair | Rejection | Skip:
         """Validate one row (the batch path with a batch of one)."""
         out = self.check_batch([record])
-        if out.pairs:
+        if out.accepted.num_rows:
             return out.pairs[0]
         if out.rejections:
             return out.rejections[0][1]
@@ -129,25 +167,22 @@ class Validator:
     def check_batch(self, records: Sequence[RawRecord]) -> CheckedBatch:
         """Validate rows; every row ends in exactly one of pairs, rejections or skipped."""
         out = CheckedBatch()
-        verdicts: list[Pair | Rejection | Skip | None] = [None] * len(records)
         cand: list[int] = []
         texts: dict[str, list[str]] = {"src": [], "tgt": []}
         langs: dict[str, list[str]] = {"src_lang": [], "tgt_lang": []}
         for i, record in enumerate(records):
-            structural = self._check_structure(record, texts, langs)
-            if structural is None:
+            verdict = self._check_structure(record, texts, langs)
+            if verdict is None:
                 cand.append(i)
-            else:
-                verdicts[i] = structural
-        if cand:
-            self._check_texts(records, cand, texts, langs, verdicts)
-        for record, verdict in zip(records, verdicts, strict=True):
-            if isinstance(verdict, Pair):
-                out.pairs.append(verdict)
             elif isinstance(verdict, Skip):
                 out.skipped.append(verdict.direction)
-            elif isinstance(verdict, Rejection):
+            else:
                 out.rejections.append((record, verdict))
+        if cand:
+            out.accepted = self._check_texts(records, cand, texts, langs, out.rejections)
+        if out.rejections and cand:
+            position = {id(r): i for i, r in enumerate(records)}
+            out.rejections.sort(key=lambda item: position[id(item[0])])
         return out
 
     def _check_structure(
@@ -201,58 +236,57 @@ class Validator:
         cand: list[int],
         texts: dict[str, list[str]],
         langs: dict[str, list[str]],
-        verdicts: list[Pair | Rejection | Skip | None],
-    ) -> None:
-        cols: dict[str, dict[str, Any]] = {}
+        rejections: list[tuple[RawRecord, Rejection]],
+    ) -> pa.Table:
+        """Vectorised text checks of the structurally sound rows; returns the accepted pairs."""
+        n = len(cand)
+        lang_arrays = {k: np.array(v, dtype=object) for k, v in langs.items()}
+        norm: dict[str, pa.Array] = {}
+        checks: list[tuple[np.ndarray, str, str]] = []  # (failing rows, part, reason), in rule order
+        shares: dict[str, np.ndarray] = {}
         for part, lang_part in (("src", "src_lang"), ("tgt", "tgt_lang")):
             raw = pa.array(texts[part], pa.string())
-            norm = _normalize(raw)
-            cols[part] = {
-                "control": pc.match_substring_regex(raw, _CONTROL_RE2).to_numpy(zero_copy_only=False),
-                "text": norm.to_pylist(),
-                "length": pc.utf8_length(norm).to_numpy(zero_copy_only=False),
-                "share": _script_share(norm, np.array(langs[lang_part], dtype=object)),
-            }
+            norm[part] = _normalize(raw)
+            length = pc.utf8_length(norm[part]).to_numpy(zero_copy_only=False)
+            checks.append((pc.match_substring_regex(raw, _CONTROL_RE2).to_numpy(zero_copy_only=False), part, "malformed"))
+            checks.append((length == 0, part, "empty"))
+            checks.append((length > self.max_chars, part, "too_long"))
+            shares[part] = _script_share(norm[part], lang_arrays[lang_part])
+        for part in ("src", "tgt"):
+            checks.append((shares[part] < self.min_script_fraction, part, "wrong_script"))
+        failed = np.full(n, -1)
+        for k, (mask, _, _) in enumerate(checks):
+            failed[(failed == -1) & mask] = k
         column_of = dict(self._text_fields)
-        for j, i in enumerate(cand):
-            record = records[i]
-            verdict: Pair | Rejection | None = None
-            for part in ("src", "tgt"):
-                c, name = cols[part], column_of[part]
-                if c["control"][j]:
-                    bad = next(ch for ch in texts[part][j] if _is_control(ch))
-                    verdict = self._reject(
-                        record, "malformed", f"field {name!r} ({part}) holds control character U+{ord(bad):04X}"
-                    )
-                elif c["length"][j] == 0:
-                    verdict = self._reject(record, "empty", f"field {name!r} ({part}) is empty")
-                elif c["length"][j] > self.max_chars:
-                    verdict = self._reject(
-                        record, "too_long", f"field {name!r} ({part}) has {c['length'][j]} characters > {self.max_chars}"
-                    )
-                if verdict is not None:
-                    break
-            if verdict is None:
-                for part, lang_part in (("src", "src_lang"), ("tgt", "tgt_lang")):
-                    share = cols[part]["share"][j]
-                    if share < self.min_script_fraction:
-                        lang = langs[lang_part][j]
-                        verdict = self._reject(
-                            record,
-                            "wrong_script",
-                            f"{part} is {share:.0%} in the script of {lang} (< {self.min_script_fraction:.0%})",
-                        )
-                        break
-            if verdict is None:
-                verdict = Pair(
-                    src=cols["src"]["text"][j],
-                    tgt=cols["tgt"]["text"][j],
-                    src_lang=langs["src_lang"][j],
-                    tgt_lang=langs["tgt_lang"][j],
-                    source=self.source.name,
-                    id=f"{self.source.name}:{record.ref}",
-                )
-            verdicts[i] = verdict
+        for j in np.flatnonzero(failed >= 0):
+            _, part, reason = checks[failed[j]]
+            record, name = records[cand[j]], column_of[part]
+            if reason == "malformed":
+                bad = next(ch for ch in texts[part][j] if _is_control(ch))
+                detail = f"field {name!r} ({part}) holds control character U+{ord(bad):04X}"
+            elif reason == "empty":
+                detail = f"field {name!r} ({part}) is empty"
+            elif reason == "too_long":
+                length = len(norm[part][int(j)].as_py())
+                detail = f"field {name!r} ({part}) has {length} characters > {self.max_chars}"
+            else:
+                lang = langs[f"{part}_lang"][j]
+                detail = f"{part} is {shares[part][j]:.0%} in the script of {lang} (< {self.min_script_fraction:.0%})"
+            rejections.append((record, self._reject(record, reason, detail)))
+        ok = np.flatnonzero(failed == -1)
+        take = pa.array(ok)
+        prefix = f"{self.source.name}:"
+        return pa.table(
+            {
+                "src": norm["src"].take(take),
+                "tgt": norm["tgt"].take(take),
+                "src_lang": pa.array(lang_arrays["src_lang"][ok], pa.string()),
+                "tgt_lang": pa.array(lang_arrays["tgt_lang"][ok], pa.string()),
+                "source": pa.array([self.source.name] * len(ok), pa.string()),
+                "id": pa.array([prefix + records[cand[j]].ref for j in ok], pa.string()),
+            },
+            schema=PAIR_SCHEMA,
+        )
 
     def _reject(self, record: RawRecord, reason: str, detail: str) -> Rejection:
         return Rejection(
