@@ -233,6 +233,11 @@ class PipelineConfig(_Strict):
             raise ValueError(f"source names repeat: {sorted(dup)}")
         return self
 
+    @property
+    def languages(self) -> list[str]:
+        """Every language of the configured directions, sorted (the built-in base is built for these)."""
+        return sorted({code for d in self.directions for code in parse_direction(d)})
+
     def section_hash(self, *sections: str) -> str:
         """sha256 of the named sections' canonical JSON (all sections when none are named)."""
         data = self.model_dump(mode="json")

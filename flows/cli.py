@@ -103,6 +103,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_rl(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from flows.export_rl_logs import export_rl_logs_flow
+
+    _quiet_prefect_tracebacks()
+    _emit(args, export_rl_logs_flow(config),
+          lambda r: f"exported {r['exported']} episodes in {len(r['parts'])} parts to {r['target']}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from serving.app import run
+
+    run(config, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bhashaflow",
@@ -133,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="promoted",
         help="promoted (default), none (the base model alone), or a registry version such as v0002",
     )
+    add("export-rl", cmd_export_rl, "run the export-rl-logs flow: served episodes and feedback to the rl_export target")
+    serve = add("serve", cmd_serve, "serve the promoted adapters over HTTP (FastAPI)")
+    serve.add_argument("--host", default=None, help="address to bind (default: serving.host)")
+    serve.add_argument("--port", type=int, default=None, help="port to bind (default: serving.port)")
     return parser
 
 

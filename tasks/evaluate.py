@@ -9,22 +9,16 @@ from prefect import task
 from bhashaflow.config import PipelineConfig
 from bhashaflow.evaluation import evaluate_chrf, load_eval_set
 from bhashaflow.fsio import join
-from bhashaflow.languages import parse_direction
 from bhashaflow.modeling import LoadedModel, load_adapter, load_base
 from bhashaflow.registry import Registry
 from bhashaflow.rundirs import local_run_dir
 from bhashaflow.settings import get_settings
 
 
-def config_languages(config: PipelineConfig) -> list[str]:
-    """Every language of the configured directions, sorted (the built-in base is built for these)."""
-    return sorted({code for d in config.directions for code in parse_direction(d)})
-
-
 def load_configured_base(config: PipelineConfig) -> LoadedModel:
     return load_base(
         config.base_model,
-        languages=config_languages(config),
+        languages=config.languages,
         quantization=config.training.quantization,
         revision=config.base_revision,
         trust_remote_code=config.trust_remote_code,

@@ -9,11 +9,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.evaluation import load_eval_set
 from bhashaflow.ingest import load_manifest, shard_uris
 from bhashaflow.rundirs import artifact_key, local_run_dir
 from bhashaflow.settings import get_settings
 from bhashaflow.training import train_adapter
+from tasks.evaluate import load_configured_base
 
 
 @task(task_run_name="train-{direction}")
@@ -25,7 +25,7 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> dict[str, Any]
     manifest = load_manifest(run_uri, options)
     if manifest is None:
         raise RuntimeError(f"{run_uri}: no finished ingestion (manifest.json) to train on")
-    eval_set = load_eval_set(config.evaluation, direction)
+    lm = load_configured_base(config)
     logger = get_run_logger()
     artifact = create_progress_artifact(0.0, key=artifact_key("train", config.run_name, direction))
     every = max(1, config.training.max_steps // 50)
@@ -40,9 +40,10 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> dict[str, Any]
         direction=direction,
         shard_paths=shard_uris(manifest, run_uri, direction),
         out_dir=str(local_run_dir(config, settings) / "adapters" / direction),
-        eval_texts={"src": eval_set.sources, "tgt": eval_set.references},
         on_progress=on_progress,
         storage_options=options,
+        settings=settings,
+        lm=lm,
     )
     return {
         "adapter_dir": result.adapter_dir,
@@ -51,4 +52,6 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> dict[str, Any]
         "final_loss": result.final_loss,
         "tokens_per_s": result.tokens_per_s,
         "decontaminated": result.decontaminated,
+        "base_model": config.base_model,
+        "base_revision": lm.revision,
     }

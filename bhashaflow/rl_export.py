@@ -1,0 +1,156 @@
+"""Export served episodes, with their feedback, as JSONL or Parquet parts for preference or RL training.
+
+Exactly-once at the sink, even across crashes: a part's id range is recorded in the episodes database
+*before* its upload, a re-run redoes a recorded-but-unconfirmed part with the very same range and name
+(so it replaces the earlier copy), and the watermark moves only after the upload is verified.
+The record schema is documented in docs/rl-logs.md.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bhashaflow.config import PipelineConfig
+from bhashaflow.episodes import Episode, EpisodeStore, ExportMode
+from bhashaflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PART_ROWS = 500  # records per part: small enough to re-send cheaply, large enough to keep part counts low
+
+RECORD_SCHEMA = pa.schema(
+    [
+        ("episode_id", pa.int64()),
+        ("time", pa.string()),
+        ("direction", pa.string()),
+        ("src_lang", pa.string()),
+        ("tgt_lang", pa.string()),
+        ("adapter_version", pa.string()),
+        ("base_model", pa.string()),
+        ("prompt", pa.string()),
+        ("response", pa.string()),
+        ("reward", pa.float64()),
+        ("correction", pa.string()),
+        ("feedback_time", pa.string()),
+        ("feedback_seq", pa.int64()),
+        ("latency_ms", pa.float64()),
+        ("script_valid", pa.bool_()),
+    ]
+)
+
+CONTENT_TYPES = {"jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
+
+
+class PartSink(Protocol):
+    """Where parts go (connectors.sinks provides one per kind of target)."""
+
+    target: str
+
+    def write(self, name: str, data: bytes, content_type: str) -> None:
+        """Write `data` as part `name`, replacing a part of that name, and verify it arrived whole."""
+        ...
+
+
+def episode_record(ep: Episode) -> dict[str, Any]:
+    """One exported record (the schema in docs/rl-logs.md)."""
+    return {
+        "episode_id": ep.id,
+        "time": ep.created_at,
+        "direction": ep.direction,
+        "src_lang": ep.src_lang,
+        "tgt_lang": ep.tgt_lang,
+        "adapter_version": ep.adapter_version,
+        "base_model": ep.base_model,
+        "prompt": ep.input,
+        "response": ep.output,
+        "reward": ep.reward,
+        "correction": ep.correction,
+        "feedback_time": ep.feedback_at,
+        "feedback_seq": ep.feedback_seq,
+        "latency_ms": ep.latency_ms,
+        "script_valid": ep.script_valid,
+    }
+
+
+def encode_part(records: list[dict[str, Any]], fmt: str) -> bytes:
+    """Serialise records as JSONL (one JSON object per line, UTF-8) or Parquet (RECORD_SCHEMA)."""
+    if fmt == "jsonl":
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        # U+2028/2029 are line breaks to many readers (Python's splitlines, JavaScript): keep them escaped.
+        return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029").encode("utf-8")
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(records, schema=RECORD_SCHEMA), buf)
+        return buf.getvalue()
+    raise ValueError(f"unknown export format {fmt!r}")
+
+
+def part_name(mode: ExportMode, first_key: int, last_key: int, fmt: str) -> str:
+    """`episodes-<first id>-<last id>.<fmt>`, or `feedback-<first seq>-<last seq>.<fmt>` for rated-only exports."""
+    prefix = "episodes" if mode == "all" else "feedback"
+    return f"{prefix}-{first_key:012d}-{last_key:012d}.{fmt}"
+
+
+def _key(ep: Episode, mode: ExportMode) -> int:
+    key = ep.id if mode == "all" else ep.feedback_seq
+    assert key is not None  # mode 'feedback' only selects episodes that have a feedback_seq
+    return key
+
+
+def export_rl_logs(
+    config: PipelineConfig,
+    settings: Settings,
+    *,
+    sink: PartSink,
+    part_rows: int = PART_ROWS,
+) -> dict[str, Any]:
+    """Export the episodes not yet exported to `rl_export.target`, one verified part at a time.
+
+    With `rl_export.only_with_feedback`, episodes are exported once they have feedback, ordered by
+    when the feedback arrived; an episode whose feedback is replaced after its export is exported
+    again with the newer feedback (keep the record with the highest `feedback_seq`).
+
+    Args:
+        config: the pipeline config (`serving.episodes_db`, `rl_export`).
+        settings: credentials for the target.
+        sink: where parts go (`connectors.sinks.open_sink(rl_export.target, settings)`, with retries).
+        part_rows: most records per part.
+
+    Returns:
+        {"exported": records written, "parts": part names written, "target": the target}.
+    """
+    if part_rows <= 0:
+        raise ValueError("part_rows must be positive")
+    target = config.rl_export.target
+    fmt = config.rl_export.format
+    if target.lower().startswith(("http://", "https://")) and fmt != "jsonl":
+        raise ValueError(f"rl_export.format {fmt!r}: an http(s) target receives NDJSON; set rl_export.format=jsonl")
+    mode: ExportMode = "feedback" if config.rl_export.only_with_feedback else "all"
+    exported = 0
+    parts: list[str] = []
+    with EpisodeStore(config.serving.episodes_db) as store:
+        while True:
+            part = store.pending_export_part(target, mode)
+            if part is not None:
+                # A part whose upload was never confirmed: redo exactly its range, under its name.
+                log.info("resuming unconfirmed part %s", part.name)
+                episodes = store.episodes_between(mode, part.first_key, part.last_key)
+            else:
+                episodes = store.episodes_after(mode, store.export_watermark(target, mode), part_rows)
+                if not episodes:
+                    break
+                first, last = _key(episodes[0], mode), _key(episodes[-1], mode)
+                part = store.begin_export_part(target, mode, first, last, part_name(mode, first, last, fmt))
+            data = encode_part([episode_record(ep) for ep in episodes], fmt)
+            sink.write(part.name, data, CONTENT_TYPES[fmt])
+            store.finish_export_part(part)
+            exported += len(episodes)
+            parts.append(part.name)
+            log.info("exported %d episodes as %s to %s", len(episodes), part.name, target)
+    return {"exported": exported, "parts": parts, "target": target}

@@ -1,0 +1,211 @@
+"""Writers of named, immutable parts to a folder, an S3 bucket or an HTTP endpoint, each write verified.
+
+A part written twice under the same name replaces the first copy (folder, S3) or carries the same
+`Idempotency-Key` (HTTP), which is what lets an interrupted export re-send a part without duplicating it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from bhashaflow.fsio import join, open_fs, write_bytes_atomic
+from bhashaflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Statuses worth another try: the server is busy, overloaded or briefly failing.
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class SinkError(RuntimeError):
+    """A part that could not be written or verified; the message names the target and the part."""
+
+
+class TransientSinkError(SinkError):
+    """A failure worth retrying (dropped connection, 5xx, a read-back that does not match)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter: try i waits uniform(0, min(max_delay_s, base_delay_s * 2**i))."""
+
+    attempts: int = 5
+    base_delay_s: float = 0.5
+    max_delay_s: float = 10.0
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """The waits before the 2nd, 3rd, ... attempt."""
+        rng = rng or random.Random()
+        for i in range(self.attempts - 1):
+            yield rng.uniform(0.0, min(self.max_delay_s, self.base_delay_s * 2**i))
+
+
+def with_retries(op: Callable[[], T], what: str, policy: RetryPolicy) -> T:
+    """Run `op`, retrying TransientSinkError with backoff; the last failure is raised as SinkError.
+
+    Args:
+        op: the write-and-verify to attempt.
+        what: names the part and target in log lines and errors.
+        policy: how often and how long to wait.
+    """
+    delays = policy.delays()
+    attempt = 1
+    while True:
+        try:
+            return op()
+        except TransientSinkError as exc:
+            delay = next(delays, None)
+            if delay is None:
+                raise SinkError(f"{what}: gave up after {attempt} attempts: {exc}") from exc
+            if exc.retry_after_s is not None:
+                delay = max(delay, min(exc.retry_after_s, policy.max_delay_s))
+            log.warning("%s: attempt %d failed (%s); retrying in %.2fs", what, attempt, exc, delay)
+            time.sleep(delay)
+            attempt += 1
+
+
+class Sink(Protocol):
+    """Somewhere parts are written to."""
+
+    target: str
+
+    def write(self, name: str, data: bytes, content_type: str) -> None:
+        """Write `data` as part `name` (replacing a part of that name) and verify it arrived whole."""
+        ...
+
+
+class FolderSink:
+    """Parts as files in a local folder, written atomically and read back."""
+
+    def __init__(self, target: str, directory: str, policy: RetryPolicy) -> None:
+        self.target = target
+        self.directory = directory
+        self.policy = policy
+
+    def write(self, name: str, data: bytes, content_type: str) -> None:
+        path = os.path.join(self.directory, name)
+        expected = hashlib.sha256(data).hexdigest()
+
+        def attempt() -> None:
+            try:
+                write_bytes_atomic(path, data)
+                with open(path, "rb") as fh:
+                    got = hashlib.sha256(fh.read()).hexdigest()
+            except OSError as exc:
+                raise SinkError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            if got != expected:
+                raise TransientSinkError(f"{path} reads back different bytes than were written")
+
+        with_retries(attempt, f"part {name} to {self.target}", self.policy)
+
+
+class S3Sink:
+    """Parts as objects under an s3:// prefix, each checked by its size after the upload."""
+
+    def __init__(self, target: str, storage_options: dict[str, object], policy: RetryPolicy) -> None:
+        self.target = target.rstrip("/")
+        self.storage_options = storage_options
+        self.policy = policy
+
+    def write(self, name: str, data: bytes, content_type: str) -> None:
+        uri = join(self.target, name)
+
+        def attempt() -> None:
+            try:
+                fs, path = open_fs(uri, self.storage_options)
+                fs.pipe_file(path, data, ContentType=content_type)
+                fs.invalidate_cache(path)
+                size = fs.info(path)["size"]
+            except (FileNotFoundError, PermissionError) as exc:
+                # No such bucket, or access denied: another try gives the same answer.
+                raise SinkError(f"cannot write {uri}: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - s3fs/botocore raise many kinds for a dropped connection
+                raise TransientSinkError(f"upload of {uri} failed: {type(exc).__name__}: {exc}") from exc
+            if size != len(data):
+                raise TransientSinkError(f"{uri} holds {size} bytes after the upload, expected {len(data)}")
+
+        with_retries(attempt, f"part {name} to {self.target}", self.policy)
+
+
+class HttpSink:
+    """Parts POSTed to an endpoint, one request each, with the part name as `Idempotency-Key`.
+
+    The endpoint must answer 2xx only once it has stored the part, and treat a repeated key as the
+    same part (replace, or ignore the copy); that is what makes a re-sent part no duplicate.
+    """
+
+    def __init__(self, url: str, policy: RetryPolicy, timeout_s: float = 30.0) -> None:
+        self.target = url
+        self.policy = policy
+        self.timeout_s = timeout_s
+
+    def write(self, name: str, data: bytes, content_type: str) -> None:
+        headers = {
+            "Content-Type": content_type,
+            "Idempotency-Key": name,
+            "X-Bhashaflow-Part": name,
+            "Content-SHA256": hashlib.sha256(data).hexdigest(),
+        }
+
+        def attempt() -> None:
+            try:
+                with httpx.Client(timeout=self.timeout_s) as client:
+                    resp = client.post(self.target, content=data, headers=headers)
+            except httpx.TransportError as exc:
+                raise TransientSinkError(f"POST {self.target}: {type(exc).__name__}: {exc}") from exc
+            if resp.is_success:
+                return
+            detail = f"POST {self.target} answered {resp.status_code}: {resp.text[:200]}"
+            if resp.status_code in RETRY_STATUSES:
+                raise TransientSinkError(detail, _retry_after(resp))
+            raise SinkError(detail)
+
+        with_retries(attempt, f"part {name} to {self.target}", self.policy)
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("Retry-After", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date or nothing: keep our own backoff
+
+
+def open_sink(target: str, settings: Settings, policy: RetryPolicy | None = None) -> Sink:
+    """The sink for a target: s3://bucket/prefix, http(s)://endpoint, file:///dir or a plain folder path.
+
+    Args:
+        target: where parts go.
+        settings: credentials and the S3 endpoint.
+        policy: retries of each part's write.
+    """
+    policy = policy or RetryPolicy()
+    scheme = urlsplit(target).scheme.lower()
+    if scheme == "s3":
+        return S3Sink(target, settings.storage_options(), policy)
+    if scheme in ("http", "https"):
+        return HttpSink(target, policy)
+    if scheme == "file":
+        parts = urlsplit(target)
+        if parts.netloc not in ("", "localhost"):
+            raise SinkError(f"target {target!r}: file:// URLs must name a local path (file:///dir)")
+        return FolderSink(target, unquote(parts.path), policy)
+    if scheme and len(scheme) > 1:  # one letter is a Windows drive, i.e. a path
+        raise SinkError(f"target {target!r}: unsupported scheme {scheme!r} (use s3://, http(s)://, file:// or a path)")
+    return FolderSink(target, os.path.expanduser(target), policy)

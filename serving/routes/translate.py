@@ -1,0 +1,74 @@
+"""POST /v1/translate: texts in, translations and episode ids out."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, HTTPException
+from starlette.concurrency import run_in_threadpool
+
+from bhashaflow.episodes import NewEpisode
+from bhashaflow.languages import in_script
+from serving.batcher import BatcherStopped, DeadlineExceeded, QueueFull
+from serving.deps import ServiceDep
+from serving.engine import NoAdapter
+from serving.schemas import AdapterRef, TranslateRequest, TranslateResponse
+
+router = APIRouter(prefix="/v1", tags=["translate"])
+
+
+@router.post(
+    "/translate",
+    response_model=TranslateResponse,
+    responses={
+        404: {"description": "No adapter is served for the direction."},
+        413: {"description": "Too many texts, or a text too long."},
+        503: {"description": "Loading, or the queue is full (see Retry-After)."},
+        504: {"description": "Not translated within serving.request_timeout_s."},
+    },
+)
+async def translate_texts(body: TranslateRequest, service: ServiceDep) -> TranslateResponse:
+    """Translate texts with the promoted adapter of their direction; every text becomes an episode."""
+    started = time.monotonic()
+    limits = service.config.serving
+    if len(body.texts) > limits.max_texts:
+        raise HTTPException(413, f"{len(body.texts)} texts in one request; at most {limits.max_texts} are allowed")
+    for i, text in enumerate(body.texts):
+        if len(text) > limits.max_chars:
+            raise HTTPException(413, f"texts[{i}] has {len(text)} characters; at most {limits.max_chars} are allowed")
+    if body.src_lang == body.tgt_lang:
+        raise HTTPException(422, "src_lang and tgt_lang are the same language")
+    direction = f"{body.src_lang}-{body.tgt_lang}"
+    engine = service.engine
+    if not engine.ready:
+        raise HTTPException(503, f"the service is {engine.state}", headers={"Retry-After": "5"})
+    store = service.episodes()
+    try:
+        slot = engine.acquire(direction)
+    except NoAdapter:
+        raise HTTPException(404, f"no promoted adapter is served for {direction}") from None
+    try:
+        outputs = await engine.batcher.submit(slot.name, body.texts, limits.request_timeout_s)
+    except QueueFull as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except DeadlineExceeded as exc:
+        raise HTTPException(504, str(exc)) from None
+    except BatcherStopped as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
+    finally:
+        engine.release(slot)
+    latency_ms = (time.monotonic() - started) * 1000.0
+    valid = [in_script(out, body.tgt_lang) for out in outputs]
+    base = service.config.base_model
+    episodes = [
+        NewEpisode(direction, body.src_lang, body.tgt_lang, slot.version, base, text, out, latency_ms, ok)
+        for text, out, ok in zip(body.texts, outputs, valid, strict=True)
+    ]
+    ids = await run_in_threadpool(store.record, episodes)
+    service.metrics.texts.labels(direction, slot.version).inc(len(outputs))
+    return TranslateResponse(
+        translations=outputs,
+        adapter=AdapterRef(direction=direction, version=slot.version),
+        episode_ids=ids,
+        script_valid=valid,
+    )

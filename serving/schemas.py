@@ -1,0 +1,115 @@
+"""Request and response bodies of the service, one schema per direction of travel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
+
+from bhashaflow.languages import LANGUAGES
+
+
+def _encodable(text: str) -> str:
+    # JSON can carry lone surrogates ("\ud800"), which no tokenizer or database can store.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (it holds a lone surrogate)") from None
+    return text
+
+
+Text = Annotated[StrictStr, AfterValidator(_encodable)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TranslateRequest(_Body):
+    """Texts to translate from one language to another."""
+
+    texts: list[Text] = Field(min_length=1, description="Texts to translate (at most serving.max_texts).")
+    src_lang: StrictStr = Field(description="FLORES-200 code of the texts, e.g. eng_Latn.", examples=["eng_Latn"])
+    tgt_lang: StrictStr = Field(description="FLORES-200 code to translate into, e.g. hin_Deva.", examples=["hin_Deva"])
+
+    @field_validator("src_lang", "tgt_lang")
+    @classmethod
+    def _known(cls, code: str) -> str:
+        if code not in LANGUAGES:
+            raise ValueError(f"unknown FLORES-200 language code {code[:40]!r}")
+        return code
+
+
+class AdapterRef(BaseModel):
+    """The adapter version that produced a translation."""
+
+    direction: str
+    version: str
+
+
+class TranslateResponse(BaseModel):
+    """Translations in the order of the texts, with the ids to send feedback on."""
+
+    translations: list[str]
+    adapter: AdapterRef
+    episode_ids: list[int] = Field(description="One id per text; pass one to POST /v1/feedback.")
+    script_valid: list[bool] = Field(description="Whether each translation is mostly in the target language's script.")
+
+
+class FeedbackRequest(_Body):
+    """A reward for one translation, and optionally a better one."""
+
+    episode_id: StrictInt | StrictStr = Field(description="An id from episode_ids, as a number or its decimal string.")
+    reward: float = Field(ge=-1.0, le=1.0, strict=True, allow_inf_nan=False, description="From -1 (wrong) to 1 (right).")
+    correction: Text | None = Field(None, description="A better translation (at most serving.max_chars characters).")
+
+
+class FeedbackResponse(BaseModel):
+    """The feedback as stored (a second feedback on an episode replaces the first)."""
+
+    episode_id: int
+    reward: float
+    correction: str | None
+    feedback_at: str
+
+
+class AdapterPublic(BaseModel):
+    """What the service serves for one configured direction."""
+
+    direction: str
+    version: str | None = Field(description="The served version; null when none is loaded.")
+    manifest_sha256: str | None = None
+    loaded_at: str | None = None
+    in_flight: int = Field(0, description="Requests being translated by this version.")
+    error: str | None = Field(None, description="Why no (or no newer) version could be loaded.")
+
+
+class AdaptersResponse(BaseModel):
+    adapters: list[AdapterPublic]
+
+
+class AdapterSwap(BaseModel):
+    direction: str
+    previous: str | None
+    version: str
+
+
+class ReloadResponse(BaseModel):
+    """Adapters swapped in by a reload, and directions that could not be reloaded."""
+
+    swapped: list[AdapterSwap]
+    errors: dict[str, str]
+    adapters: list[AdapterPublic]
+
+
+class HealthResponse(BaseModel):
+    """Readiness and what is loaded; answered with 503 until the model and adapters are loaded."""
+
+    status: Literal["loading", "ready", "failed", "stopping"]
+    ready: bool
+    error: str | None
+    base_model: str
+    device: str | None
+    adapters: list[AdapterPublic]
+    queue_depth: int
+    memory: dict[str, int]

@@ -1,0 +1,27 @@
+"""Prefect task of RL log export: a thin wrapper around bhashaflow.rl_export."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_link_artifact
+
+from bhashaflow.config import PipelineConfig
+from bhashaflow.fsio import join
+from bhashaflow.rl_export import export_rl_logs
+from bhashaflow.rundirs import artifact_key
+from bhashaflow.settings import get_settings
+from connectors.sinks import open_sink
+
+
+@task(retries=3, retry_delay_seconds=[2, 5, 15], retry_jitter_factor=0.5)
+def export_rl_logs_task(config: PipelineConfig) -> dict[str, Any]:
+    """Export episodes not yet exported to the configured target, each part verified before the watermark moves."""
+    settings = get_settings()
+    result = export_rl_logs(config, settings, sink=open_sink(config.rl_export.target, settings))
+    if result["parts"] and not result["target"].lower().startswith(("http://", "https://")):
+        last = result["parts"][-1]
+        create_link_artifact(join(result["target"], last), link_text=f"RL log part {last}",
+                             key=artifact_key("export-rl-logs", config.run_name, "latest-part"))
+    return result

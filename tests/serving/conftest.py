@@ -1,0 +1,61 @@
+"""A tiny random M2M100 base, LoRA adapters for it in a real registry, and helpers to start the service."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from serving_helpers import EN_HI, HI_EN, REPO, TOKEN, Serve, make_adapter, register, serving_config, wait_ready
+
+from bhashaflow.builtin_bases import build_builtin, small_recipe
+from bhashaflow.settings import Settings
+from serving.app import create_app
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A randomly initialised 1-layer M2M100 with a tokenizer trained on FLORES dev text (no pre-training)."""
+    name = "builtin:tiny-seq2seq"
+    recipe = small_recipe(name, vocab_size=600, d_model=32, layers=1, heads=2, ffn_dim=64, steps=0)
+    out = tmp_path_factory.mktemp("tiny-base")
+    build_builtin(name, languages=["eng_Latn", "hin_Deva"], flores_dir=str(REPO / "data/flores200"), out_dir=out,
+                  recipe=recipe)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def adapters(tiny_base: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Adapter folders: 'a' and 'b' (two versions for a direction), 'c' (another direction)."""
+    root = tmp_path_factory.mktemp("adapters")
+    return {key: make_adapter(tiny_base, root / key, seed) for key, seed in (("a", 1), ("b", 2), ("c", 3))}
+
+
+@pytest.fixture
+def registry(tmp_path: Path, tiny_base: str, adapters: dict[str, Path]) -> str:
+    """A registry with v0001 promoted for en-hi and hi-en; nothing for en-bn."""
+    uri = str(tmp_path / "registry")
+    register(uri, EN_HI, adapters["a"], tiny_base)
+    register(uri, HI_EN, adapters["c"], tiny_base)
+    return uri
+
+
+@pytest.fixture
+def serve(tmp_path: Path, tiny_base: str, registry: str) -> Iterator[Serve]:
+    """Start the app (lifespan included) with serving overrides, wait until it is ready, stop it afterwards."""
+    clients: list[TestClient] = []
+
+    def start(*, token: str | None = TOKEN, **serving: Any) -> TestClient:
+        config = serving_config(tmp_path, tiny_base, registry, **serving)
+        settings = Settings(api_token=token)  # type: ignore[call-arg]
+        client = TestClient(create_app(config, settings), raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        wait_ready(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.__exit__(None, None, None)
