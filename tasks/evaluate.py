@@ -27,7 +27,7 @@ def load_configured_base(config: PipelineConfig) -> LoadedModel:
     )
 
 
-@task(task_run_name="evaluate-{direction}")
+@task(task_run_name="evaluate-{direction}", persist_result=True)
 def evaluate_direction_task(config: PipelineConfig, direction: str, candidate_dir: str) -> dict[str, Any]:
     """Score the base, the promoted incumbent and the candidate on FLORES-200 in one go."""
     settings = get_settings()
@@ -56,7 +56,7 @@ def evaluate_direction_task(config: PipelineConfig, direction: str, candidate_di
     return scores
 
 
-@task(task_run_name="evaluate-{direction}-{adapter}")
+@task(task_run_name="evaluate-{direction}-{adapter}", persist_result=True)
 def evaluate_adapter_task(config: PipelineConfig, direction: str, adapter: str) -> dict[str, Any]:
     """Score one adapter of a direction alone: `promoted`, `none` (the bare base) or a version like v0003."""
     settings = get_settings()

@@ -16,7 +16,7 @@ from bhashaflow.training import train_adapter
 from tasks.evaluate import load_configured_base
 
 
-@task(task_run_name="train-{direction}")
+@task(task_run_name="train-{direction}", persist_result=True)
 def train_adapter_task(config: PipelineConfig, direction: str) -> dict[str, Any]:
     """Fine-tune one direction's LoRA adapter, resuming from the run's latest checkpoint."""
     settings = get_settings()
@@ -27,7 +27,7 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> dict[str, Any]
         raise RuntimeError(f"{run_uri}: no finished ingestion (manifest.json) to train on")
     lm = load_configured_base(config)
     logger = get_run_logger()
-    artifact = create_progress_artifact(0.0, key=artifact_key("train", config.run_name, direction))
+    artifact = create_progress_artifact(0.0, key=artifact_key("adapter-pipeline", config.run_name, direction, "train"))
     every = max(1, config.training.max_steps // 50)
 
     def on_progress(step: int, max_steps: int, loss: float) -> None:
