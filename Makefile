@@ -36,3 +36,54 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf runs registry .prefect .mypy_cache .ruff_cache .pytest_cache
+
+# --- Prefect on this machine: server (UI on http://$(PREFECT_HOST):$(PREFECT_PORT)), the bhashaflow-local
+# process pool, the deployments of prefect.yaml, and a worker. prefect-down stops exactly the processes that
+# prefect-up started, by the pid files it wrote under $(PREFECT_HOME)/up (with their logs).
+PREFECT_HOST ?= 127.0.0.1
+PREFECT_PORT ?= 4200
+PREFECT_POOL := bhashaflow-local
+PREFECT_UP := $(PREFECT_HOME)/up
+PREFECT_API := http://$(PREFECT_HOST):$(PREFECT_PORT)/api
+PREFECT_CLI := PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect
+
+.PHONY: prefect-up prefect-down
+
+prefect-up: install
+	@mkdir -p $(PREFECT_UP)
+	@if [ -f $(PREFECT_UP)/server.pid ] && kill -0 $$(cat $(PREFECT_UP)/server.pid) 2>/dev/null; then \
+	  echo "prefect-up: already up (server pid $$(cat $(PREFECT_UP)/server.pid)); run make prefect-down first"; exit 1; fi
+	PREFECT_SERVER_ANALYTICS_ENABLED=false nohup $(BIN)/prefect server start --host $(PREFECT_HOST) \
+	  --port $(PREFECT_PORT) > $(PREFECT_UP)/server.log 2>&1 & echo $$! > $(PREFECT_UP)/server.pid
+	@printf "prefect-up: waiting for $(PREFECT_API) "; \
+	for i in $$(seq 1 360); do \
+	  if ! kill -0 $$(cat $(PREFECT_UP)/server.pid) 2>/dev/null; then \
+	    echo; tail -20 $(PREFECT_UP)/server.log; echo "prefect-up: the server exited (log: $(PREFECT_UP)/server.log)"; exit 1; fi; \
+	  $(BIN)/python -c "import urllib.request as r; r.urlopen('$(PREFECT_API)/health', timeout=2)" 2>/dev/null \
+	    && { echo "up"; exit 0; }; \
+	  printf .; sleep 0.5; \
+	done; echo; echo "prefect-up: no answer from $(PREFECT_API) in 180 s (log: $(PREFECT_UP)/server.log)"; exit 1
+	$(PREFECT_CLI) work-pool create $(PREFECT_POOL) --type process --overwrite
+	$(PREFECT_CLI) --no-prompt deploy --all
+	PREFECT_API_URL=$(PREFECT_API) nohup $(BIN)/prefect worker start --pool $(PREFECT_POOL) \
+	  > $(PREFECT_UP)/worker.log 2>&1 & echo $$! > $(PREFECT_UP)/worker.pid
+	@echo "prefect-up: UI http://$(PREFECT_HOST):$(PREFECT_PORT)  worker pid $$(cat $(PREFECT_UP)/worker.pid)" \
+	  "(log $(PREFECT_UP)/worker.log); try: PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect deployment run adapter-pipeline/smoke"
+
+# A worker turns its first SIGTERM into a graceful SIGINT and only a second one stops it: send one, wait, send
+# another, then SIGKILL what is still there. A pid whose process is no longer prefect's is left alone.
+prefect-down:
+	@alive() { st=$$(ps -p $$1 -o stat= 2>/dev/null); [ -n "$$st" ] && [ "$${st#Z}" = "$$st" ]; }; \
+	for name in worker server; do \
+	  pidfile=$(PREFECT_UP)/$$name.pid; [ -f $$pidfile ] || continue; pid=$$(cat $$pidfile); \
+	  if alive $$pid && ps -p $$pid -o args= | grep -q prefect; then \
+	    for sig in TERM TERM KILL; do \
+	      kill -$$sig $$pid 2>/dev/null || true; \
+	      for i in $$(seq 1 20); do alive $$pid || break; sleep 0.25; done; \
+	      alive $$pid || break; \
+	    done; \
+	    if alive $$pid; then echo "prefect-down: $$name (pid $$pid) is still running"; exit 1; fi; \
+	    echo "prefect-down: stopped $$name (pid $$pid)"; \
+	  fi; \
+	  rm -f $$pidfile; \
+	done

@@ -183,6 +183,41 @@ class RLExportConfig(_Strict):
     only_with_feedback: bool = Field(False, description="Export only episodes that received feedback.")
 
 
+class TaskRunnerConfig(_Strict):
+    """Where the per-direction fine-tune and evaluate tasks run."""
+
+    kind: Literal["thread", "dask"] = Field(
+        "thread",
+        description=(
+            "thread: in the flow's process, one task at a time; "
+            "dask: on Dask worker processes (an existing cluster or a local one), directions in parallel."
+        ),
+    )
+    address: str | None = Field(
+        None, description="dask: scheduler address of an existing cluster, e.g. tcp://10.0.0.5:8786 (none: start a local cluster)."
+    )
+    n_workers: int | None = Field(
+        None,
+        gt=0,
+        description="dask local cluster: worker processes (default one per direction, at most one per CPU core).",
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="dask: worker resources each fine-tune and evaluate task claims, e.g. {GPU: 1}.",
+    )
+
+    @model_validator(mode="after")
+    def _dask_only(self) -> TaskRunnerConfig:
+        if self.kind == "thread" and (self.address or self.resources or self.n_workers is not None):
+            # Threads share one process, and loading models with transformers is not thread-safe.
+            raise ValueError("task_runner.address, n_workers and resources need kind: dask")
+        if self.address and self.n_workers is not None:
+            raise ValueError("task_runner.n_workers sizes a local cluster; an existing cluster (address) has its own")
+        if any(v <= 0 for v in self.resources.values()):
+            raise ValueError("task_runner.resources amounts must be positive")
+        return self
+
+
 class PipelineConfig(_Strict):
     """Everything one bhashaflow run needs."""
 
@@ -208,6 +243,9 @@ class PipelineConfig(_Strict):
     registry: str = Field("registry", description="Adapter registry location (any fsspec URL).")
     serving: ServingConfig = Field(default_factory=ServingConfig, description="Translation service.")
     rl_export: RLExportConfig = Field(default_factory=RLExportConfig, description="RL log export.")
+    task_runner: TaskRunnerConfig = Field(
+        default_factory=TaskRunnerConfig, description="Where fine-tune and evaluate tasks run: threads or Dask."
+    )
 
     @field_validator("run_name")
     @classmethod

@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from bhashaflow.config import PipelineConfig
+from flows.runners import configured_run, task_resources
 from tasks.evaluate import evaluate_adapter_task
 
 
@@ -18,7 +19,6 @@ def evaluate_adapter(config: PipelineConfig, adapter: str = "promoted") -> dict[
         config: the pipeline config (directions, base model, evaluation, registry).
         adapter: `promoted`, `none` (the base model alone) or a registry version such as `v0002`.
     """
-    return {
-        "run_id": config.resolved_run_id(),
-        "directions": {d: evaluate_adapter_task(config, d, adapter) for d in config.directions},
-    }
+    with configured_run(config), task_resources(config):
+        futures = {d: evaluate_adapter_task.submit(config, d, adapter) for d in config.directions}
+        return {"run_id": config.resolved_run_id(), "directions": {d: f.result() for d, f in futures.items()}}

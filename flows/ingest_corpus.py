@@ -9,10 +9,11 @@ from prefect import flow
 from bhashaflow.config import PipelineConfig
 from bhashaflow.fsio import join
 from bhashaflow.ingest import MANIFEST, summary
+from flows.runners import configured_run
 from tasks.ingest import finished_manifest_task, stage_source_task, write_shards_task
 
 
-@flow(name="ingest-corpus")
+@flow(name="ingest-corpus", persist_result=True)  # a retried parent reuses a finished ingestion
 def ingest_corpus(config: PipelineConfig) -> dict[str, Any]:
     """Stream, validate and de-duplicate the configured sources into shards with a manifest.
 
@@ -20,8 +21,9 @@ def ingest_corpus(config: PipelineConfig) -> dict[str, Any]:
         config: the pipeline config; its `sources`, `directions` and `ingest` sections are used.
     """
     run_uri = config.run_uri()
-    manifest = finished_manifest_task(config, run_uri)
-    if manifest is None:
-        staged = [stage_source_task(config, source.name, run_uri) for source in config.sources]
-        manifest = write_shards_task(config, staged, run_uri)
+    with configured_run(config, distribute=False):
+        manifest = finished_manifest_task(config, run_uri)
+        if manifest is None:
+            staged = [stage_source_task(config, source.name, run_uri) for source in config.sources]
+            manifest = write_shards_task(config, staged, run_uri)
     return summary(manifest, join(run_uri, MANIFEST))

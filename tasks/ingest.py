@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE, TASK_SOURCE, CacheKeyFnPolicy
+from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
 from bhashaflow.config import PipelineConfig
@@ -29,12 +33,22 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+def _staged_source_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    # Not keyed by flow run: a later run of the same config reuses a source it already staged.
+    config: PipelineConfig = parameters["config"]
+    source = next(s for s in config.sources if s.name == parameters["source_name"])
+    identity = {"source": source.model_dump(mode="json"), "ingest": config.ingest_hash, "run_uri": parameters["run_uri"]}
+    return "stage-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
 @task(
     retries=3,
     retry_delay_seconds=exponential_backoff(backoff_factor=2),
     retry_jitter_factor=0.5,
     retry_condition_fn=_retry_transient,
     task_run_name="stage-{source_name}",
+    persist_result=True,
+    cache_policy=TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=_staged_source_key),
 )
 def stage_source_task(config: PipelineConfig, source_name: str, run_uri: str) -> StagedSource:
     """Stream one source into validated staged parts, resuming from its last committed position."""
@@ -44,13 +58,13 @@ def stage_source_task(config: PipelineConfig, source_name: str, run_uri: str) ->
     return stage_source(config, source, reader, run_uri, settings.storage_options_for(run_uri))
 
 
-@task
+@task(persist_result=True)
 def write_shards_task(config: PipelineConfig, staged: list[StagedSource], run_uri: str) -> dict[str, Any]:
     """De-duplicate the staged sources into per-direction shards and write the manifest."""
     return write_shards(config, staged, run_uri, get_settings().storage_options_for(run_uri))
 
 
-@task
+@task(cache_policy=NO_CACHE)  # a check of the run folder's state: never answered from a cache
 def finished_manifest_task(config: PipelineConfig, run_uri: str) -> dict[str, Any] | None:
     """The run's manifest when ingestion already finished under the same ingest config."""
     manifest = load_manifest(run_uri, get_settings().storage_options_for(run_uri))

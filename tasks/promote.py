@@ -13,7 +13,7 @@ from bhashaflow.registry import Registry
 from bhashaflow.settings import get_settings
 
 
-@task(task_run_name="promote-{direction}")
+@task(task_run_name="promote-{direction}", persist_result=True)
 def promote_adapter_task(
     config: PipelineConfig, direction: str, trained: dict[str, Any], scores: dict[str, Any], data_manifest_sha256: str
 ) -> dict[str, Any]:

@@ -1,0 +1,121 @@
+"""Task results persist in the run folder: a retried run redoes only what failed, and a later run of an unchanged
+config finds the sources it already staged."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+from prefect_stack import PREFECT, REPO, smoke_config, task_states
+from servers import FaultyHTTPServer
+
+from bhashaflow.registry import Registry
+from flows.adapter_pipeline import adapter_pipeline
+from flows.ingest_corpus import ingest_corpus
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def flores_without(tmp: Path, missing: str) -> Path:
+    """A FLORES-200 folder of links to the real files, less `missing`."""
+    root = tmp / "flores"
+    for split in ("dev", "devtest"):
+        (root / split).mkdir(parents=True)
+        for f in (REPO / "data" / "flores200" / split).iterdir():
+            if f.name != missing:
+                (root / split / f.name).symlink_to(f)
+    return root
+
+
+def test_retried_run_reuses_ingestion_training_and_finished_directions(prefect_api, tiny_base, tmp_path):
+    flores = flores_without(tmp_path, "tam_Taml.devtest")
+    config = smoke_config(tmp_path, tiny_base, [f"sources.flores-dev.uri={flores}", f"evaluation.flores_dir={flores}"])
+
+    failed = adapter_pipeline(config, return_state=True)
+    assert failed.is_failed()
+    assert "tam_Taml.devtest does not exist" in failed.message
+    flow_run_id = failed.state_details.flow_run_id
+    run_dir = Path(config.run_uri())
+    train_logs = {d: (run_dir / "adapters" / d / "train_log.jsonl").read_text() for d in config.directions}
+
+    # The evaluation data arrives; the failed run is retried the way a person does it from the CLI.
+    (flores / "devtest" / "tam_Taml.devtest").symlink_to(REPO / "data/flores200/devtest/tam_Taml.devtest")
+    retry = subprocess.run(
+        [PREFECT, "flow-run", "retry", str(flow_run_id), "--entrypoint", "flows/adapter_pipeline.py:adapter_pipeline"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert retry.returncode == 0, retry.stdout[-2000:] + retry.stderr[-4000:]
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        subflows = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id]))
+        )
+    assert (run.state_name, run.run_count) == ("Completed", 2)
+    # Ingestion ran once: the retry reused the finished ingest-corpus subflow instead of starting another.
+    assert [s.state_name for s in subflows] == ["Completed"]
+    assert sorted(task_states(subflows[0].id)) == ["finished_manifest_task", "stage-flores-dev", "write_shards_task"]
+    assert task_states(flow_run_id) == {
+        "ingest-corpus-0": ["Completed"],
+        "train-eng_Latn-hin_Deva": ["Completed", "Cached"],
+        "train-eng_Latn-tam_Taml": ["Completed", "Cached"],
+        "evaluate-eng_Latn-hin_Deva": ["Completed", "Cached"],
+        "promote-eng_Latn-hin_Deva": ["Completed", "Cached"],
+        "evaluate-eng_Latn-tam_Taml": ["Failed", "Completed"],
+        "promote-eng_Latn-tam_Taml": ["Completed"],
+        "publish_report_task": ["Completed"],
+    }
+    # ...and outside Prefect: no training step was taken again, no version registered twice.
+    assert {d: (run_dir / "adapters" / d / "train_log.jsonl").read_text() for d in config.directions} == train_logs
+    registry = Registry(config.registry)
+    assert {d: [v.version for v in registry.versions(d)] for d in config.directions} == {
+        "eng_Latn-hin_Deva": ["v0001"], "eng_Latn-tam_Taml": ["v0001"],
+    }
+    assert sorted(p.name for p in (run_dir / "prefect-results").iterdir())  # results live in the run folder
+
+
+def test_unchanged_source_is_a_cache_hit_in_a_later_run(prefect_api, tiny_base, tmp_path, http_server: FaultyHTTPServer):
+    eng = (REPO / "data/flores200/dev/eng_Latn.dev").read_text(encoding="utf-8").splitlines()[:20]
+    hin = (REPO / "data/flores200/dev/hin_Deva.dev").read_text(encoding="utf-8").splitlines()[:20]
+    sources = [
+        {"name": "flores-dev", "kind": "flores", "uri": str(REPO / "data/flores200"), "split": "dev"},
+        {"name": "web", "kind": "http", "uri": http_server.url("pairs.jsonl"), "format": "jsonl"},
+    ]
+    config = smoke_config(tmp_path, tiny_base, ["directions=[eng_Latn-hin_Deva]", f"sources={json.dumps(sources)}"])
+
+    first = ingest_corpus(config, return_state=True)  # the web source is not published yet: 404
+    assert first.is_failed() and "404" in first.message
+    (http_server.root / "pairs.jsonl").write_text(
+        "".join(json.dumps({"src": e, "tgt": h, "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}, ensure_ascii=False)
+                + "\n" for e, h in zip(eng, hin, strict=True)),
+        encoding="utf-8",
+    )
+    second = ingest_corpus(config, return_state=True)
+    assert second.is_completed()
+    states = task_states(second.state_details.flow_run_id)
+    assert states["stage-flores-dev"] == ["Cached"]  # read once, in the first run
+    assert states["stage-web"] == ["Completed"]
+    summary = second.result()
+    assert summary["sources"]["flores-dev"]["accepted"] == 997
+    assert summary["sources"]["web"]["read"] == 20
+    assert summary["pairs"]["eng_Latn-hin_Deva"]["accepted"] == 997  # the web pairs are FLORES dev duplicates
+
+
+def test_results_persist_next_to_an_s3_run_folder(prefect_api, tiny_base, tmp_path, s3_server):
+    s3_server.create_bucket("runs")
+    config = smoke_config(tmp_path, tiny_base, ["workdir=s3://runs/bhashaflow", "directions=[eng_Latn-hin_Deva]"])
+    prefix = f"bhashaflow/smoke/{config.resolved_run_id()}"
+
+    assert ingest_corpus(config, return_state=True).is_completed()
+    listed = s3_server.client.list_objects_v2(Bucket="runs", Prefix=f"{prefix}/prefect-results/")
+    assert listed["KeyCount"] >= 2  # the staged source and the shards, at least
+
+    # Without its manifest the ingestion runs again, and the staged source comes back from the bucket's results.
+    s3_server.client.delete_object(Bucket="runs", Key=f"{prefix}/manifest.json")
+    again = ingest_corpus(config, return_state=True)
+    assert again.is_completed()
+    assert task_states(again.state_details.flow_run_id)["stage-flores-dev"] == ["Cached"]
