@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_link_artifact
+from prefect.artifacts import create_markdown_artifact
 
 from bhashaflow.config import PipelineConfig
 from bhashaflow.fsio import join
@@ -20,8 +20,8 @@ def export_rl_logs_task(config: PipelineConfig) -> dict[str, Any]:
     """Export episodes not yet exported to the configured target, each part verified before the watermark moves."""
     settings = get_settings()
     result = export_rl_logs(config, settings, sink=open_sink(config.rl_export.target, settings))
-    if result["parts"] and not result["target"].lower().startswith(("http://", "https://")):
-        last = result["parts"][-1]
-        create_link_artifact(join(result["target"], last), link_text=f"RL log part {last}",
-                             key=artifact_key("export-rl-logs", config.run_name, "latest-part"))
+    if result["parts"]:
+        lines = [f"# RL log export to `{result['target']}`", "", f"{result['exported']} episodes in these parts:", ""]
+        lines += [f"- [{part}]({join(result['target'], part)})" for part in result["parts"]]
+        create_markdown_artifact("\n".join(lines), key=artifact_key("export-rl-logs", config.run_name, "parts"))
     return result
