@@ -89,7 +89,11 @@ def _stream_object(fs: Any, key: str, start: int, chunk_bytes: int) -> Iterator[
         while chunk := sync(fs.loop, _read_up_to, body, chunk_bytes):
             yield chunk
     finally:
-        sync(fs.loop, _close, body)
+        try:
+            sync(fs.loop, _close, body)
+        except NotImplementedError:
+            # Garbage-collected on fsspec's own loop thread, where sync() cannot wait: close there instead.
+            fs.loop.create_task(_close(body))
 
 
 class S3Connector:
