@@ -2,8 +2,8 @@
 
 Two steps, each restartable:
 1. `stage_source` streams one source through validation and commits, every `ingest.commit_rows` rows
-   read, a staged part plus its quarantine and a progress file holding the connector's position and
-   the counts. A crashed or retried stage resumes from the last progress file, so every row is read
+   read, a staged part (Arrow IPC) plus its quarantine and a progress file holding the connector's
+   position and the counts. A crashed or retried stage resumes from the last progress file, so every row is read
    into the output exactly once however often the source fails.
 2. `write_shards` reads the staged parts in config order, drops exact duplicates (bounded memory:
    8 bytes per distinct pair), writes Parquet shards per direction and, last, `manifest.json`.
@@ -13,24 +13,28 @@ Two steps, each restartable:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from bhashaflow.config import PipelineConfig, SourceConfig
 from bhashaflow.fsio import join, open_fs, read_json, sha256_file, write_bytes_atomic, write_json_atomic
 from bhashaflow.records import Pair, Position, RawRecord, Rejection
-from bhashaflow.validation import PAIR_SCHEMA, Validator, pair_keys
+from bhashaflow.validation import PAIR_SCHEMA, RowBatch, Validator, pair_keys
 
 _STAGED_SCHEMA = PAIR_SCHEMA.append(pa.field("key", pa.uint64()))
+# Staged parts are Arrow IPC files: written once and read once, several times cheaper than Parquet.
+_STAGED_IPC = pa.ipc.IpcWriteOptions(compression="zstd")
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
 
@@ -85,7 +89,13 @@ def _quarantine_line(rej: Rejection) -> str:
     record = {"source": rej.source, "ref": rej.ref, "reason": rej.reason, "detail": rej.detail, "row": row}
     if rej.raw is not None:
         record["raw"] = rej.raw
-    return json.dumps(record, ensure_ascii=False, default=str)
+    line = json.dumps(record, ensure_ascii=False, default=str)
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (a row rejected for one) stays a \u escape
+            line = json.dumps(record, default=str)
+    return line
 
 
 def stage_source(
@@ -114,23 +124,39 @@ def stage_source(
 
     validator = Validator(source, config.directions, config.ingest.max_chars, config.ingest.min_script_fraction)
     commit_rows = config.ingest.commit_rows
-    batch: list[RawRecord] = []
-    for record in reader.iter_records(progress.position):
-        batch.append(record)
-        if len(batch) >= commit_rows:
-            _commit(progress, _Pending(batch, validator), stage, progress_uri, storage_options)
-            batch = []
-    _commit(progress, _Pending(batch, validator), stage, progress_uri, storage_options, done=True)
+
+    def validate_and_commit(rows: RowBatch, done: bool) -> None:
+        _commit(progress, _Pending(rows, validator), stage, progress_uri, storage_options, done=done)
+
+    # Rows are structure-checked as they are read; the text checks and the commit of a batch then run on a
+    # worker thread while the next batch is read: parsing holds the GIL, but decompression, the numpy and
+    # Arrow kernels and file writes release it. Commits stay in order, one at a time, and a batch is handed
+    # over only once the one before is committed, so a failure leaves the progress inline commits would.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{source.name}") as worker:
+        committing: Future[None] | None = None
+        rows = validator.new_batch()
+        try:
+            for record in reader.iter_records(progress.position):
+                rows.add(record)
+                if rows.size >= commit_rows:
+                    if committing is not None:
+                        committing.result()
+                    committing = worker.submit(validate_and_commit, rows, False)
+                    rows = validator.new_batch()
+        finally:
+            if committing is not None:
+                committing.result()  # what was read before a failure is still committed, as inline
+    validate_and_commit(rows, True)
     return staged
 
 
 class _Pending:
     """Rows read since the last commit, validated."""
 
-    def __init__(self, batch: list[RawRecord], validator: Validator) -> None:
-        checked = validator.check_batch(batch)
-        self.read = len(batch)
-        self.position = batch[-1].position if batch else None
+    def __init__(self, rows: RowBatch, validator: Validator) -> None:
+        checked = rows.check()
+        self.read = rows.size
+        self.position = rows.last_position
         self.valid = checked.accepted.num_rows
         self.table = checked.accepted.append_column("key", pair_keys(checked.accepted))
         self.skipped_by_direction = Counter(checked.skipped)
@@ -156,9 +182,10 @@ def _commit(
     # Parts first, progress last: a crash in between rewrites the same part number on resume.
     part = progress.parts
     if pending.valid:
-        buf = io.BytesIO()
-        pq.write_table(pending.table, buf)
-        write_bytes_atomic(join(stage, f"part-{part:05d}.parquet"), buf.getvalue(), storage_options)
+        buf = pa.BufferOutputStream()
+        with pa.ipc.new_file(buf, pending.table.schema, options=_STAGED_IPC) as writer:
+            writer.write_table(pending.table)
+        write_bytes_atomic(join(stage, f"part-{part:05d}.arrow"), buf.getvalue().to_pybytes(), storage_options)
     if pending.quarantine:
         data = ("\n".join(pending.quarantine) + "\n").encode()
         write_bytes_atomic(join(stage, f"quarantine-{part:05d}.jsonl"), data, storage_options)
@@ -186,29 +213,47 @@ def _commit(
 class SeenKeys:
     """Exact membership of 64-bit pair fingerprints in about 8 bytes each.
 
-    New keys collect in a set; past `buffer` they merge into one sorted numpy array.
+    New keys collect in small sorted arrays; past `buffer` of them they become one sorted run, and runs of
+    similar size merge up to `max_run` keys, which bounds both the number of runs a lookup searches and the
+    extra memory a merge needs.
     """
 
-    def __init__(self, buffer: int = 200_000) -> None:
-        self._sorted = np.empty(0, dtype=np.uint64)
-        self._recent: set[int] = set()
+    def __init__(self, buffer: int = 200_000, max_run: int = 1 << 21) -> None:
+        self._runs: list[np.ndarray] = []  # sorted, disjoint, larger first
+        self._pending: list[np.ndarray] = []
+        self._pending_size = 0
         self._buffer = buffer
+        self._max_run = max_run
 
     def add(self, key: int) -> bool:
         """Record `key`; False when it was already there."""
-        if key in self._recent:
-            return False
-        arr = self._sorted
-        if arr.size:
-            i = int(np.searchsorted(arr, np.uint64(key)))
-            if i < arr.size and int(arr[i]) == key:
-                return False
-        self._recent.add(key)
-        if len(self._recent) >= self._buffer:
-            merged = np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent))
-            self._sorted = np.union1d(self._sorted, merged)
-            self._recent.clear()
-        return True
+        return bool(self.add_many(np.array([key], dtype=np.uint64))[0])
+
+    def add_many(self, keys: np.ndarray) -> np.ndarray:
+        """Record `keys` in order; True where a key is new (not seen before, nor earlier in `keys`)."""
+        unique, first = np.unique(np.asarray(keys, dtype=np.uint64), return_index=True)
+        seen = np.zeros(len(unique), dtype=bool)
+        for run in self._runs + self._pending:
+            at = np.searchsorted(run, unique)
+            seen |= run[np.minimum(at, len(run) - 1)] == unique
+        fresh = np.zeros(len(keys), dtype=bool)
+        fresh[first[~seen]] = True
+        if not seen.all():
+            self._pending.append(unique[~seen])
+            self._pending_size += int((~seen).sum())
+            if self._pending_size >= self._buffer:
+                self._push(np.sort(np.concatenate(self._pending)))
+                self._pending, self._pending_size = [], 0
+        return fresh
+
+    def _push(self, run: np.ndarray) -> None:
+        self._runs.append(run)
+        while len(self._runs) > 1:
+            small, large = self._runs[-1], self._runs[-2]
+            if len(large) > 2 * len(small) or len(large) + len(small) > self._max_run:
+                break
+            # Stable sort is a merge of the two sorted halves here.
+            self._runs[-2:] = [np.sort(np.concatenate([large, small]), kind="stable")]
 
 
 class ShardWriter:
@@ -220,21 +265,36 @@ class ShardWriter:
         self.row_group_rows = min(shard_rows, 10_000)
         self.storage_options = storage_options
         self.shards: list[dict[str, Any]] = []
-        self._buf: dict[str, list[Any]] = {name: [] for name in PAIR_SCHEMA.names}
+        self._buf: list[pa.Table] = []
+        self._buf_rows = 0
         self._writer: pq.ParquetWriter | None = None
         self._file: Any = None
         self._rows_in_shard = 0
 
     def write(self, row: tuple[str, str, str, str, str, str]) -> None:
-        for name, value in zip(PAIR_SCHEMA.names, row, strict=True):
-            self._buf[name].append(value)
-        if len(self._buf["src"]) >= min(self.row_group_rows, self.shard_rows - self._rows_in_shard):
-            self._flush()
+        self.write_table(pa.table({name: [value] for name, value in zip(PAIR_SCHEMA.names, row, strict=True)}))
 
-    def _flush(self) -> None:
-        n = len(self._buf["src"])
+    def write_table(self, table: pa.Table) -> None:
+        """Append pairs (the `PAIR_SCHEMA` columns, in order)."""
+        if not table.num_rows:
+            return
+        self._buf.append(table.select(PAIR_SCHEMA.names))
+        self._buf_rows += table.num_rows
+        # Row groups of row_group_rows, cut short where a shard ends: the same files row by row writing made.
+        while self._buf_rows and self._buf_rows >= min(self.row_group_rows, self.shard_rows - self._rows_in_shard):
+            self._flush(min(self.row_group_rows, self.shard_rows - self._rows_in_shard))
+
+    def _flush(self, rows: int | None = None) -> None:
+        n = self._buf_rows if rows is None else rows
         if not n:
             return
+        buffered = pa.concat_tables(self._buf)
+        rest = buffered.slice(n)
+        self._buf, self._buf_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+        # One contiguous chunk per column, as a table built from lists: Parquet pages then fall where they did.
+        group = pa.Table.from_arrays(
+            [buffered.column(name).slice(0, n).combine_chunks() for name in PAIR_SCHEMA.names], schema=PAIR_SCHEMA
+        )
         if self._writer is None:
             index = len(self.shards)
             uri = join(self.base_uri, f"shard-{index:05d}.parquet")
@@ -243,8 +303,7 @@ class ShardWriter:
             self._file = fs.open(path, "wb")
             self._writer = pq.ParquetWriter(self._file, PAIR_SCHEMA)
             self.shards.append({"uri": uri, "rows": 0})
-        self._writer.write_table(pa.table(self._buf, schema=PAIR_SCHEMA))
-        self._buf = {name: [] for name in PAIR_SCHEMA.names}
+        self._writer.write_table(group)
         self._rows_in_shard += n
         self.shards[-1]["rows"] += n
         if self._rows_in_shard >= self.shard_rows:
@@ -264,17 +323,22 @@ class ShardWriter:
         return self.shards
 
 
-def _iter_staged_rows(staged: StagedSource, storage_options: dict[str, Any] | None) -> Iterator[tuple[Any, ...]]:
+def _iter_staged_batches(staged: StagedSource, storage_options: dict[str, Any] | None) -> Iterator[pa.Table]:
     for part in range(staged.progress.parts):
+        uri = join(staged.staging_uri, f"part-{part:05d}.arrow")
+        fs, path = open_fs(uri, storage_options)
+        if fs.exists(path):
+            with pa.ipc.open_file(pa.BufferReader(fs.cat_file(path))) as reader:
+                yield reader.read_all().select(_STAGED_SCHEMA.names)
+            continue
+        # Parts staged by earlier versions are Parquet; a part that is neither held only rejections.
         uri = join(staged.staging_uri, f"part-{part:05d}.parquet")
         fs, path = open_fs(uri, storage_options)
-        if not fs.exists(path):
-            continue  # that commit held only rejections
-        with fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            for batch in pf.iter_batches(batch_size=10_000):
-                cols = [batch.column(name).to_pylist() for name in _STAGED_SCHEMA.names]
-                yield from zip(*cols, strict=True)
+        if fs.exists(path):
+            with fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                for batch in pf.iter_batches(batch_size=10_000, columns=_STAGED_SCHEMA.names):
+                    yield pa.Table.from_batches([batch])
 
 
 def _write_quarantine(
@@ -338,15 +402,23 @@ def write_shards(
     source_stats: dict[str, dict[str, Any]] = {}
     for s in staged:
         src_accepted = src_dupes = 0
-        for row in _iter_staged_rows(s, storage_options):
-            direction = f"{row[2]}-{row[3]}"
-            if seen.add(row[6]):
-                writers[direction].write(row[:6])
-                accepted[direction] += 1
-                src_accepted += 1
-            else:
-                duplicates[direction] += 1
-                src_dupes += 1
+        for table in _iter_staged_batches(s, storage_options):
+            fresh = seen.add_many(table.column("key").to_numpy())
+            src_accepted += int(fresh.sum())
+            src_dupes += len(fresh) - int(fresh.sum())
+            directions_of = pc.binary_join_element_wise(table.column("src_lang"), table.column("tgt_lang"), "-")
+            present = pc.unique(directions_of).to_pylist()
+            for direction in present:
+                in_direction = (
+                    np.ones(len(fresh), dtype=bool)
+                    if len(present) == 1
+                    else pc.equal(directions_of, direction).to_numpy(zero_copy_only=False)
+                )
+                keep = fresh & in_direction
+                kept = int(keep.sum())
+                writers[direction].write_table(table if kept == len(keep) else table.filter(pa.array(keep)))
+                accepted[direction] += kept
+                duplicates[direction] += int(in_direction.sum()) - kept
         p = s.progress
         source_stats[s.name] = {
             "kind": s.kind,

@@ -1,11 +1,21 @@
-"""FLORES-200 language codes, their scripts, and how much of a text is written in a script."""
+"""FLORES-200 language codes, their scripts, and how much of a text is written in a script.
+
+"Letters in a script" are counted the same way everywhere: a character is *own* when it lies in one of the
+script's blocks (`SCRIPT_RANGES`, marks and signs included) and *foreign* when it is a letter (Unicode
+category L, as RE2 defines it) outside them. `script_fraction` counts one text; `count_script_letters`
+counts whole columns of code points at once for validation, with the same tables.
+"""
 
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Sequence
 from functools import cache
 
-# Unicode blocks of the scripts used by the languages below.
+import numpy as np
+
+# Unicode blocks of the scripts used by the languages below (all in the BMP, which the column counts rely on).
 SCRIPT_RANGES: dict[str, str] = {
     "Latn": "A-Za-z\u00c0-\u024f\u1e00-\u1eff",
     "Deva": "\u0900-\u097f\ua8e0-\ua8ff",
@@ -110,13 +120,6 @@ def parse_direction(direction: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-@cache
-def _patterns(script: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
-    block = SCRIPT_RANGES[script]
-    # Letters and marks of the script; and letters of any other script (\w minus digits and '_').
-    return re.compile(f"[{block}]"), re.compile(f"[^\\W\\d_{block}]")
-
-
 def script_regexes(code: str) -> tuple[str, str] | None:
     """RE2 patterns (for pyarrow.compute) of `code`'s script characters and of letters of any other script.
 
@@ -129,14 +132,138 @@ def script_regexes(code: str) -> tuple[str, str] | None:
     return f"[{re2_block}]", f"[^\\P{{L}}{re2_block}]"
 
 
+BMP_SIZE = 0x10000
+_FOREIGN = np.int64(1 << 32)  # own and foreign counts share one int64: own in the low half, foreign in the high
+
+
+def _block_ranges(block: str) -> list[tuple[int, int]]:
+    r"""The code point ranges of a `SCRIPT_RANGES` character class body ("A-Za-z\u00c0-\u024f")."""
+    ranges, i = [], 0
+    while i < len(block):
+        if i + 2 < len(block) and block[i + 1] == "-":
+            ranges.append((ord(block[i]), ord(block[i + 2])))
+            i += 3
+        else:
+            ranges.append((ord(block[i]), ord(block[i])))
+            i += 1
+    return ranges
+
+
+@cache
+def _own_table(script: str) -> np.ndarray:
+    """Per BMP code point, whether it lies in one of `script`'s blocks."""
+    own = np.zeros(BMP_SIZE, dtype=bool)
+    for lo, hi in _block_ranges(SCRIPT_RANGES[script]):
+        if hi >= BMP_SIZE:
+            raise ValueError(f"script {script}: blocks above U+FFFF need count_script_letters to look them up")
+        own[lo : hi + 1] = True
+    return own
+
+
+def _re2_letters(code_points: Sequence[int]) -> np.ndarray:
+    r"""Whether each code point is a letter by RE2's `\p{L}`: the class the validation kernels always used."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    # Surrogates cannot be encoded; they are never letters.
+    chars = pa.array(["" if 0xD800 <= cp <= 0xDFFF else chr(cp) for cp in code_points], pa.string())
+    return np.asarray(pc.match_substring_regex(chars, r"\p{L}").to_numpy(zero_copy_only=False), dtype=bool)
+
+
+@cache
+def _letter_table() -> np.ndarray:
+    """Per BMP code point, whether it is a letter (Unicode category L)."""
+    return _re2_letters(range(BMP_SIZE))
+
+
+_astral_letters: dict[int, bool] = {}
+_astral_lock = threading.Lock()
+
+
+def _astral_letters_of(code_points: np.ndarray) -> np.ndarray:
+    """Whether each code point above the BMP is a letter; looked up once per distinct code point."""
+    unique = np.unique(code_points)
+    with _astral_lock:
+        missing = [int(cp) for cp in unique if int(cp) not in _astral_letters]
+        if missing:
+            _astral_letters.update(zip(missing, _re2_letters(missing).tolist(), strict=True))
+        flags = np.array([_astral_letters[int(cp)] for cp in unique], dtype=bool)
+    return flags[np.searchsorted(unique, code_points)]
+
+
+@cache
+def _weights(script: str) -> np.ndarray:
+    """Per BMP code point, what it adds to a text's packed (own, foreign) letter counts for `script`."""
+    own = _own_table(script)
+    return own.astype(np.int64) + (_letter_table() & ~own).astype(np.int64) * _FOREIGN
+
+
+def _row_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Sum of `values[starts[i]:starts[i + 1]]` for every row i."""
+    sums = np.zeros(len(starts) - 1, values.dtype)
+    # Only non-empty rows: reduceat gives an empty row the value at its start, and needs starts in range.
+    nonempty = np.flatnonzero(starts[1:] > starts[:-1])
+    if nonempty.size:
+        sums[nonempty] = np.add.reduceat(values, starts[nonempty])
+    return sums
+
+
+def count_script_letters(
+    code_points: np.ndarray, starts: np.ndarray, codes: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per text, its letters in its language's script and its letters of other scripts, as `script_fraction` counts.
+
+    Texts of a language whose script has no known blocks count (0, 0).
+
+    Args:
+        code_points: the code points of all texts, one after another (np.intp indexes without a conversion).
+        starts: where each text starts in `code_points`, plus the end (length: texts + 1).
+        codes: each text's FLORES-200 language code.
+    """
+    scripts = [script_of(code) for code in dict.fromkeys(codes)]
+    known = [s for s in dict.fromkeys(scripts) if s in SCRIPT_RANGES]
+    n = len(starts) - 1
+    if not known or not len(code_points):
+        return np.zeros(n, np.int64), np.zeros(n, np.int64)
+    # np.intp code points index the tables without a conversion; above the BMP clips to U+FFFF (no letter).
+    if len(known) == 1 and len(scripts) == 1:
+        packed = np.take(_weights(known[0]), code_points, mode="clip")
+    else:
+        # Rows of several scripts: pick each character's table by its row's script (unknown scripts: zeros).
+        index = {s: i for i, s in enumerate(known)}
+        tables = np.stack([_weights(s) for s in known] + [np.zeros(BMP_SIZE, np.int64)])
+        row_table = np.array([index.get(script_of(code), len(known)) for code in codes], dtype=np.intp)
+        bmp = np.minimum(code_points, BMP_SIZE - 1) if code_points.dtype.itemsize > 2 else code_points
+        packed = tables[np.repeat(row_table, np.diff(starts)), bmp]
+    if code_points.dtype.itemsize > 2 and code_points.max() >= BMP_SIZE:
+        astral = np.flatnonzero(code_points >= BMP_SIZE)
+        if astral.size:
+            # No script block lies above the BMP: a letter there is always foreign.
+            packed[astral] = np.where(_astral_letters_of(code_points[astral]), _FOREIGN, 0)
+            if len(scripts) > 1:
+                rows = np.searchsorted(starts, astral, side="right") - 1
+                unknown = np.array([script_of(codes[r]) not in SCRIPT_RANGES for r in rows], dtype=bool)
+                packed[astral[unknown]] = 0
+    sums = _row_sums(packed, starts)
+    return sums & (_FOREIGN - 1), sums >> 32
+
+
 def script_fraction(text: str, code: str) -> float:
     """Share of the letters of `text` that are in `code`'s script; 1.0 when it has no letters."""
     script = script_of(code)
     if script not in SCRIPT_RANGES:
         return 1.0
-    own, foreign = _patterns(script)
-    n_own = len(own.findall(text))
-    n_foreign = len(foreign.findall(text))
+    own_table, letters = _own_table(script), _letter_table()
+    n_own = n_foreign = 0
+    for ch in text:
+        cp = ord(ch)
+        if cp < BMP_SIZE:
+            if own_table[cp]:
+                n_own += 1
+            elif letters[cp]:
+                n_foreign += 1
+        elif _astral_letters_of(np.array([cp]))[0]:
+            n_foreign += 1
     if n_own + n_foreign == 0:
         return 1.0
     return n_own / (n_own + n_foreign)

@@ -1,13 +1,17 @@
 """Turn a source's raw rows into validated pairs, rejections with a reason, or skips.
 
-Rows are checked a batch at a time: structure in Python, text (normalisation, length, script) in
-vectorised pyarrow compute kernels, so validation keeps up with streaming sources.
+Rows are checked a batch at a time: structure in Python, text in one numpy pass over the code points of a
+whole column (control characters, length, letters in the language's script, and which rows normalisation
+would change at all). Normalisation kernels then run only on the rows that need them, so validation keeps
+up with streaming sources.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import unicodedata
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from hashlib import blake2b
 from typing import Any
 
@@ -16,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.languages import LANGUAGES, script_regexes
-from bhashaflow.records import Pair, RawRecord, Rejection
+from bhashaflow.languages import BMP_SIZE, LANGUAGES, count_script_letters
+from bhashaflow.records import Pair, Position, RawRecord, Rejection
 
 # Whitespace other than the plain space (RE2's \s is ASCII-only), and C0/C1 controls other than tab,
 # newline and return: NUL bytes and friends mean a broken export, not text.
@@ -59,7 +63,18 @@ def pair_key(src: str, tgt: str, src_lang: str, tgt_lang: str) -> int:
 def pair_keys(pairs: pa.Table) -> pa.Array:
     """`pair_key` of every row of a table with the pair columns."""
     joined = pc.binary_join_element_wise(pairs["src_lang"], pairs["tgt_lang"], pairs["src"], pairs["tgt"], "\x1f")
-    return pa.array([_fingerprint(text) for text in joined.to_pylist()], pa.uint64())
+    if isinstance(joined, pa.ChunkedArray):
+        joined = joined.combine_chunks()
+    if not len(joined):
+        return pa.array([], pa.uint64())
+    # Hash the UTF-8 bytes in place rather than building a str per row and encoding it again.
+    _, offsets_buf, data_buf = joined.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int32, len(joined) + 1, joined.offset * 4).tolist()
+    data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
+    digests = b"".join(
+        [blake2b(data[a:b], digest_size=8).digest() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+    )
+    return pa.array(np.frombuffer(digests, dtype="<u8"), pa.uint64())
 
 
 def _fingerprint(text: str) -> int:
@@ -100,26 +115,188 @@ class CheckedBatch:
         return [Pair(**row) for row in self.accepted.to_pylist()]
 
 
-def _script_share(texts: pa.Array, langs: np.ndarray) -> np.ndarray:
-    """Per row, the share of letters in the script of that row's language (1.0 without letters)."""
-    share = np.ones(len(texts))
-    for lang in np.unique(langs):
-        patterns = script_regexes(str(lang))
-        if patterns is None:
-            continue
-        idx = np.flatnonzero(langs == lang)
-        subset = texts.take(pa.array(idx))
-        length = pc.utf8_length(subset)
-        # Counting by deleting runs is several times faster in RE2 than counting single matches.
-        own, foreign = (
-            pc.subtract(length, pc.utf8_length(pc.replace_substring_regex(subset, f"{p}+", ""))).to_numpy(
-                zero_copy_only=False
+# Per-character flags of the BMP table below.
+_CONTROL = 1  # rejected: C0/C1 control other than tab, newline, return
+_SPACE = 2  # whitespace other than the plain space: normalisation rewrites it
+_UNSTABLE = 4  # NFC changes the character itself, or it is unknown to our Unicode tables
+_COMPOSES = 8  # may combine with the character before it under NFC (NFC_Quick_Check "maybe")
+_MARK = 16  # canonical combining class above 0: NFC may reorder it
+_TRIM = 32  # trimmed at either end of a text
+_DECOMPOSES = 64  # has a canonical decomposition
+_ATTENTION = _CONTROL | _SPACE | _UNSTABLE | _COMPOSES | _MARK
+_PAIR_SHIFT = 21  # pairs of code points packed as first << 21 | second
+
+
+@cache
+def _char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per BMP code point its flags and canonical combining class; and the sorted canonical pairs.
+
+    Control, whitespace, trimming and NFC stability come from the very kernels `_normalize` and the control
+    check run, so "this row needs no normalisation" is exact; the rest from `unicodedata`, where any doubt
+    (an unassigned character, a conjoining Hangul vowel or trailing consonant) marks a character unstable.
+    """
+    chars = pa.array(["" if 0xD800 <= cp <= 0xDFFF else chr(cp) for cp in range(BMP_SIZE)], pa.string())
+    flags = np.zeros(BMP_SIZE, np.uint8)
+
+    def mark(mask: Any, flag: int) -> None:
+        flags[np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)] |= flag
+
+    mark(pc.match_substring_regex(chars, _CONTROL_RE2), _CONTROL)
+    mark(pc.match_substring_regex(chars, _OTHER_SPACE_RE2), _SPACE)
+    lengths = pc.utf8_length(chars)
+    mark(pc.and_(pc.greater(lengths, 0), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(chars)), 0)), _TRIM)
+    mark(pc.not_equal(pc.utf8_normalize(chars, form="NFC"), chars), _UNSTABLE)
+    nfc_stable = (flags & _UNSTABLE) == 0
+    ccc = np.zeros(BMP_SIZE, np.uint8)
+    pairs = []
+    for cp in range(BMP_SIZE):
+        ch = chr(cp)
+        if unicodedata.category(ch) in ("Cn", "Cs"):
+            flags[cp] |= _UNSTABLE
+        ccc[cp] = unicodedata.combining(ch)
+        decomposition = unicodedata.decomposition(ch)
+        if decomposition and not decomposition.startswith("<"):  # canonical, not compatibility
+            flags[cp] |= _DECOMPOSES
+            parts = [int(x, 16) for x in decomposition.split()]
+            # Only pairs that NFC puts back together (primary composites; not U+095B = U+091C U+093C).
+            if len(parts) == 2 and nfc_stable[cp]:
+                if parts[1] < BMP_SIZE:
+                    flags[parts[1]] |= _COMPOSES
+                pairs.append(parts[0] << _PAIR_SHIFT | parts[1])
+    flags[0x1161:0x1176] |= _UNSTABLE  # Hangul jamo compose algorithmically, not by decomposition data
+    flags[0x11A8:0x11C3] |= _UNSTABLE
+    flags[ccc > 0] |= _MARK
+    return flags, ccc, np.unique(np.array(pairs, dtype=np.uint64))
+
+
+def _code_points(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """All code points of a string array, one text after another, and where each text starts (plus the end).
+
+    Code points come as np.intp, so the table lookups that follow need no index conversion of their own. ASCII
+    columns are their own bytes; others decode once, through 16 bits per character when all are in the BMP.
+    """
+    n = len(texts)
+    _, offsets_buf, data_buf = texts.buffers()
+    offsets = np.frombuffer(offsets_buf, np.int32, n + 1, texts.offset * 4).astype(np.int64)
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    if hi == lo:
+        return np.zeros(0, np.intp), offsets - lo
+    data = np.frombuffer(data_buf, np.uint8, hi - lo, lo)
+    if data.max() < 0x80:
+        return data.astype(np.intp), offsets - lo
+    text = data.tobytes().decode("utf-8")
+    starts = np.zeros(n + 1, np.int64)
+    np.cumsum(pc.utf8_length(texts).to_numpy(zero_copy_only=False), out=starts[1:])
+    wide = text.encode("utf-16-le")
+    if len(wide) == 2 * len(text):
+        return np.frombuffer(wide, np.uint16).astype(np.intp), starts
+    return np.frombuffer(text.encode("utf-32-le"), np.uint32).astype(np.intp), starts
+
+
+def _code_points_of(texts: list[str], arrow: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """`_code_points` of `arrow` read from the same texts as Python strings, which already hold code points:
+    joining and widening them is cheaper than decoding the UTF-8 again."""
+    starts = np.zeros(len(texts) + 1, np.int64)
+    np.cumsum(pc.utf8_length(arrow).to_numpy(zero_copy_only=False), out=starts[1:])
+    joined = "".join(texts)
+    if joined.isascii():
+        return np.frombuffer(joined.encode("ascii"), np.uint8).astype(np.intp), starts
+    wide = joined.encode("utf-16-le")
+    if len(wide) == 2 * len(joined):  # no surrogate pairs: every character is in the BMP
+        return np.frombuffer(wide, np.uint16).astype(np.intp), starts
+    return np.frombuffer(joined.encode("utf-32-le"), np.uint32).astype(np.intp), starts
+
+
+def _rows_needing_normalisation(cps: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: does it hold a control character; would `_normalize` change it.
+
+    A row is left alone when it has no other whitespace, no double space, nothing trimmable at its ends, and
+    passes the NFC quick check, sharpened for "maybe" characters: one that follows a plain starter it cannot
+    compose with stays as it is.
+    """
+    flags_table, ccc, pairs = _char_tables()
+    n = len(starts) - 1
+    control = np.zeros(n, dtype=bool)
+    changes = np.zeros(n, dtype=bool)
+    if not len(cps):
+        return control, changes
+    spaces = cps == 32
+    double = spaces[1:] & spaces[:-1]
+    if double.any():
+        at = np.flatnonzero(double)
+        rows = np.searchsorted(starts, at, side="right") - 1
+        changes[rows[at + 1 < starts[rows + 1]]] = True  # both spaces in the same row
+    flags = np.take(flags_table, cps, mode="clip")  # above the BMP clips to U+FFFF, a noncharacter: unstable
+    hits = np.flatnonzero(flags & _ATTENTION)
+    if hits.size:
+        f = flags[hits]
+        rows = np.searchsorted(starts, hits, side="right") - 1
+        control[rows[(f & _CONTROL) != 0]] = True
+        first = hits == starts[rows]
+        cur = np.minimum(cps[hits], BMP_SIZE - 1)
+        prev = np.minimum(cps[np.maximum(hits - 1, 0)], BMP_SIZE - 1)
+        bad = (f & (_SPACE | _UNSTABLE)) != 0
+        bad |= ((f & _MARK) != 0) & ~first & (ccc[prev] > ccc[cur])  # out of canonical order
+        composes = (f & _COMPOSES) != 0
+        if composes.any():
+            packed = (prev.astype(np.uint64) << np.uint64(_PAIR_SHIFT)) | cur.astype(np.uint64)
+            at = np.minimum(np.searchsorted(pairs, packed), len(pairs) - 1)
+            bad |= composes & (
+                first
+                | ((flags_table[prev] & (_COMPOSES | _MARK | _UNSTABLE | _DECOMPOSES)) != 0)
+                | ((f & _DECOMPOSES) != 0)
+                | (pairs[at] == packed)
             )
-            for p in patterns
-        )
-        total = own + foreign
-        share[idx] = np.where(total > 0, own / np.maximum(total, 1), 1.0)
-    return share
+        changes[rows[bad]] = True
+    nonempty = np.flatnonzero(starts[1:] > starts[:-1])
+    ends = flags[starts[nonempty]] | flags[starts[nonempty + 1] - 1]
+    changes[nonempty[(ends & _TRIM) != 0]] = True
+    return control, changes
+
+
+@dataclass
+class _TextChecks:
+    """One text column after normalisation, with what the rules look at."""
+
+    norm: pa.Array
+    control: np.ndarray  # in the raw text
+    length: np.ndarray  # characters after normalisation
+    share: np.ndarray  # letters in the language's script, after normalisation (1.0 without letters)
+
+
+_CHUNK_ROWS = 4096  # rows checked at a time: their code point arrays stay in the CPU cache
+
+
+def _check_column(raw: pa.Array, texts: list[str], codes: list[str]) -> _TextChecks:
+    """Check one text column: `raw` is `texts` as an Arrow array, `codes` each row's language."""
+    if len(raw) <= _CHUNK_ROWS:
+        return _check_chunk(raw, texts, codes)
+    parts = [
+        _check_chunk(raw.slice(i, _CHUNK_ROWS), texts[i : i + _CHUNK_ROWS], codes[i : i + _CHUNK_ROWS])
+        for i in range(0, len(raw), _CHUNK_ROWS)
+    ]
+    return _TextChecks(
+        pa.concat_arrays([p.norm for p in parts]),
+        *(np.concatenate([getattr(p, name) for p in parts]) for name in ("control", "length", "share")),
+    )
+
+
+def _check_chunk(raw: pa.Array, texts: list[str], codes: list[str]) -> _TextChecks:
+    cps, starts = _code_points_of(texts, raw)
+    control, changes = _rows_needing_normalisation(cps, starts)
+    length = np.diff(starts)
+    own, foreign = count_script_letters(cps, starts, codes)
+    norm = raw
+    if changes.any():
+        idx = np.flatnonzero(changes)
+        fixed = _normalize(raw.take(pa.array(idx)))
+        norm = pc.replace_with_mask(raw, pa.array(changes), fixed)
+        fixed_cps, fixed_starts = _code_points(fixed)
+        length[idx] = np.diff(fixed_starts)
+        own[idx], foreign[idx] = count_script_letters(fixed_cps, fixed_starts, [codes[i] for i in idx])
+    total = own + foreign
+    share = np.where(total > 0, own / np.maximum(total, 1), 1.0)
+    return _TextChecks(norm, control, length, share)
 
 
 class Validator:
@@ -142,6 +319,12 @@ class Validator:
         f = source.fields
         self._text_fields = (("src", f.src), ("tgt", f.tgt))
         self._lang_fields = (("src_lang", f.src_lang), ("tgt_lang", f.tgt_lang))
+        # Language values already seen to name a configured direction, so most rows skip the full check.
+        self._known_langs: dict[tuple[str, str], tuple[str, str]] = {}
+        self._fixed_langs: tuple[str, str] | None = None
+        if source.langs is not None and f"{source.langs.src}-{source.langs.tgt}" in self.directions:
+            if source.langs.src in LANGUAGES and source.langs.tgt in LANGUAGES:
+                self._fixed_langs = (source.langs.src, source.langs.tgt)
 
     def direction_hint(self, record: RawRecord) -> str | None:
         """The direction a row claims, when it can be told, for per-direction reject counts."""
@@ -164,26 +347,16 @@ class Validator:
             return out.rejections[0][1]
         return Skip(out.skipped[0])
 
-    def check_batch(self, records: Sequence[RawRecord]) -> CheckedBatch:
+    def check_batch(self, records: Iterable[RawRecord]) -> CheckedBatch:
         """Validate rows; every row ends in exactly one of pairs, rejections or skipped."""
-        out = CheckedBatch()
-        cand: list[int] = []
-        texts: dict[str, list[str]] = {"src": [], "tgt": []}
-        langs: dict[str, list[str]] = {"src_lang": [], "tgt_lang": []}
-        for i, record in enumerate(records):
-            verdict = self._check_structure(record, texts, langs)
-            if verdict is None:
-                cand.append(i)
-            elif isinstance(verdict, Skip):
-                out.skipped.append(verdict.direction)
-            else:
-                out.rejections.append((record, verdict))
-        if cand:
-            out.accepted = self._check_texts(records, cand, texts, langs, out.rejections)
-        if out.rejections and cand:
-            position = {id(r): i for i, r in enumerate(records)}
-            out.rejections.sort(key=lambda item: position[id(item[0])])
-        return out
+        rows = self.new_batch()
+        for record in records:
+            rows.add(record)
+        return rows.check()
+
+    def new_batch(self) -> RowBatch:
+        """An empty batch to `add` rows to one at a time, then `check`; what `check_batch` does in steps."""
+        return RowBatch(self)
 
     def _check_structure(
         self, record: RawRecord, texts: dict[str, list[str]], langs: dict[str, list[str]]
@@ -193,6 +366,7 @@ class Validator:
             return self._reject(record, "malformed", record.error or "could not be parsed")
         if not hasattr(row, "get"):
             return self._reject(record, "malformed", "record is not an object")
+        raw_langs: tuple[Any, Any] | None = None
         if self.source.langs is not None:
             src_lang, tgt_lang = self.source.langs.src, self.source.langs.tgt
         else:
@@ -205,12 +379,16 @@ class Validator:
                     return self._reject(record, "not_a_string", f"field {column!r} ({part}) is {type(value).__name__}")
                 found.append(value.strip())
             src_lang, tgt_lang = found
+            raw_langs = (row.get(self._lang_fields[0][1]), row.get(self._lang_fields[1][1]))
         for part, code in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
             if code not in LANGUAGES:
                 return self._reject(record, "unknown_language", f"{part} {code[:40]!r} is not a FLORES-200 code")
         direction = f"{src_lang}-{tgt_lang}"
         if direction not in self.directions:
             return Skip(direction)
+        if raw_langs is not None and type(raw_langs[0]) is str and type(raw_langs[1]) is str:
+            if len(self._known_langs) < 4096:  # bounded: only odd spellings (stray spaces) add entries
+                self._known_langs[raw_langs] = (src_lang, tgt_lang)
         values = []
         for part, column in self._text_fields:
             value = row.get(column)
@@ -218,11 +396,9 @@ class Validator:
                 return self._reject(record, "missing_field", f"field {column!r} ({part}) is missing")
             if not isinstance(value, str):
                 return self._reject(record, "not_a_string", f"field {column!r} ({part}) is {type(value).__name__}")
-            if not value.isascii():
-                try:
-                    value.encode("utf-8")
-                except UnicodeEncodeError:
-                    return self._reject(record, "malformed", f"field {column!r} ({part}) holds a lone surrogate")
+            problem = self._surrogate(part, column, value)
+            if problem:
+                return self._reject(record, "malformed", problem)
             values.append(value)
         texts["src"].append(values[0])
         texts["tgt"].append(values[1])
@@ -230,60 +406,80 @@ class Validator:
         langs["tgt_lang"].append(tgt_lang)
         return None
 
-    def _check_texts(
-        self,
-        records: Sequence[RawRecord],
-        cand: list[int],
-        texts: dict[str, list[str]],
-        langs: dict[str, list[str]],
-        rejections: list[tuple[RawRecord, Rejection]],
-    ) -> pa.Table:
+    @staticmethod
+    def _surrogate(part: str, column: str, value: str) -> str | None:
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"field {column!r} ({part}) holds a lone surrogate"
+        return None
+
+    def _text_arrays(self, rows: RowBatch) -> dict[str, pa.Array]:
+        """The candidates' texts as Arrow arrays; rows with a lone surrogate (which UTF-8 cannot hold) are
+        rejected and dropped from the candidates first."""
+        try:
+            return {part: pa.array(rows.texts[part], pa.string()) for part in ("src", "tgt")}
+        except UnicodeEncodeError:
+            pass
+        keep = []
+        for j in range(len(rows.cand)):
+            problem = None
+            for part, column in self._text_fields:
+                problem = self._surrogate(part, column, rows.texts[part][j])
+                if problem:
+                    record = rows.record(j)
+                    rows.rejections.append((rows.cand[j], record, self._reject(record, "malformed", problem)))
+                    break
+            if problem is None:
+                keep.append(j)
+        rows.keep_only(keep)
+        return {part: pa.array(rows.texts[part], pa.string()) for part in ("src", "tgt")}
+
+    def _check_texts(self, rows: RowBatch, arrays: dict[str, pa.Array]) -> pa.Table:
         """Vectorised text checks of the structurally sound rows; returns the accepted pairs."""
-        n = len(cand)
-        lang_arrays = {k: np.array(v, dtype=object) for k, v in langs.items()}
-        norm: dict[str, pa.Array] = {}
+        n = len(rows.cand)
+        langs = rows.langs
+        columns = {
+            part: _check_column(arrays[part], rows.texts[part], langs[f"{part}_lang"]) for part in ("src", "tgt")
+        }
         checks: list[tuple[np.ndarray, str, str]] = []  # (failing rows, part, reason), in rule order
-        shares: dict[str, np.ndarray] = {}
-        for part, lang_part in (("src", "src_lang"), ("tgt", "tgt_lang")):
-            raw = pa.array(texts[part], pa.string())
-            norm[part] = _normalize(raw)
-            length = pc.utf8_length(norm[part]).to_numpy(zero_copy_only=False)
-            checks.append((pc.match_substring_regex(raw, _CONTROL_RE2).to_numpy(zero_copy_only=False), part, "malformed"))
-            checks.append((length == 0, part, "empty"))
-            checks.append((length > self.max_chars, part, "too_long"))
-            shares[part] = _script_share(norm[part], lang_arrays[lang_part])
-        for part in ("src", "tgt"):
-            checks.append((shares[part] < self.min_script_fraction, part, "wrong_script"))
+        for part, c in columns.items():
+            checks.append((c.control, part, "malformed"))
+            checks.append((c.length == 0, part, "empty"))
+            checks.append((c.length > self.max_chars, part, "too_long"))
+        for part, c in columns.items():
+            checks.append((c.share < self.min_script_fraction, part, "wrong_script"))
         failed = np.full(n, -1)
         for k, (mask, _, _) in enumerate(checks):
             failed[(failed == -1) & mask] = k
         column_of = dict(self._text_fields)
-        for j in np.flatnonzero(failed >= 0):
+        for j in np.flatnonzero(failed >= 0).tolist():
             _, part, reason = checks[failed[j]]
-            record, name = records[cand[j]], column_of[part]
+            record, name = rows.record(j), column_of[part]
             if reason == "malformed":
-                bad = next(ch for ch in texts[part][j] if _is_control(ch))
+                bad = next(ch for ch in rows.texts[part][j] if _is_control(ch))
                 detail = f"field {name!r} ({part}) holds control character U+{ord(bad):04X}"
             elif reason == "empty":
                 detail = f"field {name!r} ({part}) is empty"
             elif reason == "too_long":
-                length = len(norm[part][int(j)].as_py())
-                detail = f"field {name!r} ({part}) has {length} characters > {self.max_chars}"
+                detail = f"field {name!r} ({part}) has {columns[part].length[j]} characters > {self.max_chars}"
             else:
                 lang = langs[f"{part}_lang"][j]
-                detail = f"{part} is {shares[part][j]:.0%} in the script of {lang} (< {self.min_script_fraction:.0%})"
-            rejections.append((record, self._reject(record, reason, detail)))
+                share = columns[part].share[j]
+                detail = f"{part} is {share:.0%} in the script of {lang} (< {self.min_script_fraction:.0%})"
+            rows.rejections.append((rows.cand[j], record, self._reject(record, reason, detail)))
         ok = np.flatnonzero(failed == -1)
         take = pa.array(ok)
         prefix = f"{self.source.name}:"
         return pa.table(
             {
-                "src": norm["src"].take(take),
-                "tgt": norm["tgt"].take(take),
-                "src_lang": pa.array(lang_arrays["src_lang"][ok], pa.string()),
-                "tgt_lang": pa.array(lang_arrays["tgt_lang"][ok], pa.string()),
+                "src": columns["src"].norm.take(take),
+                "tgt": columns["tgt"].norm.take(take),
+                "src_lang": pa.array(langs["src_lang"], pa.string()).take(take),
+                "tgt_lang": pa.array(langs["tgt_lang"], pa.string()).take(take),
                 "source": pa.array([self.source.name] * len(ok), pa.string()),
-                "id": pa.array([prefix + records[cand[j]].ref for j in ok], pa.string()),
+                "id": pa.array([prefix + rows.refs[j] for j in ok.tolist()], pa.string()),
             },
             schema=PAIR_SCHEMA,
         )
@@ -292,6 +488,93 @@ class Validator:
         return Rejection(
             source=self.source.name, ref=record.ref, reason=reason, detail=detail, row=record.row, raw=record.raw
         )
+
+
+class RowBatch:
+    """Rows of one batch, added one at a time, then checked together by `check`.
+
+    Each row's structure is checked as it is added, and only what the text checks need is kept: the texts,
+    languages, ref, row and position of a candidate, not the record. Records then die young, so a batch of
+    tens of thousands of rows neither holds their memory nor keeps the garbage collector busy.
+    """
+
+    def __init__(self, validator: Validator) -> None:
+        self.validator = validator
+        self.size = 0  # rows added
+        self.last_position: Position | None = None
+        self.cand: list[int] = []  # index of each candidate row, in order
+        self.texts: dict[str, list[str]] = {"src": [], "tgt": []}
+        self.langs: dict[str, list[str]] = {"src_lang": [], "tgt_lang": []}
+        self.refs: list[str] = []
+        self._rows: list[Any] = []
+        self._positions: list[Position] = []
+        self._extras: dict[int, tuple[str | None, str | None]] = {}  # a candidate's error and raw, when set
+        self.rejections: list[tuple[int, RawRecord, Rejection]] = []
+        self.skipped: list[str] = []
+
+    def add(self, record: RawRecord) -> None:
+        """Take one row: a rejection or skip now, or a candidate for the text checks."""
+        v = self.validator
+        index = self.size
+        self.size += 1
+        self.last_position = record.position
+        row = record.row
+        # Fast path: a dict with string fields for a direction seen before; anything else gets the full check.
+        # Lone surrogates are looked for once per batch, in `Validator._text_arrays`.
+        if type(row) is dict:
+            codes = v._fixed_langs
+            if codes is None:
+                src_lang, tgt_lang = row.get(v._lang_fields[0][1]), row.get(v._lang_fields[1][1])
+                if type(src_lang) is str and type(tgt_lang) is str:
+                    codes = v._known_langs.get((src_lang, tgt_lang))
+            if codes is not None:
+                src, tgt = row.get(v._text_fields[0][1]), row.get(v._text_fields[1][1])
+                if type(src) is str and type(tgt) is str:
+                    self.texts["src"].append(src)
+                    self.texts["tgt"].append(tgt)
+                    self.langs["src_lang"].append(codes[0])
+                    self.langs["tgt_lang"].append(codes[1])
+                    self._keep(index, record)
+                    return
+        verdict = v._check_structure(record, self.texts, self.langs)
+        if verdict is None:
+            self._keep(index, record)
+        elif isinstance(verdict, Skip):
+            self.skipped.append(verdict.direction)
+        else:
+            self.rejections.append((index, record, verdict))
+
+    def _keep(self, index: int, record: RawRecord) -> None:
+        self.cand.append(index)
+        self.refs.append(record.ref)
+        self._rows.append(record.row)
+        self._positions.append(record.position)
+        if record.error is not None or record.raw is not None:
+            self._extras[len(self.cand) - 1] = (record.error, record.raw)
+
+    def record(self, j: int) -> RawRecord:
+        """Candidate `j` as the record it came in."""
+        error, raw = self._extras.get(j, (None, None))
+        return RawRecord(self._positions[j], self.refs[j], self._rows[j], error, raw)
+
+    def keep_only(self, keep: list[int]) -> None:
+        """Drop every candidate not in `keep` (indices into the candidates, ascending)."""
+        extras = {new: self._extras[old] for new, old in enumerate(keep) if old in self._extras}
+        columns: list[list[Any]] = [self.cand, self.refs, self._rows, self._positions]
+        for values in [*columns, *self.texts.values(), *self.langs.values()]:
+            values[:] = [values[j] for j in keep]
+        self._extras = extras
+
+    def check(self) -> CheckedBatch:
+        """Run the text checks; every row added ends in exactly one of pairs, rejections or skipped."""
+        out = CheckedBatch(skipped=self.skipped)
+        if self.cand:
+            arrays = self.validator._text_arrays(self)
+            if self.cand:
+                out.accepted = self.validator._check_texts(self, arrays)
+        self.rejections.sort(key=lambda item: item[0])
+        out.rejections = [(record, rejection) for _, record, rejection in self.rejections]
+        return out
 
 
 def _is_control(ch: str) -> bool:

@@ -9,14 +9,17 @@ from __future__ import annotations
 import itertools
 import zlib
 from collections.abc import Iterable, Iterator
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, cast
 
 import orjson
+from isal import isal_zlib  # ISA-L: inflates gzip two to three times faster than zlib, with zlib's interface
 
 from bhashaflow.config import FileFormat
 from bhashaflow.records import Position, RawRecord
 
 TextFormat = Literal["jsonl", "tsv"]
+# isal's stubs type its error class as an instance.
+_INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, cast(type[Exception], isal_zlib.error))
 
 GZIP_MAGIC = b"\x1f\x8b"
 RAW_PREVIEW_CHARS = 500  # how much of an unparsable line is kept for the quarantine
@@ -65,7 +68,7 @@ def gunzip_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
 
     Raises TruncatedStreamError when the input stops inside a member, FormatError when it is not gzip.
     """
-    decompressor = zlib.decompressobj(wbits=31)
+    decompressor = isal_zlib.decompressobj(wbits=31)
     member_has_input = False
     try:
         for chunk in chunks:
@@ -82,9 +85,9 @@ def gunzip_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
                 if decompressor.eof:
                     # Concatenated members are one valid gzip file; start over on what follows.
                     chunk = decompressor.unused_data
-                    decompressor = zlib.decompressobj(wbits=31)
+                    decompressor = isal_zlib.decompressobj(wbits=31)
                     member_has_input = False
-    except zlib.error as exc:
+    except _INFLATE_ERRORS as exc:
         raise FormatError(f"corrupt gzip data: {exc}") from None
     if member_has_input:
         raise TruncatedStreamError("gzip stream ended before its end-of-member marker")
@@ -259,6 +262,19 @@ def iter_text_records(
                     header = _parse_tsv_header(raw_line)
                     extra["header"] = header
                 continue
+            if jsonl:
+                # The common case inline (a line that is a JSON object); anything else takes `parse`.
+                try:
+                    row = loads(raw_line)
+                except decode_error:
+                    pass
+                else:
+                    if type(row) is dict:
+                        position = (
+                            {**extra, "line": lineno} if offset is None else {**extra, "line": lineno, "offset": offset}
+                        )
+                        yield RawRecord(position, f"{name}:{lineno}", row)
+                        continue
             record = parse(raw_line, position_at())
             if record is not None:
                 yield record

@@ -1,11 +1,26 @@
+import hashlib
 import json
+from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc
 import pyarrow.parquet as pq
 import pytest
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.ingest import IngestError, SeenKeys, iter_pairs, load_manifest, shard_uris, stage_source, write_shards
+from bhashaflow.ingest import (
+    IngestError,
+    SeenKeys,
+    ShardWriter,
+    iter_pairs,
+    load_manifest,
+    shard_uris,
+    stage_source,
+    write_shards,
+)
 from bhashaflow.records import RawRecord
+from bhashaflow.validation import PAIR_SCHEMA
 
 HI = "यह एक वाक्य है"
 
@@ -118,3 +133,98 @@ def test_seen_keys_exact_across_merges():
     assert [seen.add(k) for k in [5, 1, 9, 5, 2, 7, 1, 2**64 - 1, 9, 2**64 - 1]] == [
         True, True, True, False, True, True, False, True, False, False
     ]
+
+
+def test_seen_keys_batches_match_a_set():
+    rng = np.random.default_rng(7)
+    seen, model = SeenKeys(buffer=50, max_run=300), set()
+    for size in [1, 30, 80, 200, 5, 400, 120, 60, 1000]:
+        keys = rng.integers(0, 2000, size).astype(np.uint64)  # repeats within and across batches
+        expected = []
+        for key in keys.tolist():
+            expected.append(key not in model)
+            model.add(key)
+        assert seen.add_many(keys).tolist() == expected
+    assert seen.add(2**64 - 1) and not seen.add(2**64 - 1)
+    assert not seen.add(int(next(iter(model))))
+
+
+def reference_shards(rows, shard_rows, group_rows, base):
+    """Shards as the row-by-row writer made them: row groups of up to `group_rows` built from Python lists,
+    cut where a shard of `shard_rows` ends."""
+    paths, i = [], 0
+    while i < len(rows):
+        shard = rows[i : i + shard_rows]
+        paths.append(base / f"shard-{len(paths):05d}.parquet")
+        with pq.ParquetWriter(paths[-1], PAIR_SCHEMA) as writer:
+            for g in range(0, len(shard), group_rows):
+                group = shard[g : g + group_rows]
+                writer.write_table(pa.table({name: [r[k] for r in group] for k, name in enumerate(PAIR_SCHEMA.names)},
+                                            schema=PAIR_SCHEMA))
+        i += shard_rows
+    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+
+
+@pytest.mark.parametrize(
+    ("shard_rows", "group_rows", "pieces", "repeat"),
+    [
+        (25, 7, [3, 40, 1, 19, 0, 50], 1),
+        (10, 10, [113], 1),
+        (1000, 9, [1] * 30, 1),
+        (5000, 2500, [1700, 2900, 2000], 30),  # megabyte row groups: pages split where the chunks would
+    ],
+)
+def test_shard_writer_tables_write_the_same_files_as_rows(tmp_path, shard_rows, group_rows, pieces, repeat):
+    rows = [(f"Sentence {i}", f"{HI * repeat} {i}", "eng_Latn", "hin_Deva", "a", f"a:rows:{i}") for i in range(sum(pieces))]
+    writer = ShardWriter(str(tmp_path / "new"), shard_rows, None)
+    writer.row_group_rows = group_rows
+    start = 0
+    for n in pieces:
+        chunk = rows[start : start + n]
+        start += n
+        writer.write_table(pa.table({name: [r[k] for r in chunk] for k, name in enumerate(PAIR_SCHEMA.names)},
+                                    schema=PAIR_SCHEMA))
+    shards = writer.close()
+    (tmp_path / "old").mkdir()
+    assert [s["sha256"] for s in shards] == reference_shards(rows, shard_rows, group_rows, tmp_path / "old")
+    assert [s["rows"] for s in shards] == [min(shard_rows, len(rows) - i) for i in range(0, len(rows), shard_rows)]
+    assert [pq.ParquetFile(s["uri"]).metadata.num_row_groups for s in shards] == [
+        -(-s["rows"] // group_rows) for s in shards
+    ]
+
+
+def test_parts_staged_as_parquet_by_earlier_versions_still_shard(tmp_path):
+    rows_a, rows_b = corpus()
+    clean, _ = run(make_config(tmp_path / "clean"), [ListReader("a", rows_a), ListReader("b", rows_b)])
+    config = make_config(tmp_path / "legacy")
+    run_uri = config.run_uri()
+    staged = [stage_source(config, s, r, run_uri) for s, r in zip(config.sources, [ListReader("a", rows_a), ListReader("b", rows_b)], strict=True)]
+    for part in Path(run_uri, "staging").rglob("part-*.arrow"):
+        with pa.ipc.open_file(part) as reader:
+            pq.write_table(reader.read_all(), part.with_suffix(".parquet"))
+        part.unlink()
+    legacy = write_shards(config, staged, run_uri)
+    for key in ("directions", "sources", "totals", "rejected_by_reason", "quarantine"):
+        assert legacy[key] == clean[key]
+
+
+def test_lone_surrogate_lands_in_the_quarantine(tmp_path):
+    config = make_config(tmp_path, max_reject_fraction=0.5)
+    manifest, run_uri = run(config, [ListReader("a", [pair(1), {**pair(2), "src": "bad \ud800 text"}]), ListReader("b", [])])
+    assert manifest["rejected_by_reason"] == {"malformed": 1}
+    (line,) = open(f"{run_uri}/quarantine.jsonl", encoding="utf-8").read().splitlines()
+    record = json.loads(line)
+    assert (record["ref"], record["detail"], record["row"]["src"]) == (
+        "rows:2", "field 'src' (src) holds a lone surrogate", "bad \ud800 text"
+    )
+
+
+def test_a_failed_commit_stops_the_stage(tmp_path):
+    config = make_config(tmp_path)
+    staging = Path(config.run_uri(), "staging")
+    staging.mkdir(parents=True)
+    (staging / "a").write_text("a file where the staging folder should go")
+    reader = ListReader("a", [pair(i) for i in range(30)])
+    with pytest.raises(OSError):
+        stage_source(config, config.sources[0], reader, config.run_uri())
+    assert reader.taken <= 14  # the error surfaced at the next hand-over, not after the whole source
