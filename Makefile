@@ -27,7 +27,7 @@ lint: install
 	$(BIN)/ruff check bhashaflow connectors tasks flows serving tests benchmarks
 
 typecheck: install
-	$(BIN)/mypy bhashaflow connectors
+	$(BIN)/mypy bhashaflow connectors serving
 
 pytest: install
 	$(BIN)/pytest -q
