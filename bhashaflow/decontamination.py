@@ -1,0 +1,54 @@
+"""Removal of training pairs that leak evaluation sentences.
+
+A sentence matches after normalisation (NFC, whitespace collapsed, casefolded). A pair is dropped when
+either of its sentences matches any evaluation sentence, source or reference: a devtest reference
+seen as a training *source* (a reversed direction) leaks just as much as one seen as a target.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Iterator
+
+
+def normalize_sentence(text: str) -> str:
+    """NFC, whitespace collapsed to single spaces and trimmed, casefolded."""
+    return " ".join(unicodedata.normalize("NFC", text).split()).casefold()
+
+
+class Decontaminator:
+    """Streaming filter that drops pairs leaking evaluation sentences and counts them."""
+
+    def __init__(self, eval_sentences: Iterable[str]) -> None:
+        self._seen = {normalize_sentence(s) for s in eval_sentences}
+        self._seen.discard("")
+        self.removed = 0
+
+    def is_contaminated(self, src: str, tgt: str) -> bool:
+        return normalize_sentence(src) in self._seen or normalize_sentence(tgt) in self._seen
+
+    def filter(self, pairs: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+        """Yield the clean pairs, counting the removed ones in `removed`."""
+        for src, tgt in pairs:
+            if self.is_contaminated(src, tgt):
+                self.removed += 1
+            else:
+                yield src, tgt
+
+
+def decontaminate(
+    pairs: Iterable[tuple[str, str]], eval_src: Iterable[str], eval_tgt: Iterable[str]
+) -> tuple[list[tuple[str, str]], int]:
+    """Drop pairs whose source or target appears in the evaluation set.
+
+    Args:
+        pairs: (source, target) training pairs.
+        eval_src: evaluation source sentences.
+        eval_tgt: evaluation reference sentences.
+
+    Returns:
+        The kept pairs in their order, and how many were removed.
+    """
+    decon = Decontaminator([*eval_src, *eval_tgt])
+    kept = list(decon.filter(pairs))
+    return kept, decon.removed

@@ -1,0 +1,528 @@
+"""LoRA adapter training for one translation direction, streamed from Parquet shards, resumable.
+
+The run folder holds `checkpoints/step-N/` (adapter weights, optimizer state, trainer state) and, at the
+end, `adapter/` (adapter_config.json, adapter_model.safetensors, training_config.json, the tokenizer).
+Nothing is pickled: weights and optimizer tensors are safetensors, everything else JSON. Running the same
+training again picks up from the latest checkpoint; data order is a pure function of the seed, so the
+resumed run sees exactly the batches the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bhashaflow.config import PipelineConfig
+from bhashaflow.decontamination import Decontaminator
+from bhashaflow.languages import parse_direction
+from bhashaflow.modeling import LoadedModel, default_target_modules, encode_pair, load_base
+from bhashaflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Example = tuple[list[int], list[int]]  # (input_ids, labels)
+ProgressCallback = Callable[[int, int, float], None]
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+TRAINING_CONFIG = "training_config.json"
+TRAINER_STATE = "trainer_state.json"
+_STEP_DIR = re.compile(r"step-(\d+)")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or go on; the message says why."""
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    adapter_dir: str
+    steps: int
+    resumed_from: int | None  # the checkpoint step training went on from, None for a fresh start
+    final_loss: float  # mean loss of the last steps
+    tokens_per_s: float  # non-padding tokens per second of training, over every session of the run
+    files: list[str]  # files in adapter_dir, relative names
+    decontaminated: int = 0  # training pairs dropped because they leak evaluation sentences
+    target_modules: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- data
+
+
+def iter_shard_pairs(
+    shard_paths: list[str], src_lang: str, tgt_lang: str, storage_options: dict[str, Any] | None = None
+) -> Iterator[tuple[str, str]]:
+    """Stream (src, tgt) of one direction from Parquet shards (local paths or fsspec URLs), batch by batch."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    for path in shard_paths:
+        with fsspec.open(path, "rb", **(storage_options or {})) as fh:
+            parquet = pq.ParquetFile(fh)
+            for batch in parquet.iter_batches(batch_size=2048, columns=["src", "tgt", "src_lang", "tgt_lang"]):
+                cols = batch.to_pydict()
+                for src, tgt, sl, tl in zip(cols["src"], cols["tgt"], cols["src_lang"], cols["tgt_lang"], strict=True):
+                    if sl == src_lang and tl == tgt_lang:
+                        yield src, tgt
+
+
+def length_grouped_batches(
+    examples: Iterable[Example], batch_size: int, rng: random.Random, *, group_by_length: bool = True, pool_batches: int = 50
+) -> Iterator[list[Example]]:
+    """Cut a stream into batches: a pool of `pool_batches` batches is shuffled, sorted by length, cut, and the
+    batches are shuffled again, so each batch holds similar lengths (little padding) without a fixed order."""
+    stream = iter(examples)
+    while True:
+        pool = list(islice(stream, batch_size * pool_batches))
+        if not pool:
+            return
+        rng.shuffle(pool)
+        if group_by_length:
+            pool.sort(key=lambda ex: len(ex[0]) + len(ex[1]))
+        batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+        rng.shuffle(batches)
+        yield from batches
+
+
+def collate(batch: list[Example], pad_id: int, *, pad_to: int | None = None) -> dict[str, torch.Tensor]:
+    """Pad a batch to its longest example (dynamic padding), or to `pad_to` tokens."""
+    width_in = pad_to or max(len(x) for x, _ in batch)
+    width_out = pad_to or max(len(y) for _, y in batch)
+    ids = torch.full((len(batch), width_in), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width_in), dtype=torch.long)
+    labels = torch.full((len(batch), width_out), -100, dtype=torch.long)
+    for i, (x, y) in enumerate(batch):
+        ids[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+        labels[i, : len(y)] = torch.tensor(y)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def count_tokens(batch: dict[str, torch.Tensor], family: str) -> int:
+    """Non-padding tokens the model processes: inputs, plus decoder tokens for seq2seq."""
+    tokens = int(batch["attention_mask"].sum())
+    if family == "seq2seq":
+        tokens += int((batch["labels"] != -100).sum())
+    return tokens
+
+
+def _eval_sentences(config: PipelineConfig, langs: tuple[str, str], eval_texts: dict[str, list[str]] | None) -> list[str]:
+    if eval_texts is not None:
+        return [s for texts in eval_texts.values() for s in texts]
+    # Default to the whole evaluation split of both languages, not only the scored prefix.
+    root = Path(config.evaluation.flores_dir) / config.evaluation.split
+    sentences: list[str] = []
+    for lang in langs:
+        path = root / f"{lang}.{config.evaluation.split}"
+        if path.is_file():
+            sentences.extend(path.read_text(encoding="utf-8").splitlines())
+    return sentences
+
+
+_CACHE_PAIRS = 200_000  # corpora up to this many pairs are kept in memory after the first pass
+
+
+class _ExampleStream:
+    """Endless tokenized examples: epoch after epoch over the shards in a seeded order, decontaminated."""
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        shard_paths: list[str],
+        langs: tuple[str, str],
+        decon: Decontaminator,
+        max_length: int,
+        seed: int,
+        storage_options: dict[str, Any] | None,
+    ) -> None:
+        self.lm, self.shard_paths, self.langs, self.decon = lm, shard_paths, langs, decon
+        self.max_length, self.seed, self.storage_options = max_length, seed, storage_options
+        self.epoch = 0
+        self._first_epoch_removed = 0
+
+    @property
+    def pairs_removed(self) -> int:
+        """Pairs dropped as evaluation leaks in one pass over the data (later passes drop the same ones)."""
+        return self.decon.removed if self.epoch == 0 else self._first_epoch_removed
+
+    def __iter__(self) -> Iterator[Example]:
+        cache: list[tuple[str, str]] | None = []  # a small corpus is kept after one pass instead of re-read
+        while True:
+            epoch = self.epoch
+            if cache is not None and epoch > 0:
+                pairs: Iterable[tuple[str, str]] = random.Random(self.seed * 1_000_003 + epoch).sample(cache, len(cache))
+            else:
+                paths = list(self.shard_paths)
+                random.Random(self.seed * 1_000_003 + epoch).shuffle(paths)
+                pairs = self.decon.filter(iter_shard_pairs(paths, *self.langs, storage_options=self.storage_options))
+            kept = 0
+            for src, tgt in pairs:
+                kept += 1
+                if cache is not None and epoch == 0:
+                    # Past _CACHE_PAIRS pairs the corpus is streamed from the shards on every pass.
+                    if len(cache) < _CACHE_PAIRS:
+                        cache.append((src, tgt))
+                    else:
+                        cache = None
+                yield encode_pair(self.lm, src, tgt, *self.langs, self.max_length)
+            if epoch == 0:
+                self._first_epoch_removed = self.decon.removed
+            if kept == 0:
+                raise TrainingError(
+                    f"no training pairs for {self.langs[0]}-{self.langs[1]} in {len(self.shard_paths)} shard(s)"
+                    f" ({self.decon.removed} removed as evaluation leaks)"
+                )
+            self.epoch += 1
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def _flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON skeleton of a nested state with tensors moved into `tensors` (saved as safetensors)."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().to("cpu").clone().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, _flatten_state(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, list | tuple):
+        items = [_flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TrainingError(f"optimizer state holds a {type(obj).__name__} at {prefix}, which cannot be saved without pickle")
+
+
+def _unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__tuple__" in obj:
+            return tuple(_unflatten_state(v, tensors) for v in obj["__tuple__"])
+        return {k: _unflatten_state(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_unflatten_state(v, tensors) for v in obj]
+    return obj
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """optimizer.safetensors (its tensors) + optimizer.json (the rest): no pickle."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten_state(optimizer.state_dict(), "opt", tensors)
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    (folder / "optimizer.json").write_text(json.dumps(skeleton))
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    optimizer.load_state_dict(_unflatten_state(json.loads((folder / "optimizer.json").read_text()), tensors))
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step (a folder is complete once its trainer state exists)."""
+    root = Path(out_dir) / "checkpoints"
+    found = []
+    for child in root.glob("step-*") if root.is_dir() else []:
+        match = _STEP_DIR.fullmatch(child.name)
+        if match and (child / TRAINER_STATE).is_file():
+            found.append((int(match.group(1)), child))
+    return max(found)[1] if found else None
+
+
+def _save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, state: dict[str, Any], out_dir: Path, keep: int) -> Path:
+    from safetensors.torch import save_file
+
+    root = out_dir / "checkpoints"
+    final = root / f"step-{state['step']}"
+    partial = root / f".step-{state['step']}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    _save_adapter(model, partial)
+    save_optimizer(optimizer, partial)
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, str(partial / "rng.safetensors"))
+    (partial / TRAINER_STATE).write_text(json.dumps(state, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)  # a kill before this line leaves only a partial folder, which is never resumed from
+    steps = sorted(int(m.group(1)) for c in root.iterdir() if (m := _STEP_DIR.fullmatch(c.name)))
+    for old in steps[:-keep]:
+        shutil.rmtree(root / f"step-{old}", ignore_errors=True)
+    return final
+
+
+def _save_adapter(model: Any, folder: Path) -> None:
+    model.save_pretrained(str(folder), safe_serialization=True)
+    (folder / "README.md").unlink(missing_ok=True)  # peft's empty model card
+
+
+def _load_adapter_weights(model: Any, folder: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
+
+
+# ---------------------------------------------------------------- training
+
+
+def lr_at(step: int, *, peak: float, warmup: int, max_steps: int) -> float:
+    """Linear warm-up to `peak`, then cosine decay to a tenth of it."""
+    if warmup and step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, max_steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, device: str) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    import bitsandbytes as bnb
+
+    if not device.startswith("cuda"):
+        # bitsandbytes falls back to an un-paged 8-bit AdamW on CPU; paging only exists with CUDA.
+        log.warning("paged_adamw_8bit: paging needs CUDA; running bitsandbytes' 8-bit AdamW without paging on %s", device)
+    return bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=0.0)
+
+
+def _fingerprint(config: PipelineConfig, direction: str, lm: LoadedModel) -> dict[str, Any]:
+    return {
+        "direction": direction,
+        "base_model": config.base_model,
+        "base_revision": lm.revision,
+        "training": config.training.model_dump(mode="json"),
+    }
+
+
+def prepare_lora_model(lm: LoadedModel, config: PipelineConfig) -> tuple[Any, list[str]]:
+    """Wrap the base in a fresh LoRA adapter ("default"), with k-bit preparation and gradient checkpointing."""
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    train_cfg = config.training
+    model = lm.model
+    if train_cfg.quantization != "none":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=train_cfg.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif train_cfg.gradient_checkpointing:
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if train_cfg.gradient_checkpointing:
+        model.config.use_cache = False
+    targets = train_cfg.lora.target_modules
+    resolved = default_target_modules(model) if targets == "auto" else list(targets)
+    lora = LoraConfig(
+        r=train_cfg.lora.r,
+        lora_alpha=train_cfg.lora.alpha,
+        lora_dropout=train_cfg.lora.dropout,
+        target_modules=resolved,
+        task_type=TaskType.SEQ_2_SEQ_LM if lm.family == "seq2seq" else TaskType.CAUSAL_LM,
+    )
+    torch.manual_seed(train_cfg.seed)  # LoRA A matrices are random: same seed, same adapter
+    return get_peft_model(model, lora), resolved
+
+
+def train_adapter(
+    *,
+    config: PipelineConfig,
+    direction: str,
+    shard_paths: list[str],
+    out_dir: str,
+    eval_texts: dict[str, list[str]] | None = None,
+    on_progress: ProgressCallback | None = None,
+    storage_options: dict[str, Any] | None = None,
+    settings: Settings | None = None,
+    lm: LoadedModel | None = None,
+    keep_checkpoints: int = 2,
+    log_every: int = 10,
+    group_by_length: bool = True,
+    pad_to_max_length: bool = False,
+) -> TrainResult:
+    """Train a LoRA adapter for `direction`, resuming from the run's latest checkpoint when there is one.
+
+    Args:
+        config: the pipeline config (base model, training section, evaluation set location).
+        direction: e.g. eng_Latn-hin_Deva.
+        shard_paths: Parquet shards with columns src, tgt, src_lang, tgt_lang (local paths or fsspec URLs).
+        out_dir: local run folder; checkpoints go to out_dir/checkpoints/step-N, the adapter to out_dir/adapter.
+        eval_texts: evaluation sentences by language, removed from training; default: the whole
+            configured evaluation split of both languages.
+        on_progress: called after every step with (step, max_steps, loss).
+        storage_options: fsspec options for remote shards.
+        settings: hub token and cache dir for loading the base.
+        lm: an already loaded base to train on (it is wrapped in place); default: load config.base_model.
+        keep_checkpoints: how many of the latest checkpoints to keep.
+        log_every: steps between lines of out_dir/train_log.jsonl.
+        group_by_length: batch similar lengths together (off only to measure what it saves).
+        pad_to_max_length: pad every batch to training.max_length instead of its longest example (likewise).
+    """
+    src_lang, tgt_lang = parse_direction(direction)
+    train_cfg = config.training
+    run_dir = Path(out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    languages = sorted({code for d in config.directions for code in parse_direction(d)})
+    if lm is None:
+        lm = load_base(
+            config.base_model,
+            languages=languages,
+            quantization=train_cfg.quantization,
+            revision=config.base_revision,
+            trust_remote_code=config.trust_remote_code,
+            settings=settings,
+            flores_dir=config.evaluation.flores_dir,
+        )
+    fingerprint = _fingerprint(config, direction, lm)
+    model, targets = prepare_lora_model(lm, config)
+    lm.model = model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = _make_optimizer(train_cfg.optimizer, params, train_cfg.learning_rate, lm.device)
+
+    state: dict[str, Any] = {"step": 0, "tokens": 0, "train_seconds": 0.0, "recent_losses": [], "fingerprint": fingerprint}
+    resumed_from: int | None = None
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        saved = json.loads((checkpoint / TRAINER_STATE).read_text())
+        if saved.get("fingerprint") != fingerprint:
+            raise TrainingError(
+                f"{checkpoint} was written by a different direction, base or training config; "
+                "use a new run folder or delete its checkpoints"
+            )
+        _load_adapter_weights(model, checkpoint)
+        load_optimizer(optimizer, checkpoint)
+        from safetensors.torch import load_file
+
+        rng = load_file(str(checkpoint / "rng.safetensors"))
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        state = saved
+        resumed_from = int(saved["step"])
+        log.info("resuming %s from %s", direction, checkpoint)
+
+    decon = Decontaminator(_eval_sentences(config, (src_lang, tgt_lang), eval_texts))
+    stream = _ExampleStream(
+        lm, shard_paths, (src_lang, tgt_lang), decon, train_cfg.max_length, train_cfg.seed, storage_options
+    )
+    batches = length_grouped_batches(
+        stream, train_cfg.batch_size, random.Random(train_cfg.seed), group_by_length=group_by_length
+    )
+    # Replaying the seeded data order up to the checkpoint puts the resumed run on the very next batch.
+    for _ in range(state["step"]):
+        next(batches)
+
+    log_path = run_dir / "train_log.jsonl"
+    _truncate_log(log_path, state["step"])
+    pad_id = int(lm.tokenizer.pad_token_id)
+    model.train()
+    while state["step"] < train_cfg.max_steps:
+        step = state["step"]
+        lr = lr_at(step, peak=train_cfg.learning_rate, warmup=train_cfg.warmup_steps, max_steps=train_cfg.max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = collate(next(batches), pad_id, pad_to=_padded_width(lm, train_cfg.max_length) if pad_to_max_length else None)
+        started = time.perf_counter()
+        tokens = count_tokens(batch, lm.family)
+        loss = model(**{k: v.to(lm.device) for k, v in batch.items()}).loss
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss is {loss.item()} at step {step + 1}; lower training.learning_rate")
+        if loss.requires_grad:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+        else:
+            # LayerDrop (on in some bases' configs) can skip every adapted layer of a step; nothing to learn then.
+            log.debug("step %d: no adapted layer ran, no update", step + 1)
+        optimizer.zero_grad(set_to_none=True)
+        value = float(loss.item())
+        state["step"] = step + 1
+        state["tokens"] += tokens
+        state["recent_losses"] = (state["recent_losses"] + [value])[-20:]
+        state["train_seconds"] += time.perf_counter() - started
+        if state["step"] % log_every == 0 or state["step"] == train_cfg.max_steps:
+            with log_path.open("a") as fh:
+                fh.write(json.dumps({"step": state["step"], "loss": round(value, 5), "lr": lr, "tokens": state["tokens"]}) + "\n")
+            log.info("%s step %d/%d loss %.4f", direction, state["step"], train_cfg.max_steps, value)
+        if on_progress is not None:
+            on_progress(state["step"], train_cfg.max_steps, value)
+        if state["step"] % train_cfg.checkpoint_every == 0 or state["step"] == train_cfg.max_steps:
+            _save_checkpoint(model, optimizer, state, run_dir, keep_checkpoints)
+
+    losses = state["recent_losses"]
+    final_loss = sum(losses) / len(losses) if losses else float("nan")
+    tokens_per_s = state["tokens"] / state["train_seconds"] if state["train_seconds"] > 0 else 0.0
+    adapter_dir = run_dir / "adapter"
+    resolved = {
+        "direction": direction,
+        "src_lang": src_lang,
+        "tgt_lang": tgt_lang,
+        "family": lm.family,
+        "base_model": config.base_model,
+        "base_path": lm.base_path,
+        "base_revision": lm.revision,
+        "target_modules": targets,
+        "steps": state["step"],
+        "resumed_from": resumed_from,
+        "final_loss": final_loss,
+        "tokens_per_s": tokens_per_s,
+        "decontaminated": stream.pairs_removed,
+        "config": config.model_dump(mode="json"),
+    }
+    _write_adapter_dir(model, lm.tokenizer, resolved, adapter_dir)
+    return TrainResult(
+        adapter_dir=str(adapter_dir),
+        steps=state["step"],
+        resumed_from=resumed_from,
+        final_loss=final_loss,
+        tokens_per_s=tokens_per_s,
+        files=sorted(p.relative_to(adapter_dir).as_posix() for p in adapter_dir.rglob("*") if p.is_file()),
+        decontaminated=stream.pairs_removed,
+        target_modules=targets,
+    )
+
+
+def _padded_width(lm: LoadedModel, max_length: int) -> int:
+    # A causal example holds prompt and answer, each up to max_length.
+    return 2 * max_length if lm.family == "causal" else max_length
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    # A killed run may have logged steps past its last checkpoint; they are trained again.
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
+    path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def _write_adapter_dir(model: Any, tokenizer: Any, resolved: dict[str, Any], adapter_dir: Path) -> None:
+    partial = adapter_dir.with_name(adapter_dir.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    _save_adapter(model, partial)
+    tokenizer.save_pretrained(str(partial))
+    (partial / TRAINING_CONFIG).write_text(json.dumps(resolved, indent=1, ensure_ascii=False))
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    os.replace(partial, adapter_dir)

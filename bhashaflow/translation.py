@@ -1,0 +1,117 @@
+"""Batched translation with a base model or one of its adapters.
+
+Inputs are sorted by token length so each batch pads little, then the outputs are put back in input order.
+Not thread-safe: selecting an adapter changes the shared model, so callers serialise calls on one model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from bhashaflow.modeling import LoadedModel, encode_source, forced_bos_id
+
+
+@contextmanager
+def adapter_selected(lm: LoadedModel, adapter: str | None) -> Iterator[None]:
+    """Run with adapter `adapter` active, or with every adapter disabled when it is None."""
+    model = lm.model
+    if adapter is None:
+        if lm.adapters:
+            with model.disable_adapter():
+                yield
+        else:
+            yield
+        return
+    if adapter not in lm.adapters:
+        raise KeyError(f"no adapter named {adapter!r} is loaded (loaded: {lm.adapters})")
+    model.set_adapter(adapter)
+    yield
+
+
+def pad_batch(rows: list[list[int]], pad_id: int, *, left: bool, device: str) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask padded to the longest row (on the left for decoder-only generation)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def _clean_causal(text: str) -> str:
+    # The translation ends at the first line break: what follows is the model continuing the template.
+    return text.split("\n", 1)[0].strip()
+
+
+def _generate(lm: LoadedModel, rows: list[list[int]], tgt_lang: str, num_beams: int, max_new_tokens: int) -> list[str]:
+    tok = lm.tokenizer
+    causal = lm.family == "causal"
+    batch = pad_batch(rows, int(tok.pad_token_id), left=causal, device=lm.device)
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "num_beams": num_beams,
+        "do_sample": False,
+        "pad_token_id": int(tok.pad_token_id),
+    }
+    if causal:
+        kwargs.update(eos_token_id=int(tok.eos_token_id), stop_strings=["\n"], tokenizer=tok)
+    else:
+        bos = forced_bos_id(lm, tgt_lang)
+        if bos is not None:
+            kwargs["forced_bos_token_id"] = bos
+    out = lm.model.generate(**batch, **kwargs)
+    if causal:
+        out = out[:, batch["input_ids"].shape[1] :]  # only the continuation, never the echoed prompt
+    texts = tok.batch_decode(out, skip_special_tokens=True)
+    return [_clean_causal(t) if causal else t.strip() for t in texts]
+
+
+def translate(
+    lm: LoadedModel,
+    texts: list[str],
+    *,
+    src_lang: str,
+    tgt_lang: str,
+    adapter: str | None = None,
+    batch_size: int = 32,
+    num_beams: int = 1,
+    max_new_tokens: int = 128,
+    max_source_tokens: int = 256,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[str]:
+    """Translate `texts`, returning translations in the same order.
+
+    Args:
+        lm: the loaded base, with or without adapters.
+        texts: sentences in `src_lang`.
+        src_lang: FLORES-200 code of the texts.
+        tgt_lang: FLORES-200 code to translate into.
+        adapter: name of a loaded adapter; None runs the base with every adapter disabled.
+        batch_size: sentences per generate call.
+        num_beams: beam width (1 is greedy).
+        max_new_tokens: longest translation in tokens.
+        max_source_tokens: sources are cut to this many tokens.
+        on_batch: called with (sentences done, total) after each batch.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    outputs = [""] * len(texts)
+    encoded = {i: encode_source(lm, t, src_lang, tgt_lang, max_source_tokens) for i, t in enumerate(texts) if t.strip()}
+    # Longest first: the largest batch runs first, so running out of memory shows at once.
+    order = sorted(encoded, key=lambda i: -len(encoded[i]))
+    done = len(texts) - len(order)
+    with adapter_selected(lm, adapter), torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            for i, text in zip(idx, _generate(lm, [encoded[i] for i in idx], tgt_lang, num_beams, max_new_tokens), strict=True):
+                outputs[i] = text
+            done += len(idx)
+            if on_batch is not None:
+                on_batch(done, len(texts))
+    return outputs

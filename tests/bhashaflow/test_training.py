@@ -1,0 +1,261 @@
+"""train_adapter on tiny random M2M100 and BLOOM models: files written, 8-bit, resume after a kill, decontamination."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_models import dev_lines, devtest_lines, save_tiny_bloom, save_tiny_m2m100, write_shard
+
+from bhashaflow.config import PipelineConfig, config_from_dict
+from bhashaflow.decontamination import Decontaminator, decontaminate, normalize_sentence
+from bhashaflow.modeling import load_adapter, load_base
+from bhashaflow.training import (
+    TrainingError,
+    collate,
+    latest_checkpoint,
+    length_grouped_batches,
+    load_optimizer,
+    save_optimizer,
+    train_adapter,
+)
+from bhashaflow.translation import translate
+
+DIRECTION = "eng_Latn-hin_Deva"
+ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "training_config.json"]  # fmt: skip
+CHECKPOINT_FILES = ["adapter_config.json", "adapter_model.safetensors", "optimizer.json", "optimizer.safetensors",
+                    "rng.safetensors", "trainer_state.json"]  # fmt: skip
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bases")
+    return {"seq2seq": save_tiny_m2m100(root / "m2m100"), "causal": save_tiny_bloom(root / "bloom")}
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory: pytest.TempPathFactory) -> str:
+    pairs = list(zip(dev_lines("eng_Latn", 64), dev_lines("hin_Deva", 64), strict=True))
+    return write_shard(tmp_path_factory.mktemp("shards") / "eng_Latn-hin_Deva-00000.parquet", pairs, "eng_Latn", "hin_Deva")
+
+
+def make_config(base: Path, **training: object) -> PipelineConfig:
+    settings = {"max_steps": 2, "batch_size": 4, "checkpoint_every": 1, "learning_rate": 1e-3, "max_length": 48, **training}
+    return config_from_dict({"directions": [DIRECTION], "base_model": str(base), "training": settings})
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def no_pickles(root: Path) -> list[str]:
+    return [str(p) for p in root.rglob("*") if p.suffix in PICKLE_SUFFIXES]
+
+
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
+def test_train_writes_exactly_the_adapter_and_checkpoints(bases: dict[str, Path], shard: str, tmp_path: Path, family: str) -> None:
+    progress: list[tuple[int, int]] = []
+    result = train_adapter(
+        config=make_config(bases[family]),
+        direction=DIRECTION,
+        shard_paths=[shard],
+        out_dir=str(tmp_path),
+        eval_texts={"src": [], "tgt": []},
+        on_progress=lambda step, total, loss: progress.append((step, total)),
+    )
+    assert progress == [(1, 2), (2, 2)]
+    assert result.steps == 2 and result.resumed_from is None
+    assert result.files == ADAPTER_FILES
+    assert listing(tmp_path / "adapter") == ADAPTER_FILES
+    assert listing(tmp_path / "checkpoints") == ["step-1", "step-2"]
+    assert listing(tmp_path / "checkpoints" / "step-2") == CHECKPOINT_FILES
+    assert no_pickles(tmp_path) == []
+    assert 0 < result.final_loss < 20 and result.tokens_per_s > 0
+    resolved = json.loads((tmp_path / "adapter" / "training_config.json").read_text())
+    assert resolved["family"] == family and resolved["steps"] == 2 and resolved["direction"] == DIRECTION
+    assert resolved["config"]["training"]["max_steps"] == 2
+    expected_targets = {"seq2seq": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+                        "causal": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]}[family]  # fmt: skip
+    assert resolved["target_modules"] == expected_targets
+    adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 16 and adapter_config["lora_alpha"] == 32
+    assert adapter_config["modules_to_save"] is None  # a true LoRA: no full copies of base layers
+    weights = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert weights and all("lora_" in key for key in weights)
+    log_lines = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log_lines] == [2]
+
+
+def test_eight_bit_base_trains_with_paged_optimizer_and_checkpointing(bases: dict[str, Path], shard: str, tmp_path: Path) -> None:
+    # The real profile's settings (8-bit base, paged 8-bit AdamW, gradient checkpointing) on bitsandbytes' CPU backend.
+    config = make_config(bases["causal"], quantization="8bit", optimizer="paged_adamw_8bit", gradient_checkpointing=True)
+    lm = load_base(str(bases["causal"]), languages=[], quantization="8bit")
+    qkv = lm.model.transformer.h[0].self_attention.query_key_value
+    assert type(qkv).__name__ == "Linear8bitLt" and qkv.weight.dtype == torch.int8
+    result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path),
+                           eval_texts={}, lm=lm)  # fmt: skip
+    assert result.steps == 2 and result.files == ADAPTER_FILES
+    assert torch.isfinite(torch.tensor(result.final_loss))
+    served = load_base(str(bases["causal"]), languages=[], quantization="8bit")
+    load_adapter(served, result.adapter_dir, "eight")
+    out = translate(served, ["Hello."], src_lang="eng_Latn", tgt_lang="hin_Deva", adapter="eight", max_new_tokens=4)
+    assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_optimizer_state_round_trips_without_pickle(tmp_path: Path) -> None:
+    import bitsandbytes as bnb
+
+    for make in (lambda p: torch.optim.AdamW(p, lr=0.1), lambda p: bnb.optim.AdamW8bit(p, lr=0.1, min_8bit_size=16)):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(64, 64)), torch.nn.Parameter(torch.randn(8))]
+        opt = make(params)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+        save_optimizer(opt, tmp_path)
+        fresh = make(params)
+        load_optimizer(fresh, tmp_path)
+        before, after = opt.state_dict(), fresh.state_dict()
+        assert before["param_groups"] == after["param_groups"]
+        for key, state in before["state"].items():
+            for name, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(value, after["state"][key][name]), name
+        assert not (tmp_path / "optimizer.safetensors").read_bytes().startswith(b"\x80")  # not a pickle stream
+
+
+_KILLED_RUN = """
+import json, sys, time
+from pathlib import Path
+from bhashaflow.config import config_from_dict
+from bhashaflow.training import train_adapter
+args = json.loads(sys.argv[1])
+def on_progress(step, total, loss):
+    if step == 3:  # the checkpoint of step 2 is on disk; stall so the parent kills us mid-training
+        Path(args["marker"]).write_text("3")
+        time.sleep(600)
+train_adapter(config=config_from_dict(args["config"]), direction=args["direction"], shard_paths=args["shards"],
+              out_dir=args["out"], eval_texts={}, on_progress=on_progress)
+"""
+
+
+@pytest.mark.slow
+def test_rerun_after_kill_resumes_from_checkpoint_and_matches_uninterrupted_run(bases: dict[str, Path], shard: str, tmp_path: Path) -> None:
+    config = make_config(bases["seq2seq"], max_steps=5, checkpoint_every=2)
+    out, marker = tmp_path / "killed", tmp_path / "marker"
+    args = {"config": config.model_dump(mode="json"), "direction": DIRECTION, "shards": [shard], "out": str(out),
+            "marker": str(marker)}  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, json.dumps(args)], env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert proc.poll() is None, "the training subprocess died before step 3"
+            assert time.monotonic() < deadline, "the training subprocess never reached step 3"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert latest_checkpoint(out) == out / "checkpoints" / "step-2"
+    assert not (out / "adapter").exists()
+
+    steps: list[int] = []
+    resumed = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={},
+                            on_progress=lambda s, t, loss: steps.append(s))  # fmt: skip
+    assert resumed.resumed_from == 2 and resumed.steps == 5
+    assert steps == [3, 4, 5]  # went on from the checkpoint instead of starting over
+    assert listing(out / "checkpoints") == ["step-4", "step-5"]
+    logged = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert logged == [5]
+
+    straight = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path / "straight"),
+                             eval_texts={})  # fmt: skip
+    a = load_file(str(Path(resumed.adapter_dir) / "adapter_model.safetensors"))
+    b = load_file(str(Path(straight.adapter_dir) / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+    again = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={})
+    assert again.resumed_from == 5 and again.steps == 5  # a finished run is not trained again
+
+
+def test_checkpoint_of_another_config_is_refused(bases: dict[str, Path], shard: str, tmp_path: Path) -> None:
+    train_adapter(config=make_config(bases["seq2seq"], max_steps=1), direction=DIRECTION, shard_paths=[shard],
+                  out_dir=str(tmp_path), eval_texts={})  # fmt: skip
+    with pytest.raises(TrainingError, match="different direction, base or training config"):
+        train_adapter(config=make_config(bases["seq2seq"], max_steps=1, learning_rate=5e-4), direction=DIRECTION,
+                      shard_paths=[shard], out_dir=str(tmp_path), eval_texts={})  # fmt: skip
+
+
+def test_training_drops_and_counts_pairs_leaking_the_evaluation_set(bases: dict[str, Path], tmp_path: Path) -> None:
+    clean = list(zip(dev_lines("eng_Latn", 20), dev_lines("hin_Deva", 20), strict=True))
+    eval_src, eval_tgt = devtest_lines("eng_Latn", 30), devtest_lines("hin_Deva", 30)
+    leaks = [("  " + eval_src[0].upper() + " ", "anything"), ("anything", eval_tgt[1]), (eval_tgt[2], "reversed")]
+    shards = [write_shard(tmp_path / "a.parquet", clean[:10] + leaks[:2], "eng_Latn", "hin_Deva"),
+              write_shard(tmp_path / "b.parquet", clean[10:] + leaks[2:], "eng_Latn", "hin_Deva")]  # fmt: skip
+    result = train_adapter(config=make_config(bases["seq2seq"], max_steps=10, checkpoint_every=10),
+                           direction=DIRECTION, shard_paths=shards, out_dir=str(tmp_path / "run"),
+                           eval_texts={"src": eval_src, "tgt": eval_tgt})  # fmt: skip
+    assert result.decontaminated == 3
+    assert json.loads((tmp_path / "run" / "adapter" / "training_config.json").read_text())["decontaminated"] == 3
+
+
+def test_no_pairs_for_the_direction_is_an_error(bases: dict[str, Path], tmp_path: Path) -> None:
+    shard = write_shard(tmp_path / "x.parquet", [("a", "b")], "eng_Latn", "tam_Taml")
+    with pytest.raises(TrainingError, match="no training pairs for eng_Latn-hin_Deva"):
+        train_adapter(config=make_config(bases["seq2seq"]), direction=DIRECTION, shard_paths=[shard],
+                      out_dir=str(tmp_path / "run"), eval_texts={})  # fmt: skip
+
+
+def test_length_grouping_pads_less_than_arrival_order() -> None:
+    import random
+
+    rng = random.Random(0)
+    examples = [([1] * n, [2] * n) for n in (rng.randint(3, 60) for _ in range(400))]
+    grouped = list(length_grouped_batches(examples, 8, random.Random(0)))
+    plain = list(length_grouped_batches(examples, 8, random.Random(0), group_by_length=False))
+    assert sorted(map(len, examples)) == sorted(len(ex) for b in grouped for ex in b)  # nothing lost or repeated
+    cells = lambda batches: sum(collate(b, 0)["input_ids"].numel() for b in batches)  # noqa: E731
+    assert cells(grouped) < 0.7 * cells(plain)
+
+
+def test_collate_pads_inputs_and_masks_labels() -> None:
+    batch = collate([([5, 6, 7], [8, 9]), ([5], [8, 9, 10])], pad_id=1)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[8, 9, -100], [8, 9, 10]]
+    assert collate([([5], [8])], pad_id=1, pad_to=4)["input_ids"].tolist() == [[5, 1, 1, 1]]
+
+
+def test_decontaminate_normalises_and_counts() -> None:
+    composed, decomposed = "caf\u00e9 au lait", "Cafe\u0301  au\tlait "
+    pairs = [(decomposed, "x"), ("keep me", "fine"), ("y", "THE  END."), ("also kept", "ok")]
+    kept, removed = decontaminate(pairs, eval_src=[composed], eval_tgt=["the end."])
+    assert kept == [("keep me", "fine"), ("also kept", "ok")] and removed == 2
+    assert normalize_sentence(decomposed) == composed
+    decon = Decontaminator([""])
+    assert list(decon.filter([("", "")])) == [("", "")] and decon.removed == 0  # empty lines leak nothing
+
+
+def test_default_decontamination_uses_the_configured_evaluation_split(bases: dict[str, Path], tmp_path: Path) -> None:
+    from tiny_models import FLORES
+
+    leak = (devtest_lines("eng_Latn")[700], "x")  # past any max_sentences cut: the whole split is excluded
+    shard = write_shard(tmp_path / "s.parquet", [("Hello.", "नमस्ते।"), leak], "eng_Latn", "hin_Deva")
+    config = make_config(bases["seq2seq"], max_steps=1)
+    config = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"flores_dir": str(FLORES),
+                                                                                          "max_sentences": 10})})  # fmt: skip
+    result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path / "run"))
+    assert result.decontaminated == 1
