@@ -50,3 +50,20 @@ def s3_server(_s3_session: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterato
     _s3_session.reset()
     yield _s3_session
     _s3_session.plan.clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 1-layer M2M100 with a tokenizer trained on FLORES dev text and no pre-training: built in seconds.
+
+    The configs' own base (builtin:tiny-seq2seq) takes minutes to pre-train on this machine.
+    """
+    from bhashaflow.builtin_bases import build_builtin, small_recipe
+
+    name = "builtin:tiny-seq2seq"
+    recipe = small_recipe(name, vocab_size=600, d_model=32, layers=1, heads=2, ffn_dim=64, steps=0)
+    out = tmp_path_factory.mktemp("tiny-base")
+    root = Path(__file__).resolve().parents[1]
+    build_builtin(name, languages=["eng_Latn", "hin_Deva", "tam_Taml"], flores_dir=str(root / "data/flores200"),
+                  out_dir=out, recipe=recipe)
+    return str(out)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 BHASHAFLOW = str(Path(sys.executable).parent / "bhashaflow")
 
@@ -59,3 +61,45 @@ def test_failure_at_run_time_exits_non_zero_with_reason_first(cli_env, tmp_path)
     error_lines = [line for line in out.stderr.splitlines() if line.startswith("bhashaflow ingest: error:")]
     assert len(error_lines) == 1 and "eng_Latn.dev does not exist" in error_lines[0]
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_pipeline_and_evaluate_json_and_files(cli_env, tiny_base, tmp_path):
+    overrides = [
+        "--set", f"base_model={tiny_base}", "--set", f"workdir={tmp_path / 'runs'}",
+        "--set", f"registry={tmp_path / 'registry'}", "--set", "directions=[eng_Latn-hin_Deva]",
+        "--set", "training.max_steps=3", "--set", "training.checkpoint_every=2", "--set", "evaluation.max_sentences=6",
+        "--set", "evaluation.max_new_tokens=8", "--set", "promotion.min_gain=0.0",
+    ]
+    out = run_cli("pipeline", "configs/smoke.yaml", "--json", *overrides, env=cli_env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    d = result["directions"]["eng_Latn-hin_Deva"]
+    for key in ("base_chrf_pp", "incumbent_chrf_pp", "candidate_chrf_pp", "script_valid", "decontaminated",
+                "promoted", "version", "adapter_uri"):
+        assert key in d, key
+    assert d["incumbent_chrf_pp"] is None and d["version"] == "v0001"
+    assert d["promoted"] == (d["candidate_chrf_pp"] >= d["base_chrf_pp"])
+    assert d["decontaminated"] == 0  # FLORES dev and devtest share no sentence
+    run = tmp_path / "runs" / "smoke" / result["run_id"]
+    adapter = run / "adapters" / "eng_Latn-hin_Deva" / "adapter"
+    assert {"adapter_config.json", "adapter_model.safetensors", "training_config.json", "tokenizer.json"} <= {
+        p.name for p in adapter.iterdir()
+    }
+    assert not [p for p in adapter.rglob("*") if p.suffix in (".bin", ".pt", ".pkl")]
+    assert sorted(p.name for p in (run / "adapters" / "eng_Latn-hin_Deva" / "checkpoints").iterdir()) == [
+        "step-2", "step-3"
+    ]
+    for label in ("base", "candidate"):
+        scores = json.loads((run / "eval" / "eng_Latn-hin_Deva" / label / "scores.json").read_text())
+        assert scores["n"] == 6 and scores["signature_chrf_pp"].startswith("nrefs:1|")
+        assert len((run / "eval" / "eng_Latn-hin_Deva" / label / "hypotheses.txt").read_text().splitlines()) == 6
+    assert (run / "report.md").is_file() and (run / "chrf.png").read_bytes()[:4] == b"\x89PNG"
+    manifest = json.loads((tmp_path / "registry" / "eng_Latn-hin_Deva" / "versions" / "v0001" / "manifest.json").read_text())
+    assert manifest["base_model"] == tiny_base and manifest["files"]["adapter_model.safetensors"]
+
+    out = run_cli("evaluate", "configs/smoke.yaml", "--adapter", "none", "--json", *overrides, env=cli_env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    scored = json.loads(out.stdout.strip().splitlines()[-1])["directions"]["eng_Latn-hin_Deva"]
+    assert scored["version"] is None and scored["n"] == 6
+    assert abs(scored["chrf_pp"] - d["base_chrf_pp"]) < 0.01  # the same base, the same settings

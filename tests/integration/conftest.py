@@ -1,4 +1,4 @@
-"""A tiny prebuilt base, and a real Prefect server that in-process flows report to."""
+"""A real Prefect server that in-process flows report to (the tiny base is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,6 @@ from pathlib import Path
 
 import pytest
 from prefect_stack import REPO, PrefectServer
-
-from bhashaflow.builtin_bases import build_builtin, small_recipe
-
-
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 1-layer M2M100 with a tokenizer trained on FLORES dev text and no pre-training: built in seconds.
-
-    The smoke config's own base (builtin:tiny-seq2seq) takes minutes to pre-train on this machine.
-    """
-    name = "builtin:tiny-seq2seq"
-    recipe = small_recipe(name, vocab_size=600, d_model=32, layers=1, heads=2, ffn_dim=64, steps=0)
-    out = tmp_path_factory.mktemp("tiny-base")
-    build_builtin(name, languages=["eng_Latn", "hin_Deva", "tam_Taml"], flores_dir=str(REPO / "data/flores200"),
-                  out_dir=out, recipe=recipe)
-    return str(out)
 
 
 @pytest.fixture(scope="session")
