@@ -194,7 +194,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nrun {result['run_id']}: report {result['report']}")
     print(format_table(result["directions"]), flush=True)
     promoted = [d for d, r in result["directions"].items() if r["promoted"] or r["incumbent_version"]]
-    _demo_service(args, config, promoted)
+    if promoted:
+        _demo_service(args, config, promoted)
+    else:
+        print("\nno direction has a promoted adapter, so there is nothing to serve", flush=True)
     exported = export_rl_logs_flow(config)
     print(f"exported {exported['exported']} episodes in {len(exported['parts'])} parts to {exported['target']}")
     if args.json:
