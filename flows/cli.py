@@ -11,13 +11,15 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-# Project defaults for Prefect, applied before it is imported; the user's environment wins.
+# Project defaults for Prefect and torch, applied before they are imported; the user's environment wins.
 _PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
     "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "TOKENIZERS_PARALLELISM": "false",
+    # Idle OpenMP threads sleep instead of spinning: spinning threads slow torch badly on a shared small CPU.
+    "OMP_WAIT_POLICY": "PASSIVE",
 }
 
 
