@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# Idle OpenMP threads sleep instead of spinning (spinning slows torch 10x+ on a shared small CPU).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install demo test lint typecheck pytest bench clean
 

@@ -131,7 +131,7 @@ class TrainingConfig(_Strict):
     checkpoint_every: int = Field(100, gt=0, description="Steps between resumable checkpoints.")
     seed: int = Field(0, description="Random seed for data order and initialisation.")
     quantization: Literal["none", "8bit", "4bit"] = Field(
-        "none", description="Load the base in 8-bit or 4-bit through bitsandbytes (CUDA for 4bit)."
+        "none", description="Load the base in 8-bit or 4-bit through bitsandbytes (CUDA, or its CPU backend)."
     )
     max_length: int = Field(128, gt=0, description="Longest tokenized sentence kept for training.")
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large bases.")
