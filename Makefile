@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Idle OpenMP threads sleep instead of spinning (spinning slows torch 10x+ on a shared small CPU).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test lint typecheck pytest bench clean reliability soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,21 @@ pytest: install
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# The fault and abuse suite alone (it also runs inside `make test`), its scenario table printed at the end.
+RELIABILITY_LOG ?= runs/reliability/scenarios.jsonl
+reliability: install
+	@mkdir -p $(dir $(RELIABILITY_LOG)); rm -f $(RELIABILITY_LOG)
+	BHASHAFLOW_RELIABILITY_LOG=$(CURDIR)/$(RELIABILITY_LOG) $(BIN)/pytest -q -m reliability tests/reliability
+	$(BIN)/python tests/reliability/report.py $(RELIABILITY_LOG)
+
+# The same suite at the larger randomized counts (BHASHAFLOW_SOAK=1): 500 source runs each, 30 training kills...
+SOAK_LOG ?= runs/reliability/soak.jsonl
+soak: install
+	@mkdir -p $(dir $(SOAK_LOG)); rm -f $(SOAK_LOG)
+	BHASHAFLOW_SOAK=1 BHASHAFLOW_RELIABILITY_LOG=$(CURDIR)/$(SOAK_LOG) $(BIN)/pytest -q -m reliability \
+	  -o timeout=3600 tests/reliability
+	$(BIN)/python tests/reliability/report.py $(SOAK_LOG)
 
 clean:
 	rm -rf runs registry .prefect .mypy_cache .ruff_cache .pytest_cache
