@@ -1,6 +1,6 @@
 """The reliability and security suite: shared knobs and the scenario log behind docs/RELIABILITY.md.
 
-Randomized counts are configurable:
+Randomized counts are configurable (`from _knobs import count` in a test module):
 - `make test` runs each scenario at its default count (the issue's minimums);
 - `BHASHAFLOW_SOAK=1` (what `make soak` sets) runs the larger soak counts;
 - `BHASHAFLOW_RELIABILITY_<NAME>=<n>` overrides one scenario's count, e.g. BHASHAFLOW_RELIABILITY_HTTP_RUNS=5.
@@ -23,21 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _knobs import SOAK
 
 TESTS = Path(__file__).resolve().parents[1]
 # tests/serving's helpers (a tiny base, adapters in a registry) serve the serving scenarios here too.
 if str(TESTS / "serving") not in sys.path:
     sys.path.append(str(TESTS / "serving"))
-
-SOAK = os.environ.get("BHASHAFLOW_SOAK", "") not in ("", "0", "false", "no")
-
-
-def count(name: str, default: int, soak: int) -> int:
-    """How many randomized runs a scenario makes: env override, else the soak or the default count."""
-    override = os.environ.get(f"BHASHAFLOW_RELIABILITY_{name.upper()}")
-    if override:
-        return int(override)
-    return soak if SOAK else default
 
 
 def base_seed() -> int:
