@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 
 from bhashaflow.languages import LANGUAGES
+from bhashaflow.registry import PICKLE_SUFFIXES
 from bhashaflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def load_base(
         languages: FLORES-200 codes the base must know (built-ins are built for them).
         quantization: none, 8bit or 4bit (bitsandbytes; both also run on its CPU backend).
         revision: hub revision; ignored for local and built-in bases, which are identified by a content hash.
-        trust_remote_code: allow model code from the hub.
+        trust_remote_code: run Python code the model ships (auto_map in its config, hub or local folder).
         settings: hub token, offline mode and the built-in cache directory.
         device: cpu or cuda[:n]; default cuda when available.
         flores_dir: FLORES-200 directory for building built-in bases.
@@ -174,14 +175,27 @@ def load_base(
         hub_kwargs["local_files_only"] = settings.hf_hub_offline
         if settings.hf_token is not None:
             hub_kwargs["token"] = settings.hf_token.get_secret_value()
+    if is_local:
+        _check_local_weights(Path(path))
     try:
         config = AutoConfig.from_pretrained(path, **hub_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, **hub_kwargs)
     except OSError as exc:
         hint = " (HF_HUB_OFFLINE is set: the model must already be in the Hugging Face cache)" if settings.hf_hub_offline else ""
         raise BaseModelError(f"cannot load base model {base_model!r}{hint}: {exc}") from exc
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise BaseModelError(
+            f"base model {base_model!r} needs its own Python code (auto_map in its config) and trust_remote_code "
+            "is off; set trust_remote_code: true in the config only if you trust that code"
+        ) from None
     family: Family = "seq2seq" if getattr(config, "is_encoder_decoder", False) else "causal"
     model_kwargs: dict[str, Any] = dict(hub_kwargs)
+    if is_local:
+        # Never unpickle a local folder's weights. Hub bases: transformers prefers safetensors too, and falls
+        # back to a .bin only through torch's weights-only unpickler (some hub models have nothing else).
+        model_kwargs["use_safetensors"] = True
     if quantization != "none":
         model_kwargs["quantization_config"] = _quantization_config(quantization, device)
         model_kwargs["device_map"] = {"": device}
@@ -210,6 +224,17 @@ def load_base(
     )
 
 
+def _pickles(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
+
+
+def _check_local_weights(folder: Path) -> None:
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.safetensors.index.json")):
+        pickled = _pickles(folder)
+        found = f" (found {', '.join(pickled)}: pickled weights can run code when loaded and are refused)" if pickled else ""
+        raise BaseModelError(f"base model directory {folder} has no safetensors weights{found}")
+
+
 def load_adapter(lm: LoadedModel, adapter_dir: str, name: str) -> LoadedModel:
     """Attach a LoRA adapter under `name`; several adapters share the one base.
 
@@ -226,12 +251,33 @@ def load_adapter(lm: LoadedModel, adapter_dir: str, name: str) -> LoadedModel:
     if not (folder / "adapter_model.safetensors").is_file():
         # pickled adapter_model.bin files can run code on load: refused.
         raise BaseModelError(f"{folder} has no adapter_model.safetensors (only safetensors adapters are loaded)")
+    pickled = _pickles(folder)
+    if pickled:
+        # Beside the safetensors, a pickle is a sign of tampering (and a loader that prefers it would run it).
+        raise BaseModelError(f"{folder} holds pickle-format files ({', '.join(pickled)}); only safetensors adapters are loaded")
     if name in lm.adapters:
         raise BaseModelError(f"an adapter named {name!r} is already loaded; unload it first")
+    # peft adds the adapter's layers before it loads the weights; weights that do not fit the config
+    # fail only then, so a failed load is undone here: the model is left as it was.
     if isinstance(lm.model, PeftModel):
-        lm.model.load_adapter(str(folder), adapter_name=name, is_trainable=False, use_safetensors=True)
+        try:
+            lm.model.load_adapter(str(folder), adapter_name=name, is_trainable=False, use_safetensors=True)
+        except Exception:
+            if name in lm.adapters:
+                lm.model.delete_adapter(name)
+            raise
     else:
-        lm.model = PeftModel.from_pretrained(lm.model, str(folder), adapter_name=name, is_trainable=False)
+        from peft import PeftConfig, get_peft_model
+
+        config = PeftConfig.from_pretrained(str(folder))
+        config.inference_mode = True
+        wrapped = get_peft_model(lm.model, config, adapter_name=name)  # injects into the base in place
+        try:
+            wrapped.load_adapter(str(folder), adapter_name=name, is_trainable=False, use_safetensors=True)
+        except Exception:
+            lm.model = wrapped.unload()  # takes the injected layers out of the base again
+            raise
+        lm.model = wrapped
     lm.model.eval()
     return lm
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, SecretStr
+import os
+import re
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class Settings(BaseSettings):
@@ -30,6 +35,27 @@ class Settings(BaseSettings):
         "~/.cache/bhashaflow", validation_alias=AliasChoices("BHASHAFLOW_CACHE_DIR"),
         description="Where built-in base models are built and cached.",
     )
+
+    @field_validator("aws_secret_access_key", "aws_session_token", "hf_token", "qdrant_api_key", "api_token")
+    @classmethod
+    def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        # `BHASHAFLOW_API_TOKEN=` in a .env must not make the empty string a valid admin token.
+        return None if value is not None and not value.get_secret_value().strip() else value
+
+    def expand_env(self, text: str) -> str:
+        """`text` with every `${NAME}` replaced by that environment variable; KeyError names a missing one.
+
+        Lets a config name a credential (`https://user:${PAIRS_TOKEN}@host/x.jsonl`) instead of holding it:
+        configs are stored and shown (Prefect keeps a flow run's parameters), the environment is not.
+        """
+
+        def value(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise KeyError(name)
+            return os.environ[name]
+
+        return _ENV_REF.sub(value, text)
 
     def storage_options_for(self, uri: str) -> dict[str, object] | None:
         """fsspec options for a workdir, registry or sink URL (None for local paths)."""

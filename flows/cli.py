@@ -11,6 +11,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from bhashaflow.redact import redact_text  # stdlib only: safe before the defaults below are applied
+
 # Project defaults for Prefect and torch, applied before they are imported; the user's environment wins.
 _PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -257,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bhashaflow: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # the CLI's last line of defence: one readable line, then the traceback if asked
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        # Connectors already mask credentials in URLs; this catches any a library put in its own message.
+        message = redact_text(" ".join(str(exc).split())) or type(exc).__name__
         print(f"bhashaflow {args.command}: error: {message}", file=sys.stderr)
         if args.debug:
             traceback.print_exc()

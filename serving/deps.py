@@ -41,7 +41,8 @@ ServiceDep = Annotated[Service, Depends(get_service)]
 
 def _check_bearer(request: Request, service: Service, what: str) -> None:
     token = service.settings.api_token
-    if token is None:
+    # A blank token is no token: "Bearer " would otherwise match it.
+    if token is None or not token.get_secret_value().strip():
         raise HTTPException(
             401, f"{what} needs a bearer token, and none is configured (set BHASHAFLOW_API_TOKEN on the server)",
             headers={"WWW-Authenticate": "Bearer"},
