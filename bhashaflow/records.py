@@ -28,6 +28,7 @@ class RawRecord:
     row: Mapping[str, Any] | None = None  # the parsed row; None when the line could not be parsed
     error: str | None = None  # why the line could not be parsed
     raw: str | None = None  # the raw line (truncated) when unparsed, for the quarantine
+    reason: str = "malformed"  # the rejection reason of an unparsed line (invalid_utf8 or malformed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +60,11 @@ class Rejection:
 
 
 REJECT_REASONS = (
-    "malformed",  # the line or record could not be parsed
+    "malformed",  # the line or record could not be parsed as a row (bad JSON, not an object, wrong TSV columns)
+    "invalid_utf8",  # undecodable bytes in the line, or a lone surrogate (a JSON escape) that UTF-8 cannot hold
     "missing_field",  # a required field is absent or null
     "not_a_string",  # a field is not a string
+    "control_character",  # a sentence holds a C0/C1 control (NUL, ESC...) or a bidi override, embedding or isolate
     "empty",  # a sentence is empty after normalisation
     "too_long",  # a sentence is over ingest.max_chars
     "unknown_language",  # a language code is not a FLORES-200 code

@@ -4,6 +4,10 @@ Rows are checked a batch at a time: structure in Python, text in one numpy pass 
 whole column (control characters, length, letters in the language's script, and which rows normalisation
 would change at all). Normalisation kernels then run only on the rows that need them, so validation keeps
 up with streaming sources.
+
+Normalisation removes the zero-width space U+200B and U+FEFF (a BOM inside text), then applies NFC, turns
+other whitespace into spaces, collapses runs of spaces and trims; ZWJ/ZWNJ (U+200D/U+200C) stay, since they
+choose conjunct forms in Indic scripts. Lengths, scripts and the de-duplication key all see normalised text.
 """
 
 from __future__ import annotations
@@ -24,9 +28,14 @@ from bhashaflow.languages import BMP_SIZE, LANGUAGES, count_script_letters
 from bhashaflow.records import Pair, Position, RawRecord, Rejection
 
 # Whitespace other than the plain space (RE2's \s is ASCII-only), and C0/C1 controls other than tab,
-# newline and return: NUL bytes and friends mean a broken export, not text.
+# newline and return: NUL bytes and friends mean a broken export, not text. Bidi overrides, embeddings and
+# isolates count as controls too: they make text display in another order than it is stored (Trojan Source),
+# and a translation pair never needs them (the LRM/RLM/ALM marks stay).
 _OTHER_SPACE_RE2 = r"[\t\n\r\x0b\x0c\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]"
-_CONTROL_RE2 = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+_CONTROL_RE2 = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\x{202a}-\x{202e}\x{2066}-\x{2069}]"
+# Invisible characters removed outright: they carry no meaning in these scripts and would make copies of a
+# sentence look different to de-duplication.
+_ZERO_WIDTH = ("\u200b", "\ufeff")
 
 
 def _on_subset(texts: pa.Array, mask: np.ndarray, fn: Any) -> pa.Array:
@@ -41,16 +50,27 @@ def _fix_spaces(texts: pa.Array) -> pa.Array:
     return pc.replace_substring_regex(pc.replace_substring_regex(texts, _OTHER_SPACE_RE2, " "), "  +", " ")
 
 
+def _nfc_without_zero_width(texts: pa.Array) -> pa.Array:
+    # Removed before NFC: a mark the removal brings next to its base must compose with it. Literal
+    # replacements cost half of one regex pass.
+    for zero_width in _ZERO_WIDTH:
+        texts = pc.replace_substring(texts, zero_width, "")
+    return pc.utf8_normalize(texts, form="NFC")
+
+
 def _normalize(texts: pa.Array) -> pa.Array:
-    """NFC, other whitespace to spaces, runs of spaces collapsed, ends trimmed; kernels only where needed."""
+    """Zero-width spaces removed, NFC, other whitespace to spaces, runs of spaces collapsed, ends trimmed.
+
+    Kernels run only where needed.
+    """
     non_ascii = ~pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
-    texts = _on_subset(texts, non_ascii, lambda t: pc.utf8_normalize(t, form="NFC"))
+    texts = _on_subset(texts, non_ascii, _nfc_without_zero_width)
     messy = pc.match_substring_regex(texts, f"{_OTHER_SPACE_RE2}|  ").to_numpy(zero_copy_only=False)
     return pc.utf8_trim_whitespace(_on_subset(texts, messy, _fix_spaces))
 
 
 def normalize_text(text: str) -> str:
-    """Unicode NFC with runs of whitespace collapsed to one space and the ends stripped."""
+    """Unicode NFC without zero-width spaces, runs of whitespace collapsed to one space, the ends stripped."""
     out: str = _normalize(pa.array([text], pa.string()))[0].as_py()
     return out
 
@@ -123,7 +143,8 @@ _COMPOSES = 8  # may combine with the character before it under NFC (NFC_Quick_C
 _MARK = 16  # canonical combining class above 0: NFC may reorder it
 _TRIM = 32  # trimmed at either end of a text
 _DECOMPOSES = 64  # has a canonical decomposition
-_ATTENTION = _CONTROL | _SPACE | _UNSTABLE | _COMPOSES | _MARK
+_REMOVED = 128  # a zero-width space that normalisation removes
+_ATTENTION = _CONTROL | _SPACE | _UNSTABLE | _COMPOSES | _MARK | _REMOVED
 _PAIR_SHIFT = 21  # pairs of code points packed as first << 21 | second
 
 
@@ -143,6 +164,7 @@ def _char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     mark(pc.match_substring_regex(chars, _CONTROL_RE2), _CONTROL)
     mark(pc.match_substring_regex(chars, _OTHER_SPACE_RE2), _SPACE)
+    flags[[ord(ch) for ch in _ZERO_WIDTH]] |= _REMOVED
     lengths = pc.utf8_length(chars)
     mark(pc.and_(pc.greater(lengths, 0), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(chars)), 0)), _TRIM)
     mark(pc.not_equal(pc.utf8_normalize(chars, form="NFC"), chars), _UNSTABLE)
@@ -210,9 +232,9 @@ def _code_points_of(texts: list[str], arrow: pa.Array) -> tuple[np.ndarray, np.n
 def _rows_needing_normalisation(cps: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row: does it hold a control character; would `_normalize` change it.
 
-    A row is left alone when it has no other whitespace, no double space, nothing trimmable at its ends, and
-    passes the NFC quick check, sharpened for "maybe" characters: one that follows a plain starter it cannot
-    compose with stays as it is.
+    A row is left alone when it has no other whitespace, no zero-width space, no double space, nothing
+    trimmable at its ends, and passes the NFC quick check, sharpened for "maybe" characters: one that follows
+    a plain starter it cannot compose with stays as it is.
     """
     flags_table, ccc, pairs = _char_tables()
     n = len(starts) - 1
@@ -235,7 +257,7 @@ def _rows_needing_normalisation(cps: np.ndarray, starts: np.ndarray) -> tuple[np
         first = hits == starts[rows]
         cur = np.minimum(cps[hits], BMP_SIZE - 1)
         prev = np.minimum(cps[np.maximum(hits - 1, 0)], BMP_SIZE - 1)
-        bad = (f & (_SPACE | _UNSTABLE)) != 0
+        bad = (f & (_SPACE | _UNSTABLE | _REMOVED)) != 0
         bad |= ((f & _MARK) != 0) & ~first & (ccc[prev] > ccc[cur])  # out of canonical order
         composes = (f & _COMPOSES) != 0
         if composes.any():
@@ -363,7 +385,7 @@ class Validator:
     ) -> Rejection | Skip | None:
         row = record.row
         if row is None:
-            return self._reject(record, "malformed", record.error or "could not be parsed")
+            return self._reject(record, record.reason, record.error or "could not be parsed")
         if not hasattr(row, "get"):
             return self._reject(record, "malformed", "record is not an object")
         raw_langs: tuple[Any, Any] | None = None
@@ -398,7 +420,7 @@ class Validator:
                 return self._reject(record, "not_a_string", f"field {column!r} ({part}) is {type(value).__name__}")
             problem = self._surrogate(part, column, value)
             if problem:
-                return self._reject(record, "malformed", problem)
+                return self._reject(record, "invalid_utf8", problem)
             values.append(value)
         texts["src"].append(values[0])
         texts["tgt"].append(values[1])
@@ -429,7 +451,7 @@ class Validator:
                 problem = self._surrogate(part, column, rows.texts[part][j])
                 if problem:
                     record = rows.record(j)
-                    rows.rejections.append((rows.cand[j], record, self._reject(record, "malformed", problem)))
+                    rows.rejections.append((rows.cand[j], record, self._reject(record, "invalid_utf8", problem)))
                     break
             if problem is None:
                 keep.append(j)
@@ -445,7 +467,7 @@ class Validator:
         }
         checks: list[tuple[np.ndarray, str, str]] = []  # (failing rows, part, reason), in rule order
         for part, c in columns.items():
-            checks.append((c.control, part, "malformed"))
+            checks.append((c.control, part, "control_character"))
             checks.append((c.length == 0, part, "empty"))
             checks.append((c.length > self.max_chars, part, "too_long"))
         for part, c in columns.items():
@@ -457,7 +479,7 @@ class Validator:
         for j in np.flatnonzero(failed >= 0).tolist():
             _, part, reason = checks[failed[j]]
             record, name = rows.record(j), column_of[part]
-            if reason == "malformed":
+            if reason == "control_character":
                 bad = next(ch for ch in rows.texts[part][j] if _is_control(ch))
                 detail = f"field {name!r} ({part}) holds control character U+{ord(bad):04X}"
             elif reason == "empty":
@@ -579,4 +601,4 @@ class RowBatch:
 
 def _is_control(ch: str) -> bool:
     o = ord(ch)
-    return o <= 0x08 or o in (0x0B, 0x0C) or 0x0E <= o <= 0x1F or 0x7F <= o <= 0x9F
+    return o < BMP_SIZE and bool(_char_tables()[0][o] & _CONTROL)

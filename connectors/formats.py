@@ -2,11 +2,18 @@
 
 Text formats are parsed from an iterable of raw byte chunks, so a connector can feed whatever its transport
 gives (an HTTP body, an S3 object, a local file) without ever holding a whole file in memory.
+
+Dirty lines become records, never a failed source: a line with bytes that are not UTF-8 is an unparsed
+record with reason `invalid_utf8` (its preview shows those bytes as \\xNN escapes), any other unreadable line
+one with reason `malformed`. A UTF-8 BOM at the start of a line is dropped. JSON lines are read leniently
+where strict JSON refuses text the validator judges better: raw control characters inside strings and lone
+surrogate escapes come through as they are, to be rejected (or, for a tab, normalised) by the validator.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO, Literal, cast
@@ -93,11 +100,12 @@ def gunzip_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
         raise TruncatedStreamError("gzip stream ended before its end-of-member marker")
 
 
-def sniff_gzip(chunks: Iterable[bytes]) -> tuple[bool, Iterator[bytes]]:
+def sniff_gzip(chunks: Iterable[bytes], *, named_gz: bool = False) -> tuple[bool, Iterator[bytes]]:
     """Look at the first bytes of a stream: (is it gzip?, the decompressed or plain chunks).
 
     Content is sniffed rather than trusting the name, so a `.gz` served with transport compression or a
-    mislabelled file still reads right.
+    mislabelled file still reads right. But a `.gz` file (`named_gz`) shorter than the gzip magic is a stream
+    cut short (TruncatedStreamError), not an empty text file: even an empty gzip file is 20 bytes.
     """
     it = iter(chunks)
     head = b""
@@ -105,6 +113,8 @@ def sniff_gzip(chunks: Iterable[bytes]) -> tuple[bool, Iterator[bytes]]:
         head += chunk
         if len(head) >= len(GZIP_MAGIC):
             break
+    if named_gz and len(head) < len(GZIP_MAGIC):
+        raise TruncatedStreamError(f"a gzip file's body ended after {len(head)} bytes")
     stream = itertools.chain((head,), it) if head else it
     if head.startswith(GZIP_MAGIC):
         return True, gunzip_chunks(stream)
@@ -112,7 +122,8 @@ def sniff_gzip(chunks: Iterable[bytes]) -> tuple[bool, Iterator[bytes]]:
 
 
 def _preview(line: bytes) -> str:
-    return line[: RAW_PREVIEW_CHARS * 4].decode("utf-8", "replace").rstrip("\r\n")[:RAW_PREVIEW_CHARS]
+    # Undecodable bytes show as \xNN, so the quarantine says which bytes they were.
+    return line[: RAW_PREVIEW_CHARS * 4].decode("utf-8", "backslashreplace").rstrip("\r\n")[:RAW_PREVIEW_CHARS]
 
 
 def _utf8_problem(line: bytes) -> str | None:
@@ -121,6 +132,22 @@ def _utf8_problem(line: bytes) -> str | None:
     except UnicodeDecodeError as exc:
         return f"invalid UTF-8 at byte {exc.start}"
     return None
+
+
+_UNREAD = object()
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads_lenient(line: bytes) -> Any:
+    """A JSON line orjson refused, read again allowing raw control characters in strings and lone surrogate
+    escapes (NaN and Infinity stay refused); `_UNREAD` when it is still not JSON."""
+    try:
+        return json.loads(line.decode("utf-8"), strict=False, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
+        return _UNREAD
 
 
 def _json_type(value: Any) -> str:
@@ -167,7 +194,8 @@ def iter_text_records(
         offset: byte offset of the first byte of `chunks` in the file; None to leave offsets out.
         skip_to_line: lines numbered up to this were handled before; they are read but not yielded.
         header: TSV column names when resuming after the header line.
-        max_line_bytes: a longer line becomes a malformed record instead of being buffered.
+        max_line_bytes: a longer line becomes a malformed record, whatever the chunking; it is never
+            buffered beyond this plus one chunk.
     """
     jsonl = fmt == "jsonl"
     loads = orjson.loads
@@ -180,22 +208,24 @@ def iter_text_records(
     def parse(raw_line: bytes, position: Position) -> RawRecord | None:
         nonlocal header
         ref = f"{name}:{lineno}"
+        if raw_line.startswith(_BOM):  # a file's start, or files concatenated; only one, not recursively
+            raw_line = raw_line[len(_BOM) :]
+        if not raw_line.strip():
+            return None
         if jsonl:
             try:
                 row = loads(raw_line)
             except decode_error as exc:
-                if raw_line.startswith(_BOM):
-                    return parse(raw_line[len(_BOM) :], position)
-                if not raw_line.strip():
-                    return None
-                problem = _utf8_problem(raw_line) or f"invalid JSON: {exc}"
-                return RawRecord(position, ref, error=problem, raw=_preview(raw_line))
+                problem = _utf8_problem(raw_line)
+                if problem is not None:
+                    return RawRecord(position, ref, error=problem, raw=_preview(raw_line), reason="invalid_utf8")
+                row = _loads_lenient(raw_line)
+                if row is _UNREAD:
+                    return RawRecord(position, ref, error=f"invalid JSON: {exc}", raw=_preview(raw_line))
             if type(row) is not dict:
                 return RawRecord(position, ref, error=f"JSON line is {_json_type(row)}, not an object",
                                  raw=_preview(raw_line))
             return RawRecord(position, ref, row=row)
-        if not raw_line.strip():
-            return None
         if header is None:
             header = _parse_tsv_header(raw_line)
             extra["header"] = header
@@ -203,7 +233,8 @@ def iter_text_records(
         try:
             text = raw_line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return RawRecord(position, ref, error=f"invalid UTF-8 at byte {exc.start}", raw=_preview(raw_line))
+            return RawRecord(position, ref, error=f"invalid UTF-8 at byte {exc.start}", raw=_preview(raw_line),
+                             reason="invalid_utf8")
         values = text.rstrip("\r").split("\t")
         if len(values) != len(header):
             return RawRecord(position, ref, error=f"TSV line has {len(values)} columns, the header names "
@@ -262,6 +293,9 @@ def iter_text_records(
                     header = _parse_tsv_header(raw_line)
                     extra["header"] = header
                 continue
+            if len(raw_line) > max_line_bytes:  # whole in one chunk, or its end came with the newline
+                yield overlong(raw_line[: RAW_PREVIEW_CHARS * 4], len(raw_line))
+                continue
             if jsonl:
                 # The common case inline (a line that is a JSON object); anything else takes `parse`.
                 try:
@@ -291,7 +325,9 @@ def iter_text_records(
         if offset is not None:
             offset += len(last)
         if lineno > skip_to_line:
-            record = parse(last, position_at())
+            record = overlong(last[: RAW_PREVIEW_CHARS * 4], len(last)) if len(last) > max_line_bytes else parse(
+                last, position_at()
+            )
             if record is not None:
                 yield record
 
@@ -363,4 +399,6 @@ def mark_last(records: Iterable[RawRecord]) -> Iterator[RawRecord]:
             yield pending
         pending = record
     if pending is not None:
-        yield RawRecord({**pending.position, "done": True}, pending.ref, pending.row, pending.error, pending.raw)
+        yield RawRecord(
+            {**pending.position, "done": True}, pending.ref, pending.row, pending.error, pending.raw, pending.reason
+        )

@@ -211,7 +211,7 @@ def test_parts_staged_as_parquet_by_earlier_versions_still_shard(tmp_path):
 def test_lone_surrogate_lands_in_the_quarantine(tmp_path):
     config = make_config(tmp_path, max_reject_fraction=0.5)
     manifest, run_uri = run(config, [ListReader("a", [pair(1), {**pair(2), "src": "bad \ud800 text"}]), ListReader("b", [])])
-    assert manifest["rejected_by_reason"] == {"malformed": 1}
+    assert manifest["rejected_by_reason"] == {"invalid_utf8": 1}
     (line,) = open(f"{run_uri}/quarantine.jsonl", encoding="utf-8").read().splitlines()
     record = json.loads(line)
     assert (record["ref"], record["detail"], record["row"]["src"]) == (

@@ -51,7 +51,10 @@ def test_valid_row_is_normalised():
         (row(tgt="न" * 51), "too_long", "51 characters > 50"),
         (row(tgt_lang="xyz_Abcd"), "unknown_language", "'xyz_Abcd'"),
         (row(tgt="namaste duniya"), "wrong_script", "hin_Deva"),
-        (row(src="Hello\x00world"), "malformed", "U+0000"),
+        (row(src="Hello\x00world"), "control_character", "U+0000"),
+        (row(tgt="नमस्ते\u202eदुनिया"), "control_character", "U+202E"),  # a bidi override
+        (row(tgt="नमस्ते\ud800"), "invalid_utf8", "lone surrogate"),
+        (row(tgt="\u200b\ufeff "), "empty", "'tgt'"),  # zero-width spaces are removed
     ],
 )
 def test_each_rejection_reason(data, reason, detail):
@@ -80,6 +83,19 @@ def test_zero_width_joiners_survive_and_nfc_applies():
     text = "क्\u200dष"
     assert normalize_text(text) == text
     assert normalize_text("e\u0301") == "\u00e9"
+    assert normalize_text("क्\u200cष") == "क्\u200cष"
+
+
+def test_zero_width_spaces_go_before_nfc_and_space_collapsing():
+    assert normalize_text("\ufeffनम\u200bस्ते \u200b दुनिया\u200b") == "नमस्ते दुनिया"
+    assert normalize_text("e\u200b\u0301") == "\u00e9"  # the removal lets the mark compose
+
+
+def test_rtl_marks_are_text_but_bidi_overrides_are_controls():
+    assert isinstance(check(row(tgt="नमस्ते \u200fदुनिया\u200e")), Pair)
+    for ch in ("\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069"):
+        out = check(row(src=f"Hello {ch}world"))
+        assert isinstance(out, Rejection) and out.reason == "control_character", ch
 
 
 # --- the vectorised text checks against the Arrow kernels they stand in for --------------------------------------
@@ -92,7 +108,8 @@ TRICKY = [
     "é", "e\u0301", "\u0301", "\u0323", "\u0316", "x\u0301\u0316", "é\u0323", "\u0344", "a\u0301\u0323", "\u212b", "\u2126", "\u09c7", "\u09be",
     "\u09d7", "\u0bc6", "\u0bbe", "\u0bd7", "ا", "\u0653", "\u064b\u0651", "가", "\u1100", "\u1161", "\u11a8", "😀",
     "\U0001d400", "\U0001d15e", "中", "カ", "\u3099", "\u200d", "\u200c", "\ufeff", "²", "Ⅻ", "ά", "\u0390",
-    "\u0f73", "\u0378", "\ue000", "n\u0303", "\u1e9b\u0323", "\u0cc6\u0cc2\u0cd5",
+    "\u0f73", "\u0378", "\ue000", "n\u0303", "\u1e9b\u0323", "\u0cc6\u0cc2\u0cd5", "\u200b", "\u202e", "\u2066",
+    "\u200f",
 ]
 DIRS = ["eng_Latn-hin_Deva", "hin_Deva-eng_Latn", "kor_Hang-jpn_Jpan"]
 LANGUAGE_SAMPLE = [
@@ -137,7 +154,7 @@ def kernel_verdicts(rows: list[dict], max_chars: int) -> list[tuple[str, str] | 
         verdict: tuple[str, str] | tuple[str, str, str] | None = None
         for part in ("src", "tgt"):
             c = columns[part]
-            for failed, reason in ((c["control"][i], "malformed"), (c["length"][i] == 0, "empty"),
+            for failed, reason in ((c["control"][i], "control_character"), (c["length"][i] == 0, "empty"),
                                    (c["length"][i] > max_chars, "too_long")):
                 if verdict is None and failed:
                     verdict = (reason, part)
@@ -188,9 +205,9 @@ def test_lone_surrogate_is_rejected_in_row_order():
     rows = [row(), row(tgt="नमस्ते\ud800"), None, row(src="x\x00"), row()]
     out = validator.check_batch([RawRecord({"i": i}, f"f:{i}", row=r) for i, r in enumerate(rows)])
     assert [(rec.ref, rej.reason, rej.detail) for rec, rej in out.rejections] == [
-        ("f:1", "malformed", "field 'tgt' (tgt) holds a lone surrogate"),
+        ("f:1", "invalid_utf8", "field 'tgt' (tgt) holds a lone surrogate"),
         ("f:2", "malformed", "could not be parsed"),
-        ("f:3", "malformed", "field 'src' (src) holds control character U+0000"),
+        ("f:3", "control_character", "field 'src' (src) holds control character U+0000"),
     ]
     assert [p.id for p in out.pairs] == ["s:f:0", "s:f:4"]
 

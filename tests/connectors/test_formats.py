@@ -100,12 +100,33 @@ def test_malformed_jsonl_lines_become_records_with_reasons() -> None:
     bad = {r.ref: r for r in records if r.error is not None}
     assert sorted(bad) == ["m.jsonl:2", "m.jsonl:3", "m.jsonl:4", "m.jsonl:5"]
     assert bad["m.jsonl:2"].error == "invalid UTF-8 at byte 13"
-    assert bad["m.jsonl:2"].raw == '{"src": "bad \ufffd\ufffd bytes"}'
+    assert bad["m.jsonl:2"].raw == '{"src": "bad \\xff\\xfe bytes"}'  # the bytes as they were
+    assert [bad[ref].reason for ref in sorted(bad)] == ["invalid_utf8", "malformed", "malformed", "malformed"]
     assert bad["m.jsonl:3"].error == "JSON line is an array, not an object"
     assert bad["m.jsonl:4"].error == "JSON line is a string, not an object"
     assert bad["m.jsonl:5"].error is not None and bad["m.jsonl:5"].error.startswith("invalid JSON")
     assert bad["m.jsonl:5"].raw == "{not json"
     assert all(r.row is None for r in bad.values())
+
+
+def test_json_lines_strict_json_refuses_are_read_for_the_validator_to_judge() -> None:
+    data = b"".join([
+        b'{"src": "raw\x00nul", "tgt": "raw\ttab"}\n',  # raw controls: strict JSON refuses them
+        b'{"src": "lone \\ud800 surrogate"}\n',
+        b'{"src": NaN}\n',
+        b"[" * 100_000 + b"\n",  # nested too deep for any parser
+        b"\xef\xbb\xbf\xef\xbb\xbf{}\n",  # one BOM is dropped, not two
+        b"\xef\xbb\xbf\n",
+        b"\xef\xbb\xbfa\tb\n",
+    ])
+    records = list(iter_text_records([data], "jsonl", "m.jsonl"))
+    assert [r.row for r in records[:2]] == [{"src": "raw\x00nul", "tgt": "raw\ttab"}, {"src": "lone \ud800 surrogate"}]
+    assert [(r.ref, r.reason, (r.error or "")[:12]) for r in records[2:]] == [
+        ("m.jsonl:3", "malformed", "invalid JSON"), ("m.jsonl:4", "malformed", "invalid JSON"),
+        ("m.jsonl:5", "malformed", "invalid JSON"), ("m.jsonl:7", "malformed", "invalid JSON"),
+    ]
+    tsv = list(iter_text_records([b"\xef\xbb\xbfa\tb\n\xef\xbb\xbfx\ty\n"], "tsv", "p.tsv"))
+    assert [r.row for r in tsv] == [{"a": "x", "b": "y"}]  # a BOM before a data line goes too
 
 
 def test_long_malformed_line_keeps_a_bounded_preview() -> None:
@@ -123,6 +144,17 @@ def test_over_long_line_is_one_malformed_record_and_never_buffered_whole() -> No
     assert records[2].ref == "m.jsonl:3"
 
 
+@pytest.mark.parametrize("chunk_size", [64, 700, 1500, 1 << 20])
+@pytest.mark.parametrize("final_newline", [True, False])
+def test_a_line_just_over_the_limit_is_malformed_however_it_is_chunked(chunk_size: int, final_newline: bool) -> None:
+    # Just over: its end (and newline) can arrive in the chunk that completes it, before any size check.
+    data = b'{"a": 1}\n{"a": "' + b"y" * 1100 + b'"}' + (b"\n" if final_newline else b"")
+    records = list(iter_text_records(_chunked(data, chunk_size), "jsonl", "m.jsonl", max_line_bytes=1000))
+    assert [r.row for r in records] == [{"a": 1}, None]
+    assert records[1].error == "line is longer than 1000 bytes (1109 bytes); not line-delimited data?"
+    assert records[1].ref == "m.jsonl:2" and records[1].position["offset"] == len(data)
+
+
 def test_tsv_header_names_columns_and_wrong_column_counts_are_malformed() -> None:
     data = "src\ttgt\tsrc_lang\ttgt_lang\r\nHello\tनमस्ते\teng_Latn\thin_Deva\r\n\nbroken\tline\n".encode()
     records = list(iter_text_records(_chunked(data, 3), "tsv", "p.tsv"))
@@ -134,7 +166,9 @@ def test_tsv_header_names_columns_and_wrong_column_counts_are_malformed() -> Non
     assert records[1].error == "TSV line has 2 columns, the header names 4"
     assert len(records) == 2
     bad_bytes = list(iter_text_records([b"a\tb\nx\t\xe0\xa4\n"], "tsv", "p.tsv"))
-    assert [(r.ref, r.error, r.raw) for r in bad_bytes] == [("p.tsv:2", "invalid UTF-8 at byte 2", "x\t\ufffd")]
+    assert [(r.ref, r.error, r.raw, r.reason) for r in bad_bytes] == [
+        ("p.tsv:2", "invalid UTF-8 at byte 2", "x\t\\xe0\\xa4", "invalid_utf8")
+    ]
 
 
 def test_tsv_resume_by_offset_uses_the_header_from_the_position() -> None:
