@@ -4,12 +4,20 @@ Rule (chrF++ points, 0-100): promote when the candidate gains at least `min_gain
 model AND at least `min_gain` over the incumbent (when there is one). A gain of exactly `min_gain`
 promotes; a smaller gain, no gain, or a loss is refused. Gains are compared with a 1e-9 tolerance so
 that float rounding (11.7 - 11.4 == 0.29999999999999893) does not turn "exactly min_gain" into a refusal.
+
+`promote_adapter` acts on a decision: it registers the candidate and moves PROMOTED only if the incumbent
+the candidate was judged against is still the promoted one, so concurrent promotions never let a
+candidate replace a version it was not compared with, and a re-run after a crash finishes the job.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bhashaflow.registry import PromotionConflict, Registry
 
 _TOLERANCE = 1e-9
 
@@ -71,3 +79,55 @@ def decide_promotion(candidate: float, incumbent: float | None, base: float, min
 def should_promote(candidate: float, incumbent: float | None, base: float, min_gain: float) -> bool:
     """True when `candidate` gains at least `min_gain` chrF++ over `base` and over `incumbent` (if any)."""
     return decide_promotion(candidate, incumbent, base, min_gain).promote
+
+
+@dataclass(frozen=True)
+class PromotionOutcome:
+    """What a promotion did: the version holding the candidate, and whether PROMOTED points at it."""
+
+    version: str
+    promoted: bool
+    reason: str
+
+
+def promote_adapter(
+    registry: Registry,
+    direction: str,
+    adapter_dir: str | Path,
+    decision: PromotionDecision,
+    *,
+    judged_against: str | None,
+    base_model: str,
+    base_revision: str | None,
+    data_manifest_sha256: str,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+) -> PromotionOutcome:
+    """Register the candidate, then promote it if `decision` says so and `judged_against` is still promoted.
+
+    Running it again after a crash reuses the version the crashed run registered, so the retry ends
+    where the uninterrupted run would have.
+
+    Args:
+        registry: Where versions and the PROMOTED pointer live.
+        direction: `src-tgt` FLORES-200 codes.
+        adapter_dir: The trained adapter directory.
+        decision: The promotion rule's verdict (`decide_promotion`).
+        judged_against: The incumbent version the candidate was evaluated against (None: none was promoted).
+        base_model: Base model the adapter was trained on.
+        base_revision: Revision of the base model.
+        data_manifest_sha256: sha256 of the training data manifest.
+        config: Training configuration to record.
+        metrics: Evaluation metrics to record.
+    """
+    info = registry.register(
+        direction, adapter_dir, base_model=base_model, base_revision=base_revision,
+        data_manifest_sha256=data_manifest_sha256, config=config, metrics=metrics, reuse=True,
+    )
+    if not decision.promote:
+        return PromotionOutcome(info.version, False, decision.reason)
+    try:
+        registry.promote_if(direction, info.version, incumbent=judged_against)
+    except PromotionConflict as exc:
+        return PromotionOutcome(info.version, False, f"refused: {exc}; evaluate it again to compare")
+    return PromotionOutcome(info.version, True, decision.reason)

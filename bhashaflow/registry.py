@@ -9,11 +9,18 @@ Layout under the registry URI (any fsspec URL; a local directory by default):
 A version is valid only once its `manifest.json` exists; the manifest is written last and lists the
 sha256 of every file. Every read that serves a model (`verify`, `promote`, `promoted`, `fetch`)
 re-hashes the files, so a tampered or half-copied version is refused with RegistryError: serving
-never loads it. Only safetensors, JSON and tokenizer text files are accepted, never pickles.
+never loads it. Only safetensors, JSON and tokenizer text files are accepted, never pickles, and never
+a directory that holds `.incomplete` (the mark of one still being written, or whose writer died).
+
+PROMOTED moves under a per-direction lock (flock locally, conditional PUTs on object stores), so
+`promote_if` is a compare-and-swap: a promotion decided against one incumbent never silently replaces
+another that a concurrent promotion put there in between.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -21,7 +28,7 @@ import re
 import shutil
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,14 +41,17 @@ from bhashaflow.languages import parse_direction
 
 MANIFEST = "manifest.json"
 PROMOTED = "PROMOTED"
+# Writers (training) put this file in a directory first and remove it last: such a directory is never registered.
+INCOMPLETE = ".incomplete"
 REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Weights in safetensors, configs in JSON, tokenizers as JSON/text/sentencepiece protobuf, peft's README.md.
 ALLOWED_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".spm", ".jinja", ".tiktoken", ".md")
 # Formats that unpickle (run code) when loaded.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".npz", ".joblib")
 MAX_CLAIM_ATTEMPTS = 1000
+MAX_SWAP_ATTEMPTS = 50
 
-_VERSION_RE = re.compile(r"v\d{4,}")
+_VERSION_RE = re.compile(r"v\d{4,12}")  # bounded: a 300-digit version from a tampered pointer is no path
 _FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _CHUNK = 1 << 20
@@ -49,6 +59,10 @@ _CHUNK = 1 << 20
 
 class RegistryError(Exception):
     """A registry operation refused: invalid name, missing, incomplete or tampered version."""
+
+
+class PromotionConflict(RegistryError):
+    """PROMOTED no longer points at the incumbent a conditional promotion was decided against."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,8 @@ class _Manifest(BaseModel):
         for name, digest in files.items():
             if not _FILE_NAME_RE.fullmatch(name) or name == MANIFEST:
                 raise ValueError(f"unsafe file name {name!r}")
+            if not name.lower().endswith(ALLOWED_SUFFIXES):  # a pickle listed by a rewritten manifest
+                raise ValueError(f"{name!r} is not an allowed adapter file")
             if not _SHA256_RE.fullmatch(digest):
                 raise ValueError(f"{name}: {digest!r} is not a sha256 hex digest")
         return files
@@ -126,7 +142,7 @@ def _check_direction(direction: str) -> None:
 
 def _check_version(version: str) -> None:
     if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
-        raise RegistryError(f"invalid version {version!r}: expected v followed by 4+ digits, e.g. v0001")
+        raise RegistryError(f"invalid version {version!r}: expected v followed by 4 to 12 digits, e.g. v0001")
 
 
 def _check_safetensors(path: Path) -> None:
@@ -144,12 +160,23 @@ def _check_safetensors(path: Path) -> None:
             header = None
     if not isinstance(header, dict):
         raise RegistryError(f"{path.name}: not a safetensors file (header is not a JSON object)")
+    # The tensors' byte ranges must end exactly at the end of the file: a truncated copy is refused here.
+    try:
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise RegistryError(f"{path.name}: not a safetensors file (bad tensor offsets)") from None
+    if 8 + n + end != size:
+        raise RegistryError(
+            f"{path.name}: truncated safetensors file ({size} bytes, its header describes {8 + n + end})"
+        )
 
 
 def _adapter_files(adapter_dir: Path) -> list[Path]:
     """The files of `adapter_dir` to register, refusing anything that is not a safe adapter file."""
     if not adapter_dir.is_dir():
         raise RegistryError(f"adapter directory {adapter_dir} does not exist")
+    if os.path.lexists(adapter_dir / INCOMPLETE):
+        raise RegistryError(f"{adapter_dir} is incomplete: {INCOMPLETE} marks a directory still being written")
     files = []
     for entry in sorted(adapter_dir.iterdir()):
         name = entry.name
@@ -318,6 +345,7 @@ class Registry:
         data_manifest_sha256: str,
         config: dict[str, Any],
         metrics: dict[str, Any],
+        reuse: bool = False,
     ) -> VersionInfo:
         """Copy an adapter directory into a new version; its manifest is written last.
 
@@ -329,15 +357,28 @@ class Registry:
             data_manifest_sha256: sha256 of the training data manifest.
             config: Training configuration (JSON-serialisable).
             metrics: Evaluation metrics (JSON-serialisable), e.g. chrF and chrF++.
+            reuse: Return an intact version that already holds these very files and fields instead of
+                copying them again (a re-run of a promotion that crashed after registering).
         """
         _check_direction(direction)
         files = _adapter_files(Path(adapter_dir))
         try:
-            fsio.dumps_json({"config": config, "metrics": metrics})
+            fields = json.loads(fsio.dumps_json({"config": config, "metrics": metrics}))
         except (TypeError, ValueError) as exc:
             raise RegistryError(f"config and metrics must be JSON-serialisable: {exc}") from None
         if self._local and not self._inside(self._path(direction)):
             raise RegistryError(f"{direction}: resolves outside the registry {self._root}")
+        if reuse:
+            wanted = {
+                "files": {src.name: _sha256_local(src) for src in files}, "base_model": base_model,
+                "base_revision": base_revision, "data_manifest_sha256": data_manifest_sha256, **fields,
+            }
+            for existing in reversed(self.versions(direction)):
+                if all(getattr(existing, key) == value for key, value in wanted.items()):
+                    try:
+                        return self.verify(direction, existing.version)
+                    except RegistryError:
+                        continue  # damaged since: register a fresh copy instead
         version = self._claim_version(direction)
         hashes = {src.name: self._copy_in(src, self._path(direction, "versions", version, src.name)) for src in files}
         manifest = {
@@ -359,14 +400,82 @@ class Registry:
     def promote(self, direction: str, version: str) -> VersionInfo:
         """Verify a version, then atomically point PROMOTED at it (the previous pointer survives any failure).
 
+        Unconditional, as a rollback is; use `promote_if` when the choice was made against an incumbent.
+
         Args:
             direction: `src-tgt` FLORES-200 codes.
             version: Version to serve.
         """
+        return self._switch(direction, version, lambda current: True)
+
+    def promote_if(self, direction: str, version: str, *, incumbent: str | None) -> VersionInfo:
+        """Point PROMOTED at `version` only while `incumbent` is still the promoted version (compare-and-swap).
+
+        Raises PromotionConflict when another promotion moved the pointer since `incumbent` was judged.
+        When `version` itself is already promoted (a re-run after a crash), nothing changes.
+
+        Args:
+            direction: `src-tgt` FLORES-200 codes.
+            version: Version to serve.
+            incumbent: The promoted version the candidate was compared with; None when nothing was promoted.
+        """
+        return self._switch(direction, version, lambda current: current == incumbent)
+
+    def _switch(self, direction: str, version: str, allowed: Callable[[str | None], bool]) -> VersionInfo:
         info = self.verify(direction, version)
-        pointer = {"version": version, "manifest_sha256": info.manifest_sha256, "promoted_at": _now()}
-        fsio.write_json_atomic(self._uri(direction, PROMOTED), pointer, self.storage_options)
-        return info
+        data = fsio.dumps_json({"version": version, "manifest_sha256": info.manifest_sha256, "promoted_at": _now()})
+
+        def settled(current: PromotedPointer | None) -> bool:
+            """True when `version` is promoted already; raises PromotionConflict when the switch is not allowed."""
+            name = current.version if current else None
+            if name == version and current and current.manifest_sha256 == info.manifest_sha256:
+                return True
+            if not allowed(name):
+                raise PromotionConflict(f"{direction}: {name or 'nothing'} is promoted now, not the incumbent judged")
+            return False
+
+        path = self._path(direction, PROMOTED)
+        if self._local:
+            with self._promotion_lock(direction):
+                if not settled(self.pointer(direction)):
+                    fsio.write_bytes_atomic(self._uri(direction, PROMOTED), data)
+            return info
+        for _ in range(MAX_SWAP_ATTEMPTS):
+            etag = self._etag(path)
+            if settled(self.pointer(direction)):
+                return info
+            try:
+                # Conditional PUT: it lands only if PROMOTED is still what was just judged.
+                if etag is None:
+                    self._fs.pipe_file(path, data, mode="create")
+                else:
+                    self._fs.pipe_file(path, data, IfMatch=etag)
+                return info
+            except OSError:
+                if self._etag(path) == etag:
+                    raise  # the store refused the write itself, not a concurrent promotion
+        raise RegistryError(f"{direction}: PROMOTED changed under all {MAX_SWAP_ATTEMPTS} tries to promote {version}")
+
+    def _etag(self, path: str) -> str | None:
+        self._fs.invalidate_cache(path)
+        try:
+            return str(self._fs.info(path)["ETag"])
+        except FileNotFoundError:
+            return None
+
+    @contextlib.contextmanager
+    def _promotion_lock(self, direction: str) -> Iterator[None]:
+        # flock on the direction's folder: promotions take turns, and a crashed holder's lock dies with it.
+        directory = self._path(direction)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            for name, kind in _local_entries(directory).items():
+                if kind == "file" and name.startswith(f".{PROMOTED}.tmp-"):
+                    os.remove(os.path.join(directory, name))  # a crashed promoter's temporary pointer
+            yield
+        finally:
+            os.close(fd)
 
     # -- reading -----------------------------------------------------------------------------------
 
@@ -441,6 +550,8 @@ class Registry:
         path = self._path(direction, PROMOTED)
         if self._local and os.path.islink(path):
             raise RegistryError(f"{direction}: PROMOTED is a symlink")
+        if self._local and not self._inside(path):  # a direction folder that is a symlink to elsewhere
+            raise RegistryError(f"{direction}: resolves outside the registry {self._root}")
         try:
             data = self._fs.cat_file(path)
         except FileNotFoundError:

@@ -5,6 +5,10 @@ end, `adapter/` (adapter_config.json, adapter_model.safetensors, training_config
 Nothing is pickled: weights and optimizer tensors are safetensors, everything else JSON. Running the same
 training again picks up from the latest checkpoint; data order is a pure function of the seed, so the
 resumed run sees exactly the batches the uninterrupted one would have.
+
+Both kinds of folder are written beside their final name with an `.incomplete` mark (which the registry
+refuses), synced, and renamed into place, so a kill at any instant leaves each one complete or absent;
+the next run deletes what a killed one left half-written.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from bhashaflow.config import PipelineConfig
 from bhashaflow.decontamination import Decontaminator
 from bhashaflow.languages import parse_direction
 from bhashaflow.modeling import LoadedModel, default_target_modules, encode_pair, load_base
+from bhashaflow.redact import redact_values
+from bhashaflow.registry import INCOMPLETE
 from bhashaflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,7 @@ ADAPTER_CONFIG = "adapter_config.json"
 TRAINING_CONFIG = "training_config.json"
 TRAINER_STATE = "trainer_state.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
+_UNFINISHED = re.compile(r"\.(step-\d+|adapter)\.(partial|old)-\d+|adapter\.partial-\d+")
 
 
 class TrainingError(RuntimeError):
@@ -238,14 +245,71 @@ def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step (a folder is complete once its trainer state exists)."""
+    """The complete checkpoint with the highest step (its trainer state exists and no `.incomplete` mark)."""
     root = Path(out_dir) / "checkpoints"
     found = []
     for child in root.glob("step-*") if root.is_dir() else []:
         match = _STEP_DIR.fullmatch(child.name)
-        if match and (child / TRAINER_STATE).is_file():
+        if match and (child / TRAINER_STATE).is_file() and not (child / INCOMPLETE).exists():
             found.append((int(match.group(1)), child))
     return max(found)[1] if found else None
+
+
+def _start_partial(partial: Path) -> None:
+    _remove_dir(partial)
+    partial.mkdir(parents=True)
+    (partial / INCOMPLETE).touch()
+
+
+def _publish(partial: Path, final: Path) -> None:
+    """Rename a fully written `partial` folder to `final`; a kill at any instant leaves `final` complete or absent."""
+    for child in partial.iterdir():
+        if child.is_file() and child.name != INCOMPLETE:
+            with child.open("rb") as fh:
+                os.fsync(fh.fileno())  # the bytes reach the disk before the name that vouches for them
+    (partial / INCOMPLETE).unlink()
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        _remove_dir(old)
+        os.replace(final, old)  # the previous folder leaves in one step instead of file by file
+        os.replace(partial, final)
+        _remove_dir(old)
+    else:
+        os.replace(partial, final)
+    _fsync_dir(final.parent)
+
+
+def _remove_dir(folder: Path) -> None:
+    """Delete a folder, marking it incomplete first so that no kill can leave it looking whole."""
+    if not folder.is_dir():
+        return
+    (folder / INCOMPLETE).touch()
+    for child in folder.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        elif child.name != INCOMPLETE:
+            child.unlink()
+    (folder / INCOMPLETE).unlink()
+    folder.rmdir()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_unfinished(run_dir: Path) -> None:
+    # Folders a killed run was writing or deleting; one trainer uses a run folder at a time.
+    for parent in (run_dir, run_dir / "checkpoints"):
+        for child in parent.iterdir() if parent.is_dir() else []:
+            if child.is_dir() and _UNFINISHED.fullmatch(child.name):
+                _remove_dir(child)
+    for child in (run_dir / "checkpoints").glob("step-*"):
+        if (child / INCOMPLETE).exists():
+            _remove_dir(child)  # pruning was killed half-way
 
 
 def _save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, state: dict[str, Any], out_dir: Path, keep: int) -> Path:
@@ -254,8 +318,7 @@ def _save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, state: dict[s
     root = out_dir / "checkpoints"
     final = root / f"step-{state['step']}"
     partial = root / f".step-{state['step']}.partial-{os.getpid()}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    _start_partial(partial)
     _save_adapter(model, partial)
     save_optimizer(optimizer, partial)
     rng = {"cpu": torch.get_rng_state()}
@@ -263,12 +326,10 @@ def _save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, state: dict[s
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, str(partial / "rng.safetensors"))
     (partial / TRAINER_STATE).write_text(json.dumps(state, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)  # a kill before this line leaves only a partial folder, which is never resumed from
+    _publish(partial, final)
     steps = sorted(int(m.group(1)) for c in root.iterdir() if (m := _STEP_DIR.fullmatch(c.name)))
     for old in steps[:-keep]:
-        shutil.rmtree(root / f"step-{old}", ignore_errors=True)
+        _remove_dir(root / f"step-{old}")
     return final
 
 
@@ -383,6 +444,7 @@ def train_adapter(
     train_cfg = config.training
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _remove_unfinished(run_dir)
     languages = sorted({code for d in config.directions for code in parse_direction(d)})
     if lm is None:
         lm = load_base(
@@ -488,7 +550,7 @@ def train_adapter(
         "final_loss": final_loss,
         "tokens_per_s": tokens_per_s,
         "decontaminated": stream.pairs_removed,
-        "config": config.model_dump(mode="json"),
+        "config": redact_values(config.model_dump(mode="json")),  # it is copied into the registry
     }
     _write_adapter_dir(model, lm.tokenizer, resolved, adapter_dir)
     return TrainResult(
@@ -512,17 +574,22 @@ def _truncate_log(path: Path, step: int) -> None:
     # A killed run may have logged steps past its last checkpoint; they are trained again.
     if not path.is_file():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in lines))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut short by a crash
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)  # never an emptied log if killed while rewriting it
 
 
 def _write_adapter_dir(model: Any, tokenizer: Any, resolved: dict[str, Any], adapter_dir: Path) -> None:
-    partial = adapter_dir.with_name(adapter_dir.name + f".partial-{os.getpid()}")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = adapter_dir.with_name(f".{adapter_dir.name}.partial-{os.getpid()}")
+    _start_partial(partial)
     _save_adapter(model, partial)
     tokenizer.save_pretrained(str(partial))
     (partial / TRAINING_CONFIG).write_text(json.dumps(resolved, indent=1, ensure_ascii=False))
-    if adapter_dir.exists():
-        shutil.rmtree(adapter_dir)
-    os.replace(partial, adapter_dir)
+    _publish(partial, adapter_dir)

@@ -8,7 +8,8 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.promotion import decide_promotion
+from bhashaflow.promotion import decide_promotion, promote_adapter
+from bhashaflow.redact import redact_values
 from bhashaflow.registry import Registry
 from bhashaflow.settings import get_settings
 
@@ -17,28 +18,29 @@ from bhashaflow.settings import get_settings
 def promote_adapter_task(
     config: PipelineConfig, direction: str, trained: dict[str, Any], scores: dict[str, Any], data_manifest_sha256: str
 ) -> dict[str, Any]:
-    """Register the candidate as a new version and point PROMOTED at it if it beats base and incumbent."""
+    """Register the candidate; promote it if it beats base and the incumbent, and that incumbent is still promoted."""
     settings = get_settings()
     registry = Registry(config.registry, settings.storage_options_for(config.registry))
     incumbent = scores["incumbent"]["chrf_pp"] if scores["incumbent"] else None
     decision = decide_promotion(
         scores["candidate"]["chrf_pp"], incumbent, scores["base"]["chrf_pp"], config.promotion.min_gain
     )
-    info = registry.register(
+    outcome = promote_adapter(
+        registry,
         direction,
         trained["adapter_dir"],
+        decision,
+        judged_against=scores["incumbent_version"],
         base_model=trained["base_model"],
         base_revision=trained["base_revision"],
         data_manifest_sha256=data_manifest_sha256,
-        config=config.model_dump(mode="json"),
+        config=redact_values(config.model_dump(mode="json")),  # source URLs without their credentials
         metrics={"candidate": scores["candidate"], "base": scores["base"], "incumbent": scores["incumbent"]},
     )
-    if decision.promote:
-        registry.promote(direction, info.version)
-    get_run_logger().info("%s %s: %s", direction, info.version, decision.reason)
+    get_run_logger().info("%s %s: %s", direction, outcome.version, outcome.reason)
     return {
-        "promoted": decision.promote,
-        "reason": decision.reason,
-        "version": info.version,
-        "adapter_uri": registry.adapter_uri(direction, info.version),
+        "promoted": outcome.promoted,
+        "reason": outcome.reason,
+        "version": outcome.version,
+        "adapter_uri": registry.adapter_uri(direction, outcome.version),
     }

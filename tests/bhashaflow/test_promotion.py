@@ -1,12 +1,16 @@
-"""The promotion rule: gain >= min_gain chrF++ over base and incumbent promotes, anything less is refused."""
+"""The promotion rule (gain >= min_gain chrF++ over base and incumbent promotes) and promote_adapter acting on it."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
+from safetensors.numpy import save_file
 
-from bhashaflow.promotion import PromotionDecision, decide_promotion, should_promote
+from bhashaflow.promotion import PromotionDecision, PromotionOutcome, decide_promotion, promote_adapter, should_promote
+from bhashaflow.registry import Registry
 
 
 @pytest.mark.parametrize(
@@ -89,3 +93,49 @@ def test_non_finite_candidate_is_refused_not_raised(candidate: float) -> None:
 def test_invalid_gate_inputs_raise(incumbent: float | None, base: float, min_gain: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         should_promote(50.0, incumbent, base, min_gain)
+
+
+DIRECTION = "eng_Latn-hin_Deva"
+
+
+def adapter(path: Path, seed: int) -> Path:
+    import numpy as np
+
+    path.mkdir(parents=True)
+    save_file({"lora_A.weight": np.full((2, 4), seed, dtype=np.float32)}, str(path / "adapter_model.safetensors"))
+    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "seed": seed}))
+    return path
+
+
+def promote(registry: Registry, folder: Path, candidate: float, judged_against: str | None,
+            incumbent: float | None) -> PromotionOutcome:  # fmt: skip
+    return promote_adapter(
+        registry, DIRECTION, folder, decide_promotion(candidate, incumbent, 40.0, 0.5), judged_against=judged_against,
+        base_model="tiny", base_revision=None, data_manifest_sha256="0" * 64, config={}, metrics={"chrf_pp": candidate},
+    )  # fmt: skip
+
+
+def test_promote_adapter_registers_and_promotes_only_past_the_gate_and_the_same_incumbent(tmp_path: Path) -> None:
+    registry = Registry(str(tmp_path / "registry"))
+    first = promote(registry, adapter(tmp_path / "a", 1), 45.0, None, None)
+    assert first == PromotionOutcome("v0001", True, decide_promotion(45.0, None, 40.0, 0.5).reason)
+
+    weak = promote(registry, adapter(tmp_path / "b", 2), 45.2, "v0001", 45.0)
+    assert (weak.version, weak.promoted) == ("v0002", False)
+    assert weak.reason.startswith("refused: candidate chrF++ 45.20")
+
+    # Judged against v0001, but another promotion put v0003 there meanwhile: not promoted, kept as a version.
+    registry.promote(DIRECTION, registry.register(DIRECTION, adapter(tmp_path / "c", 3), base_model="tiny",
+                                                  base_revision=None, data_manifest_sha256="0" * 64, config={},
+                                                  metrics={}).version)  # fmt: skip
+    stale = promote(registry, adapter(tmp_path / "d", 4), 48.0, "v0001", 45.0)
+    conflict = f"{DIRECTION}: v0003 is promoted now, not the incumbent judged"
+    assert stale == PromotionOutcome("v0004", False, f"refused: {conflict}; evaluate it again to compare")
+    assert registry.promoted(DIRECTION).version == "v0003"  # type: ignore[union-attr]
+
+    # Running a promotion again (after a crash past its registration) reuses its version and finishes it.
+    assert promote(registry, tmp_path / "d", 48.0, "v0003", 45.0) == PromotionOutcome(
+        "v0004", True, decide_promotion(48.0, 45.0, 40.0, 0.5).reason
+    )
+    assert promote(registry, tmp_path / "d", 48.0, "v0003", 45.0).version == "v0004"  # and again: still done
+    assert [v.version for v in registry.versions(DIRECTION)] == ["v0001", "v0002", "v0003", "v0004"]

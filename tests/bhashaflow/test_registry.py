@@ -18,7 +18,7 @@ from safetensors.numpy import save_file
 from servers import S3Server
 
 from bhashaflow import fsio
-from bhashaflow.registry import Registry, RegistryError, VersionInfo
+from bhashaflow.registry import PromotionConflict, Registry, RegistryError, VersionInfo
 from bhashaflow.settings import Settings
 
 DIRECTION = "eng_Latn-hin_Deva"
@@ -42,7 +42,9 @@ def make_adapter(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def register(registry: Registry, adapter: Path, direction: str = DIRECTION, chrf_pp: float = 40.0) -> VersionInfo:
+def register(
+    registry: Registry, adapter: Path, direction: str = DIRECTION, chrf_pp: float = 40.0, *, reuse: bool = False
+) -> VersionInfo:
     return registry.register(
         direction,
         adapter,
@@ -51,6 +53,7 @@ def register(registry: Registry, adapter: Path, direction: str = DIRECTION, chrf
         data_manifest_sha256="ab" * 32,
         config={"training": {"max_steps": 3}},
         metrics={"chrf_pp": chrf_pp},
+        reuse=reuse,
     )
 
 
@@ -410,6 +413,38 @@ def test_unsafe_adapter_files_are_refused_before_a_version_is_claimed(
     assert not (tmp_path / "registry").exists()
 
 
+def test_truncated_weights_are_refused(registry: Registry, adapter: Path, tmp_path: Path) -> None:
+    weights = adapter / "adapter_model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:-5])  # a copy cut short: the header still parses
+
+    message = rf"truncated safetensors file \({len(whole) - 5} bytes, its header describes {len(whole)}\)"
+    with pytest.raises(RegistryError, match=message):
+        register(registry, adapter)
+    assert not (tmp_path / "registry").exists()
+
+
+def test_a_directory_marked_incomplete_is_refused(registry: Registry, adapter: Path, tmp_path: Path) -> None:
+    # Training marks the folders it is still writing; every file in this one is whole, yet it is refused.
+    (adapter / ".incomplete").touch()
+
+    with pytest.raises(RegistryError, match="is incomplete: .incomplete marks a directory still being written"):
+        register(registry, adapter)
+    assert not (tmp_path / "registry").exists()
+
+
+def test_reuse_returns_the_intact_identical_version(registry: Registry, adapter: Path, tmp_path: Path) -> None:
+    first = register(registry, adapter, reuse=True)
+    assert register(registry, adapter, reuse=True) == first  # a re-run after a crash: no duplicate
+    assert register(registry, adapter, chrf_pp=41.0, reuse=True).version == "v0002"  # other metrics: a new version
+    assert register(registry, adapter).version == "v0003"  # without reuse, always a new version
+    flip_last_byte(tmp_path / "registry" / DIRECTION / "versions" / "v0001" / "tokenizer.json")
+    # v0003 is the newest identical one; once it is damaged too, a fresh copy is made.
+    assert register(registry, adapter, reuse=True).version == "v0003"
+    flip_last_byte(tmp_path / "registry" / DIRECTION / "versions" / "v0003" / "tokenizer.json")
+    assert register(registry, adapter, reuse=True).version == "v0004"
+
+
 def test_adapter_dir_needs_config_and_weights_and_no_links(registry: Registry, adapter: Path, tmp_path: Path) -> None:
     (adapter / "adapter_config.json").unlink()
     with pytest.raises(RegistryError, match="lacks adapter_config.json"):
@@ -475,6 +510,39 @@ def test_a_lost_claim_race_moves_to_the_next_version(
 
     assert register(registry, adapter).version == "v0002"
     assert raced == [registry.uri + f"/{DIRECTION}/claims/v0001"]
+
+
+def check_compare_and_swap(reg: Registry, tmp_path: Path) -> None:
+    for seed in (1, 2, 3):
+        register(reg, make_adapter(tmp_path / f"a{seed}", seed=seed))
+
+    reg.promote_if(DIRECTION, "v0001", incumbent=None)
+    with pytest.raises(PromotionConflict, match=f"{DIRECTION}: v0001 is promoted now, not the incumbent judged"):
+        reg.promote_if(DIRECTION, "v0002", incumbent=None)
+    assert reg.promoted(DIRECTION).version == "v0001"  # type: ignore[union-attr]
+
+    reg.promote_if(DIRECTION, "v0002", incumbent="v0001")
+    pointer = reg.pointer(DIRECTION)
+    assert reg.promote_if(DIRECTION, "v0002", incumbent="v0001").version == "v0002"  # a re-run: already done
+    assert reg.pointer(DIRECTION) == pointer  # untouched, promoted_at included
+    with pytest.raises(PromotionConflict, match="v0002 is promoted now"):
+        reg.promote_if(DIRECTION, "v0003", incumbent="v0001")
+    reg.promote(DIRECTION, "v0001")  # a rollback is unconditional
+    assert reg.promoted(DIRECTION).version == "v0001"  # type: ignore[union-attr]
+
+
+def test_promote_if_is_a_compare_and_swap(registry: Registry, tmp_path: Path) -> None:
+    check_compare_and_swap(registry, tmp_path)
+
+
+def test_a_crashed_promoters_temporary_pointer_is_removed(registry: Registry, adapter: Path, tmp_path: Path) -> None:
+    register(registry, adapter)
+    stale = tmp_path / "registry" / DIRECTION / ".PROMOTED.tmp-0123abcd"
+    stale.write_text('{"version": "v0001"')  # what os._exit in the middle of a pointer write leaves
+
+    registry.promote(DIRECTION, "v0001")
+
+    assert sorted(p.name for p in stale.parent.iterdir()) == ["PROMOTED", "claims", "versions"]
 
 
 # -- S3 through moto's server (tests/conftest.py: real HTTP, behind a fault-injecting proxy) -------------------
@@ -561,3 +629,29 @@ def test_s3_claims_are_exclusive(s3_registry: Registry, adapter: Path, monkeypat
     assert register(s3_registry, adapter).version == "v0002"
     assert raced == [f"{s3_registry.uri}/{DIRECTION}/claims/v0001"]
     assert [v.version for v in s3_registry.versions(DIRECTION)] == ["v0002"]
+
+
+def test_s3_promote_if_is_a_compare_and_swap(s3_registry: Registry, tmp_path: Path) -> None:
+    check_compare_and_swap(s3_registry, tmp_path)
+
+
+def test_s3_promotion_racing_between_read_and_write_is_a_conflict(
+    s3_registry: Registry, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    reg = s3_registry
+    for seed in (1, 2, 3):
+        register(reg, make_adapter(tmp_path / f"a{seed}", seed=seed))
+    reg.promote(DIRECTION, "v0001")
+    rival = Registry(reg.uri, reg.storage_options)  # another process, as far as the store can tell
+    read = reg.pointer
+
+    def read_then_lose_the_race(direction: str) -> Any:
+        current = read(direction)
+        monkeypatch.setattr(reg, "pointer", read)
+        rival.promote(DIRECTION, "v0003")  # lands after our read, before our conditional PUT
+        return current
+
+    monkeypatch.setattr(reg, "pointer", read_then_lose_the_race)
+    with pytest.raises(PromotionConflict, match="v0003 is promoted now"):
+        reg.promote_if(DIRECTION, "v0002", incumbent="v0001")
+    assert reg.promoted(DIRECTION).version == "v0003"  # type: ignore[union-attr]

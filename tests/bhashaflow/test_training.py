@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,6 +190,40 @@ def test_rerun_after_kill_resumes_from_checkpoint_and_matches_uninterrupted_run(
 
     again = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={})
     assert again.resumed_from == 5 and again.steps == 5  # a finished run is not trained again
+
+
+def test_leftovers_of_a_killed_run_are_removed_and_never_resumed_from(bases: dict[str, Path], shard: str, tmp_path: Path) -> None:
+    config = make_config(bases["seq2seq"], max_steps=2, checkpoint_every=1)
+    train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={})
+    checkpoints = tmp_path / "checkpoints"
+    # What kills leave: a checkpoint half-written, one half-pruned (its mark still there), adapters half-swapped.
+    shutil.copytree(checkpoints / "step-2", checkpoints / ".step-3.partial-4242")
+    shutil.copytree(checkpoints / "step-2", checkpoints / "step-9")
+    (checkpoints / "step-9" / ".incomplete").touch()
+    shutil.copytree(tmp_path / "adapter", tmp_path / ".adapter.partial-4243")
+    (tmp_path / ".adapter.partial-4243" / ".incomplete").touch()
+    shutil.copytree(tmp_path / "adapter", tmp_path / ".adapter.old-4244")
+
+    assert latest_checkpoint(tmp_path) == checkpoints / "step-2"  # the marked step-9 is not a checkpoint
+    again = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={})
+
+    assert again.resumed_from == 2
+    assert listing(tmp_path) == ["adapter", "checkpoints", "train_log.jsonl"]
+    assert listing(checkpoints) == ["step-1", "step-2"]
+    assert listing(tmp_path / "adapter") == ADAPTER_FILES
+
+
+def test_a_log_line_cut_short_does_not_stop_the_resume(bases: dict[str, Path], shard: str, tmp_path: Path) -> None:
+    config = make_config(bases["seq2seq"], max_steps=2, checkpoint_every=1)
+    train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={},
+                  log_every=1)  # fmt: skip
+    log = tmp_path / "train_log.jsonl"
+    log.write_text(log.read_text() + '{"step": 3, "lo')  # a crash (full disk, power cut) in the middle of a line
+
+    again = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={})
+
+    assert again.resumed_from == 2
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
 
 
 def test_checkpoint_of_another_config_is_refused(bases: dict[str, Path], shard: str, tmp_path: Path) -> None:
