@@ -8,9 +8,12 @@ feedback that arrives long after the episode is served is therefore still export
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import math
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,6 +73,10 @@ _COLUMNS = (
 
 class UnknownEpisode(KeyError):
     """No episode has the given id."""
+
+
+class ExportBusy(RuntimeError):
+    """Another export from this database to the same target (and mode) kept running past the wait."""
 
 
 def utc_now() -> str:
@@ -249,12 +256,22 @@ class EpisodeStore:
             ).fetchone()
         return int(row[0]) if row else 0
 
-    def episodes_after(self, mode: ExportMode, after_key: int, limit: int) -> list[Episode]:
-        """Up to `limit` episodes whose key is above `after_key`, by key (mode 'feedback': only rated ones)."""
+    def last_key(self, mode: ExportMode) -> int:
+        """The highest key (episode id, or feedback_seq in mode 'feedback') so far; 0 when none."""
+        with self._lock:
+            row = self._conn.execute(f"SELECT MAX({self._key_column(mode)}) FROM episodes").fetchone()
+        return int(row[0] or 0)
+
+    def episodes_after(
+        self, mode: ExportMode, after_key: int, limit: int, until_key: int = MAX_EPISODE_ID
+    ) -> list[Episode]:
+        """Up to `limit` episodes whose key is above `after_key` and at most `until_key`, by key (mode
+        'feedback': only rated ones)."""
         key = self._key_column(mode)
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM episodes WHERE {key} > ? ORDER BY {key} LIMIT ?", (after_key, limit)
+                f"SELECT {_COLUMNS} FROM episodes WHERE {key} > ? AND {key} <= ? ORDER BY {key} LIMIT ?",
+                (after_key, until_key, limit),
             ).fetchall()
         return [Episode._from_row(r) for r in rows]
 
@@ -266,6 +283,32 @@ class EpisodeStore:
                 f"SELECT {_COLUMNS} FROM episodes WHERE {key} BETWEEN ? AND ? ORDER BY {key}", (first_key, last_key)
             ).fetchall()
         return [Episode._from_row(r) for r in rows]
+
+    @contextmanager
+    def export_lock(self, target: str, mode: ExportMode, wait_s: float = 60.0) -> Iterator[None]:
+        """Be the one export from this database to `target` in `mode` while inside; wait up to `wait_s` for it.
+
+        Two exports at once would cut the same episodes into differently named parts: duplicates at the
+        sink. The lock is an flock on a file beside the database, which the kernel drops when its holder
+        dies (SIGKILL included), so a crashed export never blocks the next one.
+        """
+        digest = hashlib.sha256(f"{mode}\n{target}".encode()).hexdigest()[:16]
+        path = self.path.with_name(f"{self.path.name}.export-{digest}.lock")
+        deadline = time.monotonic() + wait_s
+        with open(path, "a+b") as fh:
+            while True:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        # No target in the message: an http(s) target may carry credentials.
+                        raise ExportBusy(f"another export to this target still holds {path} after {wait_s:g} s") from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
     def pending_export_part(self, target: str, mode: ExportMode) -> ExportPart | None:
         """A part that was started but not confirmed (the export stopped between upload and watermark)."""

@@ -3,7 +3,8 @@
 Exactly-once at the sink, even across crashes: a part's id range is recorded in the episodes database
 *before* its upload, a re-run redoes a recorded-but-unconfirmed part with the very same range and name
 (so it replaces the earlier copy), and the watermark moves only after the upload is verified.
-The record schema is documented in docs/rl-logs.md.
+Exports to one target take turns (a lock beside the database), so two never cut the same episodes
+into differently named parts. The record schema is documented in docs/rl-logs.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 
 from bhashaflow.config import PipelineConfig
 from bhashaflow.episodes import Episode, EpisodeStore, ExportMode
+from bhashaflow.redact import redact_uri
 from bhashaflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,7 +116,9 @@ def export_rl_logs(
 
     With `rl_export.only_with_feedback`, episodes are exported once they have feedback, ordered by
     when the feedback arrived; an episode whose feedback is replaced after its export is exported
-    again with the newer feedback (keep the record with the highest `feedback_seq`).
+    again with the newer feedback (keep the record with the highest `feedback_seq`). Episodes served
+    (or rated) while it runs are left to the next run. One export per target runs at a time: a second
+    waits for the first, up to a minute, then raises `ExportBusy`.
 
     Args:
         config: the pipeline config (`serving.episodes_db`, `rl_export`).
@@ -134,23 +138,28 @@ def export_rl_logs(
     mode: ExportMode = "feedback" if config.rl_export.only_with_feedback else "all"
     exported = 0
     parts: list[str] = []
-    with EpisodeStore(config.serving.episodes_db) as store:
+    with EpisodeStore(config.serving.episodes_db) as store, store.export_lock(target, mode):
+        # Episodes (or feedback) that arrive during this run go into the next one: a run's work is bounded.
+        until = store.last_key(mode)
         while True:
             part = store.pending_export_part(target, mode)
+            part_fmt: str = fmt
             if part is not None:
-                # A part whose upload was never confirmed: redo exactly its range, under its name.
+                # A part whose upload was never confirmed: redo exactly its range, under its name, in the
+                # format that name says (rl_export.format may have changed since).
                 log.info("resuming unconfirmed part %s", part.name)
                 episodes = store.episodes_between(mode, part.first_key, part.last_key)
+                part_fmt = part.name.rsplit(".", 1)[-1]
             else:
-                episodes = store.episodes_after(mode, store.export_watermark(target, mode), part_rows)
+                episodes = store.episodes_after(mode, store.export_watermark(target, mode), part_rows, until)
                 if not episodes:
                     break
                 first, last = _key(episodes[0], mode), _key(episodes[-1], mode)
                 part = store.begin_export_part(target, mode, first, last, part_name(mode, first, last, fmt))
-            data = encode_part([episode_record(ep) for ep in episodes], fmt)
-            sink.write(part.name, data, CONTENT_TYPES[fmt])
+            data = encode_part([episode_record(ep) for ep in episodes], part_fmt)
+            sink.write(part.name, data, CONTENT_TYPES[part_fmt])
             store.finish_export_part(part)
             exported += len(episodes)
             parts.append(part.name)
-            log.info("exported %d episodes as %s to %s", len(episodes), part.name, target)
-    return {"exported": exported, "parts": parts, "target": target}
+            log.info("exported %d episodes as %s to %s", len(episodes), part.name, redact_uri(target))
+    return {"exported": exported, "parts": parts, "target": redact_uri(target)}  # printed and put in artifacts

@@ -6,6 +6,8 @@ A part written twice under the same name replaces the first copy (folder, S3) or
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import logging
 import os
@@ -19,9 +21,11 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from bhashaflow.fsio import join, open_fs, write_bytes_atomic
+from bhashaflow.redact import install_log_filter, redact_uri
 from bhashaflow.settings import Settings
 
 log = logging.getLogger(__name__)
+install_log_filter("httpx")  # httpx logs each request's full URL
 
 T = TypeVar("T")
 
@@ -113,6 +117,11 @@ class FolderSink:
                 raise TransientSinkError(f"{path} reads back different bytes than were written")
 
         with_retries(attempt, f"part {name} to {self.target}", self.policy)
+        # An export killed mid-write left write_bytes_atomic's temporary (`.<name>.tmp-<hex>`); this
+        # rewrite of the same part is what supersedes it.
+        for stale in glob.glob(os.path.join(glob.escape(self.directory), f".{glob.escape(name)}.tmp-*")):
+            with contextlib.suppress(OSError):
+                os.remove(stale)
 
 
 class S3Sink:
@@ -120,7 +129,11 @@ class S3Sink:
 
     def __init__(self, target: str, storage_options: dict[str, object], policy: RetryPolicy) -> None:
         self.target = target.rstrip("/")
-        self.storage_options = storage_options
+        # `policy` is the one retry layer: botocore's own (5 attempts, its own backoff) would multiply it,
+        # and a store failing half the requests then stalled a 10-part export for minutes.
+        config = storage_options.get("config_kwargs")
+        config_kwargs = {**(config if isinstance(config, dict) else {}), "retries": {"total_max_attempts": 1}}
+        self.storage_options = {**storage_options, "config_kwargs": config_kwargs}
         self.policy = policy
 
     def write(self, name: str, data: bytes, content_type: str) -> None:
@@ -152,6 +165,7 @@ class HttpSink:
 
     def __init__(self, url: str, policy: RetryPolicy, timeout_s: float = 30.0) -> None:
         self.target = url
+        self.shown = redact_uri(url)  # for messages: no userinfo or secret query values
         self.policy = policy
         self.timeout_s = timeout_s
 
@@ -168,15 +182,15 @@ class HttpSink:
                 with httpx.Client(timeout=self.timeout_s) as client:
                     resp = client.post(self.target, content=data, headers=headers)
             except httpx.TransportError as exc:
-                raise TransientSinkError(f"POST {self.target}: {type(exc).__name__}: {exc}") from exc
+                raise TransientSinkError(f"POST {self.shown}: {type(exc).__name__}: {exc}") from exc
             if resp.is_success:
                 return
-            detail = f"POST {self.target} answered {resp.status_code}: {resp.text[:200]}"
+            detail = f"POST {self.shown} answered {resp.status_code}: {resp.text[:200]}"
             if resp.status_code in RETRY_STATUSES:
                 raise TransientSinkError(detail, _retry_after(resp))
             raise SinkError(detail)
 
-        with_retries(attempt, f"part {name} to {self.target}", self.policy)
+        with_retries(attempt, f"part {name} to {self.shown}", self.policy)
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
@@ -200,7 +214,11 @@ def open_sink(target: str, settings: Settings, policy: RetryPolicy | None = None
     if scheme == "s3":
         return S3Sink(target, settings.storage_options(), policy)
     if scheme in ("http", "https"):
-        return HttpSink(target, policy)
+        try:
+            url = settings.expand_env(target)  # `${NAME}`: a credential kept in the environment, not the config
+        except KeyError as exc:
+            raise SinkError(f"target {redact_uri(target)!r} names ${{{exc.args[0]}}}, which is not set") from None
+        return HttpSink(url, policy)
     if scheme == "file":
         parts = urlsplit(target)
         if parts.netloc not in ("", "localhost"):

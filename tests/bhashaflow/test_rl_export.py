@@ -5,20 +5,19 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from servers import S3Server
+from servers import PartServer, S3Server
 
 from bhashaflow.config import PipelineConfig, config_from_dict
-from bhashaflow.episodes import EpisodeStore, NewEpisode
+from bhashaflow.episodes import EpisodeStore, ExportBusy, NewEpisode
 from bhashaflow.rl_export import RECORD_SCHEMA, export_rl_logs, part_name
 from bhashaflow.settings import Settings
 from connectors.sinks import RetryPolicy, SinkError, open_sink
@@ -31,44 +30,10 @@ RECORD_KEYS = [
 ]
 
 
-class _PartServer:
-    """An idempotent NDJSON endpoint: stores each POSTed part under its Idempotency-Key."""
-
-    def __init__(self) -> None:
-        self.parts: dict[str, bytes] = {}
-        self.posts: list[str] = []
-        self.fail: list[int] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                key = self.headers["Idempotency-Key"]
-                owner.posts.append(key)
-                status = owner.fail.pop(0) if owner.fail else 201
-                if status < 300:
-                    owner.parts[key] = body
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/episodes"
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def part_server() -> Iterator[_PartServer]:
-    server = _PartServer()
-    yield server
-    server.close()
+def part_server() -> Iterator[PartServer]:
+    with PartServer() as server:
+        yield server
 
 
 def _config(tmp_path: Path, target: str, **rl: Any) -> PipelineConfig:
@@ -149,7 +114,7 @@ def test_s3_export(tmp_path: Path, s3_server: S3Server) -> None:
     assert [r["prompt"] for r in _jsonl(body)] == ["text 5"]
 
 
-def test_http_export_posts_ndjson(tmp_path: Path, part_server: _PartServer) -> None:
+def test_http_export_posts_ndjson(tmp_path: Path, part_server: PartServer) -> None:
     config = _config(tmp_path, part_server.url)
     _serve(config, 3)
     assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))["parts"] == ["episodes-000000000001-000000000003.jsonl"]
@@ -158,14 +123,14 @@ def test_http_export_posts_ndjson(tmp_path: Path, part_server: _PartServer) -> N
     assert len(part_server.posts) == 1
 
 
-def test_http_target_refuses_parquet(tmp_path: Path, part_server: _PartServer) -> None:
+def test_http_target_refuses_parquet(tmp_path: Path, part_server: PartServer) -> None:
     config = _config(tmp_path, part_server.url, format="parquet")
     with pytest.raises(ValueError, match="NDJSON"):
         export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))
 
 
 def test_a_failed_upload_keeps_the_watermark_and_the_rerun_sends_the_same_part(
-    tmp_path: Path, part_server: _PartServer
+    tmp_path: Path, part_server: PartServer
 ) -> None:
     config = _config(tmp_path, part_server.url)
     _serve(config, 3)
@@ -179,6 +144,76 @@ def test_a_failed_upload_keeps_the_watermark_and_the_rerun_sends_the_same_part(
     result = export_rl_logs(config, Settings(), sink=sink)
     assert result["parts"] == ["episodes-000000000001-000000000003.jsonl", "episodes-000000000004-000000000005.jsonl"]
     assert part_server.posts.count("episodes-000000000001-000000000003.jsonl") == 4
+
+
+def test_an_unconfirmed_part_is_resent_in_its_own_format_after_the_format_changed(tmp_path: Path) -> None:
+    config = _config(tmp_path, str(tmp_path / "out"))
+    _serve(config, 3)
+    (tmp_path / "out").write_text("a file where the folder should be")
+    with pytest.raises(SinkError, match="cannot write"):
+        export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings(), FAST))
+    (tmp_path / "out").unlink()
+    _serve(config, 2, start=4)
+    parquet = _config(tmp_path, str(tmp_path / "out"), format="parquet")
+    result = export_rl_logs(parquet, Settings(), sink=open_sink(parquet.rl_export.target, Settings(), FAST))
+    assert result["parts"] == ["episodes-000000000001-000000000003.jsonl", "episodes-000000000004-000000000005.parquet"]
+    assert [r["episode_id"] for r in _jsonl((tmp_path / "out" / result["parts"][0]).read_bytes())] == [1, 2, 3]
+    assert pq.read_table(tmp_path / "out" / result["parts"][1]).column("episode_id").to_pylist() == [4, 5]
+
+
+class _ServingWhileExporting:
+    """A folder sink while the service keeps serving: two new episodes arrive during each part's write."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.sink = open_sink(config.rl_export.target, Settings())
+        self.target = self.sink.target
+
+    def write(self, name: str, data: bytes, content_type: str) -> None:
+        _serve(self.config, 2, start=100)
+        self.sink.write(name, data, content_type)
+
+
+def test_episodes_served_during_an_export_go_into_the_next_run(tmp_path: Path) -> None:
+    config = _config(tmp_path, str(tmp_path / "out"))
+    _serve(config, 4)
+    result = export_rl_logs(config, Settings(), sink=_ServingWhileExporting(config), part_rows=2)
+    assert result["parts"] == ["episodes-000000000001-000000000002.jsonl", "episodes-000000000003-000000000004.jsonl"]
+    with EpisodeStore(config.serving.episodes_db) as store:
+        assert store.count() == 8
+    assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()), part_rows=4)[
+        "parts"
+    ] == ["episodes-000000000005-000000000008.jsonl"]
+
+
+def test_exports_to_one_target_take_turns_and_a_killed_holder_frees_its_turn(tmp_path: Path) -> None:
+    db = tmp_path / "episodes.db"
+    with EpisodeStore(db) as first, EpisodeStore(db) as second:
+        with first.export_lock("s3://b/rl", "all"):
+            with pytest.raises(ExportBusy, match="another export to this target still holds .*episodes.db.export-"), second.export_lock("s3://b/rl", "all", wait_s=0.2):
+                pass
+            with second.export_lock("s3://b/other", "all", wait_s=0), second.export_lock("s3://b/rl", "feedback", wait_s=0):
+                pass  # other targets and modes have turns of their own
+        with second.export_lock("s3://b/rl", "all", wait_s=0):
+            pass
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom bhashaflow.episodes import EpisodeStore\n"
+         f"with EpisodeStore({str(db)!r}).export_lock('s3://b/rl', 'all'):\n    print('held', flush=True); time.sleep(60)"],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with EpisodeStore(db) as store:
+            with pytest.raises(ExportBusy):
+                with store.export_lock("s3://b/rl", "all", wait_s=0.1):
+                    pass
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(timeout=30)
+            with store.export_lock("s3://b/rl", "all", wait_s=5):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_only_with_feedback_exports_rated_episodes_whenever_feedback_arrives(tmp_path: Path) -> None:
@@ -218,7 +253,7 @@ export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Setti
 
 @pytest.mark.parametrize("kind", ["folder", "http", "s3"])
 def test_a_kill_between_upload_and_watermark_leaves_no_duplicate_and_no_gap(
-    kind: str, tmp_path: Path, part_server: _PartServer, s3_server: S3Server
+    kind: str, tmp_path: Path, part_server: PartServer, s3_server: S3Server
 ) -> None:
     s3_server.create_bucket("rl-logs")
     target = {"folder": str(tmp_path / "out"), "http": part_server.url, "s3": f"s3://rl-logs/exports/{tmp_path.name}"}[kind]

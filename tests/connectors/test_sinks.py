@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
+import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from servers import S3Server
+from servers import PartServer, S3Server
 
 from bhashaflow.settings import Settings
 from connectors.sinks import FolderSink, HttpSink, RetryPolicy, S3Sink, SinkError, open_sink, with_retries
@@ -18,47 +17,10 @@ from connectors.sinks import FolderSink, HttpSink, RetryPolicy, S3Sink, SinkErro
 FAST = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05)
 
 
-class _PartServer:
-    """An HTTP endpoint that stores POSTed parts by Idempotency-Key; `fail` scripts the first answers."""
-
-    def __init__(self) -> None:
-        self.parts: dict[str, bytes] = {}
-        self.requests: list[dict[str, str]] = []
-        self.fail: list[int] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                owner.requests.append(dict(self.headers))
-                status = owner.fail.pop(0) if owner.fail else 200
-                if status == 200:
-                    owner.parts[self.headers["Idempotency-Key"]] = body
-                self.send_response(status)
-                if status == 429:
-                    self.send_header("Retry-After", "0")
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ingest"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def part_server() -> Iterator[_PartServer]:
-    server = _PartServer()
-    yield server
-    server.close()
+def part_server() -> Iterator[PartServer]:
+    with PartServer() as server:
+        yield server
 
 
 def _free_port() -> int:
@@ -89,6 +51,15 @@ def test_folder_sink_writes_and_replaces_a_part(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "p-1.jsonl").read_bytes() == b'{"a": 2}\n'
 
 
+def test_folder_sink_rewriting_a_part_removes_the_temporary_of_a_killed_write(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".p-1.jsonl.tmp-0123abcd").write_bytes(b'{"a": 1}')  # what a SIGKILL mid-write leaves
+    (out / ".p-2.jsonl.tmp-4567ef01").write_bytes(b'{"b": 1}')  # another part's: left to that part's rewrite
+    open_sink(str(out), Settings(), FAST).write("p-1.jsonl", b'{"a": 1}\n', "application/x-ndjson")
+    assert sorted(p.name for p in out.iterdir()) == [".p-2.jsonl.tmp-4567ef01", "p-1.jsonl"]
+
+
 def test_folder_sink_reports_an_unwritable_folder(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     sink = open_sink(str(tmp_path / "file"), Settings(), FAST)
@@ -117,6 +88,20 @@ def test_s3_sink_uploads_again_when_the_size_check_disagrees(s3_server: S3Server
     assert s3_server.client.get_object(Bucket="sinks", Key="rl/p.jsonl")["Body"].read() == b"0123456789"
 
 
+def test_s3_sink_retries_by_its_own_policy_only(s3_server: S3Server) -> None:
+    s3_server.create_bucket("sinks")
+    s3_server.plan.fail(times=3, status=503, method="PUT")
+    started = time.perf_counter()
+    open_sink("s3://sinks/rl", Settings(), FAST).write("p.jsonl", b"x", "application/x-ndjson")
+    # botocore retrying each of these too would make it 3 x 5 PUTs, with up to seconds of its own backoff
+    assert s3_server.plan.count("PUT", "/sinks/rl/p.jsonl") == 4
+    assert time.perf_counter() - started < 5
+    s3_server.plan.fail(times=10, status=500, method="PUT")
+    with pytest.raises(SinkError, match="gave up after 4 attempts"):
+        open_sink("s3://sinks/rl", Settings(), FAST).write("q.jsonl", b"x", "application/x-ndjson")
+    assert s3_server.plan.count("PUT", "/sinks/rl/q.jsonl") == 4
+
+
 def test_s3_sink_fails_fast_on_a_missing_bucket(s3_server: S3Server) -> None:
     sink = open_sink("s3://no-such-bucket/rl", Settings(), FAST)
     with pytest.raises(SinkError, match="no-such-bucket"):
@@ -124,7 +109,7 @@ def test_s3_sink_fails_fast_on_a_missing_bucket(s3_server: S3Server) -> None:
     assert s3_server.plan.count("PUT") == 1
 
 
-def test_http_sink_posts_ndjson_with_the_part_name_as_idempotency_key(part_server: _PartServer) -> None:
+def test_http_sink_posts_ndjson_with_the_part_name_as_idempotency_key(part_server: PartServer) -> None:
     sink = open_sink(part_server.url, Settings(), FAST)
     sink.write("episodes-1-2.jsonl", b'{"x": 1}\n{"x": 2}\n', "application/x-ndjson")
     assert part_server.parts == {"episodes-1-2.jsonl": b'{"x": 1}\n{"x": 2}\n'}
@@ -133,21 +118,21 @@ def test_http_sink_posts_ndjson_with_the_part_name_as_idempotency_key(part_serve
     assert headers["X-Bhashaflow-Part"] == "episodes-1-2.jsonl"
 
 
-def test_http_sink_retries_busy_and_failing_answers(part_server: _PartServer) -> None:
+def test_http_sink_retries_busy_and_failing_answers(part_server: PartServer) -> None:
     part_server.fail = [503, 429, 500]
     HttpSink(part_server.url, FAST).write("p.jsonl", b"{}\n", "application/x-ndjson")
     assert len(part_server.requests) == 4
     assert part_server.parts == {"p.jsonl": b"{}\n"}
 
 
-def test_http_sink_gives_up_after_the_last_attempt(part_server: _PartServer) -> None:
+def test_http_sink_gives_up_after_the_last_attempt(part_server: PartServer) -> None:
     part_server.fail = [503] * 10
     with pytest.raises(SinkError, match="gave up after 4 attempts.*503"):
         HttpSink(part_server.url, FAST).write("p.jsonl", b"{}\n", "application/x-ndjson")
     assert len(part_server.requests) == 4 and part_server.parts == {}
 
 
-def test_http_sink_does_not_retry_a_refusal(part_server: _PartServer) -> None:
+def test_http_sink_does_not_retry_a_refusal(part_server: PartServer) -> None:
     part_server.fail = [400]
     with pytest.raises(SinkError, match="answered 400"):
         HttpSink(part_server.url, FAST).write("p.jsonl", b"{}\n", "application/x-ndjson")
