@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bhashaflow import __version__
-from bhashaflow.config import ConfigError, PipelineConfig
+from bhashaflow.config import ConfigError, PipelineConfig, ServingConfig
 from bhashaflow.episodes import EpisodeStore
 from bhashaflow.settings import Settings
 from serving.deps import Service, require_token
@@ -27,6 +27,7 @@ from serving.engine import Engine
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.middleware import BodyLimitMiddleware
 from serving.routes import adapters, feedback, ops, translate
+from serving.schemas import error_responses
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,24 @@ async def _poll_registry(engine: Engine, every_s: float) -> None:
             log.exception("registry poll failed")
 
 
+def _document_limits(app: FastAPI, serving: ServingConfig) -> None:
+    """Put this deployment's size limits into the OpenAPI schema, so clients (and fuzzers) see them."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schemas = generate()["components"]["schemas"]
+            texts = schemas["TranslateRequest"]["properties"]["texts"]
+            texts["maxItems"] = serving.max_texts
+            texts["items"]["maxLength"] = serving.max_chars
+            for option in schemas["FeedbackRequest"]["properties"]["correction"]["anyOf"]:
+                if option.get("type") == "string":
+                    option["maxLength"] = serving.max_chars
+        return app.openapi_schema  # type: ignore[return-value]  # set by generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(config: PipelineConfig, settings: Settings | None = None) -> FastAPI:
     """Build the service for a pipeline config; loading starts when the app starts (lifespan).
 
@@ -120,10 +139,10 @@ def create_app(config: PipelineConfig, settings: Settings | None = None) -> Fast
         dependencies=[Depends(require_token)],
     )
     app.state.service = service
-    app.include_router(translate.router)
-    app.include_router(feedback.router)
-    app.include_router(adapters.router)
-    app.include_router(ops.router)
+    unauthorized = error_responses({401: None})  # every endpoint, when serving.require_auth is set
+    for router in (translate.router, feedback.router, adapters.router, ops.router):
+        app.include_router(router, responses=unauthorized)
+    _document_limits(app, config.serving)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected_error)

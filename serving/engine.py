@@ -135,6 +135,7 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - one bad direction must not keep the others down
                 log.exception("could not load the promoted adapter of %s", direction)
                 self._problems[direction] = str(exc)
+                self.metrics.refusals.labels(direction).inc()
         self.state = "ready"
         log.info("ready: base %s on %s, adapters %s", config.base_model, self.device, self.served())
 
@@ -165,7 +166,10 @@ class Engine:
             self._detach(slot)  # promoted again while on its way out: start afresh
             slot = None
         if slot is None:
-            load_adapter(self.lm, path, name)
+            try:
+                load_adapter(self.lm, path, name)
+            except Exception as exc:  # noqa: BLE001 - intact files whose weights do not fit their config
+                raise RegistryError(f"{info.direction}/{info.version}: refused at load: {_first_line(exc)}") from exc
             src, tgt = parse_direction(info.direction)
             slot = AdapterSlot(info.direction, src, tgt, info.version, name, info.manifest_sha256, utc_now())
         with self._lock:
@@ -255,10 +259,11 @@ class Engine:
                 try:
                     swap = await self._reload_direction(direction)
                 except Exception as exc:  # noqa: BLE001 - reported per direction; the old version keeps serving
-                    log.warning("reload of %s failed: %s", direction, exc)
+                    log.warning("reload of %s refused: %s", direction, exc)
                     errors[direction] = str(exc)
                     with self._lock:
                         self._problems[direction] = str(exc)
+                    self.metrics.refusals.labels(direction).inc()
                     continue
                 if swap is not None:
                     swapped.append(swap)
@@ -274,6 +279,9 @@ class Engine:
         if current is not None and (current.version, current.manifest_sha256) == (
             pointer.version, pointer.manifest_sha256
         ):
+            with self._lock:
+                # The served version is promoted (again): an earlier refusal no longer applies.
+                self._problems.pop(direction, None)
             return None
         fetched = await asyncio.to_thread(self.registry.fetch_promoted, direction, self._cache_dir)
         if fetched is None:
@@ -301,3 +309,9 @@ class Engine:
             num_beams=evaluation.num_beams,
             max_new_tokens=evaluation.max_new_tokens,
         )
+
+
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    """The gist of an error (torch lists every mismatched tensor, one per line)."""
+    text = " ".join(str(exc).split("\n", 2)[:2]).strip() or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

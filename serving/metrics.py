@@ -12,7 +12,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class ServingMetrics:
-    """Requests by status, latency, batch sizes, queue depth, translated texts and adapter reloads."""
+    """Requests by status, latency, batch sizes, queue depth, translated texts, adapter swaps and refusals."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -37,6 +37,10 @@ class ServingMetrics:
         )
         self.reloads = Counter(
             "bhashaflow_adapter_swaps", "Adapters swapped in by a reload, by direction.",
+            ["direction"], registry=self.registry,
+        )
+        self.refusals = Counter(
+            "bhashaflow_adapter_refusals", "Promoted adapter versions refused at load (tampered, broken), by direction.",
             ["direction"], registry=self.registry,
         )
 

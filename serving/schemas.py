@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
@@ -19,6 +19,52 @@ def _encodable(text: str) -> str:
 
 
 Text = Annotated[StrictStr, AfterValidator(_encodable)]
+_KNOWN_CODES: dict[str, Any] = {"enum": sorted(LANGUAGES)}  # documented; checked by _known
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: what went wrong, in one line."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: str = Field(description="Where in the body, e.g. texts.0 (body: the body as a whole).")
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(ErrorResponse):
+    """A body that does not match its schema (422), with one entry per problem."""
+
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+def error_responses(statuses: dict[int, str | None]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses, each with the body (and headers) the service really sends.
+
+    Args:
+        statuses: status -> description (None: the usual one for that status).
+    """
+    out: dict[int | str, dict[str, Any]] = {}
+    for status, description in statuses.items():
+        entry: dict[str, Any] = {
+            "model": ValidationErrorResponse if status == 422 else ErrorResponse,
+            "description": description or _DESCRIPTIONS[status],
+        }
+        if status == 503:
+            entry["headers"] = {"Retry-After": RETRY_AFTER}
+        out[status] = entry
+    return out
+
+
+RETRY_AFTER = {"description": "Seconds to wait before trying again.", "schema": {"type": "integer", "minimum": 1}}
+_DESCRIPTIONS = {
+    401: "Missing or wrong bearer token (every endpoint when serving.require_auth is set).",
+    413: "Request body over serving.max_body_bytes.",
+    422: "Malformed body.",
+    503: "The service is loading or stopping (see Retry-After).",
+}
 
 
 class _Body(BaseModel):
@@ -29,8 +75,15 @@ class TranslateRequest(_Body):
     """Texts to translate from one language to another."""
 
     texts: list[Text] = Field(min_length=1, description="Texts to translate (at most serving.max_texts).")
-    src_lang: StrictStr = Field(description="FLORES-200 code of the texts, e.g. eng_Latn.", examples=["eng_Latn"])
-    tgt_lang: StrictStr = Field(description="FLORES-200 code to translate into, e.g. hin_Deva.", examples=["hin_Deva"])
+    # A validator, not an Enum type: the 422 then names the bad code instead of listing all 50.
+    src_lang: StrictStr = Field(
+        description="FLORES-200 code of the texts, e.g. eng_Latn.", examples=["eng_Latn"],
+        json_schema_extra=_KNOWN_CODES,
+    )
+    tgt_lang: StrictStr = Field(
+        description="FLORES-200 code to translate into, e.g. hin_Deva.", examples=["hin_Deva"],
+        json_schema_extra=_KNOWN_CODES,
+    )
 
     @field_validator("src_lang", "tgt_lang")
     @classmethod

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Response
 
 from serving.deps import AdminAuth, ServiceDep
-from serving.schemas import AdaptersResponse, ReloadResponse
+from serving.schemas import AdaptersResponse, ReloadResponse, error_responses
 
 router = APIRouter(prefix="/v1/adapters", tags=["adapters"])
 
@@ -20,10 +20,20 @@ async def list_adapters(service: ServiceDep) -> AdaptersResponse:
     "/reload",
     response_model=ReloadResponse,
     dependencies=[AdminAuth],
-    responses={401: {"description": "Missing or wrong bearer token."}, 503: {"description": "Still loading."}},
+    responses={
+        **error_responses({401: "Missing or wrong bearer token.", 503: "Still loading."}),
+        409: {
+            "model": ReloadResponse,
+            "description": "A promoted version was refused (its error says why); that direction keeps its version.",
+        },
+    },
 )
-async def reload_adapters(service: ServiceDep) -> ReloadResponse:
+async def reload_adapters(service: ServiceDep, response: Response) -> ReloadResponse:
     """Re-read the registry's promoted pointers and swap changed adapters in; requests in flight finish."""
     if not service.engine.ready:
         raise HTTPException(503, f"the service is {service.engine.state}", headers={"Retry-After": "5"})
-    return ReloadResponse.model_validate(await service.engine.reload())
+    result = ReloadResponse.model_validate(await service.engine.reload())
+    if result.errors:
+        # Not a 200: whoever promoted the version must learn that the service refused it.
+        response.status_code = 409
+    return result

@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bhashaflow.episodes import UnknownEpisode
 from serving.deps import ServiceDep
-from serving.schemas import FeedbackRequest, FeedbackResponse
+from serving.schemas import FeedbackRequest, FeedbackResponse, error_responses
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
@@ -22,7 +22,14 @@ def parse_episode_id(raw: int | str) -> int:
     return int(text)
 
 
-@router.post("/feedback", response_model=FeedbackResponse, responses={404: {"description": "Unknown episode."}})
+@router.post(
+    "/feedback",
+    response_model=FeedbackResponse,
+    responses=error_responses(
+        {404: "Unknown episode.", 413: "A correction too long, or a body over serving.max_body_bytes.", 422: None,
+         503: "The service is starting."}
+    ),
+)
 async def give_feedback(body: FeedbackRequest, service: ServiceDep) -> FeedbackResponse:
     """Attach a reward in [-1, 1] and an optional correction to an episode; a second feedback replaces the first."""
     episode_id = parse_episode_id(body.episode_id)

@@ -8,7 +8,7 @@ import psutil
 from fastapi import APIRouter, Response
 
 from serving.deps import ServiceDep
-from serving.schemas import HealthResponse
+from serving.schemas import RETRY_AFTER, HealthResponse
 
 router = APIRouter(tags=["operations"])
 
@@ -23,12 +23,20 @@ def _memory(device: str | None) -> dict[str, int]:
     return out
 
 
-@router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+@router.get(
+    "/health",
+    response_model=HealthResponse,
+    responses={
+        503: {"model": HealthResponse, "description": "Not ready: loading, failed or stopping.",
+              "headers": {"Retry-After": RETRY_AFTER}},
+    },
+)
 async def health(service: ServiceDep, response: Response) -> dict[str, Any]:
     """Readiness (200 when ready, else 503), loaded adapters, queue depth, device and memory."""
     engine = service.engine
     if not engine.ready:
         response.status_code = 503
+        response.headers["Retry-After"] = "5"
     return {
         "status": engine.state,
         "ready": engine.ready,

@@ -12,7 +12,7 @@ from bhashaflow.languages import in_script
 from serving.batcher import BatcherStopped, DeadlineExceeded, QueueFull
 from serving.deps import ServiceDep
 from serving.engine import NoAdapter
-from serving.schemas import AdapterRef, TranslateRequest, TranslateResponse
+from serving.schemas import AdapterRef, TranslateRequest, TranslateResponse, error_responses
 
 router = APIRouter(prefix="/v1", tags=["translate"])
 
@@ -20,12 +20,15 @@ router = APIRouter(prefix="/v1", tags=["translate"])
 @router.post(
     "/translate",
     response_model=TranslateResponse,
-    responses={
-        404: {"description": "No adapter is served for the direction."},
-        413: {"description": "Too many texts, or a text too long."},
-        503: {"description": "Loading, or the queue is full (see Retry-After)."},
-        504: {"description": "Not translated within serving.request_timeout_s."},
-    },
+    responses=error_responses(
+        {
+            404: "No adapter is served for the direction.",
+            413: "Too many texts, a text too long, or a body over serving.max_body_bytes.",
+            422: None,
+            503: "Loading, or the queue is full (see Retry-After).",
+            504: "Not translated within serving.request_timeout_s.",
+        }
+    ),
 )
 async def translate_texts(body: TranslateRequest, service: ServiceDep) -> TranslateResponse:
     """Translate texts with the promoted adapter of their direction; every text becomes an episode."""

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving_helpers import EN_BN, EN_HI, HI_EN, TOKEN, Serve, register, serving_config, wait_ready
 
 from bhashaflow.episodes import EpisodeStore
+from bhashaflow.registry import Registry
 from bhashaflow.settings import Settings
 from serving.app import create_app
 from serving.deps import Service
@@ -337,6 +338,45 @@ def test_reload_under_load_loses_no_request(serve: Serve, registry: str, tiny_ba
     assert sorted(engine.lm.adapters) == ["eng_Latn__hin_Deva__v0002", "hin_Deva__eng_Latn__v0001"]
 
 
+def test_a_tampered_promoted_version_is_refused_with_409_and_the_served_one_stays(
+    serve: Serve, registry: str, tiny_base: str, adapters: dict[str, Path]
+) -> None:
+    client = serve()
+    version = register(registry, EN_HI, adapters["b"], tiny_base)
+    weights = Path(Registry(registry).adapter_uri(EN_HI, version)) / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    reload = client.post("/v1/adapters/reload", headers=AUTH)
+    assert reload.status_code == 409 and reload.json()["swapped"] == []
+    error = reload.json()["errors"][EN_HI]
+    assert error.startswith(f"{EN_HI}/{version}: adapter_model.safetensors sha256 mismatch")
+    assert client.post("/v1/translate", json=_body("still")).json()["adapter"]["version"] == "v0001"
+    assert client.get("/health").json()["adapters"][0] | {"loaded_at": None} == {
+        "direction": EN_HI, "version": "v0001", "manifest_sha256": Registry(registry).verify(EN_HI, "v0001").manifest_sha256,
+        "loaded_at": None, "in_flight": 0, "error": error,
+    }
+    refusals = _metric_samples(client)["bhashaflow_adapter_refusals"]
+    assert [(s.labels["direction"], s.value) for s in refusals if s.name.endswith("_total")] == [(EN_HI, 1.0)]
+    # Promoting the served version again clears the refusal.
+    Registry(registry).promote(EN_HI, "v0001")
+    again = client.post("/v1/adapters/reload", headers=AUTH)
+    assert again.status_code == 200 and again.json()["errors"] == {}
+    assert client.get("/health").json()["adapters"][0]["error"] is None
+
+
+def test_the_openapi_schema_documents_error_bodies_and_this_deployments_limits(serve: Serve) -> None:
+    schema = serve(max_texts=3, max_chars=20).get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    assert "HTTPValidationError" not in components  # FastAPI's list-shaped 422 is not what the service sends
+    texts = components["TranslateRequest"]["properties"]["texts"]
+    assert (texts["maxItems"], texts["items"]["maxLength"]) == (3, 20)
+    assert "hin_Deva" in components["TranslateRequest"]["properties"]["src_lang"]["enum"]
+    translate = schema["paths"]["/v1/translate"]["post"]["responses"]
+    assert translate["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ValidationErrorResponse")
+    assert set(translate["503"]["headers"]) == {"Retry-After"}
+    assert all("401" in op["responses"] for path in schema["paths"].values() for op in path.values())
+    assert set(schema["paths"]["/v1/adapters/reload"]["post"]["responses"]) >= {"200", "401", "409", "503"}
+
+
 def test_the_registry_is_polled_for_newly_promoted_adapters(
     serve: Serve, registry: str, tiny_base: str, adapters: dict[str, Path]
 ) -> None:
@@ -380,6 +420,7 @@ def test_a_base_that_cannot_load_reports_failed(tmp_path: Path, registry: str) -
         _wait_for(lambda: client.get("/health").json()["status"] != "loading")
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["status"] == "failed"
+        assert health.headers["Retry-After"] == "5"
         assert "could not load base model" in health.json()["error"]
         resp = client.post("/v1/translate", json=_body("hi"))
         assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
@@ -410,7 +451,7 @@ translate_like = st.fixed_dictionaries(
 )
 
 
-def test_no_input_yields_a_500(serve: Serve) -> None:
+def test_arbitrary_bodies_never_get_a_500(serve: Serve) -> None:
     client = serve(max_texts=4, max_chars=30)
     client.post("/v1/translate", json=_body("seed"))
 
