@@ -59,7 +59,8 @@ class SourceConfig(_Strict):
     kind: SourceKind = Field(description="flores | http | s3 | hf | qdrant.")
     uri: str = Field(
         description=(
-            "flores: a directory in the official layout; http: a URL; s3: s3://bucket/prefix or glob; "
+            "flores: a directory in the official layout; http: a URL (write a credential as ${NAME}, an "
+            "environment variable, so the config never holds it); s3: s3://bucket/prefix or glob; "
             "hf: a hub dataset id or a local file/directory; qdrant: a server URL, a local path, or :memory:."
         )
     )
@@ -107,6 +108,23 @@ class IngestConfig(_Strict):
     )
     commit_rows: int = Field(
         20000, gt=0, description="Accepted rows between resumable checkpoints of a source's progress."
+    )
+
+
+class SourceRetryConfig(_Strict):
+    """How patiently the http and s3 connectors read a failing source."""
+
+    attempts: int = Field(
+        6, ge=1, description="Failed reads of a source in a row (no row read in between) before the run fails."
+    )
+    base_delay_s: float = Field(
+        1.0, ge=0, description="First wait before a retry, in seconds; doubled per failure, with jitter."
+    )
+    max_delay_s: float = Field(
+        30.0, ge=0, description="Longest wait before a retry, in seconds (caps a server's Retry-After too)."
+    )
+    timeout_s: float = Field(
+        60.0, gt=0, description="Seconds allowed to connect and between received bytes before a read counts as failed."
     )
 
 
@@ -231,6 +249,10 @@ class PipelineConfig(_Strict):
     )
     sources: list[SourceConfig] = Field(default_factory=list, description="Where training pairs come from.")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Validation and sharding.")
+    # Not part of the run id: a run resumed with more patience is still the same run.
+    source_retry: SourceRetryConfig = Field(
+        default_factory=SourceRetryConfig, description="Retries and timeouts of http and s3 sources."
+    )
     base_model: str = Field(
         "builtin:tiny-seq2seq",
         description="A hub id, a local directory, or builtin:tiny-seq2seq / builtin:tiny-causal.",

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from bhashaflow.config import PipelineConfig, SourceConfig
 from bhashaflow.fsio import join, open_fs, read_json, sha256_file, write_bytes_atomic, write_json_atomic
 from bhashaflow.records import Pair, Position, RawRecord, Rejection
+from bhashaflow.redact import redact_uri
 from bhashaflow.validation import PAIR_SCHEMA, RowBatch, Validator, pair_keys
 
 _STAGED_SCHEMA = PAIR_SCHEMA.append(pa.field("key", pa.uint64()))
@@ -118,7 +119,8 @@ def stage_source(
     progress_uri = join(stage, "progress.json")
     fs, progress_path = open_fs(progress_uri, storage_options)
     progress = SourceProgress.from_dict(read_json(progress_uri, storage_options)) if fs.exists(progress_path) else SourceProgress()
-    staged = StagedSource(source.name, source.kind, source.uri, stage, progress)
+    # The uri goes into the manifest and Prefect's stored results: without credentials.
+    staged = StagedSource(source.name, source.kind, redact_uri(source.uri), stage, progress)
     if progress.done:
         return staged
 

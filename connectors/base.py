@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-from bhashaflow.config import SourceConfig
+from bhashaflow.config import SourceConfig, SourceRetryConfig
 from bhashaflow.records import Position, RawRecord, SourceError
 from bhashaflow.settings import Settings
 
@@ -26,14 +26,18 @@ class Connector(Protocol):
         ...
 
 
-def open_connector(source: SourceConfig, settings: Settings, directions: list[str]) -> Connector:
+def open_connector(
+    source: SourceConfig, settings: Settings, directions: list[str], retry: SourceRetryConfig | None = None
+) -> Connector:
     """Build the connector for a configured source.
 
     Args:
         source: the source's config.
         settings: credentials and endpoints.
         directions: configured directions (the FLORES connector yields pairs for these).
+        retry: retries and timeouts of http and s3 sources (the defaults when None).
     """
+    retry = retry or SourceRetryConfig()
     if source.kind == "flores":
         from connectors.flores import FloresConnector
 
@@ -41,11 +45,17 @@ def open_connector(source: SourceConfig, settings: Settings, directions: list[st
     if source.kind == "http":
         from connectors.http import HttpConnector
 
-        return HttpConnector(source, settings)
+        return HttpConnector(
+            source, settings, attempts=retry.attempts, base_delay=retry.base_delay_s, max_delay=retry.max_delay_s,
+            timeout=retry.timeout_s,
+        )
     if source.kind == "s3":
         from connectors.s3 import S3Connector
 
-        return S3Connector(source, settings)
+        return S3Connector(
+            source, settings, attempts=retry.attempts, base_delay=retry.base_delay_s, max_delay=retry.max_delay_s,
+            timeout=retry.timeout_s,
+        )
     if source.kind == "hf":
         from connectors.hf import HfConnector
 

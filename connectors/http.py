@@ -16,6 +16,7 @@ import httpx
 
 from bhashaflow.config import SourceConfig
 from bhashaflow.records import Position, RawRecord
+from bhashaflow.redact import install_log_filter, redact_uri
 from bhashaflow.settings import Settings
 from connectors.base import SourceError
 from connectors.formats import (
@@ -29,6 +30,8 @@ from connectors.formats import (
 )
 from connectors.retry import Backoff, one_line, stream_with_retries
 
+# httpx logs every request's full URL at INFO: mask credentials in it.
+install_log_filter("httpx")
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)")
 _RETRY_STATUSES = {408, 425, 429}
 
@@ -82,18 +85,24 @@ class HttpConnector:
 
         Args:
             source: an http source; `uri` is the file's URL.
-            settings: unused today (no HTTP credentials), kept for the common connector signature.
+            settings: resolves `${NAME}` references to environment variables in the uri (credentials).
             attempts: consecutive failed attempts before giving up with TransientSourceError.
             base_delay: first backoff delay in seconds, doubled per failure (with jitter).
             max_delay: longest backoff delay.
             timeout: seconds allowed to connect and between received bytes.
         """
         self.name = source.name
-        self.url = source.uri
+        try:
+            # `${NAME}` in the uri names a credential in the environment (the config never holds it).
+            self.url = (settings or Settings()).expand_env(source.uri)
+        except KeyError as exc:
+            raise SourceError(f"source {self.name!r}: its uri names ${{{exc.args[0]}}}, which is not set") from None
+        # What messages show: the URL without its userinfo or secret query values.
+        self.shown = redact_uri(self.url)
         if urlsplit(self.url).scheme not in ("http", "https"):
-            raise SourceError(f"source {self.name!r}: {self.url!r} is not an http(s) URL")
+            raise SourceError(f"source {self.name!r}: {self.shown!r} is not an http(s) URL")
         path = unquote(urlsplit(self.url).path)
-        self.file_name = PurePosixPath(path).name or self.url
+        self.file_name = PurePosixPath(path).name or self.shown
         try:
             fmt = infer_format(path, source.format)
         except FormatError as exc:
@@ -118,7 +127,7 @@ class HttpConnector:
                 start,
                 backoff=self.backoff,
                 is_transient=_is_transient,
-                what=f"source {self.name!r}: GET {self.url}",
+                what=f"source {self.name!r}: GET {self.shown}",
             )
 
     def _read_once(self, client: httpx.Client, position: Position | None) -> Iterator[RawRecord]:
@@ -145,7 +154,7 @@ class HttpConnector:
                     chunks, self.format, self.file_name, line=line, offset=offset, header=header
                 )
             else:
-                gzipped, chunks = sniff_gzip(chunks)
+                gzipped, chunks = sniff_gzip(chunks, named_gz=self.file_name.lower().endswith(".gz"))
                 records = iter_text_records(
                     chunks, self.format, self.file_name, offset=None if gzipped else 0, skip_to_line=line,
                     header=header,
@@ -153,7 +162,7 @@ class HttpConnector:
             try:
                 yield from mark_last(records)
             except FormatError as exc:
-                raise SourceError(f"source {self.name!r}: {self.url}: {exc}") from None
+                raise SourceError(f"source {self.name!r}: {self.shown}: {exc}") from None
 
     def _read_from(self, client: httpx.Client, position: Position | None) -> Iterator[RawRecord]:
         try:
@@ -161,7 +170,7 @@ class HttpConnector:
         except httpx.HTTPError as exc:  # a refused redirect loop, an invalid URL: not worth retrying
             if _is_transient(exc):
                 raise
-            raise SourceError(f"source {self.name!r}: GET {self.url}: {one_line(exc)}") from None
+            raise SourceError(f"source {self.name!r}: GET {self.shown}: {one_line(exc)}") from None
 
     def _check_status(self, response: httpx.Response) -> None:
         status = response.status_code
@@ -169,13 +178,13 @@ class HttpConnector:
             return
         if status >= 500 or status in _RETRY_STATUSES:
             raise RetryableStatus(status, response.reason_phrase, _retry_after(response))
-        raise SourceError(f"source {self.name!r}: GET {self.url} answered {status} {response.reason_phrase}")
+        raise SourceError(f"source {self.name!r}: GET {self.shown} answered {status} {response.reason_phrase}")
 
     def _check_range_start(self, response: httpx.Response, offset: int) -> None:
         match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
         if not match or match.group(1) is None or int(match.group(1)) != offset:
             raise SourceError(
-                f"source {self.name!r}: GET {self.url} answered bytes "
+                f"source {self.name!r}: GET {self.shown} answered bytes "
                 f"{response.headers.get('content-range')!r} to a request for bytes {offset}-"
             )
 
@@ -185,7 +194,7 @@ class HttpConnector:
         if not match or match.group(2) == "*" or int(match.group(2)) != offset:
             size = match.group(2) if match else "unknown"
             raise SourceError(
-                f"source {self.name!r}: {self.url} is now {size} bytes long but was read up to byte {offset}; "
+                f"source {self.name!r}: {self.shown} is now {size} bytes long but was read up to byte {offset}; "
                 "it changed since the position was taken"
             )
 

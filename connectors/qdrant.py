@@ -10,6 +10,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from bhashaflow.config import SourceConfig
 from bhashaflow.records import Position, RawRecord
+from bhashaflow.redact import redact_uri
 from bhashaflow.settings import Settings
 from connectors.base import SourceError, TransientSourceError
 
@@ -30,15 +31,19 @@ class QdrantConnector:
     directory, or `:memory:`; an in-process collection (`:memory:`) is reachable only through the `client=` that
     made it.
 
-    Points are scrolled in id order, a page at a time. The position is
-    `{"offset": id the page started at (None: the first page), "skip": points of that page already yielded,
-    "last_id": id of the point just yielded}`; resuming scrolls from `last_id` and drops it, so a resumed read
-    never yields a point twice even when the collection changed in between (`offset`/`skip` are the fallback
-    for a position without `last_id`).
+    Points are scrolled in id order, a page at a time, each page starting right after the last point yielded.
+    The position is `{"offset": id the page started at (None: the first page), "skip": points of that page
+    already handled, "last_id": id of the point just yielded}`; resuming scrolls from `last_id` and drops it
+    (`offset`/`skip` are the fallback for a position without `last_id`).
 
-    Changes while scrolling: a page is read at once, so changes inside the page in hand are not seen; after it,
-    a point inserted ahead of the cursor (a higher id) is yielded, one inserted behind it is not, a deleted one is
-    not, and an updated one not yet reached comes with its new payload. Each point is yielded at most once.
+    Changes while scrolling: each scroll request reads the next `page_size` points after the last point yielded,
+    as the collection is at that moment, so within one read, resumed reads included:
+    - every point present for the whole read is yielded exactly once, and ids come in increasing order;
+    - a point inserted, updated or deleted after the page in hand (a higher id than its last point) is seen as
+      it is when its page is fetched: yielded with its new payload, or not at all when deleted;
+    - changes up to the page in hand's last id are not seen: a point of the page in hand is yielded as it was
+      when fetched, even if deleted or updated since, and one inserted behind that id is left to a fresh run;
+    - the read ends with the request that found no point after the last one yielded.
     """
 
     def __init__(
@@ -86,14 +91,14 @@ class QdrantConnector:
                 raise SourceError(f"source {self.name!r}: local Qdrant storage {path} does not exist")
             return QdrantClient(path=str(path))
         except RuntimeError as exc:  # local mode: the storage folder is locked by another client
-            raise SourceError(f"source {self.name!r}: cannot open Qdrant storage {location}: {exc}") from None
+            raise SourceError(f"source {self.name!r}: cannot open Qdrant storage {redact_uri(location)}: {exc}") from None
 
     def _fail(self, exc: Exception, doing: str) -> SourceError:
         if isinstance(exc, ResponseHandlingException) or (
             isinstance(exc, UnexpectedResponse) and (exc.status_code or 0) >= 500
         ):
-            return TransientSourceError(f"source {self.name!r}: Qdrant {self.location} {doing}: {exc}")
-        return SourceError(f"source {self.name!r}: Qdrant {self.location} {doing}: {exc}")
+            return TransientSourceError(f"source {self.name!r}: Qdrant {redact_uri(self.location)} {doing}: {exc}")
+        return SourceError(f"source {self.name!r}: Qdrant {redact_uri(self.location)} {doing}: {exc}")
 
     def _resume(self, start: Position | None) -> tuple[PointId | None, int, PointId | None]:
         """(page offset, points of it to skip, id to drop) from a position."""
@@ -150,7 +155,11 @@ class QdrantConnector:
                     )
                 if next_offset is None:
                     return
-                offset, skip = _plain_id(next_offset), 0
+                # From the last point yielded rather than from `next_offset`, which was fixed when this page was
+                # fetched: a point inserted between the two since then is still read. A full page always
+                # yields at least one point, so the cursor moves.
+                offset = drop_id = _plain_id(points[-1].id)
+                skip = 0
         finally:
             if self.client is None:
                 client.close()  # releases local mode's lock on its storage folder

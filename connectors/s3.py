@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import errno
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -67,6 +68,26 @@ async def _close(body: Any) -> None:
     body.close()
 
 
+@functools.cache
+def _service_models() -> Any:
+    from botocore.loaders import create_loader
+
+    return create_loader()
+
+
+def _session() -> Any:
+    """A fresh aiobotocore session (credentials resolved anew) whose service models are parsed only once.
+
+    Each session otherwise re-reads botocore's S3 model, a few MB of JSON: a tenth of a second or more per
+    connector, paid again by every retried task.
+    """
+    from aiobotocore.session import AioSession
+
+    session = AioSession()
+    session.register_component("data_loader", _service_models())
+    return session
+
+
 def _is_storage_error(exc: BaseException) -> bool:
     import botocore.exceptions as boto
 
@@ -111,6 +132,7 @@ class S3Connector:
         attempts: int = 6,
         base_delay: float = 1.0,
         max_delay: float = 30.0,
+        timeout: float = 60.0,
         chunk_bytes: int = 1024 * 1024,
     ) -> None:
         """Build the connector; nothing is contacted until `iter_records`.
@@ -121,6 +143,7 @@ class S3Connector:
             attempts: consecutive failed attempts before giving up with TransientSourceError.
             base_delay: first backoff delay in seconds, doubled per failure (with jitter).
             max_delay: longest backoff delay.
+            timeout: seconds allowed to connect and between received bytes.
             chunk_bytes: bytes of a text file handled at a time.
         """
         self.name = source.name
@@ -130,6 +153,7 @@ class S3Connector:
         self.format: FileFormat | None = source.format
         self.backoff = Backoff(attempts=attempts, base_delay=base_delay, max_delay=max_delay)
         self.chunk_bytes = chunk_bytes
+        self.timeout = timeout
         self._storage_options = settings.storage_options(source.endpoint_url)
 
     def iter_records(self, start: Position | None = None) -> Iterator[RawRecord]:
@@ -161,9 +185,14 @@ class S3Connector:
         # would only multiply the waits. A private instance keeps listings fresh between runs.
         return s3fs.S3FileSystem(
             **self._storage_options,
+            session=_session(),
             skip_instance_cache=True,
             use_listings_cache=False,
-            config_kwargs={"retries": {"mode": "standard", "total_max_attempts": 1}},
+            config_kwargs={
+                "retries": {"mode": "standard", "total_max_attempts": 1},
+                "connect_timeout": self.timeout,
+                "read_timeout": self.timeout,
+            },
         )
 
     def _list_files(self, fs: Any) -> list[str]:
@@ -237,7 +266,9 @@ class S3Connector:
                     offset=offset, header=header,
                 )
             else:  # from the start; gzip is re-read and the lines already handed out skipped
-                gzipped, chunks = sniff_gzip(_stream_object(fs, key, 0, self.chunk_bytes))
+                gzipped, chunks = sniff_gzip(
+                    _stream_object(fs, key, 0, self.chunk_bytes), named_gz=key.lower().endswith(".gz")
+                )
                 yield from iter_text_records(
                     chunks, fmt, key, base=base, offset=None if gzipped else 0, skip_to_line=line, header=header
                 )

@@ -54,7 +54,7 @@ def stage_source_task(config: PipelineConfig, source_name: str, run_uri: str) ->
     """Stream one source into validated staged parts, resuming from its last committed position."""
     settings = get_settings()
     source = next(s for s in config.sources if s.name == source_name)
-    reader = open_connector(source, settings, config.directions)
+    reader = open_connector(source, settings, config.directions, config.source_retry)
     return stage_source(config, source, reader, run_uri, settings.storage_options_for(run_uri))
 
 

@@ -6,12 +6,13 @@ errors, drop connections mid-body, stall, or cut a body short for the next N mat
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,6 +36,7 @@ class Fault:
     status: int = 500
     after_bytes: int = 0
     delay_s: float = 0.0
+    retry_after: str | None = None  # the Retry-After header of a status fault
     method: str | None = None
     path_contains: str | None = None
     after: int = 0  # matching requests to let through untouched first
@@ -62,13 +64,14 @@ class FaultPlan:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def fail(self, times: int = 1, status: int = 500, *, method: str | None = None, path: str | None = None,
-             after: int = 0) -> None:
-        """Answer `status` (default 500) instead of the real response.
+             after: int = 0, retry_after: str | None = None) -> None:
+        """Answer `status` (default 500) instead of the real response, with a `Retry-After` header if given.
 
         `method` and `path` (a substring) pick the requests a fault applies to; the first `after` of those
         pass untouched. The same holds for every kind of fault.
         """
-        self._add(Fault("status", times, status=status, method=method, path_contains=path, after=after))
+        self._add(Fault("status", times, status=status, retry_after=retry_after, method=method, path_contains=path,
+                        after=after))
 
     def drop(self, after_bytes: int, times: int = 1, *, method: str | None = None, path: str | None = None,
              after: int = 0, linger_s: float = 0.0) -> None:
@@ -157,11 +160,11 @@ class _FaultyHandler(BaseHTTPRequestHandler):
             time.sleep(fault.delay_s)
             return None
         if fault.kind == "status":
-            self._send_error_body(fault.status)
+            self._send_error_body(fault.status, fault.retry_after)
             return fault  # answered
         return fault  # drop/truncate apply to the body
 
-    def _send_error_body(self, status: int) -> None:
+    def _send_error_body(self, status: int, retry_after: str | None = None) -> None:
         body = (
             b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
             b"<Message>injected fault</Message><RequestId>fault</RequestId></Error>"
@@ -169,6 +172,8 @@ class _FaultyHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(body)))
+        if retry_after is not None:
+            self.send_header("Retry-After", retry_after)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -445,3 +450,89 @@ class S3Server:
     def put(self, bucket: str, key: str, data: bytes | Path) -> None:
         body = data.read_bytes() if isinstance(data, Path) else data
         self.client.put_object(Bucket=bucket, Key=key, Body=body)
+
+
+PartAction = Literal["ok", "refuse", "lost", "drop", "stored-drop"]
+
+
+class _PartHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        owner: PartServer = self.server.owner  # type: ignore[attr-defined]
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        key = self.headers.get("Idempotency-Key", "")
+        answer = owner._take(key, dict(self.headers))
+        digest = hashlib.sha256(body).hexdigest()
+        if self.headers.get("Content-SHA256", digest) != digest:
+            self._answer(400)  # a body that does not match its digest is never stored
+            return
+        if isinstance(answer, int):
+            store, status = 200 <= answer < 300, answer
+        else:
+            store, status = answer in ("ok", "lost", "stored-drop"), {"ok": 200, "refuse": 503, "lost": 500}.get(answer, 0)
+        if store:
+            owner._store(key, body)
+        if answer in ("drop", "stored-drop"):
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)  # no answer at all: the client sees a dropped connection
+            except OSError:
+                pass
+            return
+        self._answer(status)
+
+    def _answer(self, status: int) -> None:
+        self.send_response(status)
+        if status == 429:
+            self.send_header("Retry-After", "0")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+
+class PartServer(_ServerBase):
+    """An idempotent endpoint for exported parts: a POSTed part is stored under its Idempotency-Key,
+    replacing an earlier copy, once its body matches its Content-SHA256.
+
+    `fail` scripts the statuses of the next POSTs (a 2xx stores the part; 429 says Retry-After: 0). When it
+    is empty, `decide(key)` (if set) picks each POST's answer: "ok" (store, 200), "refuse" (503, not stored),
+    "lost" (store, 500), "drop" (close without storing or answering), "stored-drop" (store, then close
+    without answering). `requests` holds every POST's headers, `posts` their keys, `answers` counts them.
+    `plan` is not used.
+    """
+
+    _handler = _PartHandler
+
+    def __init__(self, path: str = "/v1/episodes") -> None:
+        self.path = path
+        self.parts: dict[str, bytes] = {}
+        self.requests: list[dict[str, str]] = []
+        self.posts: list[str] = []
+        self.fail: list[int] = []
+        self.decide: Callable[[str], PartAction] | None = None
+        self.answers: dict[str, int] = {}
+        self._lock = threading.Lock()
+        super().__init__()
+
+    @property
+    def url(self) -> str:
+        return self.base_url + self.path
+
+    def _take(self, key: str, headers: dict[str, str]) -> PartAction | int:
+        with self._lock:
+            self.requests.append(headers)
+            self.posts.append(key)
+            fail = self.fail.pop(0) if self.fail else None
+        answer: PartAction | int = fail if fail is not None else self.decide(key) if self.decide else "ok"
+        with self._lock:
+            self.answers[str(answer)] = self.answers.get(str(answer), 0) + 1
+        return answer
+
+    def _store(self, key: str, body: bytes) -> None:
+        with self._lock:
+            self.parts[key] = body

@@ -164,6 +164,15 @@ def test_truncated_gzip_with_consistent_length_is_retried(http_server: FaultyHTT
         list(_connector(http_server.url("pairs.jsonl.gz"), attempts=3).iter_records())
 
 
+@pytest.mark.parametrize("cut", [0, 1])
+def test_gzip_body_cut_before_its_magic_is_retried_not_read_as_empty(http_server: FaultyHTTPServer, cut: int) -> None:
+    rows = _rows(50)
+    _write_jsonl(http_server.root / "pairs.jsonl.gz", rows)
+    http_server.plan.truncate(after_bytes=cut)
+    assert _rows_of(list(_connector(http_server.url("pairs.jsonl.gz")).iter_records())) == rows
+    assert [r.fault for r in http_server.plan.requests] == ["truncate", None]
+
+
 def test_stalled_response_times_out_and_is_retried(http_server: FaultyHTTPServer) -> None:
     rows = _rows(50)
     _write_jsonl(http_server.root / "pairs.jsonl", rows)
