@@ -258,7 +258,9 @@ class PipelineConfig(_Strict):
         description="A hub id, a local directory, or builtin:tiny-seq2seq / builtin:tiny-causal.",
     )
     base_revision: str | None = Field(None, description="Hub revision of the base model.")
-    trust_remote_code: bool = Field(False, description="Allow model code from the hub (off unless needed).")
+    trust_remote_code: bool = Field(
+        False, description="Run Python code a model ships (auto_map in its config; hub or local folder): off unless trusted."
+    )
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Adapter fine-tuning.")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="chrF on FLORES-200.")
     promotion: PromotionConfig = Field(default_factory=PromotionConfig, description="Promotion gate.")

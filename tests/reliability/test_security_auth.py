@@ -24,7 +24,7 @@ import uvicorn
 from _knobs import count
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from serving_helpers import EN_HI, make_adapter, register, serving_config, wait_ready
+from serving_helpers import EN_HI, Clients, make_adapter, register, serving_config
 
 import serving.deps
 from bhashaflow.settings import Settings
@@ -55,21 +55,16 @@ Start = Callable[..., TestClient]
 
 @pytest.fixture
 def start(tmp_path: Path, tiny_base: str, registry: str) -> Iterator[Start]:
-    clients: list[TestClient] = []
+    clients = Clients()
 
     def _start(*, token: str | None = TOKEN, **serving: Any) -> TestClient:
         config = serving_config(tmp_path, tiny_base, registry, **serving)
-        client = TestClient(create_app(config, Settings(api_token=token)), raise_server_exceptions=False)  # type: ignore[call-arg]
-        client.__enter__()
-        clients.append(client)
-        # wait_ready sends the right token; with no token configured (or a different one) poll /health bare.
-        if token == TOKEN or not serving.get("require_auth"):
-            wait_ready(client)
-        return client
+        # wait_ready sends the right token; with no token configured (or a different one) it cannot poll.
+        wait = token == TOKEN or not serving.get("require_auth")
+        return clients.start(config, Settings(api_token=token), wait=wait)  # type: ignore[call-arg]
 
     yield _start
-    for client in clients:
-        client.__exit__(None, None, None)
+    clients.close()
 
 
 def _service(client: TestClient) -> Service:

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from _knobs import count
 from fastapi.testclient import TestClient
-from serving_helpers import EN_HI, make_adapter, register, serving_config, wait_ready
+from serving_helpers import EN_HI, Clients, make_adapter, register, serving_config
 
 from bhashaflow.config import PipelineConfig
 from bhashaflow.modeling import BaseModelError, load_adapter, load_base
@@ -211,19 +211,13 @@ def _atime_works(tmp_path: Path) -> bool:
 
 @pytest.fixture
 def service(tmp_path: Path, tiny_base: str) -> Iterator[Callable[[str], TestClient]]:
-    clients: list[TestClient] = []
+    clients = Clients()
 
     def start(registry: str) -> TestClient:
-        config = serving_config(tmp_path, tiny_base, registry)
-        client = TestClient(create_app(config, Settings(api_token=TOKEN)), raise_server_exceptions=False)  # type: ignore[call-arg]
-        client.__enter__()
-        clients.append(client)
-        wait_ready(client)
-        return client
+        return clients.start(serving_config(tmp_path, tiny_base, registry), Settings(api_token=TOKEN))  # type: ignore[call-arg]
 
     yield start
-    for client in clients:
-        client.__exit__(None, None, None)
+    clients.close()
 
 
 def test_registry_files_cannot_point_outside_the_registry(
@@ -366,8 +360,11 @@ def test_model_code_in_a_base_folder_runs_only_with_trust_remote_code(
     assert type(load_base(str(known), languages=[]).model).__name__ == "M2M100ForConditionalGeneration"
     assert not known_marker.exists()
 
-    # The switch does something: with trust_remote_code the folder's code runs (and the model loads).
-    lm = load_base(str(evil), languages=[], trust_remote_code=True)
+    # The switch does something: a config that opts in lets the folder's code run (and the model load).
+    opted_in = PipelineConfig.model_validate(
+        {"run_name": "t", "directions": ["eng_Latn-hin_Deva"], "base_model": str(evil), "trust_remote_code": True}
+    )
+    lm = load_base(opted_in.base_model, languages=[], trust_remote_code=opted_in.trust_remote_code)
     assert marker.exists()
     assert type(lm.model).__name__ == "EvilModel"
 

@@ -8,11 +8,20 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from serving_helpers import EN_HI, HI_EN, REPO, TOKEN, Serve, make_adapter, register, serving_config, wait_ready
+from serving_helpers import (
+    EN_HI,
+    HI_EN,
+    REPO,
+    TOKEN,
+    Clients,
+    Serve,
+    make_adapter,
+    register,
+    serving_config,
+)
 
 from bhashaflow.builtin_bases import build_builtin, small_recipe
 from bhashaflow.settings import Settings
-from serving.app import create_app
 
 
 @pytest.fixture(scope="session")
@@ -45,17 +54,11 @@ def registry(tmp_path: Path, tiny_base: str, adapters: dict[str, Path]) -> str:
 @pytest.fixture
 def serve(tmp_path: Path, tiny_base: str, registry: str) -> Iterator[Serve]:
     """Start the app (lifespan included) with serving overrides, wait until it is ready, stop it afterwards."""
-    clients: list[TestClient] = []
+    clients = Clients()
 
     def start(*, token: str | None = TOKEN, **serving: Any) -> TestClient:
         config = serving_config(tmp_path, tiny_base, registry, **serving)
-        settings = Settings(api_token=token)  # type: ignore[call-arg]
-        client = TestClient(create_app(config, settings), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        wait_ready(client)
-        return client
+        return clients.start(config, Settings(api_token=token))  # type: ignore[call-arg]
 
     yield start
-    for client in clients:
-        client.__exit__(None, None, None)
+    clients.close()

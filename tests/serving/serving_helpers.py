@@ -12,6 +12,8 @@ from fastapi.testclient import TestClient
 from bhashaflow.config import PipelineConfig, config_from_dict
 from bhashaflow.modeling import load_base
 from bhashaflow.registry import Registry
+from bhashaflow.settings import Settings
+from serving.app import create_app
 
 REPO = Path(__file__).resolve().parents[2]
 EN_HI = "eng_Latn-hin_Deva"
@@ -75,3 +77,22 @@ def wait_ready(client: TestClient, timeout_s: float = 60.0) -> dict[str, Any]:
 
 
 Serve = Callable[..., TestClient]
+
+
+class Clients:
+    """Started apps (lifespan included) behind TestClients; `close()` stops them all."""
+
+    def __init__(self) -> None:
+        self._open: list[TestClient] = []
+
+    def start(self, config: PipelineConfig, settings: Settings, *, wait: bool = True) -> TestClient:
+        client = TestClient(create_app(config, settings), raise_server_exceptions=False)
+        client.__enter__()
+        self._open.append(client)
+        if wait:
+            wait_ready(client)
+        return client
+
+    def close(self) -> None:
+        for client in self._open:
+            client.__exit__(None, None, None)
