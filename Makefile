@@ -50,6 +50,7 @@ soak: install
 	BHASHAFLOW_SOAK=1 BHASHAFLOW_RELIABILITY_LOG=$(CURDIR)/$(SOAK_LOG) $(BIN)/pytest -q -m reliability \
 	  -o timeout=3600 tests/reliability
 	$(BIN)/python tests/reliability/report.py $(SOAK_LOG)
+	@echo "side by side with a default-count run: $(BIN)/python tests/reliability/report.py $(RELIABILITY_LOG) $(SOAK_LOG)"
 
 clean:
 	rm -rf runs registry .prefect .mypy_cache .ruff_cache .pytest_cache
