@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -236,12 +237,27 @@ class TaskRunnerConfig(_Strict):
         return self
 
 
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_RUN_ID_FORMATS = {"date": "%Y-%m-%d", "datetime": "%Y%m%dT%H%M%SZ"}
+
+
+def fill_run_id(template: str, when: datetime) -> str:
+    """`template` with `{date}` (2026-11-27) and `{datetime}` (20261127T020000Z) taken from `when`, in UTC."""
+    utc = when.astimezone(UTC)
+    return template.format(**{name: utc.strftime(fmt) for name, fmt in _RUN_ID_FORMATS.items()})
+
+
 class PipelineConfig(_Strict):
     """Everything one bhashaflow run needs."""
 
     run_name: str = Field("run", description="Name of the run; its folder under workdir.")
     run_id: str | None = Field(
-        None, description="Fix the run id (default: run_name plus a hash of the config, so re-runs resume)."
+        None,
+        description=(
+            "Fix the run id (default: run_name plus a hash of the config, so re-runs resume). {date} and "
+            "{datetime} are filled from the flow run's scheduled start (UTC), so a schedule with "
+            "run_id: nightly-{date} starts a fresh run each day while a retried flow run resumes its own."
+        ),
     )
     workdir: str = Field("runs", description="Where runs write (any fsspec URL).")
     directions: list[str] = Field(
@@ -278,6 +294,19 @@ class PipelineConfig(_Strict):
             raise ValueError("run_name must be 1-64 letters, digits, '_', '.', '-'")
         return name
 
+    @field_validator("run_id")
+    @classmethod
+    def _safe_run_id(cls, run_id: str | None) -> str | None:
+        if run_id is None or not run_id.strip():
+            return None  # `run_id: ""` (or `--set run_id=`) asks for the default
+        try:
+            sample = fill_run_id(run_id, datetime(2000, 1, 1, tzinfo=UTC))
+        except (KeyError, IndexError, AttributeError, ValueError):
+            raise ValueError("run_id may hold only the placeholders {date} and {datetime}") from None
+        if not _RUN_ID_RE.fullmatch(sample):
+            raise ValueError("run_id must be 1-128 letters, digits, '_', '.', '-' (besides {date} and {datetime})")
+        return run_id
+
     @field_validator("directions")
     @classmethod
     def _valid_directions(cls, directions: list[str]) -> list[str]:
@@ -310,10 +339,19 @@ class PipelineConfig(_Strict):
     def ingest_hash(self) -> str:
         return self.section_hash("directions", "sources", "ingest")
 
+    def at(self, when: datetime) -> PipelineConfig:
+        """This config with `{date}` / `{datetime}` in `run_id` filled from `when` (a flow run's scheduled start)."""
+        if not self.run_id or "{" not in self.run_id:
+            return self
+        return self.model_copy(update={"run_id": fill_run_id(self.run_id, when)})
+
     def resolved_run_id(self) -> str:
-        """The run id: fixed by `run_id`, else stable for the same data, model and training settings."""
+        """The run id: fixed by `run_id`, else stable for the same data, model and training settings.
+
+        Placeholders left in `run_id` (outside a flow, which fills them with `at`) take the current time.
+        """
         if self.run_id:
-            return self.run_id
+            return fill_run_id(self.run_id, datetime.now(UTC)) if "{" in self.run_id else self.run_id
         digest = self.section_hash("directions", "sources", "ingest", "base_model", "training")
         return f"{self.run_name}-{digest[:10]}"
 

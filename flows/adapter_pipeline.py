@@ -23,7 +23,7 @@ def adapter_pipeline(config: PipelineConfig) -> dict[str, Any]:
     Args:
         config: the whole pipeline config (sources, base model, training, evaluation, promotion, registry).
     """
-    with configured_run(config):
+    with configured_run(config) as config:
         ingested = ingest_corpus(config)
         # Directions fan out over the task runner (threads, or Dask workers); each evaluates as soon as it trained.
         with task_resources(config):

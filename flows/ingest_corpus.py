@@ -20,8 +20,8 @@ def ingest_corpus(config: PipelineConfig) -> dict[str, Any]:
     Args:
         config: the pipeline config; its `sources`, `directions` and `ingest` sections are used.
     """
-    run_uri = config.run_uri()
-    with configured_run(config, distribute=False):
+    with configured_run(config, distribute=False) as config:
+        run_uri = config.run_uri()
         manifest = finished_manifest_task(config, run_uri)
         if manifest is None:
             staged = [stage_source_task(config, source.name, run_uri) for source in config.sources]

@@ -81,17 +81,19 @@ def task_resources(config: PipelineConfig) -> AbstractContextManager[Any]:
 
 
 @contextmanager
-def configured_run(config: PipelineConfig, *, distribute: bool = True) -> Iterator[None]:
+def configured_run(config: PipelineConfig, *, distribute: bool = True) -> Iterator[PipelineConfig]:
     """Inside a flow: persist task results under the run folder and, with `distribute`, send `.submit()`s to
-    the config's task runner (which is started here and shut down on exit).
+    the config's task runner (which is started here and shut down on exit). Yields the config the run uses:
+    `{date}` / `{datetime}` in `run_id` filled from the flow run's scheduled start, which its retries share.
 
     Args:
-        config: the run's config (`workdir`, `task_runner`).
+        config: the run's config (`run_id`, `workdir`, `task_runner`).
         distribute: also replace the flow's task runner; off for flows that call their tasks directly.
     """
     context = FlowRunContext.get()
     if context is None:
         raise RuntimeError("configured_run() belongs inside a flow")
+    config = config.at(context.flow_run.expected_start_time)
     update: dict[str, Any] = {}
     storage = result_storage(config)
     if storage is not None:
@@ -104,4 +106,4 @@ def configured_run(config: PipelineConfig, *, distribute: bool = True) -> Iterat
             update["task_runner"] = stack.enter_context(build_task_runner(config))
         # A copy of the flow run's context: tasks and subflows started inside read their runner and store from it.
         stack.enter_context(context.model_copy(update=update))
-        yield
+        yield config

@@ -1,3 +1,4 @@
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,26 @@ def test_every_field_is_described():
                 walk(ann)
 
     walk(PipelineConfig)
+
+
+def test_run_id_placeholders_take_the_scheduled_time_in_utc():
+    nightly = PipelineConfig.model_validate({**BASE, "run_id": "nightly-{date}", "workdir": "s3://b/runs"})
+    ist = timezone(timedelta(hours=5, minutes=30))
+    # 02:00 in Kolkata is still the previous day in UTC.
+    assert nightly.at(datetime(2026, 3, 2, 2, 0, tzinfo=ist)).run_uri() == "s3://b/runs/run/nightly-2026-03-01"
+    hourly = PipelineConfig.model_validate({**BASE, "run_id": "h-{datetime}"})
+    assert hourly.at(datetime(2026, 3, 2, 7, 5, 9, tzinfo=UTC)).resolved_run_id() == "h-20260302T070509Z"
+    # Outside a flow, the current date; a config without placeholders is returned as it is.
+    assert nightly.resolved_run_id() == f"nightly-{datetime.now(UTC):%Y-%m-%d}"
+    fixed = PipelineConfig.model_validate({**BASE, "run_id": "fixed"})
+    assert fixed.at(datetime(2026, 3, 2, tzinfo=UTC)) is fixed
+
+
+@pytest.mark.parametrize("run_id", ["../x", "a/{date}", "{foo}", "{0}", "{date.year}", "x" * 129])
+def test_run_ids_that_are_no_folder_name_are_refused_naming_the_field(run_id):
+    with pytest.raises(ConfigError, match="run_id"):
+        config_from_dict({**BASE, "run_id": run_id})
+
+
+def test_an_empty_run_id_means_the_default():
+    assert PipelineConfig.model_validate({**BASE, "run_id": ""}).resolved_run_id().startswith("run-")

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+from prefect.flow_engine import run_flow
 from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK, temporary_settings
+from prefect.states import Scheduled
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from bhashaflow.config import ConfigError, PipelineConfig, config_from_dict
 from bhashaflow.settings import Settings
-from flows.runners import build_task_runner, result_storage, task_resources
+from flows.runners import build_task_runner, configured_run, result_storage, task_resources
 
 TWO = ["eng_Latn-hin_Deva", "eng_Latn-tam_Taml"]
 
@@ -90,3 +96,29 @@ def test_s3_results_carry_the_settings_credentials(monkeypatch: pytest.MonkeyPat
 def test_a_configured_default_storage_block_wins():
     with temporary_settings(updates={PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: "s3-bucket/bhashaflow-results"}):
         assert result_storage(config(), Settings()) is None
+
+
+@flow
+def _run_folder(config: PipelineConfig) -> str:
+    with configured_run(config, distribute=False) as resolved:
+        return resolved.run_uri()
+
+
+def _scheduled_run(when: datetime, parameters: dict) -> Any:
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run(_run_folder, parameters=parameters, state=Scheduled(scheduled_time=when))
+    return flow_run
+
+
+def test_a_scheduled_run_takes_its_run_id_from_its_scheduled_date_and_a_retry_keeps_it(prefect_api, tmp_path):
+    nightly = config(run_id="nightly-{date}", workdir=str(tmp_path))
+    parameters = {"config": nightly.model_dump(mode="json")}
+    monday = _scheduled_run(datetime(2026, 3, 2, 20, 30, tzinfo=UTC), parameters)
+    tuesday = _scheduled_run(datetime(2026, 3, 3, 20, 30, tzinfo=UTC), parameters)
+    assert run_flow(_run_folder, flow_run=monday, parameters={"config": nightly}) == f"{tmp_path}/run/nightly-2026-03-02"
+    assert run_flow(_run_folder, flow_run=tuesday, parameters={"config": nightly}) == f"{tmp_path}/run/nightly-2026-03-03"
+    # A retry runs the same flow run again (its scheduled start does not move): the same run folder, resumed.
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(monday.id, Scheduled(), force=True)
+        again = client.read_flow_run(monday.id)
+    assert run_flow(_run_folder, flow_run=again, parameters={"config": nightly}) == f"{tmp_path}/run/nightly-2026-03-02"
