@@ -132,6 +132,29 @@ def test_a_request_past_its_deadline_is_dropped_from_the_queue() -> None:
     assert run.batches == [("a", ["on time"])]
 
 
+@pytest.mark.parametrize(("queue_limit", "queued", "asked", "hint"), [(150, 120, 80, 26), (1000, 996, 8, 60)])
+def test_the_retry_hint_grows_with_the_queue_and_is_capped_at_a_minute(
+    queue_limit: int, queued: int, asked: int, hint: int
+) -> None:
+    run = Recorder()
+    batcher = _make(run, queue_limit=queue_limit)
+
+    async def main() -> int:
+        release = _hold(batcher)
+        first = asyncio.create_task(batcher.submit("a", [str(i) for i in range(queued)], 30))
+        await _until(lambda: batcher.queue_depth == queued)
+        with pytest.raises(QueueFull) as refused:
+            await batcher.submit("b", [str(i) for i in range(asked)], 30)
+        release.set()
+        await first
+        return refused.value.retry_after_s
+
+    # No batch has run yet, so one counts 0.5 s: (120 + 80) / 4 batches * 0.5 s + 0.5 = 25.5 -> 26 s;
+    # (996 + 8) / 4 * 0.5 + 0.5 = 126 -> capped at 60 s.
+    assert _run(main) == hint
+    batcher.stop()
+
+
 def test_a_full_queue_refuses_with_a_retry_hint() -> None:
     run = Recorder()
     batcher = _make(run, queue_limit=4)
@@ -142,7 +165,8 @@ def test_a_full_queue_refuses_with_a_retry_hint() -> None:
         await _until(lambda: batcher.queue_depth == 3)
         with pytest.raises(QueueFull) as refused:
             await batcher.submit("b", ["4", "5"], 5)
-        assert 1 <= refused.value.retry_after_s <= 60
+        # No batch has run yet, so a batch counts 0.5 s: (3 queued + 2) / 4 per batch * 0.5 s, rounded up: 1 s.
+        assert refused.value.retry_after_s == 1
         release.set()
         assert await first == ["1", "2", "3"]
         assert await batcher.submit("b", ["4", "5"], 5) == ["4", "5"]
