@@ -1,0 +1,226 @@
+"""The training loss, computed without ever materialising the logits of a whole batch.
+
+NLLB's and BLOOM's vocabularies hold about 250k tokens: the logits of 16 x 128 positions are 2 GiB in fp32,
+and a plain loss keeps two or three tensors of that size. Here the model runs up to its output layer only;
+the hidden states of the positions that are scored (non-padding target tokens: for decoder-only bases the
+answer, never the prompt) are projected onto the vocabulary a chunk of rows at a time, and the gradient of
+each chunk is taken on the spot, so at most one chunk of logits exists at any moment.
+
+torch >= 2.13 ships this as `torch.nn.functional.linear_cross_entropy` (its chunked path); older torch gets
+`chunked_linear_cross_entropy` below, the same algorithm (Liger-Kernel's fused linear cross-entropy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+# Rows of logits computed at once: this many elements (128 MiB in fp32), about 130 rows of a 256k vocabulary.
+CHUNK_ELEMENTS = 1 << 25
+IGNORE_INDEX = -100
+
+
+class LossError(RuntimeError):
+    """The model cannot be trained with the chunked loss; the message says why."""
+
+
+def chunk_rows_for(vocab_size: int, chunk_elements: int = CHUNK_ELEMENTS) -> int:
+    """Rows of hidden states projected at once so that a chunk of logits holds about `chunk_elements`."""
+    return max(1, chunk_elements // max(1, vocab_size))
+
+
+class _HeadReached(Exception):  # noqa: N818 - a signal, not an error
+    def __init__(self, hidden: torch.Tensor) -> None:
+        super().__init__("output layer reached")
+        self.hidden = hidden
+
+
+@contextmanager
+def _stop_at(head: torch.nn.Module) -> Iterator[None]:
+    def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        raise _HeadReached(args[0])
+
+    handle = head.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def head_inputs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The hidden states the model feeds its output layer for `batch` (batch x positions x hidden).
+
+    The forward runs as usual (labels shift into decoder inputs inside the model) and stops as the output
+    layer is called, so neither the logits nor the model's own loss are computed.
+    """
+    head = model.get_output_embeddings()
+    if head is None:
+        raise LossError(f"{type(model).__name__} has no output embeddings to compute the loss from")
+    with _stop_at(head):
+        try:
+            model(**batch, use_cache=False)
+        except _HeadReached as reached:
+            return reached.hidden
+    raise LossError(f"{type(model).__name__}'s forward never called its output layer")
+
+
+def output_projection(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output layer's weight (vocabulary x hidden) and bias, including a `final_logits_bias` buffer."""
+    config = getattr(model, "config", None)
+    for knob in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(config, knob, None):
+            raise LossError(f"{type(model).__name__} transforms its logits ({knob}); the chunked loss does not")
+    head = model.get_output_embeddings()
+    weight: torch.Tensor = head.weight
+    bias: torch.Tensor | None = getattr(head, "bias", None)
+    extra = _find_final_logits_bias(model)
+    if extra is not None:
+        extra = extra.reshape(-1).to(weight.dtype)
+        bias = extra if bias is None else bias + extra
+    return weight, bias
+
+
+def _find_final_logits_bias(model: Any) -> torch.Tensor | None:
+    # Marian, BART and mBART add a per-token bias after the output layer; wrappers (peft) hide the attribute.
+    for module in model.modules():
+        found = getattr(module, "final_logits_bias", None)
+        if isinstance(found, torch.Tensor):
+            return found
+    return None
+
+
+def scored_positions(hidden: torch.Tensor, labels: torch.Tensor, family: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states, targets) of the scored positions only: (n x hidden), (n).
+
+    Seq2seq: decoder position t predicts labels[t]. Causal: position t predicts labels[t + 1], so the
+    last position is dropped and so is every prompt position (its label is -100).
+    """
+    if family == "causal":
+        hidden, labels = hidden[:, :-1], labels[:, 1:]
+    keep = labels != IGNORE_INDEX
+    return hidden[keep], labels[keep]
+
+
+def scored_token_count(labels: torch.Tensor, family: str) -> int:
+    """How many positions of a collated batch the loss scores."""
+    if family == "causal":
+        labels = labels[:, 1:]
+    return int((labels != IGNORE_INDEX).sum())
+
+
+def translation_loss_sum(
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    family: str,
+    *,
+    chunk_rows: int | None = None,
+    use_torch: bool | None = None,
+) -> torch.Tensor:
+    """Summed cross-entropy of the scored target tokens of `batch` (fp32 scalar), never the full logits.
+
+    Args:
+        model: a transformers model (or a peft model around one) of `family`.
+        batch: input_ids, attention_mask and labels (-100 where nothing is scored), on the model's device.
+        family: seq2seq or causal.
+        chunk_rows: rows of logits at once (default: about CHUNK_ELEMENTS logits).
+        use_torch: see `linear_cross_entropy`.
+    """
+    hidden = head_inputs(model, batch)
+    rows, targets = scored_positions(hidden, batch["labels"], family)
+    weight, bias = output_projection(model)
+    chunk = chunk_rows or chunk_rows_for(weight.shape[0])
+    return linear_cross_entropy(rows, weight, targets, bias=bias, chunk_rows=chunk, use_torch=use_torch)
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    chunk_rows: int,
+    use_torch: bool | None = None,
+) -> torch.Tensor:
+    """sum_i CE(hidden[i] @ weight.T + bias, targets[i]) in fp32, `chunk_rows` rows of logits at a time.
+
+    Args:
+        hidden: n x hidden, in the model's compute dtype.
+        weight: vocabulary x hidden.
+        targets: n class indices (no ignored ones: select the scored rows first).
+        bias: vocabulary, or None.
+        chunk_rows: rows of logits computed at once.
+        use_torch: torch's own chunked op (default: when this torch has it) or the fallback here.
+    """
+    if use_torch is None:
+        use_torch = hasattr(torch.nn, "LinearCrossEntropyOptions")
+    if hidden.shape[0] == 0:
+        return (hidden.sum() * 0.0).float()  # no scored token: a zero that still reaches the graph
+    if use_torch:
+        options = torch.nn.LinearCrossEntropyOptions(  # type: ignore[attr-defined]
+            batch_chunk_size=chunk_rows,
+            chunking_method=None,
+        )
+        loss = F.linear_cross_entropy(  # type: ignore[attr-defined]
+            hidden, weight, targets, linear_bias=bias, reduction="sum", options=options
+        )
+        return loss.float()
+    out: torch.Tensor = _ChunkedLinearCrossEntropy.apply(hidden, weight, bias, targets, chunk_rows)
+    return out
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    """Summed linear cross-entropy whose gradients are computed chunk by chunk during the forward pass.
+
+    Each chunk's logits are computed in the input dtype, turned into fp32 log-probabilities in place,
+    used for the loss and, when gradients are wanted, for d(loss)/d(hidden) (and d/d(weight), d/d(bias)
+    if those train); then they are dropped. The backward only scales the stored gradients.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        chunk_rows: int,
+    ) -> torch.Tensor:
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias and bias is not None else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_rows):
+            rows = hidden[start : start + chunk_rows]
+            target = targets[start : start + chunk_rows]
+            logits = F.linear(rows, weight, bias).float()  # one chunk, upcast for a stable log-sum-exp
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            if grad_hidden is None and grad_weight is None and grad_bias is None:
+                continue
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            grad[torch.arange(grad.shape[0], device=grad.device), target] -= 1.0
+            grad_low = grad.to(hidden.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start : start + chunk_rows] = grad_low @ weight
+            if grad_weight is not None:
+                grad_weight.addmm_(grad.t(), rows.float())
+            if grad_bias is not None:
+                grad_bias += grad.sum(0)
+            del logits, grad, grad_low
+        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (grad_hidden, grad_weight, grad_bias)))
+        ctx.present = (grad_hidden is not None, grad_weight is not None, grad_bias is not None)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        saved = ctx.saved_tensors
+        grads: list[torch.Tensor | None] = []
+        for tensor, present, dtype in zip(saved, ctx.present, ctx.dtypes, strict=True):
+            grads.append((tensor * grad_output).to(dtype) if present else None)
+        return grads[0], grads[1], grads[2], None, None

@@ -1,0 +1,212 @@
+"""The chunked loss: the same loss and LoRA gradients as transformers' own, and never a full logits tensor."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import dev_lines, save_tiny_m2m100
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from bhashaflow.batching import collate
+from bhashaflow.config import config_from_dict
+from bhashaflow.loss import (
+    CHUNK_ELEMENTS,
+    chunk_rows_for,
+    linear_cross_entropy,
+    scored_positions,
+    scored_token_count,
+    translation_loss_sum,
+)
+from bhashaflow.modeling import LoadedModel, encode_pair, load_base
+from bhashaflow.optim import AdapterOptimizer
+from bhashaflow.training import prepare_lora_model, train_step
+
+DIRECTION = "eng_Latn-hin_Deva"
+TORCH_HAS_IT = hasattr(torch.nn, "LinearCrossEntropyOptions")
+IMPLEMENTATIONS = [
+    pytest.param(True, id="torch", marks=pytest.mark.skipif(not TORCH_HAS_IT, reason="this torch has no linear_cross_entropy")),
+    pytest.param(False, id="fallback"),
+]
+
+
+def lora_model(base: Path, dtype: torch.dtype = torch.float32, attention: str | None = None, **training: Any) -> LoadedModel:
+    lm = load_base(str(base), languages=[], dtype=dtype)
+    if attention:
+        lm.model.set_attn_implementation(attention)
+    config = config_from_dict({"directions": [DIRECTION], "base_model": str(base), "training": training})
+    lm.model, _ = prepare_lora_model(lm, config)
+    return lm
+
+
+def batch_of(lm: LoadedModel, n: int = 6, max_length: int = 48) -> dict[str, torch.Tensor]:
+    pairs = zip(dev_lines("eng_Latn", n), dev_lines("hin_Deva", n), strict=True)
+    return collate([encode_pair(lm, s, t, "eng_Latn", "hin_Deva", max_length) for s, t in pairs], lm.tokenizer.pad_token_id)
+
+
+def lora_grads(model: Any) -> dict[str, torch.Tensor]:
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+@pytest.mark.parametrize("use_torch", IMPLEMENTATIONS)
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
+def test_loss_and_lora_gradients_equal_the_plain_transformers_loss(
+    tiny_bases: dict[str, Path], family: str, use_torch: bool
+) -> None:
+    lm = lora_model(tiny_bases[family])
+    model = lm.model
+    model.eval()  # no dropout: both losses see the same network (gradients flow all the same)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: give the adapter an effect on the loss
+            torch.nn.init.normal_(param, std=0.05)
+    batch = batch_of(lm)
+
+    plain = model(**batch).loss  # transformers' own: full logits, mean over the scored tokens
+    plain.backward()
+    expected = lora_grads(model)
+    ours = translation_loss_sum(model, batch, family, chunk_rows=7, use_torch=use_torch)
+    ours = ours / scored_token_count(batch["labels"], family)
+    ours.backward()
+    got = lora_grads(model)
+
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, plain.float(), rtol=1e-5, atol=1e-6)
+    assert got.keys() == expected.keys() and len(got) > 0
+    for name, want in expected.items():
+        scale = float(want.abs().max())  # float noise is relative to the gradient's size
+        assert scale > 0, name
+        torch.testing.assert_close(got[name], want, rtol=1e-4, atol=1e-4 * scale, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("use_torch", IMPLEMENTATIONS)
+def test_linear_cross_entropy_equals_cross_entropy_with_bias_and_trained_weight(use_torch: bool) -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 8, requires_grad=True)
+    weight = (torch.randn(50, 8) * 0.3).requires_grad_(True)
+    bias = (torch.randn(50) * 0.1).requires_grad_(True)
+    targets = torch.randint(0, 50, (37,))
+
+    expected = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="sum")
+    expected.backward()
+    want = [t.grad.clone() for t in (hidden, weight, bias)]  # type: ignore[union-attr]
+    for t in (hidden, weight, bias):
+        t.grad = None
+    got = linear_cross_entropy(hidden, weight, targets, bias=bias, chunk_rows=5, use_torch=use_torch)
+    (got * 0.5).backward()  # an upstream gradient other than 1 reaches every input
+
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for tensor, grad in zip((hidden, weight, bias), want, strict=True):
+        torch.testing.assert_close(tensor.grad, grad * 0.5, rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_only_bases_project_only_the_answer(tiny_bases: dict[str, Path]) -> None:
+    lm = lora_model(tiny_bases["causal"])
+    batch = batch_of(lm, n=3)
+    hidden = torch.zeros(*batch["input_ids"].shape, 4)
+    rows, targets = scored_positions(hidden, batch["labels"], "causal")
+    answers = [[t for t in row if t != -100] for row in batch["labels"].tolist()]
+    assert rows.shape == (sum(map(len, answers)), 4)
+    assert targets.tolist() == [t for answer in answers for t in answer]
+    prompt = int((batch["labels"][0] == -100).sum()) - int((batch["input_ids"][0] == lm.tokenizer.pad_token_id).sum())
+    assert prompt > 10  # the prompt template alone is longer than that, and none of it is projected
+
+
+def largest_allocation(fn: Any) -> int:
+    """Bytes of the largest allocation any single op makes while `fn` runs (the profiler sees inside every op)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return max(event.self_cpu_memory_usage for event in prof.events())
+
+
+@pytest.mark.slow
+def test_a_training_step_of_an_nllb_shaped_head_never_holds_full_logits(tmp_path: Path) -> None:
+    vocab = 256_206  # facebook/nllb-200-distilled-600M's vocabulary
+    base = save_tiny_m2m100(tmp_path / "nllb-head", d_model=16, vocab_size=vocab)
+    lm = lora_model(base)
+    config_lr = 1e-3
+    optimizer = AdapterOptimizer("adamw", [p for p in lm.model.parameters() if p.requires_grad], config_lr, "cpu")
+    batch = batch_of(lm, n=16, max_length=96)
+    positions = scored_token_count(batch["labels"], "seq2seq")
+    full_logits = positions * vocab * 4  # one fp32 positions x vocabulary tensor
+    lm.model.train()
+
+    ours = largest_allocation(lambda: train_step(lm.model, optimizer, [batch], "seq2seq", "cpu"))
+    plain = largest_allocation(lambda: lm.model(**batch).loss.backward())
+
+    assert positions > 1000
+    assert plain >= full_logits  # the measure does see a full logits tensor where there is one
+    assert ours <= chunk_rows_for(vocab) * vocab * 4 + 2**20  # one chunk of fp32 logits, about CHUNK_ELEMENTS
+    assert ours * 8 < full_logits, (ours, full_logits)
+    assert CHUNK_ELEMENTS * 4 * 8 < full_logits
+
+
+_MATMULS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "addmv", "mv", "dot"}
+_CASTS = {"_to_copy", "copy_", "to"}
+
+
+class _OpDtypes(TorchDispatchMode):
+    """Every aten op of a step: fp32 matrix products, and casts inside LoRA layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_lora = 0
+        self.fp32_matmuls: Counter[str] = Counter()
+        self.lora_casts: Counter[str] = Counter()
+        self.matmuls = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = func.overloadpacket.__name__
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if name in _MATMULS:
+            self.matmuls += 1
+            if any(t.dtype == torch.float32 for t in tensors):
+                self.fp32_matmuls[name] += 1
+        if name in _CASTS and self.in_lora:
+            target = (kwargs or {}).get("dtype") or (args[1].dtype if name == "copy_" else None)
+            if target is not None and target != tensors[0].dtype:
+                self.lora_casts[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
+def test_a_bf16_step_runs_no_fp32_matmul_and_no_cast_inside_lora_layers(
+    tiny_bases: dict[str, Path], family: str, checkpointing: bool
+) -> None:
+    from peft.tuners.lora import LoraLayer
+
+    # Eager attention: torch's CPU SDPA kernel runs bf16 attention in fp32 inside (CUDA's fused kernels do
+    # not), which would hide the model's own ops from the count.
+    lm = lora_model(tiny_bases[family], dtype=torch.bfloat16, attention="eager", gradient_checkpointing=checkpointing)
+    model = lm.model
+    lora_params = [p for p in model.parameters() if p.requires_grad]
+    assert lora_params and {p.dtype for p in lora_params} == {torch.bfloat16}
+    assert lm.compute_dtype == torch.bfloat16
+    optimizer = AdapterOptimizer("adamw", lora_params, 1e-3, "cpu")
+    batch = batch_of(lm)
+    model.train()
+    train_step(model, optimizer, [batch], family, "cpu")  # warm-up: lazy initialisation happens outside the count
+
+    mode = _OpDtypes()
+    for module in model.modules():
+        if isinstance(module, LoraLayer):
+            module.register_forward_pre_hook(lambda *_: setattr(mode, "in_lora", mode.in_lora + 1))
+            module.register_forward_hook(lambda *_: setattr(mode, "in_lora", mode.in_lora - 1))
+    # Recomputation in the backward stops early by default, skipping the hooks that close a LoRA layer.
+    with torch.utils.checkpoint.set_checkpoint_early_stop(False), mode:
+        loss = train_step(model, optimizer, [batch], family, "cpu")
+
+    assert torch.isfinite(loss)
+    assert mode.matmuls > 10
+    assert dict(mode.fp32_matmuls) == {}
+    assert dict(mode.lora_casts) == {}
+    assert mode.in_lora == 0
+    assert {p.dtype for p in lora_params} == {torch.bfloat16}  # the fp32 masters were copied back, not swapped in
