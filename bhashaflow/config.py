@@ -144,7 +144,22 @@ class TrainingConfig(_Strict):
     """Adapter fine-tuning settings."""
 
     max_steps: int = Field(300, gt=0, description="Optimizer steps (streamed data has no length).")
-    batch_size: int = Field(16, gt=0, description="Pairs per step.")
+    batch_size: int = Field(
+        16, gt=0, description="Pairs per micro-batch (grad_accum_steps of them make a step); unused with batch_tokens."
+    )
+    batch_tokens: int | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Budget of non-padding tokens per optimizer step (source + target; prompt + answer for decoder-only "
+            "bases), filled from length-grouped pairs instead of a fixed batch_size; at least 2 x max_length."
+        ),
+    )
+    grad_accum_steps: int = Field(
+        1,
+        gt=0,
+        description="Micro-batches per optimizer step, their gradients summed: a small GPU keeps a large effective batch.",
+    )
     learning_rate: float = Field(3.0e-4, gt=0, description="Peak learning rate.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     checkpoint_every: int = Field(100, gt=0, description="Steps between resumable checkpoints.")
@@ -158,6 +173,15 @@ class TrainingConfig(_Strict):
         "adamw", description="adamw, or bitsandbytes' paged 8-bit AdamW (CUDA)."
     )
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter shape.")
+
+    @model_validator(mode="after")
+    def _budget_holds_an_example(self) -> TrainingConfig:
+        if self.batch_tokens is not None and self.batch_tokens < 2 * self.max_length:
+            raise ValueError(
+                f"training.batch_tokens ({self.batch_tokens}) must be at least 2 x max_length "
+                f"({2 * self.max_length}): the longest pair must fit one step"
+            )
+        return self
 
 
 class EvaluationConfig(_Strict):
