@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -77,6 +78,12 @@ class LoadedModel:
         """Names of the adapters attached to the base."""
         return list(getattr(self.model, "peft_config", {}) or {})
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype activations flow in: that of the (never quantized) input embeddings."""
+        dtype: torch.dtype = self.model.get_input_embeddings().weight.dtype
+        return dtype
+
 
 def resolve_base(
     base_model: str,
@@ -126,15 +133,31 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _quantization_config(quantization: str, device: str) -> Any:
+def default_dtype(device: str) -> torch.dtype:
+    """bf16 on CUDA (weights, activations and LoRA alike), fp32 on CPU."""
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def prefer_expandable_segments() -> None:
+    """Let the CUDA caching allocator grow segments instead of caching odd-sized blocks.
+
+    Training batches change shape every step (dynamic padding); with fixed segments the cache fragments and
+    reserved memory ends far above allocated memory, which is what a 6 GB card runs out of. It must be set
+    before CUDA's first allocation; a setting of the user's own wins.
+    """
+    if not torch.cuda.is_initialized():
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+
+def _quantization_config(quantization: str, dtype: torch.dtype) -> Any:
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
+        # The layers bitsandbytes leaves unquantized (embeddings, LM head, norms) keep `dtype`: nothing upcasts them.
         return BitsAndBytesConfig(load_in_8bit=True)
     if quantization == "4bit":
         # bitsandbytes' CPU backend (0.50 here) runs NF4 too, slowly: bf16 compute only pays off on a GPU.
-        compute = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
     raise BaseModelError(f"unknown quantization {quantization!r}: use none, 8bit or 4bit")
 
 
@@ -167,6 +190,9 @@ def load_base(
 
     settings = settings or Settings()
     device = pick_device(device)
+    dtype = dtype or default_dtype(device)
+    if device.startswith("cuda"):
+        prefer_expandable_segments()
     path = resolve_base(base_model, languages=languages, settings=settings, flores_dir=flores_dir)
     is_local = Path(path).is_dir()
     hub_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -196,11 +222,10 @@ def load_base(
         # Never unpickle a local folder's weights. Hub bases: transformers prefers safetensors too, and falls
         # back to a .bin only through torch's weights-only unpickler (some hub models have nothing else).
         model_kwargs["use_safetensors"] = True
+    model_kwargs["dtype"] = dtype
     if quantization != "none":
-        model_kwargs["quantization_config"] = _quantization_config(quantization, device)
+        model_kwargs["quantization_config"] = _quantization_config(quantization, dtype)
         model_kwargs["device_map"] = {"": device}
-    else:
-        model_kwargs["dtype"] = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     auto: Any = AutoModelForSeq2SeqLM if family == "seq2seq" else AutoModelForCausalLM
     try:
         model = auto.from_pretrained(path, **model_kwargs)

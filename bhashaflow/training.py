@@ -23,23 +23,25 @@ import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bhashaflow.batching import Example, Step, collate, count_tokens, optimizer_steps
+from bhashaflow.batching import length_grouped_batches as length_grouped_batches  # re-exported
 from bhashaflow.config import PipelineConfig
 from bhashaflow.decontamination import Decontaminator
 from bhashaflow.languages import parse_direction
+from bhashaflow.loss import scored_token_count, translation_loss_sum
 from bhashaflow.modeling import LoadedModel, default_target_modules, encode_pair, load_base
+from bhashaflow.optim import AdapterOptimizer, lr_at
 from bhashaflow.redact import redact_values
 from bhashaflow.registry import INCOMPLETE
 from bhashaflow.settings import Settings
 
 log = logging.getLogger(__name__)
 
-Example = tuple[list[int], list[int]]  # (input_ids, labels)
 ProgressCallback = Callable[[int, int, float], None]
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -86,46 +88,6 @@ def iter_shard_pairs(
                 for src, tgt, sl, tl in zip(cols["src"], cols["tgt"], cols["src_lang"], cols["tgt_lang"], strict=True):
                     if sl == src_lang and tl == tgt_lang:
                         yield src, tgt
-
-
-def length_grouped_batches(
-    examples: Iterable[Example], batch_size: int, rng: random.Random, *, group_by_length: bool = True, pool_batches: int = 50
-) -> Iterator[list[Example]]:
-    """Cut a stream into batches: a pool of `pool_batches` batches is shuffled, sorted by length, cut, and the
-    batches are shuffled again, so each batch holds similar lengths (little padding) without a fixed order."""
-    stream = iter(examples)
-    while True:
-        pool = list(islice(stream, batch_size * pool_batches))
-        if not pool:
-            return
-        rng.shuffle(pool)
-        if group_by_length:
-            pool.sort(key=lambda ex: len(ex[0]) + len(ex[1]))
-        batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
-        rng.shuffle(batches)
-        yield from batches
-
-
-def collate(batch: list[Example], pad_id: int, *, pad_to: int | None = None) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest example (dynamic padding), or to `pad_to` tokens."""
-    width_in = pad_to or max(len(x) for x, _ in batch)
-    width_out = pad_to or max(len(y) for _, y in batch)
-    ids = torch.full((len(batch), width_in), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width_in), dtype=torch.long)
-    labels = torch.full((len(batch), width_out), -100, dtype=torch.long)
-    for i, (x, y) in enumerate(batch):
-        ids[i, : len(x)] = torch.tensor(x)
-        mask[i, : len(x)] = 1
-        labels[i, : len(y)] = torch.tensor(y)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def count_tokens(batch: dict[str, torch.Tensor], family: str) -> int:
-    """Non-padding tokens the model processes: inputs, plus decoder tokens for seq2seq."""
-    tokens = int(batch["attention_mask"].sum())
-    if family == "seq2seq":
-        tokens += int((batch["labels"] != -100).sum())
-    return tokens
 
 
 def _eval_sentences(config: PipelineConfig, langs: tuple[str, str], eval_texts: dict[str, list[str]] | None) -> list[str]:
@@ -227,7 +189,7 @@ def _unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+def save_optimizer(optimizer: Any, folder: Path) -> None:
     """optimizer.safetensors (its tensors) + optimizer.json (the rest): no pickle."""
     from safetensors.torch import save_file
 
@@ -237,7 +199,7 @@ def save_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     (folder / "optimizer.json").write_text(json.dumps(skeleton))
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+def load_optimizer(optimizer: Any, folder: Path) -> None:
     from safetensors.torch import load_file
 
     tensors = load_file(str(folder / "optimizer.safetensors"))
@@ -312,7 +274,7 @@ def _remove_unfinished(run_dir: Path) -> None:
             _remove_dir(child)  # pruning was killed half-way
 
 
-def _save_checkpoint(model: Any, optimizer: torch.optim.Optimizer, state: dict[str, Any], out_dir: Path, keep: int) -> Path:
+def _save_checkpoint(model: Any, optimizer: Any, state: dict[str, Any], out_dir: Path, keep: int) -> Path:
     from safetensors.torch import save_file
 
     root = out_dir / "checkpoints"
@@ -345,26 +307,7 @@ def _load_adapter_weights(model: Any, folder: Path) -> None:
     set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
 
 
-# ---------------------------------------------------------------- training
-
-
-def lr_at(step: int, *, peak: float, warmup: int, max_steps: int) -> float:
-    """Linear warm-up to `peak`, then cosine decay to a tenth of it."""
-    if warmup and step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, max_steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def _make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, device: str) -> torch.optim.Optimizer:
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    import bitsandbytes as bnb
-
-    if not device.startswith("cuda"):
-        # bitsandbytes falls back to an un-paged 8-bit AdamW on CPU; paging only exists with CUDA.
-        log.warning("paged_adamw_8bit: paging needs CUDA; running bitsandbytes' 8-bit AdamW without paging on %s", device)
-    return bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=0.0)
+# ---------------------------------------------------------------- the model
 
 
 def _fingerprint(config: PipelineConfig, direction: str, lm: LoadedModel) -> dict[str, Any]:
@@ -376,23 +319,29 @@ def _fingerprint(config: PipelineConfig, direction: str, lm: LoadedModel) -> dic
     }
 
 
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each layer's activations in the backward pass (non-reentrant checkpoints) instead of keeping them."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name is deprecated there
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+
+
 def prepare_lora_model(lm: LoadedModel, config: PipelineConfig) -> tuple[Any, list[str]]:
-    """Wrap the base in a fresh LoRA adapter ("default"), with k-bit preparation and gradient checkpointing."""
-    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+    """Wrap the base in a fresh LoRA adapter ("default"): the base frozen as loaded, the adapter in its dtype.
+
+    Nothing of the base is upcast (peft's k-bit preparation would turn the 262M-parameter shared embedding
+    and every norm into fp32), and the LoRA weights take the compute dtype, so no layer casts activations.
+    """
+    from peft import LoraConfig, TaskType, get_peft_model
 
     train_cfg = config.training
     model = lm.model
-    if train_cfg.quantization != "none":
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=train_cfg.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
-        )
-    elif train_cfg.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.requires_grad_(False)
     if train_cfg.gradient_checkpointing:
-        model.config.use_cache = False
+        enable_gradient_checkpointing(model)
     targets = train_cfg.lora.target_modules
     resolved = default_target_modules(model) if targets == "auto" else list(targets)
     lora = LoraConfig(
@@ -403,7 +352,57 @@ def prepare_lora_model(lm: LoadedModel, config: PipelineConfig) -> tuple[Any, li
         task_type=TaskType.SEQ_2_SEQ_LM if lm.family == "seq2seq" else TaskType.CAUSAL_LM,
     )
     torch.manual_seed(train_cfg.seed)  # LoRA A matrices are random: same seed, same adapter
-    return get_peft_model(model, lora), resolved
+    wrapped = get_peft_model(model, lora, autocast_adapter_dtype=False)
+    dtype = lm.compute_dtype
+    for param in wrapped.parameters():
+        if param.requires_grad and param.dtype != dtype:
+            param.data = param.data.to(dtype)  # beside int8/NF4 weights peft leaves LoRA in fp32
+    return wrapped, resolved
+
+
+# ---------------------------------------------------------------- one step
+
+
+def train_step(
+    model: Any, optimizer: AdapterOptimizer, micro_batches: list[dict[str, torch.Tensor]], family: str, device: str
+) -> torch.Tensor:
+    """One optimizer step: the mean loss over every scored token of the micro-batches, then one update.
+
+    Returns the step's loss as a tensor on `device`: reading it is a host sync, left to the caller.
+    """
+    scored = max(1, sum(scored_token_count(batch["labels"], family) for batch in micro_batches))
+    total = torch.zeros((), device=device)
+    learned = False
+    for batch in micro_batches:
+        on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        loss = translation_loss_sum(model, on_device, family) / scored
+        if loss.requires_grad:
+            loss.backward()
+            learned = True
+        # else: LayerDrop (on in some bases' configs) skipped every adapted layer; nothing to learn from it.
+        total += loss.detach()
+    if learned:
+        optimizer.step()
+    optimizer.zero_grad()
+    return total
+
+
+# ---------------------------------------------------------------- a run
+
+
+@dataclass
+class _Session:
+    """What one training session of a direction works with."""
+
+    config: PipelineConfig
+    direction: str
+    run_dir: Path
+    lm: LoadedModel
+    model: Any
+    targets: list[str]
+    optimizer: AdapterOptimizer
+    state: dict[str, Any]
+    resumed_from: int | None
 
 
 def train_adapter(
@@ -414,6 +413,7 @@ def train_adapter(
     out_dir: str,
     eval_texts: dict[str, list[str]] | None = None,
     on_progress: ProgressCallback | None = None,
+    progress_every: int = 1,
     storage_options: dict[str, Any] | None = None,
     settings: Settings | None = None,
     lm: LoadedModel | None = None,
@@ -431,7 +431,8 @@ def train_adapter(
         out_dir: local run folder; checkpoints go to out_dir/checkpoints/step-N, the adapter to out_dir/adapter.
         eval_texts: evaluation sentences by language, removed from training; default: the whole
             configured evaluation split of both languages.
-        on_progress: called after every step with (step, max_steps, loss).
+        on_progress: called with (step, max_steps, loss) every `progress_every` steps and after the last.
+        progress_every: steps between progress calls; each reads the loss, a host sync on a GPU.
         storage_options: fsspec options for remote shards.
         settings: hub token and cache dir for loading the base.
         lm: an already loaded base to train on (it is wrapped in place); default: load config.base_model.
@@ -440,16 +441,40 @@ def train_adapter(
         group_by_length: batch similar lengths together (off only to measure what it saves).
         pad_to_max_length: pad every batch to training.max_length instead of its longest example (likewise).
     """
-    src_lang, tgt_lang = parse_direction(direction)
+    session = _open_session(config, direction, out_dir, settings, lm)
+    langs = parse_direction(direction)
+    decon = Decontaminator(_eval_sentences(config, langs, eval_texts))
+    train_cfg = config.training
+    stream = _ExampleStream(session.lm, shard_paths, langs, decon, train_cfg.max_length, train_cfg.seed, storage_options)
+    steps = optimizer_steps(
+        stream,
+        batch_size=train_cfg.batch_size,
+        batch_tokens=train_cfg.batch_tokens,
+        grad_accum_steps=train_cfg.grad_accum_steps,
+        rng=random.Random(train_cfg.seed),
+        family=session.lm.family,
+        group_by_length=group_by_length,
+    )
+    # Replaying the seeded data order up to the checkpoint puts the resumed run on the very next step.
+    for _ in range(session.state["step"]):
+        next(steps)
+    pad_to = _padded_width(session.lm, train_cfg.max_length) if pad_to_max_length else None
+    _fit(session, steps, on_progress, progress_every, log_every, keep_checkpoints, pad_to)
+    return _finish(session, stream.pairs_removed)
+
+
+def _open_session(
+    config: PipelineConfig, direction: str, out_dir: str, settings: Settings | None, lm: LoadedModel | None
+) -> _Session:
+    """Load the base (unless given), wrap it in LoRA, make the optimizer, and resume the latest checkpoint."""
     train_cfg = config.training
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _remove_unfinished(run_dir)
-    languages = sorted({code for d in config.directions for code in parse_direction(d)})
     if lm is None:
         lm = load_base(
             config.base_model,
-            languages=languages,
+            languages=config.languages,
             quantization=train_cfg.quantization,
             revision=config.base_revision,
             trust_remote_code=config.trust_remote_code,
@@ -460,108 +485,127 @@ def train_adapter(
     model, targets = prepare_lora_model(lm, config)
     lm.model = model
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = _make_optimizer(train_cfg.optimizer, params, train_cfg.learning_rate, lm.device)
-
+    optimizer = AdapterOptimizer(train_cfg.optimizer, params, train_cfg.learning_rate, lm.device)
     state: dict[str, Any] = {"step": 0, "tokens": 0, "train_seconds": 0.0, "recent_losses": [], "fingerprint": fingerprint}
-    resumed_from: int | None = None
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is not None:
-        saved = json.loads((checkpoint / TRAINER_STATE).read_text())
-        if saved.get("fingerprint") != fingerprint:
-            raise TrainingError(
-                f"{checkpoint} was written by a different direction, base or training config; "
-                "use a new run folder or delete its checkpoints"
-            )
-        _load_adapter_weights(model, checkpoint)
-        load_optimizer(optimizer, checkpoint)
-        from safetensors.torch import load_file
+    session = _Session(config, direction, run_dir, lm, model, targets, optimizer, state, None)
+    _resume(session)
+    return session
 
-        rng = load_file(str(checkpoint / "rng.safetensors"))
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
-        state = saved
-        resumed_from = int(saved["step"])
-        log.info("resuming %s from %s", direction, checkpoint)
 
-    decon = Decontaminator(_eval_sentences(config, (src_lang, tgt_lang), eval_texts))
-    stream = _ExampleStream(
-        lm, shard_paths, (src_lang, tgt_lang), decon, train_cfg.max_length, train_cfg.seed, storage_options
-    )
-    batches = length_grouped_batches(
-        stream, train_cfg.batch_size, random.Random(train_cfg.seed), group_by_length=group_by_length
-    )
-    # Replaying the seeded data order up to the checkpoint puts the resumed run on the very next batch.
-    for _ in range(state["step"]):
-        next(batches)
+def _resume(session: _Session) -> None:
+    """Restore weights, optimizer, RNG and trainer state from the latest complete checkpoint, if any."""
+    checkpoint = latest_checkpoint(session.run_dir)
+    if checkpoint is None:
+        return
+    saved = json.loads((checkpoint / TRAINER_STATE).read_text())
+    if saved.get("fingerprint") != session.state["fingerprint"]:
+        raise TrainingError(
+            f"{checkpoint} was written by a different direction, base or training config; "
+            "use a new run folder or delete its checkpoints"
+        )
+    from safetensors.torch import load_file
 
-    log_path = run_dir / "train_log.jsonl"
+    _load_adapter_weights(session.model, checkpoint)
+    load_optimizer(session.optimizer, checkpoint)
+    rng = load_file(str(checkpoint / "rng.safetensors"))
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    session.state = saved
+    session.resumed_from = int(saved["step"])
+    log.info("resuming %s from %s", session.direction, checkpoint)
+
+
+def _fit(
+    session: _Session,
+    steps: Iterator[Step],
+    on_progress: ProgressCallback | None,
+    progress_every: int,
+    log_every: int,
+    keep_checkpoints: int,
+    pad_to: int | None,
+) -> None:
+    """Train to max_steps. Losses stay on the device between the steps that log, report or checkpoint."""
+    train_cfg = session.config.training
+    state, lm = session.state, session.lm
+    log_path = session.run_dir / "train_log.jsonl"
     _truncate_log(log_path, state["step"])
     pad_id = int(lm.tokenizer.pad_token_id)
-    model.train()
+    pending: list[torch.Tensor] = []
+    session.model.train()
+    window_start = time.perf_counter()
     while state["step"] < train_cfg.max_steps:
-        step = state["step"]
-        lr = lr_at(step, peak=train_cfg.learning_rate, warmup=train_cfg.warmup_steps, max_steps=train_cfg.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = collate(next(batches), pad_id, pad_to=_padded_width(lm, train_cfg.max_length) if pad_to_max_length else None)
-        started = time.perf_counter()
-        tokens = count_tokens(batch, lm.family)
-        loss = model(**{k: v.to(lm.device) for k, v in batch.items()}).loss
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss is {loss.item()} at step {step + 1}; lower training.learning_rate")
-        if loss.requires_grad:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-        else:
-            # LayerDrop (on in some bases' configs) can skip every adapted layer of a step; nothing to learn then.
-            log.debug("step %d: no adapted layer ran, no update", step + 1)
-        optimizer.zero_grad(set_to_none=True)
-        value = float(loss.item())
-        state["step"] = step + 1
-        state["tokens"] += tokens
-        state["recent_losses"] = (state["recent_losses"] + [value])[-20:]
-        state["train_seconds"] += time.perf_counter() - started
-        if state["step"] % log_every == 0 or state["step"] == train_cfg.max_steps:
+        lr = lr_at(state["step"], peak=train_cfg.learning_rate, warmup=train_cfg.warmup_steps, max_steps=train_cfg.max_steps)
+        session.optimizer.set_lr(lr)
+        micro = [collate(examples, pad_id, pad_to=pad_to) for examples in next(steps)]
+        pending.append(train_step(session.model, session.optimizer, micro, lm.family, lm.device))
+        state["step"] += 1
+        state["tokens"] += sum(count_tokens(batch, lm.family) for batch in micro)
+        done, last = state["step"], state["step"] == train_cfg.max_steps
+        logs = done % log_every == 0 or last
+        reports = on_progress is not None and (done % progress_every == 0 or last)
+        checkpoints = done % train_cfg.checkpoint_every == 0 or last
+        if not (logs or reports or checkpoints):
+            continue
+        values = _read_losses(pending, done)
+        pending.clear()
+        state["train_seconds"] += time.perf_counter() - window_start
+        state["recent_losses"] = (state["recent_losses"] + values)[-20:]
+        if logs:
             with log_path.open("a") as fh:
-                fh.write(json.dumps({"step": state["step"], "loss": round(value, 5), "lr": lr, "tokens": state["tokens"]}) + "\n")
-            log.info("%s step %d/%d loss %.4f", direction, state["step"], train_cfg.max_steps, value)
-        if on_progress is not None:
-            on_progress(state["step"], train_cfg.max_steps, value)
-        if state["step"] % train_cfg.checkpoint_every == 0 or state["step"] == train_cfg.max_steps:
-            _save_checkpoint(model, optimizer, state, run_dir, keep_checkpoints)
+                fh.write(json.dumps({"step": done, "loss": round(values[-1], 5), "lr": lr, "tokens": state["tokens"]}) + "\n")
+            log.info("%s step %d/%d loss %.4f", session.direction, done, train_cfg.max_steps, values[-1])
+        if reports and on_progress is not None:
+            on_progress(done, train_cfg.max_steps, values[-1])
+        if checkpoints:
+            _save_checkpoint(session.model, session.optimizer, state, session.run_dir, keep_checkpoints)
+        window_start = time.perf_counter()
 
+
+def _read_losses(pending: list[torch.Tensor], done: int) -> list[float]:
+    """The losses of the steps since the last read (one host sync), refusing a non-finite one."""
+    values: list[float] = torch.stack(pending).tolist()
+    for offset, value in enumerate(values):
+        if not math.isfinite(value):
+            step = done - len(values) + offset + 1
+            raise TrainingError(f"loss is {value} at step {step}; lower training.learning_rate")
+    return values
+
+
+def _finish(session: _Session, decontaminated: int) -> TrainResult:
+    """Write the adapter folder (weights, tokenizer, resolved config) and sum the run up."""
+    config, state, lm = session.config, session.state, session.lm
+    src_lang, tgt_lang = parse_direction(session.direction)
     losses = state["recent_losses"]
     final_loss = sum(losses) / len(losses) if losses else float("nan")
     tokens_per_s = state["tokens"] / state["train_seconds"] if state["train_seconds"] > 0 else 0.0
-    adapter_dir = run_dir / "adapter"
+    adapter_dir = session.run_dir / "adapter"
     resolved = {
-        "direction": direction,
+        "direction": session.direction,
         "src_lang": src_lang,
         "tgt_lang": tgt_lang,
         "family": lm.family,
         "base_model": config.base_model,
         "base_path": lm.base_path,
         "base_revision": lm.revision,
-        "target_modules": targets,
+        "target_modules": session.targets,
         "steps": state["step"],
-        "resumed_from": resumed_from,
+        "resumed_from": session.resumed_from,
         "final_loss": final_loss,
         "tokens_per_s": tokens_per_s,
-        "decontaminated": stream.pairs_removed,
+        "decontaminated": decontaminated,
         "config": redact_values(config.model_dump(mode="json")),  # it is copied into the registry
     }
-    _write_adapter_dir(model, lm.tokenizer, resolved, adapter_dir)
+    _write_adapter_dir(session.model, lm.tokenizer, resolved, adapter_dir)
     return TrainResult(
         adapter_dir=str(adapter_dir),
         steps=state["step"],
-        resumed_from=resumed_from,
+        resumed_from=session.resumed_from,
         final_loss=final_loss,
         tokens_per_s=tokens_per_s,
         files=sorted(p.relative_to(adapter_dir).as_posix() for p in adapter_dir.rglob("*") if p.is_file()),
-        decontaminated=stream.pairs_removed,
-        target_modules=targets,
+        decontaminated=decontaminated,
+        target_modules=session.targets,
     )
 
 

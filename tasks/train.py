@@ -31,9 +31,8 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> dict[str, Any]
     every = max(1, config.training.max_steps // 50)
 
     def on_progress(step: int, max_steps: int, loss: float) -> None:
-        if step % every == 0 or step == max_steps:
-            update_progress_artifact(artifact, 100.0 * step / max_steps, description=f"step {step}: loss {loss:.4f}")
-            logger.info("%s step %d/%d loss %.4f", direction, step, max_steps, loss)
+        update_progress_artifact(artifact, 100.0 * step / max_steps, description=f"step {step}: loss {loss:.4f}")
+        logger.info("%s step %d/%d loss %.4f", direction, step, max_steps, loss)
 
     result = train_adapter(
         config=config,
@@ -41,6 +40,7 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> dict[str, Any]
         shard_paths=shard_uris(manifest, run_uri, direction),
         out_dir=str(local_run_dir(config, settings) / "adapters" / direction),
         on_progress=on_progress,
+        progress_every=every,  # each report reads the loss: a host sync on a GPU
         storage_options=options,
         settings=settings,
         lm=lm,

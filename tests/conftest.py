@@ -53,6 +53,15 @@ def s3_server(_s3_session: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 
 @pytest.fixture(scope="session")
+def tiny_bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Random tiny models of both families the real bases have: M2M100 (NLLB's layout) and BLOOM."""
+    from tiny_models import save_tiny_bloom, save_tiny_m2m100
+
+    root = tmp_path_factory.mktemp("tiny-bases")
+    return {"seq2seq": save_tiny_m2m100(root / "m2m100"), "causal": save_tiny_bloom(root / "bloom")}
+
+
+@pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 1-layer M2M100 with a tokenizer trained on FLORES dev text and no pre-training: built in seconds.
 

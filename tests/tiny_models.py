@@ -33,16 +33,17 @@ def tiny_tokenizer(family: str, n_lines: int = 150, vocab_size: int = 400) -> An
     return train_tokenizer({lang: dev_lines(lang, n_lines) for lang in LANGS}, recipe)
 
 
-def save_tiny_m2m100(path: Path, d_model: int = 32, init_std: float = 0.02) -> Path:
+def save_tiny_m2m100(path: Path, d_model: int = 32, init_std: float = 0.02, vocab_size: int | None = None) -> Path:
     """A 1+1-layer M2M100 (NLLB's architecture) with random weights and a tagged tokenizer.
 
     A large `init_std` makes the random model's output depend on its input, which order tests need.
+    `vocab_size` widens the embedding and output layer beyond the tokenizer (NLLB's 256,206, say).
     """
     from transformers import M2M100Config, M2M100ForConditionalGeneration
 
     tok = tiny_tokenizer("seq2seq")
     config = M2M100Config(
-        vocab_size=len(tok), d_model=d_model, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        vocab_size=vocab_size or len(tok), d_model=d_model, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
         decoder_attention_heads=2, encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model, max_position_embeddings=256,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         decoder_start_token_id=tok.eos_token_id, dropout=0.0, scale_embedding=True, init_std=init_std,
@@ -56,13 +57,13 @@ def save_tiny_m2m100(path: Path, d_model: int = 32, init_std: float = 0.02) -> P
     return path
 
 
-def save_tiny_bloom(path: Path, hidden: int = 32, init_std: float = 0.02) -> Path:
+def save_tiny_bloom(path: Path, hidden: int = 32, init_std: float = 0.02, vocab_size: int | None = None) -> Path:
     """A 2-layer BLOOM (bloomz-560m's architecture) with random weights."""
     from transformers import BloomConfig, BloomForCausalLM
 
     tok = tiny_tokenizer("causal")
     config = BloomConfig(
-        vocab_size=len(tok), hidden_size=hidden, n_layer=2, n_head=2, pad_token_id=tok.pad_token_id,
+        vocab_size=vocab_size or len(tok), hidden_size=hidden, n_layer=2, n_head=2, pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, hidden_dropout=0.0, attention_dropout=0.0,
         initializer_range=init_std,
     )  # fmt: skip

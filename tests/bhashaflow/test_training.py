@@ -18,7 +18,7 @@ from tiny_models import dev_lines, devtest_lines, save_tiny_bloom, save_tiny_m2m
 
 from bhashaflow.config import PipelineConfig, config_from_dict
 from bhashaflow.decontamination import Decontaminator, decontaminate, normalize_sentence
-from bhashaflow.modeling import load_adapter, load_base
+from bhashaflow.modeling import encode_pair, load_adapter, load_base
 from bhashaflow.training import (
     TrainingError,
     collate,
@@ -294,3 +294,94 @@ def test_default_decontamination_uses_the_configured_evaluation_split(bases: dic
                                                                                           "max_sentences": 10})})  # fmt: skip
     result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path / "run"))
     assert result.decontaminated == 1
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["no-ckpt", "ckpt"])
+@pytest.mark.parametrize("quantization", ["none", "8bit", "4bit"])
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
+def test_every_quantization_trains_with_and_without_gradient_checkpointing(
+    bases: dict[str, Path], shard: str, tmp_path: Path, family: str, quantization: str, checkpointing: bool
+) -> None:
+    # bf16 as on a GPU (bitsandbytes' CPU backend runs int8 and NF4 too): nothing of the base may be upcast.
+    lm = load_base(str(bases[family]), languages=[], quantization=quantization, dtype=torch.bfloat16)
+    optimizer = "adamw" if quantization == "none" else "paged_adamw_8bit"
+    config = make_config(bases[family], quantization=quantization, gradient_checkpointing=checkpointing, optimizer=optimizer)
+    result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path),
+                           eval_texts={}, lm=lm)  # fmt: skip
+
+    assert result.steps == 2 and result.files == ADAPTER_FILES
+    assert torch.isfinite(torch.tensor(result.final_loss))
+    floats = {p.dtype for p in lm.model.parameters() if p.is_floating_point()}
+    assert floats == {torch.bfloat16}  # embeddings, LM head, norms and LoRA alike
+    trainable = [n for n, p in lm.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any(getattr(m, "gradient_checkpointing", False) for m in lm.model.modules()) is checkpointing
+    if quantization != "none":
+        kinds = {type(m).__name__ for m in lm.model.modules()}
+        assert {"8bit": "Linear8bitLt", "4bit": "Linear4bit"}[quantization] in kinds
+
+
+def test_gradient_accumulation_takes_the_step_one_big_batch_takes(bases: dict[str, Path]) -> None:
+    from bhashaflow.optim import AdapterOptimizer
+    from bhashaflow.training import prepare_lora_model, train_step
+
+    config = make_config(bases["seq2seq"])
+    pairs = list(zip(dev_lines("eng_Latn", 6), dev_lines("hin_Deva", 6), strict=True))
+    after: list[dict[str, torch.Tensor]] = []
+    losses = []
+    for split in ([6], [2, 4], [1, 2, 3]):
+        lm = load_base(str(bases["seq2seq"]), languages=[])
+        lm.model, _ = prepare_lora_model(lm, config)
+        lm.model.eval()  # no dropout: the same network for every split
+        examples = [encode_pair(lm, s, t, "eng_Latn", "hin_Deva", 48) for s, t in pairs]
+        cuts = [sum(split[:i]) for i in range(len(split) + 1)]
+        micro = [collate(examples[a:b], lm.tokenizer.pad_token_id) for a, b in zip(cuts, cuts[1:], strict=False)]
+        params = [p for p in lm.model.parameters() if p.requires_grad]
+        losses.append(float(train_step(lm.model, AdapterOptimizer("adamw", params, 1e-2, "cpu"), micro, "seq2seq", "cpu")))
+        after.append({n: p.detach().clone() for n, p in lm.model.named_parameters() if p.requires_grad})
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == pytest.approx(losses[0], rel=1e-5)
+    for other in after[1:]:
+        for name, value in after[0].items():
+            torch.testing.assert_close(other[name], value, rtol=1e-4, atol=1e-6)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for n, v in after[0].items() if "lora_B" in n)  # it did learn
+
+
+@pytest.mark.parametrize("training", [{"batch_tokens": 400, "grad_accum_steps": 2}, {"batch_size": 2, "grad_accum_steps": 3}],
+                         ids=["batch_tokens", "batch_size"])  # fmt: skip
+def test_token_budget_and_accumulation_resume_exactly(bases: dict[str, Path], shard: str, tmp_path: Path,
+                                                       training: dict[str, int]) -> None:  # fmt: skip
+    config = make_config(bases["seq2seq"], max_steps=4, checkpoint_every=2, **training)
+    out = tmp_path / "run"
+    straight = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={})
+    expected = load_file(str(Path(straight.adapter_dir) / "adapter_model.safetensors"))
+    # As if killed after the checkpoint of step 2: the later checkpoint and the adapter never made it.
+    shutil.rmtree(out / "checkpoints" / "step-4")
+    shutil.rmtree(out / "adapter")
+
+    steps: list[int] = []
+    resumed = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={},
+                            on_progress=lambda s, t, loss: steps.append(s))  # fmt: skip
+
+    assert resumed.resumed_from == 2 and steps == [3, 4]
+    got = load_file(str(Path(resumed.adapter_dir) / "adapter_model.safetensors"))
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_progress_every_spaces_the_reports_and_the_host_syncs(bases: dict[str, Path], shard: str, tmp_path: Path) -> None:
+    reported: list[tuple[int, float]] = []
+    config = make_config(bases["seq2seq"], max_steps=7, checkpoint_every=7)
+    train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={},
+                  on_progress=lambda s, t, loss: reported.append((s, loss)), progress_every=3, log_every=100)  # fmt: skip
+    assert [s for s, _ in reported] == [3, 6, 7]
+    assert all(0 < loss < 20 for _, loss in reported)
+
+
+def test_a_non_finite_loss_stops_training_before_any_checkpoint_holds_it(bases: dict[str, Path], shard: str,
+                                                                          tmp_path: Path) -> None:  # fmt: skip
+    config = make_config(bases["seq2seq"], max_steps=4, checkpoint_every=4, learning_rate=1e30)
+    with pytest.raises(TrainingError, match=r"loss is (nan|inf) at step \d; lower training.learning_rate"):
+        train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={},
+                      log_every=100)  # fmt: skip
+    assert latest_checkpoint(tmp_path) is None
