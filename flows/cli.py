@@ -117,6 +117,15 @@ def cmd_export_rl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from bhashaflow.fitcheck import check_fit, format_fit
+
+    report = check_fit(config, steps=args.steps, device=args.device)
+    _emit(args, report.to_dict(), lambda _: format_fit(report))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     from serving.app import run
@@ -239,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="promoted",
         help="promoted (default), none (the base model alone), or a registry version such as v0002",
     )
+    fit = add("fit", cmd_fit, "measure a few worst-case training steps of CONFIG on this machine: memory, tokens/s, "
+              "the largest batch_tokens that fits")
+    fit.add_argument("--steps", type=int, default=3, help="training steps to time (default 3; the first warms up)")
+    fit.add_argument("--device", default=None, help="cpu or cuda[:n] (default: cuda when present)")
     add("demo", cmd_demo, "pipeline, table, a served translation with feedback, and an RL log export, offline")
     add("export-rl", cmd_export_rl, "run the export-rl-logs flow: served episodes and feedback to the rl_export target")
     serve = add("serve", cmd_serve, "serve the promoted adapters over HTTP (FastAPI)")

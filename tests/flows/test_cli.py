@@ -103,3 +103,17 @@ def test_pipeline_and_evaluate_json_and_files(cli_env, tiny_base, tmp_path):
     scored = json.loads(out.stdout.strip().splitlines()[-1])["directions"]["eng_Latn-hin_Deva"]
     assert scored["version"] is None and scored["n"] == 6
     assert abs(scored["chrf_pp"] - d["base_chrf_pp"]) < 0.01  # the same base, the same settings
+
+
+def test_fit_check_reports_json_and_says_what_a_cpu_cannot_measure(tiny_base, tmp_path):
+    config = tmp_path / "fit.yaml"
+    config.write_text(f"directions: [eng_Latn-hin_Deva]\nbase_model: {tiny_base}\n"
+                      "training: {max_length: 32, batch_tokens: 256, grad_accum_steps: 2}\n")  # fmt: skip
+    out = run_cli("fit", str(config), "--json", "--steps", "2", "--device", "cpu")
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["device"] == "cpu" and report["steps"] == 2
+    assert report["micro_batch_pairs"] == 2 and report["micro_batch_tokens"] == 128 and report["grad_accum_steps"] == 2
+    assert report["gpu_memory_measured"] is False and report["peak_reserved_gib"] is None
+    assert report["batch_tokens_max"] is None and report["tokens_per_s"] > 0
+    assert "GPU memory cannot be measured on cpu" in out.stderr

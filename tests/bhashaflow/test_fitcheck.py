@@ -1,0 +1,54 @@
+"""The fit check: real training steps on the worst case the config allows, and plain words where it cannot measure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bhashaflow.config import config_from_dict
+from bhashaflow.fitcheck import check_fit, format_fit, micro_batch_pairs, worst_case_examples
+from bhashaflow.modeling import load_base
+
+
+def fit_config(base: Path, **training: object):  # noqa: ANN201
+    return config_from_dict({"directions": ["eng_Latn-hin_Deva"], "base_model": str(base),
+                             "training": {"max_length": 24, "batch_size": 3, **training}})  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
+def test_worst_case_examples_are_as_long_as_training_allows(tiny_bases: dict[str, Path], family: str) -> None:
+    lm = load_base(str(tiny_bases[family]), languages=[])
+    examples = worst_case_examples(lm, 4, 24)
+    assert len(examples) == 4
+    for ids, labels in examples:
+        if family == "seq2seq":
+            assert len(ids) == 24 and len(labels) == 24
+        else:  # a prompt of max_length and an answer of max_length; only the answer is scored
+            assert len(ids) == 48 and labels[:24] == [-100] * 24 and -100 not in labels[24:]
+        assert lm.tokenizer.pad_token_id not in ids and all(0 <= t < len(lm.tokenizer) for t in ids)
+
+
+def test_the_micro_batch_follows_batch_size_or_the_token_budget(tiny_bases: dict[str, Path]) -> None:
+    base = tiny_bases["seq2seq"]
+    assert micro_batch_pairs(fit_config(base)) == 3
+    assert micro_batch_pairs(fit_config(base, batch_tokens=480, grad_accum_steps=2)) == 5  # 240 tokens / 48 per pair
+    assert micro_batch_pairs(fit_config(base, batch_tokens=48)) == 1
+
+
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
+def test_on_cpu_it_measures_steps_and_says_gpu_memory_cannot_be_measured(tiny_bases: dict[str, Path], family: str) -> None:
+    report = check_fit(fit_config(tiny_bases[family], gradient_checkpointing=True), steps=3, device="cpu")
+
+    assert report.device == "cpu" and report.family == family and report.steps == 3
+    assert report.micro_batch_pairs == 3 and report.micro_batch_tokens == 3 * 48
+    assert report.gradient_checkpointing is True and report.quantization == "none"
+    assert report.first_step_s > 0 and report.step_ms > 0 and report.tokens_per_s > 0
+    assert report.gpu_memory_measured is False
+    assert report.peak_allocated_gib is None and report.peak_reserved_gib is None and report.device_total_gib is None
+    assert report.fits is None and report.batch_tokens_max is None
+    assert report.peak_rss_gib is not None and report.peak_rss_gib > 0.1
+    assert report.note.startswith("GPU memory cannot be measured on cpu")
+    text = format_fit(report)
+    assert "3 pairs of 24+24 tokens per micro-batch (144 tokens)" in text
+    assert "GPU memory cannot be measured on cpu" in text
