@@ -1,22 +1,35 @@
-"""Does the real profile fit a small GPU? nllb-200-distilled-600M's exact architecture, 8-bit base + LoRA.
+"""Does the shipped profile fit a 6 GB GPU, and how busy does it keep it? Both real base shapes, each quantization.
 
-    python benchmarks/gpu_fit.py                    # CUDA when present, else CPU (peak RSS)
-    python benchmarks/gpu_fit.py --steps 20 --batch-size 8
+    python benchmarks/gpu_fit.py                       # CUDA when present, else CPU (peak RSS instead of CUDA memory)
+    python benchmarks/gpu_fit.py --before              # the training step as it was before (f9c9b7d) beside each row
+    python benchmarks/gpu_fit.py --shapes nllb-600m --quantizations none --steps 20
+    python benchmarks/gpu_fit.py --small               # real vocabularies, 2-layer bodies: a quick CPU run
+    python benchmarks/gpu_fit.py --batch-tokens 4096    # the shipped profiles' token budget instead of 16 pairs
 
-A model with facebook/nllb-200-distilled-600M's architecture (from a config built here: no hub, random
-weights) is saved in fp16 by a child process, then this process trains it exactly as the real profile does:
-`train_adapter` with quantization 8bit, paged 8-bit AdamW, gradient checkpointing and LoRA r 16 on the
-default target modules, on FLORES-200 dev pairs. Reported: peak memory (CUDA allocator peak on a GPU,
-process peak RSS on CPU) and training tokens/s. The target user has a 6 GB GPU.
+Models with facebook/nllb-200-distilled-600M's and bigscience/bloomz-560m's exact architectures (configs written
+out here: no hub, random weights) are saved in bf16 by a child process. Each case (shape x quantization x
+gradient checkpointing, and with --before the old step) then runs in a fresh child process, so peak memory
+is that case's alone: load the base as the training task does, wrap it in LoRA r 16 on the default targets,
+train on FLORES-200 dev eng->hin in length-grouped batches of 16 pairs (max_length 128), and measure:
+
+- peak allocated and peak reserved CUDA memory (on CPU: the child's peak RSS, and its rise over the loaded base);
+- steady tokens/s and step ms (steps after warm-up, timed together), and the first step's seconds;
+- the share of a step the GPU is busy: CUDA kernel time over wall time of one profiled step (torch.profiler);
+  each case's profiler table is written to --out.
+
+The targets (issue #10): shipped profiles at most 4.0 GiB allocated and 5.0 GiB reserved, >= 10x the tokens/s
+of the old step, the GPU busy at least half of a step. The "before" rows reproduce the old step: peft's k-bit
+preparation (fp32 embeddings, LM head and norms), fp32 LoRA weights beside a bf16 base, the model's own loss
+over full logits, un-fused AdamW and a host sync every step.
 """
 
 from __future__ import annotations
 
 import os
 
-# Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads slow a tiny model
-# by 10x or more. Set before torch loads its OpenMP runtime.
+# Idle OpenMP threads sleep instead of spinning: on a shared small CPU spinning threads slow torch a lot.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse
 import json
@@ -26,11 +39,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import psutil
-import torch
+ROOT = Path(__file__).resolve().parents[1]
 
-# facebook/nllb-200-distilled-600M's config.json, field by field.
+# facebook/nllb-200-distilled-600M's config.json, field by field (615M parameters).
 NLLB_600M = {
     "vocab_size": 256206, "d_model": 1024, "encoder_layers": 12, "decoder_layers": 12, "encoder_attention_heads": 16,
     "decoder_attention_heads": 16, "encoder_ffn_dim": 4096, "decoder_ffn_dim": 4096, "max_position_embeddings": 1024,
@@ -38,75 +51,287 @@ NLLB_600M = {
     "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0, "scale_embedding": True, "init_std": 0.02, "pad_token_id": 1,
     "bos_token_id": 0, "eos_token_id": 2, "decoder_start_token_id": 2, "tie_word_embeddings": True,
 }  # fmt: skip
+# bigscience/bloomz-560m's config.json (559M parameters).
+BLOOMZ_560M = {
+    "vocab_size": 250880, "hidden_size": 1024, "n_layer": 24, "n_head": 16, "layer_norm_epsilon": 1e-5,
+    "initializer_range": 0.02, "apply_residual_connection_post_layernorm": False, "hidden_dropout": 0.0,
+    "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "tie_word_embeddings": True,
+}  # fmt: skip
+SHAPES: dict[str, tuple[str, dict[str, Any]]] = {"nllb-600m": ("seq2seq", NLLB_600M), "bloomz-560m": ("causal", BLOOMZ_560M)}
+SMALL = {"nllb-600m": {"encoder_layers": 2, "decoder_layers": 2}, "bloomz-560m": {"n_layer": 2}}
+QUANT_OPTIMIZER = {"none": "adamw", "8bit": "paged_adamw_8bit", "4bit": "paged_adamw_8bit"}
+DIRECTION = ("eng_Latn", "hin_Deva")
 
-_BUILD = """
-import json, sys, torch
-from transformers import M2M100Config, M2M100ForConditionalGeneration
-from bhashaflow.builtin_bases import small_recipe, train_tokenizer, read_dev_text
-torch.manual_seed(0)
-model = M2M100ForConditionalGeneration(M2M100Config(**json.loads(sys.argv[1]))).half()
-model.save_pretrained({out!r})
-texts = read_dev_text({flores!r}, ["eng_Latn", "hin_Deva"])
-# Any tokenizer with ids inside the vocabulary will do for memory and speed; this one is trained in seconds.
-train_tokenizer(texts, small_recipe("builtin:tiny-seq2seq", vocab_size=8000)).save_pretrained({out!r})
-print(sum(p.numel() for p in model.parameters()))
-"""
+
+# ---------------------------------------------------------------- the child that builds a base
+
+
+def build_base(shape: str, small: bool, flores: str, out: Path) -> int:
+    """Save a random model of `shape` in bf16 with a tokenizer whose ids lie inside its vocabulary."""
+    import torch
+    from transformers import BloomConfig, BloomForCausalLM, M2M100Config, M2M100ForConditionalGeneration
+
+    from bhashaflow.builtin_bases import read_dev_text, small_recipe, train_tokenizer
+
+    family, fields = SHAPES[shape]
+    fields = {**fields, **(SMALL[shape] if small else {})}
+    torch.manual_seed(0)
+    if family == "seq2seq":
+        model: Any = M2M100ForConditionalGeneration(M2M100Config(**fields))
+    else:
+        model = BloomForCausalLM(BloomConfig(**fields))
+    model.to(torch.bfloat16).save_pretrained(str(out))
+    recipe = small_recipe("builtin:tiny-seq2seq" if family == "seq2seq" else "builtin:tiny-causal", vocab_size=8000)
+    # Any tokenizer with ids inside the vocabulary does for memory and speed; this one trains in seconds.
+    train_tokenizer(read_dev_text(flores, list(DIRECTION)), recipe).save_pretrained(str(out))
+    return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------- the child that runs one case
+
+
+def _batches(lm: Any, flores: str, batch_size: int, batch_tokens: int | None, max_length: int) -> list[dict[str, Any]]:
+    import random
+
+    from bhashaflow.batching import collate, optimizer_steps
+    from bhashaflow.flores import read_flores
+    from bhashaflow.modeling import encode_pair
+
+    src, tgt = (read_flores(flores, lang, "dev") for lang in DIRECTION)
+    examples = [encode_pair(lm, s, t, *DIRECTION, max_length) for s, t in zip(src, tgt, strict=True)]
+    steps = optimizer_steps(examples, batch_size=batch_size, batch_tokens=batch_tokens, grad_accum_steps=1,
+                            rng=random.Random(0), family=lm.family)  # fmt: skip
+    pad = int(lm.tokenizer.pad_token_id)
+    return [collate(step[0], pad) for step in steps]
+
+
+def _new_step(lm: Any, config: Any) -> Any:
+    """The training step as the library takes it now."""
+    from bhashaflow.optim import AdapterOptimizer
+    from bhashaflow.training import prepare_lora_model, train_step
+
+    lm.model, _ = prepare_lora_model(lm, config)
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    optimizer = AdapterOptimizer(config.training.optimizer, params, config.training.learning_rate, lm.device)
+    return lambda batch: train_step(lm.model, optimizer, [batch], lm.family, lm.device)
+
+
+def _old_step(lm: Any, config: Any) -> Any:
+    """The training step as it was at f9c9b7d, rebuilt here for comparison (the library no longer has it)."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    train_cfg = config.training
+    model = lm.model
+    kwargs = {"use_reentrant": False}
+    if train_cfg.quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=train_cfg.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=kwargs)  # fmt: skip
+    elif train_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    from bhashaflow.modeling import default_target_modules
+
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=default_target_modules(model),
+                      task_type=TaskType.SEQ_2_SEQ_LM if lm.family == "seq2seq" else TaskType.CAUSAL_LM)  # fmt: skip
+    lm.model = get_peft_model(model, lora)  # peft's default: LoRA weights upcast to fp32
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    if train_cfg.optimizer == "adamw":
+        optimizer: Any = torch.optim.AdamW(params, lr=train_cfg.learning_rate, weight_decay=0.0)
+    else:
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.PagedAdamW8bit(params, lr=train_cfg.learning_rate, weight_decay=0.0)
+
+    def step(batch: dict[str, Any]) -> Any:
+        loss = lm.model(**{k: v.to(lm.device) for k, v in batch.items()}).loss
+        if not torch.isfinite(loss):  # the old loop checked every step: a host sync
+            raise RuntimeError("non-finite loss")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def _sync(cuda: bool) -> None:
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _busy_share(step: Any, batch: dict[str, Any], cuda: bool, profile_path: Path) -> float | None:
+    """CUDA kernel time over wall time of one profiled step; writes the profiler's table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        started = time.perf_counter()
+        step(batch)
+        _sync(cuda)
+        wall = time.perf_counter() - started
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=25)
+    profile_path.write_text(f"one profiled step, wall {wall * 1000:.1f} ms\n{table}\n")
+    if not cuda:
+        return None
+    kernel_us = sum(evt.self_device_time_total for evt in prof.key_averages() if evt.self_device_time_total > 0)
+    return kernel_us / 1e6 / wall
+
+
+def run_case(case: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from bhashaflow.config import config_from_dict
+    from bhashaflow.modeling import load_base
+
+    cuda = torch.cuda.is_available()
+    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    config = config_from_dict({
+        "directions": ["-".join(DIRECTION)], "base_model": case["base"],
+        "training": {"batch_size": case["batch_size"], "batch_tokens": case["batch_tokens"],
+                     "max_length": case["max_length"], "learning_rate": 2e-4,
+                     "quantization": case["quantization"], "optimizer": QUANT_OPTIMIZER[case["quantization"]],
+                     "gradient_checkpointing": case["checkpointing"], "lora": {"r": 16, "alpha": 32}},
+    })  # fmt: skip
+    lm = load_base(case["base"], languages=[], quantization=case["quantization"])
+    _sync(cuda)
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    step = (_old_step if case["path"] == "before" else _new_step)(lm, config)
+    batches = _batches(lm, case["flores"], case["batch_size"], case["batch_tokens"], case["max_length"])
+    tokens = [int(b["attention_mask"].sum()) + (int((b["labels"] != -100).sum()) if lm.family == "seq2seq" else 0)
+              for b in batches]  # fmt: skip
+    lm.model.train()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    step(batches[0])
+    _sync(cuda)
+    first_s = time.perf_counter() - started
+    for i in range(1, 3):  # warm-up: allocator and kernels settle
+        step(batches[i])
+    _sync(cuda)
+    n, started = case["steps"], time.perf_counter()
+    losses = [step(batches[3 + i]) for i in range(n)]
+    _sync(cuda)
+    elapsed = time.perf_counter() - started
+    profile_path = Path(case["out"]) / f"profile-{case['name']}.txt"
+    busy = _busy_share(step, batches[3 + n], cuda, profile_path)
+    result = {
+        **{k: case[k] for k in ("name", "shape", "quantization", "checkpointing", "path")},
+        "optimizer": QUANT_OPTIMIZER[case["quantization"]], "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "tokens_per_s": sum(tokens[3 : 3 + n]) / elapsed, "step_ms": 1000 * elapsed / n, "first_step_s": first_s,
+        "gpu_busy": busy, "loss": float(torch.stack(losses).float().mean()), "profile": str(profile_path),
+    }  # fmt: skip
+    if cuda:
+        result["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        result["peak_rss_gib"] = peak
+        result["rss_over_loaded_gib"] = peak - rss_loaded
+        result["rss_at_start_gib"] = rss_start
+    return result
+
+
+# ---------------------------------------------------------------- the parent
+
+
+def _child(*args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"child {args[:2]} failed:\n{done.stderr[-4000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def _row(r: dict[str, Any]) -> str:
+    ckpt = "yes" if r["checkpointing"] else "no"
+    if "peak_allocated_gib" in r:
+        memory = f"{r['peak_allocated_gib']:6.2f} | {r['peak_reserved_gib']:6.2f}"
+    else:
+        memory = f"{r['peak_rss_gib']:6.2f} | {r['rss_over_loaded_gib']:6.2f}"
+    busy = f"{r['gpu_busy']:.0%}" if r["gpu_busy"] is not None else "n/a"
+    return (f"| {r['shape']} | {r['quantization']} | {r['optimizer']} | {ckpt} | {r['path']} | {memory} | "
+            f"{r['tokens_per_s']:,.0f} | {r['step_ms']:.0f} | {r['first_step_s']:.1f} | {busy} | {r['loss']:.3f} |")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--quantizations", nargs="+", default=["none", "8bit", "4bit"], choices=["none", "8bit", "4bit"])
+    parser.add_argument("--checkpointing", nargs="+", default=["yes"], choices=["yes", "no"],
+                        help="gradient checkpointing per case (default yes, as the shipped profiles)")
+    parser.add_argument("--before", action="store_true", help="also run the old training step beside each case")
+    parser.add_argument("--small", action="store_true", help="2-layer bodies with the real vocabularies (quick on CPU)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on CUDA, 3 on CPU)")
+    parser.add_argument("--batch-size", type=int, default=16, help="pairs per step (default 16)")
+    parser.add_argument("--batch-tokens", type=int, default=None,
+                        help="a token budget per step instead of --batch-size (as training.batch_tokens)")
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--flores", default="data/flores200")
+    parser.add_argument("--flores", default=str(ROOT / "data" / "flores200"))
+    parser.add_argument("--out", default=str(ROOT / "runs" / "gpu_fit"), help="results.jsonl and profiler tables")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--build", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_case(json.loads(args.child))))
+        return
+    if args.build:
+        print(build_base(args.build[0], args.small, args.flores, Path(args.build[1])))
+        return
 
+    import torch
+
+    cuda = torch.cuda.is_available()
+    steps = args.steps or (20 if cuda else 3)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    memory_cols = "peak allocated GiB | peak reserved GiB" if cuda else "peak RSS GiB | RSS over loaded base GiB"
+    print(f"| base | quantization | optimizer | grad ckpt | step | {memory_cols} | tokens/s | step ms | first step s "
+          f"| GPU busy | loss |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "nllb-600m-shaped"
-        started = time.perf_counter()
-        # A child builds and saves the fp32 model, so this process's peak memory is the training alone.
-        code = _BUILD.format(out=str(base), flores=args.flores)
-        built = subprocess.run([sys.executable, "-c", code, json.dumps(NLLB_600M)], check=True, capture_output=True, text=True)
-        n_params = int(built.stdout.strip().splitlines()[-1])
-        print(f"built a random nllb-200-distilled-600M-shaped model ({n_params / 1e6:.0f}M parameters) in "
-              f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+        for shape in args.shapes:
+            base = Path(tmp) / shape
+            started = time.perf_counter()
+            params = int(_child("--build", shape, str(base), *(["--small"] if args.small else []), "--flores", args.flores))
+            print(f"<!-- {shape}: random weights, {params / 1e6:.0f}M parameters, built in "
+                  f"{time.perf_counter() - started:.0f} s -->", flush=True)  # fmt: skip
+            for quantization in args.quantizations:
+                for ckpt in args.checkpointing:
+                    for path in (["before", "after"] if args.before else ["after"]):
+                        name = f"{shape}-{quantization}-{'ckpt' if ckpt == 'yes' else 'nockpt'}-{path}"
+                        case = {"name": name, "shape": shape, "base": str(base), "quantization": quantization,
+                                "checkpointing": ckpt == "yes", "path": path, "steps": steps,
+                                "batch_size": args.batch_size, "batch_tokens": args.batch_tokens,
+                                "max_length": args.max_length, "flores": args.flores,
+                                "out": str(out)}  # fmt: skip
+                        result = json.loads(_child("--child", json.dumps(case)))
+                        results.append(result)
+                        print(_row(result), flush=True)
+                        with (out / "results.jsonl").open("a") as fh:
+                            fh.write(json.dumps(result) + "\n")
+    _print_ratios(results, cuda)
 
-        from train_throughput import write_dev_shard  # this folder is on sys.path when run as a script
 
-        from bhashaflow.config import config_from_dict
-        from bhashaflow.modeling import load_base
-        from bhashaflow.training import train_adapter
-
-        shard = write_dev_shard(Path(args.flores), "eng_Latn-hin_Deva", Path(tmp) / "pairs.parquet")
-        config = config_from_dict({
-            "directions": ["eng_Latn-hin_Deva"], "base_model": str(base),
-            "training": {"max_steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length,
-                         "checkpoint_every": args.steps, "quantization": "8bit", "optimizer": "paged_adamw_8bit",
-                         "gradient_checkpointing": True, "learning_rate": 2e-4},
-        })  # fmt: skip
-        cuda = torch.cuda.is_available()
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        rss_before = psutil.Process().memory_info().rss / 2**30
-        started = time.perf_counter()
-        lm = load_base(str(base), languages=[], quantization="8bit")
-        load_s = time.perf_counter() - started
-        footprint = lm.model.get_memory_footprint() / 2**30
-        result = train_adapter(config=config, direction="eng_Latn-hin_Deva", shard_paths=[shard],
-                               out_dir=str(Path(tmp) / "run"), eval_texts={}, lm=lm)  # fmt: skip
-        trainable = sum(p.numel() for p in lm.model.parameters() if p.requires_grad)
-        print(f"8-bit base loaded in {load_s:.0f} s, weights {footprint:.2f} GiB; LoRA trainable {trainable / 1e6:.2f}M")
-        print(f"{result.steps} steps, batch {args.batch_size}: {result.tokens_per_s:.0f} tokens/s, "
-              f"final loss {result.final_loss:.3f}")  # fmt: skip
-        if cuda:
-            peak = torch.cuda.max_memory_allocated() / 2**30
-            print(f"peak memory: {peak:.2f} GiB (CUDA allocator peak on {torch.cuda.get_device_name()}); "
-                  f"6 GB GPU budget {'met' if peak < 5.5 else 'NOT met'}")  # fmt: skip
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-            # RSS counts the Python runtime and libraries too; only a CUDA run answers the 6 GB GPU question.
-            print(f"peak memory: {peak:.2f} GiB process peak RSS on CPU (bitsandbytes CPU backend), "
-                  f"{peak - rss_before:.2f} GiB above the process before loading the base")  # fmt: skip
+def _print_ratios(results: list[dict[str, Any]], cuda: bool) -> None:
+    by_case = {(r["shape"], r["quantization"], r["checkpointing"], r["path"]): r for r in results}
+    memory = "peak_reserved_gib" if cuda else "peak_rss_gib"
+    for (shape, quantization, ckpt, path), after in by_case.items():
+        before = by_case.get((shape, quantization, ckpt, "before"))
+        if path != "after" or before is None:
+            continue
+        print(f"{shape} {quantization} ckpt={ckpt}: tokens/s x{after['tokens_per_s'] / before['tokens_per_s']:.2f}, "
+              f"{memory} {before[memory]:.2f} -> {after[memory]:.2f} GiB", flush=True)  # fmt: skip
+    if cuda:
+        for r in results:
+            if r["path"] == "after":
+                fits = r["peak_allocated_gib"] <= 4.0 and r["peak_reserved_gib"] <= 5.0
+                print(f"{r['name']}: 6 GB target (<= 4.0 GiB allocated, <= 5.0 GiB reserved) {'met' if fits else 'NOT met'}; "
+                      f"GPU busy {r['gpu_busy']:.0%} (target >= 50%)")  # fmt: skip
 
 
 if __name__ == "__main__":
