@@ -140,6 +140,25 @@ class LoraConfig(_Strict):
     )
 
 
+class ValidationConfig(_Strict):
+    """Pairs held out of each direction's training data and scored during training."""
+
+    share: float | None = Field(
+        None, gt=0, le=1, description="Share of each direction's pairs held out (chosen by a seeded hash of the pair)."
+    )
+    pairs: int | None = Field(None, gt=0, description="Pairs held out per direction, instead of a share.")
+    max_pairs: int = Field(
+        500, gt=0, description="Most pairs held out per direction whatever the share: each is translated at every validation."
+    )
+    seed: int = Field(0, description="Which pairs are held out: the same seed holds out the same pairs.")
+
+    @model_validator(mode="after")
+    def _share_or_pairs(self) -> ValidationConfig:
+        if (self.share is None) == (self.pairs is None):
+            raise ValueError("training.validation needs exactly one of share or pairs")
+        return self
+
+
 class TrainingConfig(_Strict):
     """Adapter fine-tuning settings."""
 
@@ -173,6 +192,25 @@ class TrainingConfig(_Strict):
         "adamw", description="adamw, or bitsandbytes' paged 8-bit AdamW (CUDA)."
     )
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter shape.")
+    validation: ValidationConfig | None = Field(
+        None,
+        description=(
+            "Hold out pairs of each direction (never devtest) and score them during training; the step with the "
+            "best validation chrF++ becomes the candidate (null: no validation, the last step is the candidate)."
+        ),
+    )
+    eval_every: int | None = Field(
+        None, gt=0, description="Steps between validations (default: checkpoint_every); every validation writes a checkpoint."
+    )
+    patience: int | None = Field(
+        None, gt=0, description="Stop after this many validations without a better chrF++ (null: train to max_steps)."
+    )
+
+    @model_validator(mode="after")
+    def _validation_settings(self) -> TrainingConfig:
+        if self.validation is None and (self.eval_every is not None or self.patience is not None):
+            raise ValueError("training.eval_every and training.patience need training.validation")
+        return self
 
     @model_validator(mode="after")
     def _budget_holds_an_example(self) -> TrainingConfig:
