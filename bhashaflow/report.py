@@ -16,6 +16,8 @@ COLUMNS = (
     "candidate_chrf_pp",
     "script_valid",
     "decontaminated",
+    "validation_pairs",
+    "best_step",
     "promoted",
     "version",
 )
@@ -38,6 +40,9 @@ def direction_result(trained: dict[str, Any], scores: dict[str, Any], promotion:
         "signature": scores["candidate"]["signature_chrf_pp"],
         "decontaminated": trained["decontaminated"],
         "steps": trained["steps"],
+        "validation_pairs": trained.get("validation_pairs", 0),
+        "best_step": trained.get("best_step"),
+        "stopped_early": trained.get("stopped_early", False),
         "promoted": promotion["promoted"],
         "reason": promotion["reason"],
         "version": promotion["version"],
@@ -88,16 +93,26 @@ def chart_png(directions: dict[str, dict[str, Any]]) -> bytes:
     return buf.getvalue()
 
 
+def _candidate_step(result: dict[str, Any]) -> str:
+    """`best step (of steps)` with validation, else the last step; `stopped early` when patience ran out."""
+    best, steps = result.get("best_step"), result.get("steps")
+    if best is None:
+        return f"{steps} (last)"
+    return f"{best} of {steps}" + (", stopped early" if result.get("stopped_early") else "")
+
+
 def markdown_report(run_id: str, directions: dict[str, dict[str, Any]], chart_uri: str) -> str:
     rows = [
-        "| direction | base chrF++ | incumbent chrF++ | candidate chrF++ | script valid | decontaminated | promoted |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| direction | base chrF++ | incumbent chrF++ | candidate chrF++ | script valid | decontaminated "
+        "| validation pairs | candidate step | promoted |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for d, r in directions.items():
         inc = "-" if r["incumbent_chrf_pp"] is None else f"{r['incumbent_chrf_pp']:.2f}"
         rows.append(
             f"| {d} | {r['base_chrf_pp']:.2f} | {inc} | {r['candidate_chrf_pp']:.2f} | {r['script_valid']:.0%} "
-            f"| {r['decontaminated']} | {'yes' if r['promoted'] else 'no'} ({r['version']}) |"
+            f"| {r['decontaminated']} | {r.get('validation_pairs', 0)} | {_candidate_step(r)} "
+            f"| {'yes' if r['promoted'] else 'no'} ({r['version']}) |"
         )
     reasons = [f"- **{d}**: {r['reason']}" for d, r in directions.items()]
     signature = next(iter(directions.values()))["signature"] if directions else ""

@@ -30,8 +30,9 @@ import torch
 
 from bhashaflow.batching import Example, Step, collate, count_tokens, optimizer_steps
 from bhashaflow.batching import length_grouped_batches as length_grouped_batches  # re-exported
-from bhashaflow.config import PipelineConfig
+from bhashaflow.config import EvaluationConfig, PipelineConfig
 from bhashaflow.decontamination import Decontaminator
+from bhashaflow.holdout import Holdout, select_holdout
 from bhashaflow.languages import parse_direction
 from bhashaflow.loss import scored_token_count, translation_loss_sum
 from bhashaflow.modeling import LoadedModel, default_target_modules, encode_pair, load_base
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int, float], None]
 
+ADAPTER_NAME = "default"  # peft's name for the adapter get_peft_model creates
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 TRAINING_CONFIG = "training_config.json"
@@ -68,6 +70,11 @@ class TrainResult:
     files: list[str]  # files in adapter_dir, relative names
     decontaminated: int = 0  # training pairs dropped because they leak evaluation sentences
     target_modules: list[str] = field(default_factory=list)
+    validation_pairs: int = 0  # pairs held out of training for validation (0: no validation)
+    best_step: int | None = None  # the validated step whose adapter is the candidate (None: no validation)
+    best_chrf_pp: float | None = None  # its validation chrF++
+    stopped_early: bool = False  # training.patience validations passed without a better chrF++
+    validation: list[dict[str, float]] = field(default_factory=list)  # every validation: step, val_loss, val_chrf(_pp)
 
 
 # ---------------------------------------------------------------- data
@@ -118,9 +125,11 @@ class _ExampleStream:
         max_length: int,
         seed: int,
         storage_options: dict[str, Any] | None,
+        holdout: Holdout | None = None,
     ) -> None:
         self.lm, self.shard_paths, self.langs, self.decon = lm, shard_paths, langs, decon
         self.max_length, self.seed, self.storage_options = max_length, seed, storage_options
+        self.holdout = holdout
         self.epoch = 0
         self._first_epoch_removed = 0
 
@@ -141,6 +150,8 @@ class _ExampleStream:
                 pairs = self.decon.filter(iter_shard_pairs(paths, *self.langs, storage_options=self.storage_options))
             kept = 0
             for src, tgt in pairs:
+                if self.holdout is not None and (src, tgt) in self.holdout:
+                    continue  # a validation pair: never trained on
                 kept += 1
                 if cache is not None and epoch == 0:
                     # Past _CACHE_PAIRS pairs the corpus is streamed from the shards on every pass.
@@ -152,9 +163,10 @@ class _ExampleStream:
             if epoch == 0:
                 self._first_epoch_removed = self.decon.removed
             if kept == 0:
+                held = f", {len(self.holdout.pairs)} held out for validation" if self.holdout is not None else ""
                 raise TrainingError(
                     f"no training pairs for {self.langs[0]}-{self.langs[1]} in {len(self.shard_paths)} shard(s)"
-                    f" ({self.decon.removed} removed as evaluation leaks)"
+                    f" ({self.decon.removed} removed as evaluation leaks{held})"
                 )
             self.epoch += 1
 
@@ -291,7 +303,8 @@ def _save_checkpoint(model: Any, optimizer: Any, state: dict[str, Any], out_dir:
     _publish(partial, final)
     steps = sorted(int(m.group(1)) for c in root.iterdir() if (m := _STEP_DIR.fullmatch(c.name)))
     for old in steps[:-keep]:
-        _remove_dir(root / f"step-{old}")
+        if old != state.get("best_step"):  # the best validated checkpoint is the candidate: never pruned
+            _remove_dir(root / f"step-{old}")
     return final
 
 
@@ -387,6 +400,88 @@ def train_step(
     return total
 
 
+# ---------------------------------------------------------------- validation
+
+
+ValidationCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class _Validator:
+    """Scores the held-out slice: teacher-forced loss, and chrF++ of greedy translations (as evaluation does)."""
+
+    holdout: Holdout
+    every: int
+    patience: int | None
+    langs: tuple[str, str]
+    evaluation: EvaluationConfig
+    max_length: int
+
+    def run(self, lm: LoadedModel) -> dict[str, float]:
+        from bhashaflow.metrics import score_chrf
+        from bhashaflow.translation import translate
+
+        sources = [src for src, _ in self.holdout.pairs]
+        references = [tgt for _, tgt in self.holdout.pairs]
+        lm.model.eval()  # no dropout; greedy decoding uses no random numbers, so the training RNG is untouched
+        try:
+            loss = self._loss(lm)
+            hypotheses = translate(
+                lm, sources, src_lang=self.langs[0], tgt_lang=self.langs[1], adapter=ADAPTER_NAME,
+                batch_size=self.evaluation.batch_size, num_beams=1, max_new_tokens=self.evaluation.max_new_tokens,
+            )  # fmt: skip
+        finally:
+            lm.model.train()
+        score = score_chrf(hypotheses, references, self.langs[1])
+        return {"val_loss": loss, "val_chrf": score.chrf, "val_chrf_pp": score.chrf_pp}
+
+    def _loss(self, lm: LoadedModel) -> float:
+        examples = sorted(
+            (encode_pair(lm, src, tgt, *self.langs, self.max_length) for src, tgt in self.holdout.pairs),
+            key=lambda ex: len(ex[0]) + len(ex[1]),
+        )
+        pad_id = int(lm.tokenizer.pad_token_id)
+        total = torch.zeros((), device=lm.device)
+        scored = 0
+        with torch.no_grad():
+            for start in range(0, len(examples), self.evaluation.batch_size):
+                batch = collate(examples[start : start + self.evaluation.batch_size], pad_id)
+                scored += scored_token_count(batch["labels"], lm.family)
+                on_device = {k: v.to(lm.device) for k, v in batch.items()}
+                total += translation_loss_sum(lm.model, on_device, lm.family)
+        return float(total) / max(1, scored)
+
+
+def _record_validation(state: dict[str, Any], step: int, result: dict[str, float], patience: int | None) -> None:
+    """Append a validation, move the best step on a strictly better chrF++, count patience."""
+    state["validation"].append({"step": step, **result})
+    if state["best_chrf_pp"] is None or result["val_chrf_pp"] > state["best_chrf_pp"]:
+        state["best_step"], state["best_chrf_pp"], state["evals_since_best"] = step, result["val_chrf_pp"], 0
+        return
+    state["evals_since_best"] += 1
+    if patience is not None and state["evals_since_best"] >= patience:
+        state["stopped_early"] = True
+
+
+def _make_validator(
+    config: PipelineConfig, langs: tuple[str, str], pairs: Iterable[tuple[str, str]], direction: str
+) -> _Validator | None:
+    """The direction's validation slice (one pass over its decontaminated pairs), or None without validation."""
+    train_cfg = config.training
+    if train_cfg.validation is None:
+        return None
+    holdout = select_holdout(pairs, train_cfg.validation)
+    if holdout.training_pairs <= 0:
+        raise TrainingError(
+            f"{direction}: training.validation holds out all {holdout.total} pairs of the direction and leaves none "
+            "to train on; lower training.validation.share or .pairs"
+        )
+    if not holdout.pairs:
+        raise TrainingError(f"{direction}: training.validation holds out no pair of {holdout.total}; raise its share")
+    every = train_cfg.eval_every or train_cfg.checkpoint_every
+    return _Validator(holdout, every, train_cfg.patience, langs, config.evaluation, train_cfg.max_length)
+
+
 # ---------------------------------------------------------------- a run
 
 
@@ -405,6 +500,18 @@ class _Session:
     resumed_from: int | None
 
 
+@dataclass
+class _Hooks:
+    """The caller's view of a run: progress, validations, and how often the log and the reports come."""
+
+    on_progress: ProgressCallback | None
+    progress_every: int
+    on_validation: ValidationCallback | None
+    log_every: int
+    keep_checkpoints: int
+    pad_to: int | None
+
+
 def train_adapter(
     *,
     config: PipelineConfig,
@@ -414,6 +521,7 @@ def train_adapter(
     eval_texts: dict[str, list[str]] | None = None,
     on_progress: ProgressCallback | None = None,
     progress_every: int = 1,
+    on_validation: ValidationCallback | None = None,
     storage_options: dict[str, Any] | None = None,
     settings: Settings | None = None,
     lm: LoadedModel | None = None,
@@ -424,6 +532,9 @@ def train_adapter(
 ) -> TrainResult:
     """Train a LoRA adapter for `direction`, resuming from the run's latest checkpoint when there is one.
 
+    With `training.validation`, a slice of the direction's pairs is held out and scored every `eval_every`
+    steps; the step of the best validation chrF++ is the candidate, and `patience` stops training early.
+
     Args:
         config: the pipeline config (base model, training section, evaluation set location).
         direction: e.g. eng_Latn-hin_Deva.
@@ -433,19 +544,28 @@ def train_adapter(
             configured evaluation split of both languages.
         on_progress: called with (step, max_steps, loss) every `progress_every` steps and after the last.
         progress_every: steps between progress calls; each reads the loss, a host sync on a GPU.
+        on_validation: called with (step, validation) after each validation; the dict holds val_loss, val_chrf,
+            val_chrf_pp, best_step and best_chrf_pp.
         storage_options: fsspec options for remote shards.
         settings: hub token and cache dir for loading the base.
         lm: an already loaded base to train on (it is wrapped in place); default: load config.base_model.
-        keep_checkpoints: how many of the latest checkpoints to keep.
+        keep_checkpoints: how many of the latest checkpoints to keep (besides the best validated one).
         log_every: steps between lines of out_dir/train_log.jsonl.
         group_by_length: batch similar lengths together (off only to measure what it saves).
         pad_to_max_length: pad every batch to training.max_length instead of its longest example (likewise).
     """
     session = _open_session(config, direction, out_dir, settings, lm)
     langs = parse_direction(direction)
-    decon = Decontaminator(_eval_sentences(config, langs, eval_texts))
+    eval_sentences = _eval_sentences(config, langs, eval_texts)
     train_cfg = config.training
-    stream = _ExampleStream(session.lm, shard_paths, langs, decon, train_cfg.max_length, train_cfg.seed, storage_options)
+    validator = _make_validator(
+        config, langs, Decontaminator(eval_sentences).filter(iter_shard_pairs(shard_paths, *langs, storage_options)),
+        direction,
+    )
+    stream = _ExampleStream(
+        session.lm, shard_paths, langs, Decontaminator(eval_sentences), train_cfg.max_length, train_cfg.seed,
+        storage_options, validator.holdout if validator else None,
+    )  # fmt: skip
     steps = optimizer_steps(
         stream,
         batch_size=train_cfg.batch_size,
@@ -459,8 +579,9 @@ def train_adapter(
     for _ in range(session.state["step"]):
         next(steps)
     pad_to = _padded_width(session.lm, train_cfg.max_length) if pad_to_max_length else None
-    _fit(session, steps, on_progress, progress_every, log_every, keep_checkpoints, pad_to)
-    return _finish(session, stream.pairs_removed)
+    hooks = _Hooks(on_progress, progress_every, on_validation, log_every, keep_checkpoints, pad_to)
+    _fit(session, steps, hooks, validator)
+    return _finish(session, stream.pairs_removed, validator)
 
 
 def _open_session(
@@ -486,14 +607,17 @@ def _open_session(
     lm.model = model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = AdapterOptimizer(train_cfg.optimizer, params, train_cfg.learning_rate, lm.device)
-    state: dict[str, Any] = {"step": 0, "tokens": 0, "train_seconds": 0.0, "recent_losses": [], "fingerprint": fingerprint}
+    state: dict[str, Any] = {
+        "step": 0, "tokens": 0, "train_seconds": 0.0, "recent_losses": [], "fingerprint": fingerprint,
+        "validation": [], "best_step": None, "best_chrf_pp": None, "evals_since_best": 0, "stopped_early": False,
+    }  # fmt: skip
     session = _Session(config, direction, run_dir, lm, model, targets, optimizer, state, None)
     _resume(session)
     return session
 
 
 def _resume(session: _Session) -> None:
-    """Restore weights, optimizer, RNG and trainer state from the latest complete checkpoint, if any."""
+    """Restore weights, optimizer, RNG and trainer state (best step and patience too) from the latest checkpoint."""
     checkpoint = latest_checkpoint(session.run_dir)
     if checkpoint is None:
         return
@@ -516,16 +640,8 @@ def _resume(session: _Session) -> None:
     log.info("resuming %s from %s", session.direction, checkpoint)
 
 
-def _fit(
-    session: _Session,
-    steps: Iterator[Step],
-    on_progress: ProgressCallback | None,
-    progress_every: int,
-    log_every: int,
-    keep_checkpoints: int,
-    pad_to: int | None,
-) -> None:
-    """Train to max_steps. Losses stay on the device between the steps that log, report or checkpoint."""
+def _fit(session: _Session, steps: Iterator[Step], hooks: _Hooks, validator: _Validator | None) -> None:
+    """Train to max_steps or an early stop. Losses stay on the device between the steps that need them."""
     train_cfg = session.config.training
     state, lm = session.state, session.lm
     log_path = session.run_dir / "train_log.jsonl"
@@ -534,17 +650,18 @@ def _fit(
     pending: list[torch.Tensor] = []
     session.model.train()
     window_start = time.perf_counter()
-    while state["step"] < train_cfg.max_steps:
+    while state["step"] < train_cfg.max_steps and not state["stopped_early"]:
         lr = lr_at(state["step"], peak=train_cfg.learning_rate, warmup=train_cfg.warmup_steps, max_steps=train_cfg.max_steps)
         session.optimizer.set_lr(lr)
-        micro = [collate(examples, pad_id, pad_to=pad_to) for examples in next(steps)]
+        micro = [collate(examples, pad_id, pad_to=hooks.pad_to) for examples in next(steps)]
         pending.append(train_step(session.model, session.optimizer, micro, lm.family, lm.device))
         state["step"] += 1
         state["tokens"] += sum(count_tokens(batch, lm.family) for batch in micro)
         done, last = state["step"], state["step"] == train_cfg.max_steps
-        logs = done % log_every == 0 or last
-        reports = on_progress is not None and (done % progress_every == 0 or last)
-        checkpoints = done % train_cfg.checkpoint_every == 0 or last
+        logs = done % hooks.log_every == 0 or last
+        reports = hooks.on_progress is not None and (done % hooks.progress_every == 0 or last)
+        validates = validator is not None and (done % validator.every == 0 or last)
+        checkpoints = done % train_cfg.checkpoint_every == 0 or last or validates  # a validated step can be the best
         if not (logs or reports or checkpoints):
             continue
         values = _read_losses(pending, done)
@@ -552,14 +669,35 @@ def _fit(
         state["train_seconds"] += time.perf_counter() - window_start
         state["recent_losses"] = (state["recent_losses"] + values)[-20:]
         if logs:
-            with log_path.open("a") as fh:
-                fh.write(json.dumps({"step": done, "loss": round(values[-1], 5), "lr": lr, "tokens": state["tokens"]}) + "\n")
+            _log_line(log_path, {"step": done, "loss": round(values[-1], 5), "lr": lr, "tokens": state["tokens"]})
             log.info("%s step %d/%d loss %.4f", session.direction, done, train_cfg.max_steps, values[-1])
-        if reports and on_progress is not None:
-            on_progress(done, train_cfg.max_steps, values[-1])
+        if validates and validator is not None:
+            _validate(session, validator, hooks, log_path)
+        if reports and hooks.on_progress is not None:
+            hooks.on_progress(done, train_cfg.max_steps, values[-1])
         if checkpoints:
-            _save_checkpoint(session.model, session.optimizer, state, session.run_dir, keep_checkpoints)
+            _save_checkpoint(session.model, session.optimizer, state, session.run_dir, hooks.keep_checkpoints)
         window_start = time.perf_counter()
+
+
+def _validate(session: _Session, validator: _Validator, hooks: _Hooks, log_path: Path) -> None:
+    state, done = session.state, session.state["step"]
+    result = validator.run(session.lm)
+    _record_validation(state, done, result, validator.patience)
+    entry = {"step": done, **{k: round(v, 5) for k, v in result.items()}, "best_step": state["best_step"]}
+    _log_line(log_path, entry)
+    log.info("%s step %d validation chrF++ %.2f loss %.4f (best %.2f at step %d)", session.direction, done,
+             result["val_chrf_pp"], result["val_loss"], state["best_chrf_pp"], state["best_step"])  # fmt: skip
+    if state["stopped_early"]:
+        log.info("%s: no better validation chrF++ in %d validations; stopping at step %d (best: step %d)",
+                 session.direction, validator.patience, done, state["best_step"])  # fmt: skip
+    if hooks.on_validation is not None:
+        hooks.on_validation(done, {**result, "best_step": state["best_step"], "best_chrf_pp": state["best_chrf_pp"]})
+
+
+def _log_line(path: Path, entry: dict[str, Any]) -> None:
+    with path.open("a") as fh:
+        fh.write(json.dumps(entry) + "\n")
 
 
 def _read_losses(pending: list[torch.Tensor], done: int) -> list[float]:
@@ -572,40 +710,39 @@ def _read_losses(pending: list[torch.Tensor], done: int) -> list[float]:
     return values
 
 
-def _finish(session: _Session, decontaminated: int) -> TrainResult:
-    """Write the adapter folder (weights, tokenizer, resolved config) and sum the run up."""
+def _finish(session: _Session, decontaminated: int, validator: _Validator | None) -> TrainResult:
+    """Write the adapter folder (the best validated step's weights, or the last step's) and sum the run up."""
     config, state, lm = session.config, session.state, session.lm
     src_lang, tgt_lang = parse_direction(session.direction)
     losses = state["recent_losses"]
     final_loss = sum(losses) / len(losses) if losses else float("nan")
     tokens_per_s = state["tokens"] / state["train_seconds"] if state["train_seconds"] > 0 else 0.0
+    best_dir = None
+    if validator is not None:
+        best_dir = session.run_dir / "checkpoints" / f"step-{state['best_step']}"
+        if not (best_dir / TRAINER_STATE).is_file():
+            raise TrainingError(f"the best validated checkpoint {best_dir} is missing; delete the run's checkpoints to retrain")
+        _load_adapter_weights(session.model, best_dir)  # the candidate is the best step, in memory too
     adapter_dir = session.run_dir / "adapter"
+    validation_pairs = len(validator.holdout.pairs) if validator else 0
+    summary = {
+        "steps": state["step"], "resumed_from": session.resumed_from, "final_loss": final_loss,
+        "tokens_per_s": tokens_per_s, "decontaminated": decontaminated, "validation_pairs": validation_pairs,
+        "best_step": state["best_step"], "best_chrf_pp": state["best_chrf_pp"], "stopped_early": state["stopped_early"],
+        "validation": state["validation"],
+    }  # fmt: skip
     resolved = {
-        "direction": session.direction,
-        "src_lang": src_lang,
-        "tgt_lang": tgt_lang,
-        "family": lm.family,
-        "base_model": config.base_model,
-        "base_path": lm.base_path,
-        "base_revision": lm.revision,
-        "target_modules": session.targets,
-        "steps": state["step"],
-        "resumed_from": session.resumed_from,
-        "final_loss": final_loss,
-        "tokens_per_s": tokens_per_s,
-        "decontaminated": decontaminated,
+        "direction": session.direction, "src_lang": src_lang, "tgt_lang": tgt_lang, "family": lm.family,
+        "base_model": config.base_model, "base_path": lm.base_path, "base_revision": lm.revision,
+        "target_modules": session.targets, **summary,
         "config": redact_values(config.model_dump(mode="json")),  # it is copied into the registry
-    }
-    _write_adapter_dir(session.model, lm.tokenizer, resolved, adapter_dir)
+    }  # fmt: skip
+    _write_adapter_dir(session.model, lm.tokenizer, resolved, adapter_dir, best_dir)
     return TrainResult(
         adapter_dir=str(adapter_dir),
-        steps=state["step"],
-        resumed_from=session.resumed_from,
-        final_loss=final_loss,
-        tokens_per_s=tokens_per_s,
         files=sorted(p.relative_to(adapter_dir).as_posix() for p in adapter_dir.rglob("*") if p.is_file()),
-        decontaminated=decontaminated,
         target_modules=session.targets,
+        **summary,
     )
 
 
@@ -630,10 +767,14 @@ def _truncate_log(path: Path, step: int) -> None:
     os.replace(tmp, path)  # never an emptied log if killed while rewriting it
 
 
-def _write_adapter_dir(model: Any, tokenizer: Any, resolved: dict[str, Any], adapter_dir: Path) -> None:
+def _write_adapter_dir(
+    model: Any, tokenizer: Any, resolved: dict[str, Any], adapter_dir: Path, weights_from: Path | None = None
+) -> None:
     partial = adapter_dir.with_name(f".{adapter_dir.name}.partial-{os.getpid()}")
     _start_partial(partial)
     _save_adapter(model, partial)
+    if weights_from is not None:  # the best checkpoint's weights, byte for byte
+        shutil.copyfile(weights_from / ADAPTER_WEIGHTS, partial / ADAPTER_WEIGHTS)
     tokenizer.save_pretrained(str(partial))
     (partial / TRAINING_CONFIG).write_text(json.dumps(resolved, indent=1, ensure_ascii=False))
     _publish(partial, adapter_dir)

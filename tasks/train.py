@@ -30,9 +30,17 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> dict[str, Any]
     artifact = create_progress_artifact(0.0, key=artifact_key("adapter-pipeline", config.run_name, direction, "train"))
     every = max(1, config.training.max_steps // 50)
 
+    validated: list[str] = []  # the latest validation, shown beside the loss
+
     def on_progress(step: int, max_steps: int, loss: float) -> None:
-        update_progress_artifact(artifact, 100.0 * step / max_steps, description=f"step {step}: loss {loss:.4f}")
+        description = f"step {step}: loss {loss:.4f}" + "".join(f"; {v}" for v in validated[-1:])
+        update_progress_artifact(artifact, 100.0 * step / max_steps, description=description)
         logger.info("%s step %d/%d loss %.4f", direction, step, max_steps, loss)
+
+    def on_validation(step: int, result: dict[str, Any]) -> None:
+        validated.append(f"validation chrF++ {result['val_chrf_pp']:.2f} at step {step} "
+                         f"(best {result['best_chrf_pp']:.2f} at step {result['best_step']})")  # fmt: skip
+        logger.info("%s %s", direction, validated[-1])
 
     result = train_adapter(
         config=config,
@@ -41,6 +49,7 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> dict[str, Any]
         out_dir=str(local_run_dir(config, settings) / "adapters" / direction),
         on_progress=on_progress,
         progress_every=every,  # each report reads the loss: a host sync on a GPU
+        on_validation=on_validation,
         storage_options=options,
         settings=settings,
         lm=lm,
@@ -52,6 +61,9 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> dict[str, Any]
         "final_loss": result.final_loss,
         "tokens_per_s": result.tokens_per_s,
         "decontaminated": result.decontaminated,
+        "validation_pairs": result.validation_pairs,
+        "best_step": result.best_step,
+        "stopped_early": result.stopped_early,
         "base_model": config.base_model,
         "base_revision": lm.revision,
     }

@@ -70,6 +70,7 @@ def test_pipeline_and_evaluate_json_and_files(cli_env, tiny_base, tmp_path):
         "--set", f"registry={tmp_path / 'registry'}", "--set", "directions=[eng_Latn-hin_Deva]",
         "--set", "training.max_steps=3", "--set", "training.checkpoint_every=2", "--set", "evaluation.max_sentences=6",
         "--set", "evaluation.max_new_tokens=8", "--set", "promotion.min_gain=0.0",
+        "--set", "training.validation={pairs: 4}",
     ]
     out = run_cli("pipeline", "configs/smoke.yaml", "--json", *overrides, env=cli_env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -81,6 +82,7 @@ def test_pipeline_and_evaluate_json_and_files(cli_env, tiny_base, tmp_path):
     assert d["incumbent_chrf_pp"] is None and d["version"] == "v0001"
     assert d["promoted"] == (d["candidate_chrf_pp"] >= d["base_chrf_pp"])
     assert d["decontaminated"] == 0  # FLORES dev and devtest share no sentence
+    assert d["validation_pairs"] == 4 and d["best_step"] in (2, 3) and d["steps"] == 3 and d["stopped_early"] is False
     run = tmp_path / "runs" / "smoke" / result["run_id"]
     adapter = run / "adapters" / "eng_Latn-hin_Deva" / "adapter"
     assert {"adapter_config.json", "adapter_model.safetensors", "training_config.json", "tokenizer.json"} <= {
@@ -95,6 +97,9 @@ def test_pipeline_and_evaluate_json_and_files(cli_env, tiny_base, tmp_path):
         assert scores["n"] == 6 and scores["signature_chrf_pp"].startswith("nrefs:1|")
         assert len((run / "eval" / "eng_Latn-hin_Deva" / label / "hypotheses.txt").read_text().splitlines()) == 6
     assert (run / "report.md").is_file() and (run / "chrf.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"| 4 | {d['best_step']} of 3 |" in (run / "report.md").read_text()  # validation pairs, candidate step
+    logged = [json.loads(line) for line in (run / "adapters" / "eng_Latn-hin_Deva" / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in logged if "val_chrf_pp" in e] == [2, 3]
     manifest = json.loads((tmp_path / "registry" / "eng_Latn-hin_Deva" / "versions" / "v0001" / "manifest.json").read_text())
     assert manifest["base_model"] == tiny_base and manifest["files"]["adapter_model.safetensors"]
 
