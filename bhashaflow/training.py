@@ -452,14 +452,16 @@ class _Validator:
         return float(total) / max(1, scored)
 
 
-def _record_validation(state: dict[str, Any], step: int, result: dict[str, float], patience: int | None) -> None:
+def _record_validation(
+    state: dict[str, Any], step: int, result: dict[str, float], patience: int | None, max_steps: int
+) -> None:
     """Append a validation, move the best step on a strictly better chrF++, count patience."""
     state["validation"].append({"step": step, **result})
     if state["best_chrf_pp"] is None or result["val_chrf_pp"] > state["best_chrf_pp"]:
         state["best_step"], state["best_chrf_pp"], state["evals_since_best"] = step, result["val_chrf_pp"], 0
         return
     state["evals_since_best"] += 1
-    if patience is not None and state["evals_since_best"] >= patience:
+    if patience is not None and state["evals_since_best"] >= patience and step < max_steps:
         state["stopped_early"] = True
 
 
@@ -683,7 +685,7 @@ def _fit(session: _Session, steps: Iterator[Step], hooks: _Hooks, validator: _Va
 def _validate(session: _Session, validator: _Validator, hooks: _Hooks, log_path: Path) -> None:
     state, done = session.state, session.state["step"]
     result = validator.run(session.lm)
-    _record_validation(state, done, result, validator.patience)
+    _record_validation(state, done, result, validator.patience, session.config.training.max_steps)
     entry = {"step": done, **{k: round(v, 5) for k, v in result.items()}, "best_step": state["best_step"]}
     _log_line(log_path, entry)
     log.info("%s step %d validation chrF++ %.2f loss %.4f (best %.2f at step %d)", session.direction, done,

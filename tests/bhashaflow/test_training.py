@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import dev_lines, devtest_lines, save_tiny_bloom, save_tiny_m2m100, write_shard
+from tiny_models import dev_lines, devtest_lines, write_shard
 
 from bhashaflow.config import PipelineConfig, config_from_dict
 from bhashaflow.decontamination import Decontaminator, decontaminate, normalize_sentence
@@ -39,9 +39,8 @@ PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
 
 @pytest.fixture(scope="module")
-def bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bases")
-    return {"seq2seq": save_tiny_m2m100(root / "m2m100"), "causal": save_tiny_bloom(root / "bloom")}
+def bases(tiny_bases: dict[str, Path]) -> dict[str, Path]:
+    return tiny_bases
 
 
 @pytest.fixture(scope="module")
@@ -150,24 +149,29 @@ train_adapter(config=config_from_dict(args["config"]), direction=args["direction
 """
 
 
+def kill_when_marked(script: str, args: dict[str, object], marker: Path) -> None:
+    """Run a training `script` in a subprocess and SIGKILL it as soon as it writes `marker` (then stalls)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(args)], env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert proc.poll() is None, "the training subprocess died before the kill point"
+            assert time.monotonic() < deadline, "the training subprocess never reached the kill point"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.slow
 def test_rerun_after_kill_resumes_from_checkpoint_and_matches_uninterrupted_run(bases: dict[str, Path], shard: str, tmp_path: Path) -> None:
     config = make_config(bases["seq2seq"], max_steps=5, checkpoint_every=2)
     out, marker = tmp_path / "killed", tmp_path / "marker"
     args = {"config": config.model_dump(mode="json"), "direction": DIRECTION, "shards": [shard], "out": str(out),
             "marker": str(marker)}  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_RUN, json.dumps(args)], env=env)
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists():
-            assert proc.poll() is None, "the training subprocess died before step 3"
-            assert time.monotonic() < deadline, "the training subprocess never reached step 3"
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_when_marked(_KILLED_RUN, args, marker)
     assert latest_checkpoint(out) == out / "checkpoints" / "step-2"
     assert not (out / "adapter").exists()
 
@@ -490,18 +494,7 @@ def test_a_kill_between_validations_resumes_with_the_same_best_step_and_adapter(
     kill_at = 7  # checkpoints at 2, 4 (validated), 6; the next validation would come at step 8
     args = {"config": config.model_dump(mode="json"), "direction": DIRECTION, "shards": [shard], "out": str(out),
             "marker": str(marker), "kill_at": kill_at}  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_BETWEEN_VALIDATIONS, json.dumps(args)], env=env)
-    try:
-        deadline = time.monotonic() + 240
-        while not marker.exists():
-            assert proc.poll() is None, "the training subprocess died before the kill point"
-            assert time.monotonic() < deadline, "the training subprocess never reached the kill point"
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    kill_when_marked(_KILLED_BETWEEN_VALIDATIONS, args, marker)
     assert latest_checkpoint(out) == out / "checkpoints" / "step-6"
     killed_state = json.loads((out / "checkpoints" / "step-6" / "trainer_state.json").read_text())
     assert [v["step"] for v in killed_state["validation"]] == [4]
