@@ -19,9 +19,9 @@ import argparse
 import time
 from pathlib import Path
 
-from bhashaflow.languages import parse_direction
-from bhashaflow.modeling import load_base
-from bhashaflow.translation import translate
+from bhashaflow.core.languages import parse_direction
+from bhashaflow.modeling.generation import translate
+from bhashaflow.modeling.loading import load_base
 
 
 def main() -> None:

@@ -71,7 +71,7 @@ def build_base(shape: str, small: bool, flores: str, out: Path) -> int:
     import torch
     from transformers import BloomConfig, BloomForCausalLM, M2M100Config, M2M100ForConditionalGeneration
 
-    from bhashaflow.builtin_bases import read_dev_text, small_recipe, train_tokenizer
+    from bhashaflow.modeling.builtin import read_dev_text, small_recipe, train_tokenizer
 
     family, fields = SHAPES[shape]
     fields = {**fields, **(SMALL[shape] if small else {})}
@@ -93,9 +93,9 @@ def build_base(shape: str, small: bool, flores: str, out: Path) -> int:
 def _batches(lm: Any, flores: str, batch_size: int, batch_tokens: int | None, max_length: int) -> list[dict[str, Any]]:
     import random
 
-    from bhashaflow.batching import collate, optimizer_steps
-    from bhashaflow.flores import read_flores
-    from bhashaflow.modeling import encode_pair
+    from bhashaflow.data.batching import collate, optimizer_steps
+    from bhashaflow.data.flores import read_flores
+    from bhashaflow.modeling.loading import encode_pair
 
     src, tgt = (read_flores(flores, lang, "dev") for lang in DIRECTION)
     examples = [encode_pair(lm, s, t, *DIRECTION, max_length) for s, t in zip(src, tgt, strict=True)]
@@ -107,8 +107,8 @@ def _batches(lm: Any, flores: str, batch_size: int, batch_tokens: int | None, ma
 
 def _new_step(lm: Any, config: Any) -> Any:
     """The training step as the library takes it now."""
-    from bhashaflow.optim import AdapterOptimizer
-    from bhashaflow.training import prepare_lora_model, train_step
+    from bhashaflow.training.loop import prepare_lora_model, train_step
+    from bhashaflow.training.optim import AdapterOptimizer
 
     lm.model, _ = prepare_lora_model(lm, config)
     params = [p for p in lm.model.parameters() if p.requires_grad]
@@ -129,7 +129,7 @@ def _old_step(lm: Any, config: Any) -> Any:
                                                 gradient_checkpointing_kwargs=kwargs)  # fmt: skip
     elif train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    from bhashaflow.modeling import default_target_modules
+    from bhashaflow.modeling.loading import default_target_modules
 
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=default_target_modules(model),
                       task_type=TaskType.SEQ_2_SEQ_LM if lm.family == "seq2seq" else TaskType.CAUSAL_LM)  # fmt: skip
@@ -185,7 +185,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from bhashaflow.config import config_from_dict
-    from bhashaflow.modeling import load_base
+    from bhashaflow.modeling.loading import load_base
 
     cuda = torch.cuda.is_available()
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -60,8 +60,8 @@ def peak_rss_mb() -> float:
 def child(n: int, http_url: str, s3_uri: str, endpoint: str, workdir: str) -> None:
     """Ingest in this process and print one JSON line of figures."""
     from bhashaflow.config import PipelineConfig
-    from bhashaflow.ingest import stage_source, write_shards
-    from bhashaflow.settings import Settings
+    from bhashaflow.core.settings import Settings
+    from bhashaflow.data.ingest import stage_source, write_shards
     from connectors import open_connector
 
     config = PipelineConfig.model_validate(

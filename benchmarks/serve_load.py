@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bhashaflow.config import PipelineConfig, config_from_dict, load_config  # noqa: E402
-from bhashaflow.flores import read_flores  # noqa: E402
-from bhashaflow.languages import parse_direction  # noqa: E402
+from bhashaflow.core.languages import parse_direction  # noqa: E402
+from bhashaflow.data.flores import read_flores  # noqa: E402
 
 DIRECTION = "eng_Latn-hin_Deva"
 _RUN = (
@@ -49,9 +49,9 @@ def build_demo_setup(workdir: Path, max_new_tokens: int) -> PipelineConfig:
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
 
-    from bhashaflow.builtin_bases import build_builtin, small_recipe
-    from bhashaflow.modeling import load_base
-    from bhashaflow.registry import Registry
+    from bhashaflow.modeling.builtin import build_builtin, small_recipe
+    from bhashaflow.modeling.loading import load_base
+    from bhashaflow.registry.store import Registry
 
     name = "builtin:tiny-seq2seq"
     base = workdir / "base"

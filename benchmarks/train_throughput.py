@@ -24,10 +24,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bhashaflow.builtin_bases import build_builtin, small_recipe
 from bhashaflow.config import config_from_dict
-from bhashaflow.languages import parse_direction
-from bhashaflow.training import train_adapter
+from bhashaflow.core.languages import parse_direction
+from bhashaflow.modeling.builtin import build_builtin, small_recipe
+from bhashaflow.training.loop import train_adapter
 
 
 def write_dev_shard(flores: Path, direction: str, out: Path) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bhashaflow.languages import LANGUAGES, parse_direction
+from bhashaflow.core.languages import LANGUAGES, parse_direction
 
 
 class ConfigError(ValueError):

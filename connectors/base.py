@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from bhashaflow.config import SourceConfig, SourceRetryConfig
-from bhashaflow.records import Position, RawRecord, SourceError
-from bhashaflow.settings import Settings
+from bhashaflow.core.records import Position, RawRecord, SourceError
+from bhashaflow.core.settings import Settings
 
 __all__ = ["Connector", "SourceError", "TransientSourceError", "open_connector"]
 

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.flores import FLORES_SPLITS, flores_checksums_ok, flores_file, read_flores
-from bhashaflow.languages import parse_direction
-from bhashaflow.records import Position, RawRecord, SourceError
+from bhashaflow.core.languages import parse_direction
+from bhashaflow.core.records import Position, RawRecord, SourceError
+from bhashaflow.data.flores import FLORES_SPLITS, flores_checksums_ok, flores_file, read_flores
 
 __all__ = ["FLORES_SPLITS", "FloresConnector", "flores_checksums_ok", "flores_file", "read_flores"]
 

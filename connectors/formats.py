@@ -22,7 +22,7 @@ import orjson
 from isal import isal_zlib  # ISA-L: inflates gzip two to three times faster than zlib, with zlib's interface
 
 from bhashaflow.config import FileFormat
-from bhashaflow.records import Position, RawRecord
+from bhashaflow.core.records import Position, RawRecord
 
 TextFormat = Literal["jsonl", "tsv"]
 # isal's stubs type its error class as an instance.

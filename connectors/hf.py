@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.records import Position, RawRecord
-from bhashaflow.settings import Settings
+from bhashaflow.core.records import Position, RawRecord
+from bhashaflow.core.settings import Settings
 from connectors.base import SourceError, TransientSourceError
 
 HUB_PROBE_TIMEOUT_S = 3.0

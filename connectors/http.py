@@ -15,9 +15,9 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.records import Position, RawRecord
-from bhashaflow.redact import install_log_filter, redact_uri
-from bhashaflow.settings import Settings
+from bhashaflow.core.records import Position, RawRecord
+from bhashaflow.core.redact import install_log_filter, redact_uri
+from bhashaflow.core.settings import Settings
 from connectors.base import SourceError
 from connectors.formats import (
     FormatError,

@@ -9,9 +9,9 @@ from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.records import Position, RawRecord
-from bhashaflow.redact import redact_uri
-from bhashaflow.settings import Settings
+from bhashaflow.core.records import Position, RawRecord
+from bhashaflow.core.redact import redact_uri
+from bhashaflow.core.settings import Settings
 from connectors.base import SourceError, TransientSourceError
 
 PAGE_SIZE = 256

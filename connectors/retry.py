@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from bhashaflow.records import Position, RawRecord
+from bhashaflow.core.records import Position, RawRecord
 from connectors.base import SourceError, TransientSourceError
 
 log = logging.getLogger(__name__)

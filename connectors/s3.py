@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from bhashaflow.config import FileFormat, SourceConfig
-from bhashaflow.records import Position, RawRecord
-from bhashaflow.settings import Settings
+from bhashaflow.core.records import Position, RawRecord
+from bhashaflow.core.settings import Settings
 from connectors.base import SourceError
 from connectors.formats import (
     FormatError,

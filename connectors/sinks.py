@@ -20,9 +20,9 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from bhashaflow.fsio import join, open_fs, write_bytes_atomic
-from bhashaflow.redact import install_log_filter, redact_uri
-from bhashaflow.settings import Settings
+from bhashaflow.core.fsio import join, open_fs, write_bytes_atomic
+from bhashaflow.core.redact import install_log_filter, redact_uri
+from bhashaflow.core.settings import Settings
 
 log = logging.getLogger(__name__)
 install_log_filter("httpx")  # httpx logs each request's full URL

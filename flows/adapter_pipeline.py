@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.report import direction_result
+from bhashaflow.evaluation.report import direction_result
 from flows.ingest_corpus import ingest_corpus
 from flows.runners import configured_run, task_resources
 from tasks.evaluate import evaluate_direction_task

@@ -11,7 +11,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from bhashaflow.redact import redact_text  # stdlib only: safe before the defaults below are applied
+from bhashaflow.core.redact import redact_text  # stdlib only: safe before the defaults below are applied
 
 # Project defaults for Prefect and torch, applied before they are imported; the user's environment wins.
 _PREFECT_DEFAULTS = {
@@ -81,7 +81,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     config = _load(args)
-    from bhashaflow.report import format_table
+    from bhashaflow.evaluation.report import format_table
     from flows.adapter_pipeline import adapter_pipeline
 
     _quiet_prefect_tracebacks()
@@ -119,7 +119,7 @@ def cmd_export_rl(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     config = _load(args)
-    from bhashaflow.fitcheck import check_fit, format_fit
+    from bhashaflow.training.fit import check_fit, format_fit
 
     report = check_fit(config, steps=args.steps, device=args.device)
     _emit(args, report.to_dict(), lambda _: format_fit(report))
@@ -198,7 +198,7 @@ def _demo_service(args: argparse.Namespace, config: Any, directions: list[str]) 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole product once, offline: pipeline, table, service round trip, RL log export."""
     config = _load(args)
-    from bhashaflow.report import format_table
+    from bhashaflow.evaluation.report import format_table
     from flows.adapter_pipeline import adapter_pipeline
     from flows.export_rl_logs import export_rl_logs_flow
 

@@ -7,8 +7,8 @@ from typing import Any
 from prefect import flow
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.fsio import join
-from bhashaflow.ingest import MANIFEST, summary
+from bhashaflow.core.fsio import join
+from bhashaflow.data.ingest import MANIFEST, summary
 from flows.runners import configured_run
 from tasks.ingest import finished_manifest_task, stage_source_task, write_shards_task
 

@@ -17,8 +17,8 @@ from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_se
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.fsio import is_local, join, open_fs
-from bhashaflow.settings import Settings, get_settings
+from bhashaflow.core.fsio import is_local, join, open_fs
+from bhashaflow.core.settings import Settings, get_settings
 
 RESULTS_DIR = "prefect-results"
 

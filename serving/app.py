@@ -20,8 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bhashaflow import __version__
 from bhashaflow.config import ConfigError, PipelineConfig, ServingConfig
-from bhashaflow.episodes import EpisodeStore
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
+from bhashaflow.episodes.store import EpisodeStore
 from serving.deps import Service, require_token
 from serving.engine import Engine
 from serving.metrics import MetricsMiddleware, ServingMetrics

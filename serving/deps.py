@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.episodes import EpisodeStore
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
+from bhashaflow.episodes.store import EpisodeStore
 from serving.engine import Engine
 from serving.metrics import ServingMetrics
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.episodes import utc_now
-from bhashaflow.languages import parse_direction
-from bhashaflow.registry import Registry, RegistryError, VersionInfo
-from bhashaflow.settings import Settings
+from bhashaflow.core.languages import parse_direction
+from bhashaflow.core.settings import Settings
+from bhashaflow.episodes.store import utc_now
+from bhashaflow.registry.store import Registry, RegistryError, VersionInfo
 from serving.batcher import Batcher
 from serving.metrics import ServingMetrics
 
@@ -79,7 +79,7 @@ class Engine:
         self.state: EngineState = "loading"
         self.error: str | None = None
         self.device: str | None = None
-        self.lm: Any = None  # bhashaflow.modeling.LoadedModel once loaded
+        self.lm: Any = None  # bhashaflow.modeling.loading.LoadedModel once loaded
         self._lock = threading.Lock()
         self._current: dict[str, AdapterSlot] = {}  # direction -> the version new requests get
         self._loaded: dict[str, AdapterSlot] = {}  # peft name -> every attached version, retired ones too
@@ -105,7 +105,7 @@ class Engine:
         return self.state == "ready"
 
     def _load_all(self) -> None:
-        from bhashaflow.modeling import load_base
+        from bhashaflow.modeling.loading import load_base
 
         config = self.config
         languages = sorted({code for d in config.directions for code in parse_direction(d)})
@@ -156,7 +156,7 @@ class Engine:
 
     def _attach(self, info: VersionInfo, path: str) -> AdapterSlot:
         """Attach a version and make it the one new requests get (worker thread only)."""
-        from bhashaflow.modeling import load_adapter
+        from bhashaflow.modeling.loading import load_adapter
 
         self._check_base(info)
         name = adapter_name(info.direction, info.version)
@@ -193,7 +193,7 @@ class Engine:
 
     def _detach(self, slot: AdapterSlot) -> None:
         """Remove a retired version from the model (worker thread only)."""
-        from bhashaflow.modeling import unload_adapter
+        from bhashaflow.modeling.loading import unload_adapter
 
         with self._lock:
             if self._loaded.get(slot.name) is not slot:
@@ -295,7 +295,7 @@ class Engine:
     # --- generation (worker thread) -----------------------------------------------------------------
 
     def _run_batch(self, name: str, texts: list[str]) -> list[str]:
-        from bhashaflow.translation import translate
+        from bhashaflow.modeling.generation import translate
 
         slot = self._loaded[name]
         evaluation = self.config.evaluation

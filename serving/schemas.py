@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-from bhashaflow.languages import LANGUAGES
+from bhashaflow.core.languages import LANGUAGES
 
 
 def _encodable(text: str) -> str:

@@ -7,12 +7,12 @@ from typing import Any
 from prefect import task
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.evaluation import evaluate_chrf, load_eval_set
-from bhashaflow.fsio import join
-from bhashaflow.modeling import LoadedModel, load_adapter, load_base
-from bhashaflow.registry import Registry
-from bhashaflow.rundirs import local_run_dir
-from bhashaflow.settings import get_settings
+from bhashaflow.core.fsio import join
+from bhashaflow.core.settings import get_settings
+from bhashaflow.evaluation.evaluate import evaluate_chrf, load_eval_set
+from bhashaflow.modeling.loading import LoadedModel, load_adapter, load_base
+from bhashaflow.registry.store import Registry
+from tasks.rundirs import local_run_dir
 
 
 def load_configured_base(config: PipelineConfig) -> LoadedModel:

@@ -1,4 +1,4 @@
-"""Prefect task of RL log export: a thin wrapper around bhashaflow.rl_export."""
+"""Prefect task of RL log export: a thin wrapper around bhashaflow.episodes.export."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.fsio import join
-from bhashaflow.rl_export import export_rl_logs
-from bhashaflow.rundirs import artifact_key
-from bhashaflow.settings import get_settings
+from bhashaflow.core.fsio import join
+from bhashaflow.core.settings import get_settings
+from bhashaflow.episodes.export import export_rl_logs
 from connectors.sinks import open_sink
+from tasks.rundirs import artifact_key
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15], retry_jitter_factor=0.5)

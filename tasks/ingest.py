@@ -1,4 +1,4 @@
-"""Prefect tasks of ingestion: thin wrappers around bhashaflow.ingest and the connectors."""
+"""Prefect tasks of ingestion: thin wrappers around bhashaflow.data.ingest and the connectors."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.ingest import StagedSource, load_manifest, stage_source, write_shards
-from bhashaflow.settings import get_settings
+from bhashaflow.core.settings import get_settings
+from bhashaflow.data.ingest import StagedSource, load_manifest, stage_source, write_shards
 from connectors import open_connector
 from connectors.base import SourceError, TransientSourceError
 

@@ -8,10 +8,10 @@ from prefect import task
 from prefect.logging import get_run_logger
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.promotion import decide_promotion, promote_adapter
-from bhashaflow.redact import redact_values
-from bhashaflow.registry import Registry
-from bhashaflow.settings import get_settings
+from bhashaflow.core.redact import redact_values
+from bhashaflow.core.settings import get_settings
+from bhashaflow.registry.promotion import decide_promotion, promote_adapter
+from bhashaflow.registry.store import Registry
 
 
 @task(task_run_name="promote-{direction}", persist_result=True)

@@ -9,10 +9,10 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.fsio import open_fs
-from bhashaflow.report import markdown_report, table_rows, write_report
-from bhashaflow.rundirs import artifact_key
-from bhashaflow.settings import get_settings
+from bhashaflow.core.fsio import open_fs
+from bhashaflow.core.settings import get_settings
+from bhashaflow.evaluation.report import markdown_report, table_rows, write_report
+from tasks.rundirs import artifact_key
 
 
 @task

@@ -1,4 +1,4 @@
-"""Prefect task of fine-tuning: a thin wrapper around bhashaflow.training.train_adapter."""
+"""Prefect task of fine-tuning: a thin wrapper around bhashaflow.training.loop.train_adapter."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.ingest import load_manifest, shard_uris
-from bhashaflow.rundirs import artifact_key, local_run_dir
-from bhashaflow.settings import get_settings
-from bhashaflow.training import train_adapter
+from bhashaflow.core.settings import get_settings
+from bhashaflow.data.ingest import load_manifest, shard_uris
+from bhashaflow.training.loop import train_adapter
 from tasks.evaluate import load_configured_base
+from tasks.rundirs import artifact_key, local_run_dir
 
 
 @task(task_run_name="train-{direction}", persist_result=True)

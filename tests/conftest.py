@@ -67,7 +67,7 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
 
     The configs' own base (builtin:tiny-seq2seq) takes minutes to pre-train on this machine.
     """
-    from bhashaflow.builtin_bases import build_builtin, small_recipe
+    from bhashaflow.modeling.builtin import build_builtin, small_recipe
 
     name = "builtin:tiny-seq2seq"
     recipe = small_recipe(name, vocab_size=600, d_model=32, layers=1, heads=2, ffn_dim=64, steps=0)

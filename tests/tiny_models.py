@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bhashaflow.builtin_bases import small_recipe, train_tokenizer
+from bhashaflow.modeling.builtin import small_recipe, train_tokenizer
 
 FLORES = Path(__file__).resolve().parents[1] / "data" / "flores200"
 LANGS = ("eng_Latn", "hin_Deva", "tam_Taml")

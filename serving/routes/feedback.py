@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from bhashaflow.episodes import UnknownEpisode
+from bhashaflow.episodes.store import UnknownEpisode
 from serving.deps import ServiceDep
 from serving.schemas import FeedbackRequest, FeedbackResponse, error_responses
 

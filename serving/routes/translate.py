@@ -7,8 +7,8 @@ import time
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from bhashaflow.episodes import NewEpisode
-from bhashaflow.languages import in_script
+from bhashaflow.core.languages import in_script
+from bhashaflow.episodes.store import NewEpisode
 from serving.batcher import BatcherStopped, DeadlineExceeded, QueueFull
 from serving.deps import ServiceDep
 from serving.engine import NoAdapter

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from bhashaflow.batching import Example, example_tokens, optimizer_steps, split_micro_batches, token_budget_batches
 from bhashaflow.config import ConfigError, config_from_dict
+from bhashaflow.data.batching import Example, example_tokens, optimizer_steps, split_micro_batches, token_budget_batches
 
 
 def examples(n: int, seed: int = 0) -> list[Example]:

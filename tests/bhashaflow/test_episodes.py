@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bhashaflow.episodes import MAX_EPISODE_ID, EpisodeStore, NewEpisode, UnknownEpisode
+from bhashaflow.episodes.store import MAX_EPISODE_ID, EpisodeStore, NewEpisode, UnknownEpisode
 
 
 def _episode(text: str = "hello", out: str = "नमस्ते") -> NewEpisode:

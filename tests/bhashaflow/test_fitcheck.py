@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from bhashaflow.config import config_from_dict
-from bhashaflow.fitcheck import check_fit, format_fit, micro_batch_pairs, worst_case_examples
-from bhashaflow.modeling import load_base
+from bhashaflow.modeling.loading import load_base
+from bhashaflow.training.fit import check_fit, format_fit, micro_batch_pairs, worst_case_examples
 
 
 def fit_config(base: Path, **training: object):  # noqa: ANN201

@@ -11,7 +11,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from bhashaflow import fsio
+from bhashaflow.core import fsio
 
 
 @pytest.mark.parametrize(

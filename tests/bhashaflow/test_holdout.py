@@ -7,7 +7,7 @@ import random
 import pytest
 
 from bhashaflow.config import ConfigError, ValidationConfig, config_from_dict
-from bhashaflow.holdout import pair_key, select_holdout
+from bhashaflow.data.holdout import pair_key, select_holdout
 
 
 def corpus(n: int) -> list[tuple[str, str]]:

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.ingest import (
+from bhashaflow.core.records import RawRecord
+from bhashaflow.data.ingest import (
     IngestError,
     SeenKeys,
     ShardWriter,
@@ -19,8 +20,7 @@ from bhashaflow.ingest import (
     stage_source,
     write_shards,
 )
-from bhashaflow.records import RawRecord
-from bhashaflow.validation import PAIR_SCHEMA
+from bhashaflow.data.validation import PAIR_SCHEMA
 
 HI = "यह एक वाक्य है"
 

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from bhashaflow.languages import count_script_letters, in_script, parse_direction, script_fraction, script_regexes
+from bhashaflow.core.languages import count_script_letters, in_script, parse_direction, script_fraction, script_regexes
 
 SAMPLE = [
     ("Hello world", "eng_Latn"),

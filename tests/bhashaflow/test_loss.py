@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from tiny_models import dev_lines, save_tiny_m2m100
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bhashaflow.batching import collate
 from bhashaflow.config import config_from_dict
-from bhashaflow.loss import (
+from bhashaflow.data.batching import collate
+from bhashaflow.modeling.loading import LoadedModel, encode_pair, load_base
+from bhashaflow.training.loop import prepare_lora_model, train_step
+from bhashaflow.training.loss import (
     CHUNK_ELEMENTS,
     chunk_rows_for,
     linear_cross_entropy,
@@ -22,9 +24,7 @@ from bhashaflow.loss import (
     scored_token_count,
     translation_loss_sum,
 )
-from bhashaflow.modeling import LoadedModel, encode_pair, load_base
-from bhashaflow.optim import AdapterOptimizer
-from bhashaflow.training import prepare_lora_model, train_step
+from bhashaflow.training.optim import AdapterOptimizer
 
 DIRECTION = "eng_Latn-hin_Deva"
 TORCH_HAS_IT = hasattr(torch.nn, "LinearCrossEntropyOptions")

@@ -9,7 +9,7 @@ import pytest
 import sacrebleu
 from sacrebleu.metrics import CHRF
 
-from bhashaflow.metrics import ChrfScore, score_chrf, script_valid_share, write_scores
+from bhashaflow.evaluation.chrf import ChrfScore, score_chrf, script_valid_share, write_scores
 
 DEVTEST = Path(__file__).resolve().parents[2] / "data" / "flores200" / "devtest"
 

@@ -10,10 +10,12 @@ import pytest
 import torch
 from tiny_models import FLORES, LANGS, save_tiny_bloom, save_tiny_m2m100, write_shard
 
-from bhashaflow import builtin_bases
-from bhashaflow.builtin_bases import MANIFEST, ensure_builtin, small_recipe
 from bhashaflow.config import config_from_dict
-from bhashaflow.modeling import (
+from bhashaflow.core.settings import Settings
+from bhashaflow.modeling import builtin as builtin_bases
+from bhashaflow.modeling.builtin import MANIFEST, ensure_builtin, small_recipe
+from bhashaflow.modeling.generation import translate
+from bhashaflow.modeling.loading import (
     BaseModelError,
     default_target_modules,
     encode_pair,
@@ -25,9 +27,7 @@ from bhashaflow.modeling import (
     resolve_base,
     unload_adapter,
 )
-from bhashaflow.settings import Settings
-from bhashaflow.training import train_adapter
-from bhashaflow.translation import translate
+from bhashaflow.training.loop import train_adapter
 
 FAST = {"vocab_size": 300, "d_model": 32, "layers": 1, "ffn_dim": 64, "steps": 4, "batch_size": 4, "warmup_steps": 1}
 

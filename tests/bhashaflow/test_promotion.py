@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import save_file
 
-from bhashaflow.promotion import PromotionDecision, PromotionOutcome, decide_promotion, promote_adapter, should_promote
-from bhashaflow.registry import Registry
+from bhashaflow.registry.promotion import (
+    PromotionDecision,
+    PromotionOutcome,
+    decide_promotion,
+    promote_adapter,
+    should_promote,
+)
+from bhashaflow.registry.store import Registry
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,9 @@ import pytest
 from safetensors.numpy import save_file
 from servers import S3Server
 
-from bhashaflow import fsio
-from bhashaflow.registry import PromotionConflict, Registry, RegistryError, VersionInfo
-from bhashaflow.settings import Settings
+from bhashaflow.core import fsio
+from bhashaflow.core.settings import Settings
+from bhashaflow.registry.store import PromotionConflict, Registry, RegistryError, VersionInfo
 
 DIRECTION = "eng_Latn-hin_Deva"
 BUCKET = "bhashaflow-test"

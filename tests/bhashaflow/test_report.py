@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bhashaflow.report import direction_result, format_table, markdown_report, table_rows
+from bhashaflow.evaluation.report import direction_result, format_table, markdown_report, table_rows
 
 SCORE = {"chrf": 20.0, "chrf_pp": 18.5, "script_valid": 1.0, "n": 200, "signature_chrf_pp": "nrefs:1|case:mixed"}
 

@@ -17,9 +17,9 @@ import pytest
 from servers import PartServer, S3Server
 
 from bhashaflow.config import PipelineConfig, config_from_dict
-from bhashaflow.episodes import EpisodeStore, ExportBusy, NewEpisode
-from bhashaflow.rl_export import RECORD_SCHEMA, export_rl_logs, part_name
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
+from bhashaflow.episodes.export import RECORD_SCHEMA, export_rl_logs, part_name
+from bhashaflow.episodes.store import EpisodeStore, ExportBusy, NewEpisode
 from connectors.sinks import RetryPolicy, SinkError, open_sink
 
 REPO = Path(__file__).resolve().parents[2]
@@ -197,7 +197,7 @@ def test_exports_to_one_target_take_turns_and_a_killed_holder_frees_its_turn(tmp
         with second.export_lock("s3://b/rl", "all", wait_s=0):
             pass
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom bhashaflow.episodes import EpisodeStore\n"
+        [sys.executable, "-c", "import sys, time\nfrom bhashaflow.episodes.store import EpisodeStore\n"
          f"with EpisodeStore({str(db)!r}).export_lock('s3://b/rl', 'all'):\n    print('held', flush=True); time.sleep(60)"],
         env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
     )
@@ -237,9 +237,9 @@ def test_only_with_feedback_exports_rated_episodes_whenever_feedback_arrives(tmp
 _KILLED_EXPORT = """
 import json, os, sys
 from bhashaflow.config import config_from_dict
-from bhashaflow.episodes import EpisodeStore
-from bhashaflow.rl_export import export_rl_logs
-from bhashaflow.settings import Settings
+from bhashaflow.episodes.store import EpisodeStore
+from bhashaflow.episodes.export import export_rl_logs
+from bhashaflow.core.settings import Settings
 from connectors.sinks import open_sink
 
 def die_after_upload(self, part):

@@ -17,9 +17,10 @@ from safetensors.torch import load_file
 from tiny_models import dev_lines, devtest_lines, write_shard
 
 from bhashaflow.config import PipelineConfig, config_from_dict
-from bhashaflow.decontamination import Decontaminator, decontaminate, normalize_sentence
-from bhashaflow.modeling import encode_pair, load_adapter, load_base
-from bhashaflow.training import (
+from bhashaflow.data.decontamination import Decontaminator, decontaminate, normalize_sentence
+from bhashaflow.modeling.generation import translate
+from bhashaflow.modeling.loading import encode_pair, load_adapter, load_base
+from bhashaflow.training.loop import (
     TrainingError,
     collate,
     latest_checkpoint,
@@ -28,7 +29,6 @@ from bhashaflow.training import (
     save_optimizer,
     train_adapter,
 )
-from bhashaflow.translation import translate
 
 DIRECTION = "eng_Latn-hin_Deva"
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -138,7 +138,7 @@ _KILLED_RUN = """
 import json, sys, time
 from pathlib import Path
 from bhashaflow.config import config_from_dict
-from bhashaflow.training import train_adapter
+from bhashaflow.training.loop import train_adapter
 args = json.loads(sys.argv[1])
 def on_progress(step, total, loss):
     if step == 3:  # the checkpoint of step 2 is on disk; stall so the parent kills us mid-training
@@ -326,8 +326,8 @@ def test_every_quantization_trains_with_and_without_gradient_checkpointing(
 
 
 def test_gradient_accumulation_takes_the_step_one_big_batch_takes(bases: dict[str, Path]) -> None:
-    from bhashaflow.optim import AdapterOptimizer
-    from bhashaflow.training import prepare_lora_model, train_step
+    from bhashaflow.training.loop import prepare_lora_model, train_step
+    from bhashaflow.training.optim import AdapterOptimizer
 
     config = make_config(bases["seq2seq"])
     pairs = list(zip(dev_lines("eng_Latn", 6), dev_lines("hin_Deva", 6), strict=True))
@@ -404,8 +404,8 @@ def validated_config(base: Path, **training: object) -> PipelineConfig:
 
 def test_validation_pairs_never_reach_the_training_steps(bases: dict[str, Path], shard: str, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    from bhashaflow import training
-    from bhashaflow.holdout import select_holdout
+    from bhashaflow.training import loop as training
+    from bhashaflow.data.holdout import select_holdout
 
     consumed: list[tuple[int, ...]] = []
     real_step = training.train_step
@@ -473,7 +473,7 @@ _KILLED_BETWEEN_VALIDATIONS = """
 import json, sys, time
 from pathlib import Path
 from bhashaflow.config import config_from_dict
-from bhashaflow.training import train_adapter
+from bhashaflow.training.loop import train_adapter
 args = json.loads(sys.argv[1])
 def on_progress(step, total, loss):
     if step == args["kill_at"]:  # after a checkpoint, before the next validation: the parent kills us here

@@ -6,9 +6,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.languages import script_fraction, script_regexes
-from bhashaflow.records import Pair, RawRecord, Rejection
-from bhashaflow.validation import (
+from bhashaflow.core.languages import script_fraction, script_regexes
+from bhashaflow.core.records import Pair, RawRecord, Rejection
+from bhashaflow.data.validation import (
     _CONTROL_RE2,
     PAIR_SCHEMA,
     Skip,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
 from connectors.base import SourceError, open_connector
 from connectors.flores import FloresConnector, flores_checksums_ok, read_flores
 

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
 from connectors.base import SourceError, open_connector
 from connectors.hf import HfConnector, hub_reachable
 

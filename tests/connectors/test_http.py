@@ -11,8 +11,8 @@ import pytest
 from servers import FaultyHTTPServer
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.records import RawRecord
-from bhashaflow.settings import Settings
+from bhashaflow.core.records import RawRecord
+from bhashaflow.core.settings import Settings
 from connectors.base import SourceError, TransientSourceError, open_connector
 from connectors.http import HttpConnector
 

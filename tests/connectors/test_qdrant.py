@@ -12,7 +12,7 @@ from qdrant_client import QdrantClient
 from qdrant_client.models import Distance, PointStruct, VectorParams
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
 from connectors.base import SourceError, TransientSourceError, open_connector
 from connectors.qdrant import QdrantConnector
 

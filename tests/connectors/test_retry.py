@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bhashaflow.records import Position, RawRecord
+from bhashaflow.core.records import Position, RawRecord
 from connectors.base import SourceError, TransientSourceError
 from connectors.retry import Backoff, stream_with_retries
 

@@ -12,8 +12,8 @@ import pytest
 from servers import S3Server
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.records import RawRecord
-from bhashaflow.settings import Settings
+from bhashaflow.core.records import RawRecord
+from bhashaflow.core.settings import Settings
 from connectors.base import SourceError, TransientSourceError, open_connector
 from connectors.s3 import S3Connector
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from servers import PartServer, S3Server
 
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
 from connectors.sinks import FolderSink, HttpSink, RetryPolicy, S3Sink, SinkError, open_sink, with_retries
 
 FAST = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05)

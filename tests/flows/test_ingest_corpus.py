@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.ingest import IngestError, load_manifest
+from bhashaflow.data.ingest import IngestError, load_manifest
 from flows.ingest_corpus import ingest_corpus
 
 HI = ["यह पहला वाक्य है", "दिल्ली भारत की राजधानी है", "मुझे चाय पसंद है", "आज मौसम अच्छा है"]

@@ -18,7 +18,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from bhashaflow.config import ConfigError, PipelineConfig, config_from_dict
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
 from flows.runners import build_task_runner, configured_run, result_storage, task_resources
 
 TWO = ["eng_Latn-hin_Deva", "eng_Latn-tam_Taml"]

@@ -13,7 +13,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlo
 from prefect_stack import PREFECT, REPO, smoke_config, task_states
 from servers import FaultyHTTPServer
 
-from bhashaflow.registry import Registry
+from bhashaflow.registry.store import Registry
 from flows.adapter_pipeline import adapter_pipeline
 from flows.ingest_corpus import ingest_corpus
 

@@ -2,7 +2,7 @@
 
 `WriteHook(crash_at, hard)` wraps the calls the registry writes through (os.makedirs, os.open with
 O_CREAT, open() for writing and each write() on such a file, os.fsync, os.replace, os.remove) in
-bhashaflow.registry and bhashaflow.fsio, records each as an operation and, at operation `crash_at`,
+bhashaflow.registry.store and bhashaflow.core.fsio, records each as an operation and, at operation `crash_at`,
 crashes: a write is cut in half first (a torn write); then it raises Crash, or with `hard` the process
 dies on the spot (os._exit: no finally, no cleanup) as it would on a kill or a power cut.
 
@@ -26,9 +26,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bhashaflow import fsio, registry
-from bhashaflow.promotion import decide_promotion, promote_adapter
-from bhashaflow.registry import Registry
+from bhashaflow.core import fsio
+from bhashaflow.registry import store as registry
+from bhashaflow.registry.promotion import decide_promotion, promote_adapter
+from bhashaflow.registry.store import Registry
 
 HARD_EXIT = 86  # the exit status of a process that crashed on purpose
 DIRECTION = "eng_Latn-hin_Deva"

@@ -19,8 +19,8 @@ import safetensors.torch  # noqa: F401
 import torch
 import transformers.models.m2m_100.modeling_m2m_100  # noqa: F401
 
-from bhashaflow import training
 from bhashaflow.config import config_from_dict
+from bhashaflow.training import loop as training
 
 
 def train(args: dict[str, Any], conn: Connection) -> None:

@@ -24,9 +24,9 @@ from typing import Any
 from _knobs import count
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.ingest import iter_pairs, shard_uris, stage_source, write_shards
-from bhashaflow.records import REJECT_REASONS
-from bhashaflow.settings import Settings
+from bhashaflow.core.records import REJECT_REASONS
+from bhashaflow.core.settings import Settings
+from bhashaflow.data.ingest import iter_pairs, shard_uris, stage_source, write_shards
 from connectors import open_connector
 
 DIRECTION = "eng_Latn-hin_Deva"

@@ -29,8 +29,8 @@ from _crashpoints import BASE_CHRF, DIRECTION, HARD_EXIT, MIN_GAIN, Crash, Write
 from _knobs import count
 from safetensors.numpy import save_file
 
-from bhashaflow.promotion import decide_promotion
-from bhashaflow.registry import Registry, RegistryError
+from bhashaflow.registry.promotion import decide_promotion
+from bhashaflow.registry.store import Registry, RegistryError
 
 OTHER = "hin_Deva-eng_Latn"
 HERE = Path(__file__).resolve().parent

@@ -26,9 +26,9 @@ from _knobs import count
 from servers import PartAction, PartServer, S3Server
 
 from bhashaflow.config import PipelineConfig, config_from_dict
-from bhashaflow.episodes import EpisodeStore, NewEpisode
-from bhashaflow.rl_export import export_rl_logs
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
+from bhashaflow.episodes.export import export_rl_logs
+from bhashaflow.episodes.store import EpisodeStore, NewEpisode
 from connectors.sinks import RetryPolicy, SinkError, open_sink
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,9 +44,9 @@ SINK_POINTS = {"folder": ["before-rename"], "http": ["sink-received", "sink-stor
 _FORK_SERVER = r"""
 import json, os, signal, sys
 from bhashaflow.config import config_from_dict
-from bhashaflow.episodes import EpisodeStore
-from bhashaflow.rl_export import export_rl_logs
-from bhashaflow.settings import Settings
+from bhashaflow.episodes.store import EpisodeStore
+from bhashaflow.episodes.export import export_rl_logs
+from bhashaflow.core.settings import Settings
 from connectors.sinks import RetryPolicy, open_sink
 import s3fs  # noqa: F401 - imported once here, so a forked export starts in milliseconds
 

@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 from serving_helpers import EN_HI, Clients, make_adapter, register, serving_config
 
 import serving.deps
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
 from serving.app import create_app
 from serving.deps import Service, require_admin
 from serving.routes import adapters, feedback, ops, translate

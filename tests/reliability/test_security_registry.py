@@ -28,9 +28,9 @@ from fastapi.testclient import TestClient
 from serving_helpers import EN_HI, Clients, make_adapter, register, serving_config
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.modeling import BaseModelError, load_adapter, load_base
-from bhashaflow.registry import Registry, RegistryError
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
+from bhashaflow.modeling.loading import BaseModelError, load_adapter, load_base
+from bhashaflow.registry.store import Registry, RegistryError
 from serving.app import create_app
 
 REPO = Path(__file__).resolve().parents[2]

@@ -35,9 +35,9 @@ from servers import FaultyHTTPServer, S3Server
 from serving_helpers import EN_HI, make_adapter, register, serving_config
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.ingest import stage_source, write_shards
-from bhashaflow.redact import redact_text, redact_uri
-from bhashaflow.settings import Settings
+from bhashaflow.core.redact import redact_text, redact_uri
+from bhashaflow.core.settings import Settings
+from bhashaflow.data.ingest import stage_source, write_shards
 from connectors.base import SourceError, open_connector
 from connectors.sinks import HttpSink, RetryPolicy, SinkError, open_sink
 from serving.app import create_app

@@ -47,8 +47,8 @@ from schemathesis.config import SchemathesisConfig
 from serving_helpers import EN_HI, HI_EN, REPO, TOKEN, make_adapter, register
 
 from bhashaflow.config import PipelineConfig, config_from_dict
-from bhashaflow.registry import Registry
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
+from bhashaflow.registry.store import Registry
 from serving.app import create_app
 from serving.deps import Service
 from serving.engine import adapter_name

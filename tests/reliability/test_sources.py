@@ -24,8 +24,8 @@ from qdrant_client.models import Distance, PointStruct, VectorParams
 from servers import FaultPlan, FaultyHTTPServer, S3Server
 
 from bhashaflow.config import PipelineConfig, SourceConfig, SourceRetryConfig
-from bhashaflow.ingest import load_manifest, stage_source, write_shards
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
+from bhashaflow.data.ingest import load_manifest, stage_source, write_shards
 from connectors.base import TransientSourceError, open_connector
 from connectors.qdrant import QdrantConnector
 

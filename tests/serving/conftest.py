@@ -20,8 +20,8 @@ from serving_helpers import (
     serving_config,
 )
 
-from bhashaflow.builtin_bases import build_builtin, small_recipe
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
+from bhashaflow.modeling.builtin import build_builtin, small_recipe
 
 
 @pytest.fixture(scope="session")

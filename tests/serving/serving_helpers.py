@@ -10,9 +10,9 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from bhashaflow.config import PipelineConfig, config_from_dict
-from bhashaflow.modeling import load_base
-from bhashaflow.registry import Registry
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
+from bhashaflow.modeling.loading import load_base
+from bhashaflow.registry.store import Registry
 from serving.app import create_app
 
 REPO = Path(__file__).resolve().parents[2]

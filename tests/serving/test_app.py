@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from serving_helpers import EN_BN, EN_HI, HI_EN, TOKEN, Serve, register, serving_config, wait_ready
 
-from bhashaflow.episodes import EpisodeStore
-from bhashaflow.registry import Registry
-from bhashaflow.settings import Settings
+from bhashaflow.core.settings import Settings
+from bhashaflow.episodes.store import EpisodeStore
+from bhashaflow.registry.store import Registry
 from serving.app import create_app
 from serving.deps import Service
 

@@ -28,18 +28,18 @@ from typing import Any
 
 import torch
 
-from bhashaflow.batching import Example, Step, collate, count_tokens, optimizer_steps
-from bhashaflow.batching import length_grouped_batches as length_grouped_batches  # re-exported
 from bhashaflow.config import EvaluationConfig, PipelineConfig
-from bhashaflow.decontamination import Decontaminator
-from bhashaflow.holdout import Holdout, select_holdout
-from bhashaflow.languages import parse_direction
-from bhashaflow.loss import scored_token_count, translation_loss_sum
-from bhashaflow.modeling import LoadedModel, default_target_modules, encode_pair, load_base
-from bhashaflow.optim import AdapterOptimizer, lr_at
-from bhashaflow.redact import redact_values
-from bhashaflow.registry import INCOMPLETE
-from bhashaflow.settings import Settings
+from bhashaflow.core.languages import parse_direction
+from bhashaflow.core.redact import redact_values
+from bhashaflow.core.settings import Settings
+from bhashaflow.data.batching import Example, Step, collate, count_tokens, optimizer_steps
+from bhashaflow.data.batching import length_grouped_batches as length_grouped_batches  # re-exported
+from bhashaflow.data.decontamination import Decontaminator
+from bhashaflow.data.holdout import Holdout, select_holdout
+from bhashaflow.modeling.loading import LoadedModel, default_target_modules, encode_pair, load_base
+from bhashaflow.registry.store import INCOMPLETE
+from bhashaflow.training.loss import scored_token_count, translation_loss_sum
+from bhashaflow.training.optim import AdapterOptimizer, lr_at
 
 log = logging.getLogger(__name__)
 
@@ -418,8 +418,8 @@ class _Validator:
     max_length: int
 
     def run(self, lm: LoadedModel) -> dict[str, float]:
-        from bhashaflow.metrics import score_chrf
-        from bhashaflow.translation import translate
+        from bhashaflow.evaluation.chrf import score_chrf
+        from bhashaflow.modeling.generation import translate
 
         sources = [src for src, _ in self.holdout.pairs]
         references = [tgt for _, tgt in self.holdout.pairs]

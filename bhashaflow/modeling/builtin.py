@@ -26,8 +26,8 @@ from typing import Any, Literal
 
 import torch
 
-from bhashaflow.languages import LANGUAGES
-from bhashaflow.modeling import BUILTIN_PREFIX, BaseModelError, directory_hash, format_prompt
+from bhashaflow.core.languages import LANGUAGES
+from bhashaflow.modeling.loading import BUILTIN_PREFIX, BaseModelError, directory_hash, format_prompt
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ class _PretrainingData:
 
 def pretrain(model: Any, tokenizer: Any, texts: dict[str, list[str]], recipe: BuiltinRecipe, on_progress: Callable[[int, int, float], None] | None = None) -> float:
     """Pre-train in place; returns the mean loss of the last steps."""
-    from bhashaflow.training import collate, length_grouped_batches
+    from bhashaflow.training.loop import collate, length_grouped_batches
 
     torch.manual_seed(recipe.seed)
     data = _PretrainingData(texts, tokenizer, recipe)

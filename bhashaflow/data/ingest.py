@@ -28,10 +28,10 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from bhashaflow.config import PipelineConfig, SourceConfig
-from bhashaflow.fsio import join, open_fs, read_json, sha256_file, write_bytes_atomic, write_json_atomic
-from bhashaflow.records import Pair, Position, RawRecord, Rejection
-from bhashaflow.redact import redact_uri
-from bhashaflow.validation import PAIR_SCHEMA, RowBatch, Validator, pair_keys
+from bhashaflow.core.fsio import join, open_fs, read_json, sha256_file, write_bytes_atomic, write_json_atomic
+from bhashaflow.core.records import Pair, Position, RawRecord, Rejection
+from bhashaflow.core.redact import redact_uri
+from bhashaflow.data.validation import PAIR_SCHEMA, RowBatch, Validator, pair_keys
 
 _STAGED_SCHEMA = PAIR_SCHEMA.append(pa.field("key", pa.uint64()))
 # Staged parts are Arrow IPC files: written once and read once, several times cheaper than Parquet.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from bhashaflow.records import SourceError
+from bhashaflow.core.records import SourceError
 
 FLORES_SPLITS = ("dev", "devtest")
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from bhashaflow.config import EvaluationConfig
-from bhashaflow.flores import read_flores
-from bhashaflow.languages import parse_direction
-from bhashaflow.metrics import ChrfScore, score_chrf, write_scores
-from bhashaflow.modeling import LoadedModel
-from bhashaflow.translation import translate
+from bhashaflow.core.languages import parse_direction
+from bhashaflow.data.flores import read_flores
+from bhashaflow.evaluation.chrf import ChrfScore, score_chrf, write_scores
+from bhashaflow.modeling.generation import translate
+from bhashaflow.modeling.loading import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.languages import BMP_SIZE, LANGUAGES, count_script_letters
-from bhashaflow.records import Pair, Position, RawRecord, Rejection
+from bhashaflow.core.languages import BMP_SIZE, LANGUAGES, count_script_letters
+from bhashaflow.core.records import Pair, Position, RawRecord, Rejection
 
 # Whitespace other than the plain space (RE2's \s is ASCII-only), and C0/C1 controls other than tab,
 # newline and return: NUL bytes and friends mean a broken export, not text. Bidi overrides, embeddings and

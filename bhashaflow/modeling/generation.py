@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bhashaflow.modeling import LoadedModel, encode_source, forced_bos_id
+from bhashaflow.modeling.loading import LoadedModel, encode_source, forced_bos_id
 
 
 @contextmanager

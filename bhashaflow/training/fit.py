@@ -19,12 +19,12 @@ from typing import Any
 
 import torch
 
-from bhashaflow.batching import Example, collate, count_tokens
 from bhashaflow.config import PipelineConfig
-from bhashaflow.modeling import LoadedModel, load_base
-from bhashaflow.optim import AdapterOptimizer
-from bhashaflow.settings import Settings
-from bhashaflow.training import prepare_lora_model, train_step
+from bhashaflow.core.settings import Settings
+from bhashaflow.data.batching import Example, collate, count_tokens
+from bhashaflow.modeling.loading import LoadedModel, load_base
+from bhashaflow.training.loop import prepare_lora_model, train_step
+from bhashaflow.training.optim import AdapterOptimizer
 
 GIB = 2**30
 SAFETY_MARGIN = 0.10  # share of the free device memory left unplanned: fragmentation, kernels' workspaces

@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import torch
 
-from bhashaflow.languages import LANGUAGES
-from bhashaflow.registry import PICKLE_SUFFIXES
-from bhashaflow.settings import Settings
+from bhashaflow.core.languages import LANGUAGES
+from bhashaflow.core.settings import Settings
+from bhashaflow.registry.store import PICKLE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def resolve_base(
         flores_dir: FLORES-200 directory whose dev split trains the built-in bases.
     """
     if base_model.startswith(BUILTIN_PREFIX):
-        from bhashaflow.builtin_bases import ensure_builtin
+        from bhashaflow.modeling.builtin import ensure_builtin
 
         settings = settings or Settings()
         return str(ensure_builtin(base_model, languages=languages, cache_dir=settings.cache_dir, flores_dir=flores_dir))

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.episodes import Episode, EpisodeStore, ExportMode
-from bhashaflow.redact import redact_uri
-from bhashaflow.settings import Settings
+from bhashaflow.core.redact import redact_uri
+from bhashaflow.core.settings import Settings
+from bhashaflow.episodes.store import Episode, EpisodeStore, ExportMode
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from sacrebleu.metrics import CHRF
 
-from bhashaflow import fsio
-from bhashaflow.languages import LANGUAGES, in_script
+from bhashaflow.core import fsio
+from bhashaflow.core.languages import LANGUAGES, in_script
 
 SAMPLE_SIZE = 10  # sentences shown in scores.json so a reader can eyeball the outputs
 

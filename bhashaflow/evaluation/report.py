@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from bhashaflow.fsio import join, write_bytes_atomic
+from bhashaflow.core.fsio import join, write_bytes_atomic
 
 COLUMNS = (
     "direction",

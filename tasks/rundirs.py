@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.fsio import is_local, open_fs
-from bhashaflow.settings import Settings
+from bhashaflow.core.fsio import is_local, open_fs
+from bhashaflow.core.settings import Settings
 
 
 def local_run_dir(config: PipelineConfig, settings: Settings) -> Path:

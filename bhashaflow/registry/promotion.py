@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bhashaflow.registry import PromotionConflict, Registry
+from bhashaflow.registry.store import PromotionConflict, Registry
 
 _TOLERANCE = 1e-9
 

@@ -36,8 +36,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from bhashaflow import fsio
-from bhashaflow.languages import parse_direction
+from bhashaflow.core import fsio
+from bhashaflow.core.languages import parse_direction
 
 MANIFEST = "manifest.json"
 PROMOTED = "PROMOTED"

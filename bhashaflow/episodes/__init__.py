@@ -1,0 +1,1 @@
+"""Served translations and their feedback, and their export as RL logs."""

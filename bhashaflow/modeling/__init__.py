@@ -1,0 +1,1 @@
+"""Base models and adapters: loading (hub, local, built-in), LoRA adapters, the input formats, generation."""
