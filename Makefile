@@ -27,6 +27,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check bhashaflow connectors tasks flows serving tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 typecheck: install
 	$(BIN)/mypy bhashaflow connectors serving

@@ -5,7 +5,6 @@ Every field carries a description: Prefect renders this model as the run form in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bhashaflow.core.hashing import sha256_json
 from bhashaflow.core.languages import LANGUAGES, parse_direction
 
 
@@ -395,7 +395,7 @@ class PipelineConfig(_Strict):
         """sha256 of the named sections' canonical JSON (all sections when none are named)."""
         data = self.model_dump(mode="json")
         picked = {k: data[k] for k in (sections or tuple(sorted(data)))}
-        return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()
+        return sha256_json(picked)
 
     @property
     def ingest_hash(self) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Any
 
 from prefect import task
@@ -12,6 +10,7 @@ from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
 from bhashaflow.config import PipelineConfig
+from bhashaflow.core.hashing import sha256_json
 from bhashaflow.core.settings import get_settings
 from bhashaflow.data.ingest import StagedSource, load_manifest, stage_source, write_shards
 from connectors import open_connector
@@ -38,7 +37,7 @@ def _staged_source_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
     config: PipelineConfig = parameters["config"]
     source = next(s for s in config.sources if s.name == parameters["source_name"])
     identity = {"source": source.model_dump(mode="json"), "ingest": config.ingest_hash, "run_uri": parameters["run_uri"]}
-    return "stage-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return "stage-" + sha256_json(identity)
 
 
 @task(

@@ -1,9 +1,8 @@
-"""Small fsspec helpers: one way to open, write atomically, hash and join paths on local disks and object stores."""
+"""Small fsspec helpers: one way to open, write atomically and join paths on local disks and object stores."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import uuid
@@ -11,8 +10,6 @@ from typing import Any
 
 import fsspec
 from fsspec import AbstractFileSystem
-
-_CHUNK = 1 << 20
 
 
 def open_fs(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
@@ -121,12 +118,3 @@ def write_json_atomic(uri: str, obj: Any, storage_options: dict[str, Any] | None
     """Write `obj` as canonical JSON to `uri`, atomically (see `write_bytes_atomic`)."""
     write_bytes_atomic(uri, dumps_json(obj), storage_options)
 
-
-def sha256_file(uri: str, storage_options: dict[str, Any] | None = None) -> str:
-    """Hex sha256 of the file at `uri`, read in 1 MiB chunks."""
-    fs, path = open_fs(uri, storage_options)
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+import pyarrow as pa
 
 
 class SourceError(RuntimeError):
@@ -31,6 +33,16 @@ class RawRecord:
     reason: str = "malformed"  # the rejection reason of an unparsed line (invalid_utf8 or malformed)
 
 
+class RecordSource(Protocol):
+    """The one streaming shape of every source: its rows, resumable from a position reported with each."""
+
+    name: str
+
+    def iter_records(self, start: Position | None = None) -> Iterator[RawRecord]:
+        """Yield every row after `start` (from the beginning when None), each with its resume position."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Pair:
     """A validated sentence pair."""
@@ -45,6 +57,19 @@ class Pair:
     @property
     def direction(self) -> str:
         return f"{self.src_lang}-{self.tgt_lang}"
+
+
+# A Pair's columns in staged parts and Parquet shards, in this order.
+PAIR_SCHEMA = pa.schema(
+    [
+        ("src", pa.string()),
+        ("tgt", pa.string()),
+        ("src_lang", pa.string()),
+        ("tgt_lang", pa.string()),
+        ("source", pa.string()),
+        ("id", pa.string()),
+    ]
+)
 
 
 @dataclass(frozen=True, slots=True)

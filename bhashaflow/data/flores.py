@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from bhashaflow.core.hashing import sha256_file
 from bhashaflow.core.records import SourceError
 
 FLORES_SPLITS = ("dev", "devtest")
@@ -71,7 +72,7 @@ def flores_checksums_ok(flores_dir: str | Path, split: str) -> list[str]:
         expected, name = parts[0].lower(), parts[1].strip().lstrip("*")  # '*' marks binary mode in sha256sum
         path = Path(flores_dir) / split / name
         try:
-            actual = hashlib.sha256(path.read_bytes()).hexdigest()
+            actual = sha256_file(path)
         except OSError:
             bad.append(name)
             continue

@@ -28,26 +28,21 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 
 from bhashaflow.config import PipelineConfig, SourceConfig
-from bhashaflow.core.fsio import join, open_fs, read_json, sha256_file, write_bytes_atomic, write_json_atomic
-from bhashaflow.core.records import Pair, Position, RawRecord, Rejection
+from bhashaflow.core.fsio import join, open_fs, read_json, write_bytes_atomic, write_json_atomic
+from bhashaflow.core.hashing import sha256_file, sha256_json
+from bhashaflow.core.names import DATA_MANIFEST as MANIFEST
+from bhashaflow.core.names import QUARANTINE
+from bhashaflow.core.records import PAIR_SCHEMA, Pair, Position, RawRecord, RecordSource, Rejection
 from bhashaflow.core.redact import redact_uri
-from bhashaflow.data.validation import PAIR_SCHEMA, RowBatch, Validator, pair_keys
+from bhashaflow.data.validation import RowBatch, Validator, pair_keys
 
 _STAGED_SCHEMA = PAIR_SCHEMA.append(pa.field("key", pa.uint64()))
 # Staged parts are Arrow IPC files: written once and read once, several times cheaper than Parquet.
 _STAGED_IPC = pa.ipc.IpcWriteOptions(compression="zstd")
-MANIFEST = "manifest.json"
-QUARANTINE = "quarantine.jsonl"
 
 
 class IngestError(RuntimeError):
     """Ingestion refused to finish (for example too many rejected rows); the message says why."""
-
-
-class RecordSource(Protocol):
-    name: str
-
-    def iter_records(self, start: Position | None = None) -> Iterator[RawRecord]: ...
 
 
 @dataclass
@@ -482,7 +477,7 @@ def load_manifest(run_uri: str, storage_options: dict[str, Any] | None = None) -
 def manifest_sha256(manifest: dict[str, Any]) -> str:
     """A stable hash of a manifest's content (its counts, shards and sources), ignoring when it was written."""
     body = {k: v for k, v in manifest.items() if k != "created_at"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return sha256_json(body)
 
 
 def shard_uris(manifest: dict[str, Any], run_uri: str, direction: str) -> list[str]:

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from bhashaflow.config import SourceConfig
 from bhashaflow.core.languages import BMP_SIZE, LANGUAGES, count_script_letters
-from bhashaflow.core.records import Pair, Position, RawRecord, Rejection
+from bhashaflow.core.records import PAIR_SCHEMA, Pair, Position, RawRecord, Rejection
 
 # Whitespace other than the plain space (RE2's \s is ASCII-only), and C0/C1 controls other than tab,
 # newline and return: NUL bytes and friends mean a broken export, not text. Bidi overrides, embeddings and
@@ -108,18 +108,6 @@ class Skip:
 
     def __init__(self, direction: str) -> None:
         self.direction = direction
-
-
-PAIR_SCHEMA = pa.schema(
-    [
-        ("src", pa.string()),
-        ("tgt", pa.string()),
-        ("src_lang", pa.string()),
-        ("tgt_lang", pa.string()),
-        ("source", pa.string()),
-        ("id", pa.string()),
-    ]
-)
 
 
 @dataclass

@@ -11,7 +11,6 @@ The result is saved with `save_pretrained` (safetensors) and loaded by `load_bas
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -26,12 +25,13 @@ from typing import Any, Literal
 
 import torch
 
+from bhashaflow.core.hashing import sha256_dir, sha256_file, sha256_json
 from bhashaflow.core.languages import LANGUAGES
-from bhashaflow.modeling.loading import BUILTIN_PREFIX, BaseModelError, directory_hash, format_prompt
+from bhashaflow.core.names import BASE_MANIFEST as MANIFEST
+from bhashaflow.modeling.loading import BUILTIN_PREFIX, BaseModelError, format_prompt
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "bhashaflow_base.json"
 PIVOT = "eng_Latn"
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
@@ -83,10 +83,6 @@ def read_dev_text(flores_dir: str | Path, languages: list[str]) -> dict[str, lis
     return texts
 
 
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def builtin_dir(name: str, *, languages: list[str], cache_dir: str, flores_dir: str, recipe: BuiltinRecipe | None = None) -> Path:
     """Cache folder of a built-in base: keyed by recipe, language set and the dev text itself."""
     recipe = recipe or recipe_for(name)
@@ -96,9 +92,9 @@ def builtin_dir(name: str, *, languages: list[str], cache_dir: str, flores_dir: 
         "name": name,
         "recipe": asdict(recipe),
         "languages": langs,
-        "dev": {lang: _file_digest(dev / f"{lang}.dev") for lang in langs if (dev / f"{lang}.dev").is_file()},
+        "dev": {lang: sha256_file(dev / f"{lang}.dev") for lang in langs if (dev / f"{lang}.dev").is_file()},
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    digest = sha256_json(key)[:16]
     return Path(cache_dir).expanduser() / "builtin" / f"{name.removeprefix(BUILTIN_PREFIX)}-{digest}"
 
 
@@ -353,7 +349,7 @@ def build_builtin(
         "trained_on": f"{Path(flores_dir) / 'dev'} (FLORES-200 dev only)",
         "pretrain_final_loss": final_loss,
         "build_seconds": round(time.perf_counter() - started, 1),
-        "content_hash": directory_hash(out),
+        "content_hash": sha256_dir(out),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return out

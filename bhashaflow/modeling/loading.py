@@ -7,7 +7,6 @@ prompt template; training masks the prompt out of the loss and generation return
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,9 +16,10 @@ from typing import Any, Literal
 
 import torch
 
+from bhashaflow.core.hashing import sha256_dir
 from bhashaflow.core.languages import LANGUAGES
+from bhashaflow.core.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_MANIFEST, PICKLE_SUFFIXES
 from bhashaflow.core.settings import Settings
-from bhashaflow.registry.store import PICKLE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +113,6 @@ def resolve_base(
     if base_model.startswith((".", "/", "~")):
         raise BaseModelError(f"base model directory {base_model} does not exist")
     return base_model
-
-
-def directory_hash(path: str | Path) -> str:
-    """sha256 over the names and contents of the files in a directory, in name order."""
-    root = Path(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(root).as_posix().encode() + b"\0")
-        with file.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
 
 
 def pick_device(device: str | None = None) -> str:
@@ -240,8 +228,8 @@ def load_base(
     if family == "causal":
         tokenizer.padding_side = "left"
     if is_local:
-        manifest = Path(path) / "bhashaflow_base.json"
-        rev = json.loads(manifest.read_text())["content_hash"] if manifest.is_file() else directory_hash(path)
+        manifest = Path(path) / BASE_MANIFEST
+        rev = json.loads(manifest.read_text())["content_hash"] if manifest.is_file() else sha256_dir(path)
     else:
         rev = revision or getattr(config, "_commit_hash", None)
     return LoadedModel(
@@ -271,9 +259,9 @@ def load_adapter(lm: LoadedModel, adapter_dir: str, name: str) -> LoadedModel:
     from peft import PeftModel
 
     folder = Path(adapter_dir)
-    if not (folder / "adapter_config.json").is_file():
+    if not (folder / ADAPTER_CONFIG).is_file():
         raise BaseModelError(f"{folder} has no adapter_config.json")
-    if not (folder / "adapter_model.safetensors").is_file():
+    if not (folder / ADAPTER_WEIGHTS).is_file():
         # pickled adapter_model.bin files can run code on load: refused.
         raise BaseModelError(f"{folder} has no adapter_model.safetensors (only safetensors adapters are loaded)")
     pickled = _pickles(folder)

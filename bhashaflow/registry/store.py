@@ -37,17 +37,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from bhashaflow.core import fsio
+from bhashaflow.core.hashing import sha256_bytes, sha256_file
+from bhashaflow.core.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INCOMPLETE, PICKLE_SUFFIXES, PROMOTED
+from bhashaflow.core.names import VERSION_MANIFEST as MANIFEST
 from bhashaflow.core.languages import parse_direction
 
-MANIFEST = "manifest.json"
-PROMOTED = "PROMOTED"
-# Writers (training) put this file in a directory first and remove it last: such a directory is never registered.
-INCOMPLETE = ".incomplete"
-REQUIRED_FILES = ("adapter_config.json", "adapter_model.safetensors")
+REQUIRED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
 # Weights in safetensors, configs in JSON, tokenizers as JSON/text/sentencepiece protobuf, peft's README.md.
 ALLOWED_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".spm", ".jinja", ".tiktoken", ".md")
-# Formats that unpickle (run code) when loaded.
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".npz", ".joblib")
 MAX_CLAIM_ATTEMPTS = 1000
 MAX_SWAP_ATTEMPTS = 50
 
@@ -238,14 +235,6 @@ def _local_entries(path: str) -> dict[str, str]:
     return out
 
 
-def _sha256_local(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class Registry:
     """Adapter versions per direction under one fsspec URL, with an atomically replaced PROMOTED pointer.
 
@@ -370,7 +359,7 @@ class Registry:
             raise RegistryError(f"{direction}: resolves outside the registry {self._root}")
         if reuse:
             wanted = {
-                "files": {src.name: _sha256_local(src) for src in files}, "base_model": base_model,
+                "files": {src.name: sha256_file(src) for src in files}, "base_model": base_model,
                 "base_revision": base_revision, "data_manifest_sha256": data_manifest_sha256, **fields,
             }
             for existing in reversed(self.versions(direction)):
@@ -498,7 +487,7 @@ class Registry:
             metrics=m.metrics,
             files=m.files,
             created_at=m.created_at,
-            manifest_sha256=hashlib.sha256(data).hexdigest(),
+            manifest_sha256=sha256_bytes(data),
         )
 
     def _read_manifest(self, direction: str, version: str) -> VersionInfo:
@@ -536,7 +525,7 @@ class Registry:
             f"{direction}/{version}",
             info.files,
             self._entries(vdir),
-            lambda name: fsio.sha256_file(self._uri(direction, "versions", version, name), self.storage_options),
+            lambda name: sha256_file(self._uri(direction, "versions", version, name), self.storage_options),
         )
         return info
 
@@ -641,7 +630,7 @@ class Registry:
             for name in info.files:
                 self._fs.get_file(self._path(direction, "versions", version, name), str(tmp / name))
             (tmp / MANIFEST).write_bytes(manifest_bytes)
-            _compare_files(where, info.files, _local_entries(str(tmp)), lambda name: _sha256_local(tmp / name))
+            _compare_files(where, info.files, _local_entries(str(tmp)), lambda name: sha256_file(tmp / name))
             if self._cached_copy_ok(target, info, manifest_bytes):
                 # Another fetcher (a second serving worker) finished first and may be loading it: keep theirs.
                 return str(target)
@@ -663,7 +652,7 @@ class Registry:
         if manifest.read_bytes() != manifest_bytes:
             return False
         try:
-            _compare_files(str(target), info.files, _local_entries(str(target)), lambda n: _sha256_local(target / n))
+            _compare_files(str(target), info.files, _local_entries(str(target)), lambda n: sha256_file(target / n))
         except RegistryError:
             return False
         return True

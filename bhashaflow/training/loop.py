@@ -30,6 +30,7 @@ import torch
 
 from bhashaflow.config import EvaluationConfig, PipelineConfig
 from bhashaflow.core.languages import parse_direction
+from bhashaflow.core.names import ADAPTER_WEIGHTS, INCOMPLETE, TRAINER_STATE, TRAINING_CONFIG
 from bhashaflow.core.redact import redact_values
 from bhashaflow.core.settings import Settings
 from bhashaflow.data.batching import Example, Step, collate, count_tokens, optimizer_steps
@@ -37,7 +38,6 @@ from bhashaflow.data.batching import length_grouped_batches as length_grouped_ba
 from bhashaflow.data.decontamination import Decontaminator
 from bhashaflow.data.holdout import Holdout, select_holdout
 from bhashaflow.modeling.loading import LoadedModel, default_target_modules, encode_pair, load_base
-from bhashaflow.registry.store import INCOMPLETE
 from bhashaflow.training.loss import scored_token_count, translation_loss_sum
 from bhashaflow.training.optim import AdapterOptimizer, lr_at
 
@@ -46,10 +46,6 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, float], None]
 
 ADAPTER_NAME = "default"  # peft's name for the adapter get_peft_model creates
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-TRAINING_CONFIG = "training_config.json"
-TRAINER_STATE = "trainer_state.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
 _UNFINISHED = re.compile(r"\.(step-\d+|adapter)\.(partial|old)-\d+|adapter\.partial-\d+")
 

@@ -12,6 +12,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from bhashaflow.core import fsio
+from bhashaflow.core.hashing import sha256_file
 
 
 @pytest.mark.parametrize(
@@ -101,4 +102,4 @@ def test_sha256_file_streams_large_files(tmp_path: Path) -> None:
     data = os.urandom(3 * (1 << 20) + 17)  # more than one 1 MiB chunk, not a multiple of it
     (tmp_path / "blob").write_bytes(data)
 
-    assert fsio.sha256_file(str(tmp_path / "blob")) == hashlib.sha256(data).hexdigest()
+    assert sha256_file(str(tmp_path / "blob")) == hashlib.sha256(data).hexdigest()

@@ -404,8 +404,8 @@ def validated_config(base: Path, **training: object) -> PipelineConfig:
 
 def test_validation_pairs_never_reach_the_training_steps(bases: dict[str, Path], shard: str, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    from bhashaflow.training import loop as training
     from bhashaflow.data.holdout import select_holdout
+    from bhashaflow.training import loop as training
 
     consumed: list[tuple[int, ...]] = []
     real_step = training.train_step
