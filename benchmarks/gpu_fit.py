@@ -95,7 +95,7 @@ def _batches(lm: Any, flores: str, batch_size: int, batch_tokens: int | None, ma
 
     from bhashaflow.data.batching import collate, optimizer_steps
     from bhashaflow.data.flores import read_flores
-    from bhashaflow.modeling.loading import encode_pair
+    from bhashaflow.modeling.encoding import encode_pair
 
     src, tgt = (read_flores(flores, lang, "dev") for lang in DIRECTION)
     examples = [encode_pair(lm, s, t, *DIRECTION, max_length) for s, t in zip(src, tgt, strict=True)]
@@ -107,7 +107,8 @@ def _batches(lm: Any, flores: str, batch_size: int, batch_tokens: int | None, ma
 
 def _new_step(lm: Any, config: Any) -> Any:
     """The training step as the library takes it now."""
-    from bhashaflow.training.loop import prepare_lora_model, train_step
+    from bhashaflow.training.loop import train_step
+    from bhashaflow.training.lora import prepare_lora_model
     from bhashaflow.training.optim import AdapterOptimizer
 
     lm.model, _ = prepare_lora_model(lm, config)
@@ -129,7 +130,7 @@ def _old_step(lm: Any, config: Any) -> Any:
                                                 gradient_checkpointing_kwargs=kwargs)  # fmt: skip
     elif train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    from bhashaflow.modeling.loading import default_target_modules
+    from bhashaflow.modeling.adapters import default_target_modules
 
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=default_target_modules(model),
                       task_type=TaskType.SEQ_2_SEQ_LM if lm.family == "seq2seq" else TaskType.CAUSAL_LM)  # fmt: skip

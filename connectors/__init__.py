@@ -1,10 +1,11 @@
-"""Readers of the outside world. One module per source kind, one streaming shape (`Connector`).
+"""Readers and writers of the outside world: one module per source kind, each a `RecordSource`; the sinks.
 
 No Prefect here: tasks wrap these.
 """
 
 from __future__ import annotations
 
-from connectors.base import Connector, SourceError, open_connector
+from connectors.base import SourceError, TransientSourceError
+from connectors.factory import open_connector
 
-__all__ = ["Connector", "SourceError", "open_connector"]
+__all__ = ["SourceError", "TransientSourceError", "open_connector"]

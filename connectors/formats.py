@@ -16,6 +16,7 @@ import itertools
 import json
 import zlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal, cast
 
 import orjson
@@ -30,6 +31,7 @@ _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, cast(type[Exception]
 
 GZIP_MAGIC = b"\x1f\x8b"
 RAW_PREVIEW_CHARS = 500  # how much of an unparsable line is kept for the quarantine
+_PREVIEW_BYTES = RAW_PREVIEW_CHARS * 4  # enough bytes for that many characters of UTF-8
 MAX_LINE_BYTES = 8 * 1024 * 1024  # a longer "line" is almost surely not line-delimited data; never buffer it whole
 _DECOMPRESS_STEP = 1 << 20  # bound on decompressed bytes per step, so a gzip bomb cannot blow up memory
 _BOM = b"\xef\xbb\xbf"
@@ -123,7 +125,7 @@ def sniff_gzip(chunks: Iterable[bytes], *, named_gz: bool = False) -> tuple[bool
 
 def _preview(line: bytes) -> str:
     # Undecodable bytes show as \xNN, so the quarantine says which bytes they were.
-    return line[: RAW_PREVIEW_CHARS * 4].decode("utf-8", "backslashreplace").rstrip("\r\n")[:RAW_PREVIEW_CHARS]
+    return line[:_PREVIEW_BYTES].decode("utf-8", "backslashreplace").rstrip("\r\n")[:RAW_PREVIEW_CHARS]
 
 
 def _utf8_problem(line: bytes) -> str | None:
@@ -135,6 +137,8 @@ def _utf8_problem(line: bytes) -> str | None:
 
 
 _UNREAD = object()
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
 
 
 def _refuse_constant(name: str) -> Any:
@@ -197,59 +201,27 @@ def iter_text_records(
         max_line_bytes: a longer line becomes a malformed record, whatever the chunking; it is never
             buffered beyond this plus one chunk.
     """
-    jsonl = fmt == "jsonl"
-    loads = orjson.loads
-    decode_error = orjson.JSONDecodeError
-    extra: dict[str, Any] = dict(base or {})
-    if not jsonl and header is not None:
-        extra["header"] = header
-    lineno = line
+    parser: _LineParser = (
+        _JsonlParser(name, base, max_line_bytes) if fmt == "jsonl" else _TsvParser(name, base, max_line_bytes, header)
+    )
+    return parser.records(_split_lines(chunks, max_line_bytes), line=line, offset=offset, skip_to_line=skip_to_line)
 
-    def parse(raw_line: bytes, position: Position) -> RawRecord | None:
-        nonlocal header
-        ref = f"{name}:{lineno}"
-        if raw_line.startswith(_BOM):  # a file's start, or files concatenated; only one, not recursively
-            raw_line = raw_line[len(_BOM) :]
-        if not raw_line.strip():
-            return None
-        if jsonl:
-            try:
-                row = loads(raw_line)
-            except decode_error as exc:
-                problem = _utf8_problem(raw_line)
-                if problem is not None:
-                    return RawRecord(position, ref, error=problem, raw=_preview(raw_line), reason="invalid_utf8")
-                row = _loads_lenient(raw_line)
-                if row is _UNREAD:
-                    return RawRecord(position, ref, error=f"invalid JSON: {exc}", raw=_preview(raw_line))
-            if type(row) is not dict:
-                return RawRecord(position, ref, error=f"JSON line is {_json_type(row)}, not an object",
-                                 raw=_preview(raw_line))
-            return RawRecord(position, ref, row=row)
-        if header is None:
-            header = _parse_tsv_header(raw_line)
-            extra["header"] = header
-            return None
-        try:
-            text = raw_line.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return RawRecord(position, ref, error=f"invalid UTF-8 at byte {exc.start}", raw=_preview(raw_line),
-                             reason="invalid_utf8")
-        values = text.rstrip("\r").split("\t")
-        if len(values) != len(header):
-            return RawRecord(position, ref, error=f"TSV line has {len(values)} columns, the header names "
-                             f"{len(header)}", raw=_preview(raw_line))
-        return RawRecord(position, ref, row=dict(zip(header, values, strict=True)))
 
-    def position_at() -> Position:
-        if offset is None:
-            return {**extra, "line": lineno}
-        return {**extra, "line": lineno, "offset": offset}
+@dataclass(frozen=True, slots=True)
+class _LoneLine:
+    """A line the splitter hands over on its own: one over the size limit, or the last one, without a newline."""
 
-    def overlong(kept: bytes, size: int) -> RawRecord:
-        return RawRecord(position_at(), f"{name}:{lineno}", error=f"line is longer than {max_line_bytes} bytes "
-                         f"({size} bytes); not line-delimited data?", raw=_preview(kept))
+    head: bytes  # the line; only its first bytes when it is over the limit (the rest was never buffered)
+    size: int  # the line's length in bytes, its newline excluded
+    consumed: int  # bytes it takes in the stream, its newline included
 
+
+def _split_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[list[bytes] | _LoneLine]:
+    """Cut byte chunks into lines, without their newlines: per chunk, the list of lines it completes.
+
+    A line that grows past `max_line_bytes` before its newline comes is dropped as it streams by, only its
+    head kept, and handed over as a `_LoneLine`; so is a last line that the stream ends without a newline.
+    """
     tail: list[bytes] = []  # pieces of the line still waiting for its newline
     tail_size = 0
     long_head: bytes | None = None  # start of an over-long line being discarded
@@ -263,11 +235,7 @@ def iter_text_records(
                 long_size += len(chunk)
                 continue
             long_size += newline + 1
-            lineno += 1
-            if offset is not None:
-                offset += long_size
-            if lineno > skip_to_line:
-                yield overlong(long_head, long_size - 1)
+            yield _LoneLine(long_head, long_size - 1, long_size)
             long_head = None
             chunk = chunk[newline + 1 :]
         parts = chunk.split(b"\n")
@@ -276,7 +244,7 @@ def iter_text_records(
             tail.append(chunk)
             tail_size += len(chunk)
             if tail_size > max_line_bytes:
-                long_head, long_size = b"".join(tail)[: RAW_PREVIEW_CHARS * 4], tail_size
+                long_head, long_size = b"".join(tail)[:_PREVIEW_BYTES], tail_size
                 tail, tail_size = [], 0
             continue
         if tail:
@@ -284,52 +252,163 @@ def iter_text_records(
             parts[0] = b"".join(tail)
         last = parts.pop()
         tail, tail_size = ([last], len(last)) if last else ([], 0)
-        for raw_line in parts:
-            lineno += 1
-            if offset is not None:
-                offset += len(raw_line) + 1
-            if lineno <= skip_to_line:
-                if header is None and not jsonl and raw_line.strip():
-                    header = _parse_tsv_header(raw_line)
-                    extra["header"] = header
-                continue
-            if len(raw_line) > max_line_bytes:  # whole in one chunk, or its end came with the newline
-                yield overlong(raw_line[: RAW_PREVIEW_CHARS * 4], len(raw_line))
-                continue
-            if jsonl:
-                # The common case inline (a line that is a JSON object); anything else takes `parse`.
-                try:
-                    row = loads(raw_line)
-                except decode_error:
-                    pass
-                else:
-                    if type(row) is dict:
-                        position = (
-                            {**extra, "line": lineno} if offset is None else {**extra, "line": lineno, "offset": offset}
-                        )
-                        yield RawRecord(position, f"{name}:{lineno}", row)
-                        continue
-            record = parse(raw_line, position_at())
-            if record is not None:
-                yield record
+        yield parts
     if long_head is not None:
-        lineno += 1
-        if offset is not None:
-            offset += long_size
-        if lineno > skip_to_line:
-            yield overlong(long_head, long_size)
+        yield _LoneLine(long_head, long_size, long_size)
     elif tail:
         # The last line has no newline; it is complete only because the stream ended cleanly.
         last = b"".join(tail)
-        lineno += 1
-        if offset is not None:
-            offset += len(last)
-        if lineno > skip_to_line:
-            record = overlong(last[: RAW_PREVIEW_CHARS * 4], len(last)) if len(last) > max_line_bytes else parse(
-                last, position_at()
+        yield _LoneLine(last, len(last), len(last))
+
+
+class _LineParser:
+    """Numbers a text file's lines and turns each into a record; a subclass per format parses one line."""
+
+    def __init__(self, name: str, base: Position | None, max_line_bytes: int) -> None:
+        self.name = name
+        self.extra: dict[str, Any] = dict(base or {})  # keys of every position besides line and offset
+        self.max_line_bytes = max_line_bytes
+
+    def records(
+        self, lines: Iterator[list[bytes] | _LoneLine], *, line: int, offset: int | None, skip_to_line: int
+    ) -> Iterator[RawRecord]:
+        """The records of `lines`, the first numbered `line + 1`; lines up to `skip_to_line` yield nothing."""
+        lineno = line
+        parse, max_line_bytes = self.parse, self.max_line_bytes
+        for batch in lines:
+            if not isinstance(batch, list):
+                lineno += 1
+                if offset is not None:
+                    offset += batch.consumed
+                if lineno > skip_to_line:
+                    record = self.parse_lone(batch, lineno, offset)
+                    if record is not None:
+                        yield record
+                continue
+            if skip_to_line > lineno:  # lines handed out before this read
+                handled, batch = batch[: skip_to_line - lineno], batch[skip_to_line - lineno :]
+                self.skip(handled)
+                lineno += len(handled)
+                if offset is not None:
+                    offset += sum(map(len, handled)) + len(handled)
+            for raw_line in batch:
+                lineno += 1
+                if offset is not None:
+                    offset += len(raw_line) + 1
+                if len(raw_line) > max_line_bytes:  # whole in one chunk, or its end came with the newline
+                    yield self.overlong(raw_line, len(raw_line), lineno, offset)
+                    continue
+                record = parse(raw_line, lineno, offset)
+                if record is not None:
+                    yield record
+
+    def position(self, lineno: int, offset: int | None) -> Position:
+        if offset is None:
+            return {**self.extra, "line": lineno}
+        return {**self.extra, "line": lineno, "offset": offset}
+
+    def overlong(self, kept: bytes, size: int, lineno: int, offset: int | None) -> RawRecord:
+        return RawRecord(
+            self.position(lineno, offset), f"{self.name}:{lineno}",
+            error=f"line is longer than {self.max_line_bytes} bytes ({size} bytes); not line-delimited data?",
+            raw=_preview(kept),
+        )
+
+    def parse_lone(self, lone: _LoneLine, lineno: int, offset: int | None) -> RawRecord | None:
+        if lone.size > self.max_line_bytes:
+            return self.overlong(lone.head, lone.size, lineno, offset)
+        return self.parse(lone.head, lineno, offset)
+
+    def skip(self, handled: list[bytes]) -> None:
+        """Lines handed out by an earlier read: nothing to yield, but what they set (a header) still holds."""
+
+    def parse(self, raw_line: bytes, lineno: int, offset: int | None) -> RawRecord | None:
+        """The record of one line (its newline dropped), None for a line that is no row (blank, header)."""
+        raise NotImplementedError
+
+
+def _content(raw_line: bytes) -> bytes | None:
+    """The line without a leading BOM (a file's start, or files concatenated; only one), None when blank."""
+    if raw_line.startswith(_BOM):
+        raw_line = raw_line[len(_BOM) :]
+    return raw_line if raw_line.strip() else None
+
+
+class _JsonlParser(_LineParser):
+    """A JSON object per line."""
+
+    def parse(self, raw_line: bytes, lineno: int, offset: int | None) -> RawRecord | None:
+        # The common case first and cheaply: a line that is a JSON object.
+        try:
+            row = _loads(raw_line)
+        except _JSONDecodeError:
+            return self._parse_unusual(raw_line, lineno, offset)
+        if type(row) is not dict:
+            return self._parse_unusual(raw_line, lineno, offset)
+        extra = self.extra
+        position = {**extra, "line": lineno} if offset is None else {**extra, "line": lineno, "offset": offset}
+        return RawRecord(position, f"{self.name}:{lineno}", row)
+
+    def _parse_unusual(self, raw_line: bytes, lineno: int, offset: int | None) -> RawRecord | None:
+        """A line orjson did not read as an object: blank, BOM, invalid UTF-8, lenient JSON or no object."""
+        line = _content(raw_line)
+        if line is None:
+            return None
+        position, ref = self.position(lineno, offset), f"{self.name}:{lineno}"
+        try:
+            row = _loads(line)
+        except _JSONDecodeError as exc:
+            problem = _utf8_problem(line)
+            if problem is not None:
+                return RawRecord(position, ref, error=problem, raw=_preview(line), reason="invalid_utf8")
+            row = _loads_lenient(line)
+            if row is _UNREAD:
+                return RawRecord(position, ref, error=f"invalid JSON: {exc}", raw=_preview(line))
+        if type(row) is not dict:
+            return RawRecord(position, ref, error=f"JSON line is {_json_type(row)}, not an object", raw=_preview(line))
+        return RawRecord(position, ref, row=row)
+
+
+class _TsvParser(_LineParser):
+    """Tab-separated values under a header line that names the columns."""
+
+    def __init__(self, name: str, base: Position | None, max_line_bytes: int, header: list[str] | None) -> None:
+        super().__init__(name, base, max_line_bytes)
+        self.header = header
+        if header is not None:
+            self.extra["header"] = header
+
+    def _set_header(self, line: bytes) -> None:
+        self.header = _parse_tsv_header(line)
+        self.extra["header"] = self.header
+
+    def skip(self, handled: list[bytes]) -> None:
+        if self.header is None:
+            first = next((raw_line for raw_line in handled if raw_line.strip()), None)
+            if first is not None:
+                self._set_header(first)
+
+    def parse(self, raw_line: bytes, lineno: int, offset: int | None) -> RawRecord | None:
+        line = _content(raw_line)
+        if line is None:
+            return None
+        if self.header is None:
+            self._set_header(line)
+            return None
+        position, ref = self.position(lineno, offset), f"{self.name}:{lineno}"
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return RawRecord(
+                position, ref, error=f"invalid UTF-8 at byte {exc.start}", raw=_preview(line), reason="invalid_utf8"
             )
-            if record is not None:
-                yield record
+        values = text.rstrip("\r").split("\t")
+        if len(values) != len(self.header):
+            return RawRecord(
+                position, ref, error=f"TSV line has {len(values)} columns, the header names {len(self.header)}",
+                raw=_preview(line),
+            )
+        return RawRecord(position, ref, row=dict(zip(self.header, values, strict=True)))
 
 
 def iter_parquet_records(

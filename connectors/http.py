@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from bhashaflow.config import SourceConfig
+from bhashaflow.config import SourceConfig, SourceRetryConfig
 from bhashaflow.core.records import Position, RawRecord
 from bhashaflow.core.redact import install_log_filter, redact_uri
 from bhashaflow.core.settings import Settings
@@ -28,10 +28,8 @@ from connectors.formats import (
     mark_last,
     sniff_gzip,
 )
-from connectors.retry import Backoff, one_line, stream_with_retries
+from connectors.retry import RetryPolicy, one_line, parse_retry_after, stream_with_retries
 
-# httpx logs every request's full URL at INFO: mask credentials in it.
-install_log_filter("httpx")
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)")
 _RETRY_STATUSES = {408, 425, 429}
 
@@ -39,18 +37,13 @@ _RETRY_STATUSES = {408, 425, 429}
 class RetryableStatus(IOError):
     """A response worth retrying (5xx, 429, 408)."""
 
-    def __init__(self, status: int, reason: str, retry_after: float | None) -> None:
+    def __init__(self, status: int, reason: str, retry_after_s: float | None) -> None:
         super().__init__(f"HTTP {status} {reason}".strip())
-        self.retry_after = retry_after
+        self.retry_after_s = retry_after_s  # the server's Retry-After, which the backoff honours
 
 
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError | TruncatedStreamError | RetryableStatus)
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after", "")
-    return float(value) if value.isdigit() else None
 
 
 def _skip_bytes(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:
@@ -75,22 +68,17 @@ class HttpConnector:
         self,
         source: SourceConfig,
         settings: Settings | None = None,
-        *,
-        attempts: int = 6,
-        base_delay: float = 1.0,
-        max_delay: float = 30.0,
-        timeout: float = 60.0,
+        retry: SourceRetryConfig | None = None,
     ) -> None:
         """Check the URL and format; nothing is contacted until `iter_records`.
 
         Args:
             source: an http source; `uri` is the file's URL.
             settings: resolves `${NAME}` references to environment variables in the uri (credentials).
-            attempts: consecutive failed attempts before giving up with TransientSourceError.
-            base_delay: first backoff delay in seconds, doubled per failure (with jitter).
-            max_delay: longest backoff delay.
-            timeout: seconds allowed to connect and between received bytes.
+            retry: backoff, attempts before giving up with TransientSourceError, and the timeout to connect
+                and between received bytes (the defaults when None).
         """
+        install_log_filter("httpx")  # httpx logs every request's full URL at INFO: mask credentials in it
         self.name = source.name
         try:
             # `${NAME}` in the uri names a credential in the environment (the config never holds it).
@@ -113,8 +101,9 @@ class HttpConnector:
                 "use an s3 source or a local path"
             )
         self.format: TextFormat = fmt
-        self.backoff = Backoff(attempts=attempts, base_delay=base_delay, max_delay=max_delay)
-        self.timeout = timeout
+        retry = retry or SourceRetryConfig()
+        self.policy = RetryPolicy.from_config(retry)
+        self.timeout = retry.timeout_s
 
     def iter_records(self, start: Position | None = None) -> Iterator[RawRecord]:
         """Yield every row after `start` (from the beginning when None), each with its resume position."""
@@ -125,7 +114,7 @@ class HttpConnector:
             yield from stream_with_retries(
                 lambda position: self._read_from(client, position),
                 start,
-                backoff=self.backoff,
+                policy=self.policy,
                 is_transient=_is_transient,
                 what=f"source {self.name!r}: GET {self.shown}",
             )
@@ -177,7 +166,8 @@ class HttpConnector:
         if status in (200, 206):
             return
         if status >= 500 or status in _RETRY_STATUSES:
-            raise RetryableStatus(status, response.reason_phrase, _retry_after(response))
+            retry_after_s = parse_retry_after(response.headers.get("retry-after"))
+            raise RetryableStatus(status, response.reason_phrase, retry_after_s)
         raise SourceError(f"source {self.name!r}: GET {self.shown} answered {status} {response.reason_phrase}")
 
     def _check_range_start(self, response: httpx.Response, offset: int) -> None:

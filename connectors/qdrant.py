@@ -10,7 +10,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from bhashaflow.config import SourceConfig
 from bhashaflow.core.records import Position, RawRecord
-from bhashaflow.core.redact import redact_uri
+from bhashaflow.core.redact import install_log_filter, redact_uri
 from bhashaflow.core.settings import Settings
 from connectors.base import SourceError, TransientSourceError
 
@@ -76,6 +76,7 @@ class QdrantConnector:
             raise SourceError(f"source {self.name!r}: no Qdrant location (set uri to a URL, a path or :memory:)")
         try:
             if location.startswith(("http://", "https://")):
+                install_log_filter("httpx")  # the client logs each request's URL through httpx: mask credentials
                 key = self.settings.qdrant_api_key
                 return QdrantClient(
                     url=location,

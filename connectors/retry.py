@@ -1,40 +1,79 @@
-"""Retrying a streaming read: back off with jitter, then resume from the last record handed out."""
+"""The one retry policy of sources and sinks, the one Retry-After parser, and the streaming read's retry loop.
+
+A streaming read backs off with jitter, then resumes from the last record handed out; a sink's write is
+retried by `connectors.sinks.with_retries` under the same policy.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
+from bhashaflow.config import SourceRetryConfig
 from bhashaflow.core.records import Position, RawRecord
 from connectors.base import SourceError, TransientSourceError
 
 log = logging.getLogger(__name__)
 
+_DELTA_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
 
 @dataclass(frozen=True)
-class Backoff:
-    """How often and how patiently a connector retries a failing read.
+class RetryPolicy:
+    """How often and how patiently a read or a write is retried: exponential backoff with equal jitter.
 
-    `attempts` counts consecutive failures without a record in between: a long stream that makes progress
-    between occasional drops is never given up on.
+    `attempts` counts consecutive failures without progress in between: a stream that yields records
+    between occasional drops is never given up on, and a write of one part is tried at most `attempts` times.
+    The defaults live with their users: `SourceRetryConfig` for sources, `connectors.sinks.SINK_RETRY` for sinks.
     """
 
-    attempts: int = 6
-    base_delay: float = 1.0
-    max_delay: float = 30.0
+    attempts: int
+    base_delay_s: float
+    max_delay_s: float
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
-    def delay(self, failure: int, hint: float | None = None) -> float:
-        """Seconds to wait before retry number `failure` (1-based); `hint` is a server's Retry-After."""
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (failure - 1))
+    @classmethod
+    def from_config(cls, config: SourceRetryConfig) -> RetryPolicy:
+        """The policy of a pipeline's `source_retry` settings."""
+        return cls(attempts=config.attempts, base_delay_s=config.base_delay_s, max_delay_s=config.max_delay_s)
+
+    def delay(self, failure: int, retry_after_s: float | None = None) -> float:
+        """Seconds to wait after failure number `failure` (1-based); `retry_after_s` is a server's Retry-After."""
+        ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** (failure - 1))
         # "Equal jitter": never less than half the ceiling, so retries still back off, but spread out.
         wait = self.rng.uniform(ceiling / 2, ceiling)
-        if hint is not None:
-            wait = max(wait, min(hint, self.max_delay))
+        if retry_after_s is not None:
+            wait = max(wait, min(retry_after_s, self.max_delay_s))  # a server's hint never exceeds our cap
         return wait
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds a `Retry-After` header asks to wait (RFC 9110): delta-seconds, fractional allowed, or an HTTP-date.
+
+    None for a missing, negative or unreadable value (our own backoff applies); 0.0 for a date in the past.
+
+    Args:
+        value: the header's value.
+        now: the current time, for an HTTP-date (the clock when None).
+    """
+    value = (value or "").strip()
+    if _DELTA_SECONDS.fullmatch(value):
+        seconds = float(value)
+        return seconds if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": a time in UTC
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def one_line(exc: BaseException) -> str:
@@ -47,7 +86,7 @@ def stream_with_retries(
     read_from: Callable[[Position | None], Iterator[RawRecord]],
     start: Position | None,
     *,
-    backoff: Backoff,
+    policy: RetryPolicy,
     is_transient: Callable[[BaseException], bool],
     what: str | Callable[[], str],
     sleep: Callable[[float], None] = time.sleep,
@@ -57,7 +96,7 @@ def stream_with_retries(
     Args:
         read_from: opens the source at a position (None: the beginning) and streams records after it.
         start: where to begin.
-        backoff: retry policy.
+        policy: how often and how long to wait.
         is_transient: whether an exception is worth a retry; others propagate unchanged.
         what: names the source and place in messages, e.g. "source 'web': GET https://x/pairs.jsonl", or a
             callable giving it when a message is written (the place may change while streaming).
@@ -84,14 +123,12 @@ def stream_with_retries(
             close = getattr(records, "close", None)
             if close is not None:
                 close()
-        if position is not resumed_at:
-            failures = 0
-        failures += 1
+        failures = 1 if position is not resumed_at else failures + 1
         where = what() if callable(what) else what
-        if failures >= backoff.attempts:
+        if failures >= policy.attempts:
             raise TransientSourceError(
                 f"{where} failed {failures} times in a row; last error: {one_line(error)}"
             ) from error
-        wait = backoff.delay(failures, getattr(error, "retry_after", None))
-        log.warning("%s: %s; retry %d of %d in %.1fs", where, one_line(error), failures, backoff.attempts - 1, wait)
+        wait = policy.delay(failures, getattr(error, "retry_after_s", None))
+        log.warning("%s: %s; retry %d of %d in %.1fs", where, one_line(error), failures, policy.attempts - 1, wait)
         sleep(wait)

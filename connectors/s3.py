@@ -13,7 +13,7 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-from bhashaflow.config import FileFormat, SourceConfig
+from bhashaflow.config import FileFormat, SourceConfig, SourceRetryConfig
 from bhashaflow.core.records import Position, RawRecord
 from bhashaflow.core.settings import Settings
 from connectors.base import SourceError
@@ -26,7 +26,7 @@ from connectors.formats import (
     mark_last,
     sniff_gzip,
 )
-from connectors.retry import Backoff, one_line, stream_with_retries
+from connectors.retry import RetryPolicy, one_line, stream_with_retries
 
 _PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 _GLOB_CHARS = frozenset("*?[")
@@ -128,11 +128,8 @@ class S3Connector:
         self,
         source: SourceConfig,
         settings: Settings,
+        retry: SourceRetryConfig | None = None,
         *,
-        attempts: int = 6,
-        base_delay: float = 1.0,
-        max_delay: float = 30.0,
-        timeout: float = 60.0,
         chunk_bytes: int = 1024 * 1024,
     ) -> None:
         """Build the connector; nothing is contacted until `iter_records`.
@@ -140,10 +137,8 @@ class S3Connector:
         Args:
             source: an s3 source; `uri` is a key, a prefix ending in '/', or a glob.
             settings: credentials and the default endpoint (`source.endpoint_url` overrides it).
-            attempts: consecutive failed attempts before giving up with TransientSourceError.
-            base_delay: first backoff delay in seconds, doubled per failure (with jitter).
-            max_delay: longest backoff delay.
-            timeout: seconds allowed to connect and between received bytes.
+            retry: backoff, attempts before giving up with TransientSourceError, and the timeout to connect
+                and between received bytes (the defaults when None).
             chunk_bytes: bytes of a text file handled at a time.
         """
         self.name = source.name
@@ -151,9 +146,10 @@ class S3Connector:
         if not self.uri.startswith("s3://") or len(self.uri) <= len("s3://"):
             raise SourceError(f"source {self.name!r}: {self.uri!r} is not an s3:// uri")
         self.format: FileFormat | None = source.format
-        self.backoff = Backoff(attempts=attempts, base_delay=base_delay, max_delay=max_delay)
+        retry = retry or SourceRetryConfig()
+        self.policy = RetryPolicy.from_config(retry)
         self.chunk_bytes = chunk_bytes
-        self.timeout = timeout
+        self.timeout = retry.timeout_s
         self._storage_options = settings.storage_options(source.endpoint_url)
 
     def iter_records(self, start: Position | None = None) -> Iterator[RawRecord]:
@@ -173,7 +169,7 @@ class S3Connector:
         yield from stream_with_retries(
             read_from,
             start,
-            backoff=self.backoff,
+            policy=self.policy,
             is_transient=_is_transient,
             what=lambda: f"source {self.name!r}: reading {current[0]}",
         )

@@ -8,26 +8,29 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import logging
 import os
-import random
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
 from bhashaflow.core.fsio import join, open_fs, write_bytes_atomic
+from bhashaflow.core.hashing import sha256_bytes, sha256_file
 from bhashaflow.core.redact import install_log_filter, redact_uri
 from bhashaflow.core.settings import Settings
+from bhashaflow.episodes.export import PartSink
+from connectors.retry import RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
-install_log_filter("httpx")  # httpx logs each request's full URL
 
 T = TypeVar("T")
+
+# Each part's write: fewer and shorter waits than a source's; an export that still fails re-sends the part next run.
+SINK_RETRY = RetryPolicy(attempts=5, base_delay_s=0.5, max_delay_s=10.0)
 
 # Statuses worth another try: the server is busy, overloaded or briefly failing.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -45,21 +48,6 @@ class TransientSinkError(SinkError):
         self.retry_after_s = retry_after_s
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter: try i waits uniform(0, min(max_delay_s, base_delay_s * 2**i))."""
-
-    attempts: int = 5
-    base_delay_s: float = 0.5
-    max_delay_s: float = 10.0
-
-    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
-        """The waits before the 2nd, 3rd, ... attempt."""
-        rng = rng or random.Random()
-        for i in range(self.attempts - 1):
-            yield rng.uniform(0.0, min(self.max_delay_s, self.base_delay_s * 2**i))
-
-
 def with_retries(op: Callable[[], T], what: str, policy: RetryPolicy) -> T:
     """Run `op`, retrying TransientSinkError with backoff; the last failure is raised as SinkError.
 
@@ -68,33 +56,20 @@ def with_retries(op: Callable[[], T], what: str, policy: RetryPolicy) -> T:
         what: names the part and target in log lines and errors.
         policy: how often and how long to wait.
     """
-    delays = policy.delays()
     attempt = 1
     while True:
         try:
             return op()
         except TransientSinkError as exc:
-            delay = next(delays, None)
-            if delay is None:
+            if attempt >= policy.attempts:
                 raise SinkError(f"{what}: gave up after {attempt} attempts: {exc}") from exc
-            if exc.retry_after_s is not None:
-                delay = max(delay, min(exc.retry_after_s, policy.max_delay_s))
+            delay = policy.delay(attempt, exc.retry_after_s)
             log.warning("%s: attempt %d failed (%s); retrying in %.2fs", what, attempt, exc, delay)
             time.sleep(delay)
             attempt += 1
 
 
-class Sink(Protocol):
-    """Somewhere parts are written to."""
-
-    target: str
-
-    def write(self, name: str, data: bytes, content_type: str) -> None:
-        """Write `data` as part `name` (replacing a part of that name) and verify it arrived whole."""
-        ...
-
-
-class FolderSink:
+class FolderSink(PartSink):
     """Parts as files in a local folder, written atomically and read back."""
 
     def __init__(self, target: str, directory: str, policy: RetryPolicy) -> None:
@@ -104,13 +79,12 @@ class FolderSink:
 
     def write(self, name: str, data: bytes, content_type: str) -> None:
         path = os.path.join(self.directory, name)
-        expected = hashlib.sha256(data).hexdigest()
+        expected = sha256_bytes(data)
 
         def attempt() -> None:
             try:
                 write_bytes_atomic(path, data)
-                with open(path, "rb") as fh:
-                    got = hashlib.sha256(fh.read()).hexdigest()
+                got = sha256_file(Path(path))
             except OSError as exc:
                 raise SinkError(f"cannot write {path}: {exc.strerror or exc}") from exc
             if got != expected:
@@ -124,7 +98,7 @@ class FolderSink:
                 os.remove(stale)
 
 
-class S3Sink:
+class S3Sink(PartSink):
     """Parts as objects under an s3:// prefix, each checked by its size after the upload."""
 
     def __init__(self, target: str, storage_options: dict[str, object], policy: RetryPolicy) -> None:
@@ -156,7 +130,7 @@ class S3Sink:
         with_retries(attempt, f"part {name} to {self.target}", self.policy)
 
 
-class HttpSink:
+class HttpSink(PartSink):
     """Parts POSTed to an endpoint, one request each, with the part name as `Idempotency-Key`.
 
     The endpoint must answer 2xx only once it has stored the part, and treat a repeated key as the
@@ -164,6 +138,7 @@ class HttpSink:
     """
 
     def __init__(self, url: str, policy: RetryPolicy, timeout_s: float = 30.0) -> None:
+        install_log_filter("httpx")  # httpx logs each request's full URL: mask credentials in it
         self.target = url
         self.shown = redact_uri(url)  # for messages: no userinfo or secret query values
         self.policy = policy
@@ -174,7 +149,7 @@ class HttpSink:
             "Content-Type": content_type,
             "Idempotency-Key": name,
             "X-Bhashaflow-Part": name,
-            "Content-SHA256": hashlib.sha256(data).hexdigest(),
+            "Content-SHA256": sha256_bytes(data),
         }
 
         def attempt() -> None:
@@ -187,21 +162,13 @@ class HttpSink:
                 return
             detail = f"POST {self.shown} answered {resp.status_code}: {resp.text[:200]}"
             if resp.status_code in RETRY_STATUSES:
-                raise TransientSinkError(detail, _retry_after(resp))
+                raise TransientSinkError(detail, parse_retry_after(resp.headers.get("Retry-After")))
             raise SinkError(detail)
 
         with_retries(attempt, f"part {name} to {self.shown}", self.policy)
 
 
-def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("Retry-After", "")
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date or nothing: keep our own backoff
-
-
-def open_sink(target: str, settings: Settings, policy: RetryPolicy | None = None) -> Sink:
+def open_sink(target: str, settings: Settings, policy: RetryPolicy = SINK_RETRY) -> PartSink:
     """The sink for a target: s3://bucket/prefix, http(s)://endpoint, file:///dir or a plain folder path.
 
     Args:
@@ -209,7 +176,6 @@ def open_sink(target: str, settings: Settings, policy: RetryPolicy | None = None
         settings: credentials and the S3 endpoint.
         policy: retries of each part's write.
     """
-    policy = policy or RetryPolicy()
     scheme = urlsplit(target).scheme.lower()
     if scheme == "s3":
         return S3Sink(target, settings.storage_options(), policy)

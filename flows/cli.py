@@ -134,87 +134,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _demo_service(args: argparse.Namespace, config: Any, directions: list[str]) -> None:
-    """Start the service on the promoted adapters, translate, send feedback, stop it."""
-    import subprocess
-    import time
-
-    import httpx
-
-    host = config.serving.host
-    port = _free_port(host)
-    cmd = [sys.executable, "-m", "flows.cli", "serve", args.config, "--port", str(port)]
-    for item in args.set:
-        cmd += ["--set", item]
-    print(f"\n$ bhashaflow serve {args.config} --port {port}", flush=True)
-    service = subprocess.Popen(cmd)
-    base = f"http://{host}:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if service.poll() is not None:
-                raise RuntimeError(f"the service exited with status {service.returncode} before it was ready")
-            try:
-                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the service did not become ready within 600 s")
-            time.sleep(0.5)
-        sentence = "The river flows through the old city."
-        for direction in directions:
-            src_lang, tgt_lang = direction.split("-")
-            r = httpx.post(f"{base}/v1/translate", json={"texts": [sentence], "src_lang": src_lang,
-                                                         "tgt_lang": tgt_lang}, timeout=120)
-            body = r.json()
-            if r.status_code != 200:
-                print(f"POST /v1/translate {direction}: {r.status_code} {body.get('detail', body)}")
-                continue
-            print(f"POST /v1/translate {direction} ({body['adapter']['version']}): {sentence!r} -> "
-                  f"{body['translations'][0]!r} (script valid: {body['script_valid'][0]})")
-            fb = httpx.post(f"{base}/v1/feedback", json={"episode_id": body["episode_ids"][0], "reward": 0.5},
-                            timeout=30)
-            print(f"POST /v1/feedback episode {body['episode_ids'][0]} reward 0.5: {fb.status_code}")
-    finally:
-        service.terminate()
-        try:
-            service.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            service.wait()
-        print("service stopped", flush=True)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The whole product once, offline: pipeline, table, service round trip, RL log export."""
     config = _load(args)
-    from bhashaflow.evaluation.report import format_table
-    from flows.adapter_pipeline import adapter_pipeline
-    from flows.export_rl_logs import export_rl_logs_flow
+    from flows.demo import run_demo
 
     _quiet_prefect_tracebacks()
-    result = adapter_pipeline(config)
-    print(f"\nrun {result['run_id']}: report {result['report']}")
-    print(format_table(result["directions"]), flush=True)
-    promoted = [d for d, r in result["directions"].items() if r["promoted"] or r["incumbent_version"]]
-    if promoted:
-        _demo_service(args, config, promoted)
-    else:
-        print("\nno direction has a promoted adapter, so there is nothing to serve", flush=True)
-    exported = export_rl_logs_flow(config)
-    print(f"exported {exported['exported']} episodes in {len(exported['parts'])} parts to {exported['target']}")
+    result = run_demo(args.config, args.set, config)
     if args.json:
-        print(json.dumps({"pipeline": result, "export": exported}, default=str))
+        print(json.dumps(result, default=str))
     return 0
 
 

@@ -8,7 +8,8 @@ from prefect import flow
 
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.fsio import join
-from bhashaflow.data.ingest import MANIFEST, summary
+from bhashaflow.core.names import DATA_MANIFEST
+from bhashaflow.data.ingest import summary
 from flows.runners import configured_run
 from tasks.ingest import finished_manifest_task, stage_source_task, write_shards_task
 
@@ -26,4 +27,4 @@ def ingest_corpus(config: PipelineConfig) -> dict[str, Any]:
         if manifest is None:
             staged = [stage_source_task(config, source.name, run_uri) for source in config.sources]
             manifest = write_shards_task(config, staged, run_uri)
-    return summary(manifest, join(run_uri, MANIFEST))
+    return summary(manifest, join(run_uri, DATA_MANIFEST))

@@ -105,20 +105,11 @@ class Engine:
         return self.state == "ready"
 
     def _load_all(self) -> None:
-        from bhashaflow.modeling.loading import load_base
+        from bhashaflow.modeling.loading import load_configured_base
 
         config = self.config
-        languages = sorted({code for d in config.directions for code in parse_direction(d)})
         try:
-            self.lm = load_base(
-                config.base_model,
-                languages=languages,
-                quantization=config.training.quantization,
-                revision=config.base_revision,
-                trust_remote_code=config.trust_remote_code,
-                settings=self.settings,
-                flores_dir=config.evaluation.flores_dir,
-            )
+            self.lm = load_configured_base(config, self.settings)
         except Exception as exc:  # noqa: BLE001 - reported on /health and by run(); the process decides
             log.exception("could not load base model %s", config.base_model)
             self.error = f"could not load base model {config.base_model!r}: {exc}"
@@ -156,7 +147,7 @@ class Engine:
 
     def _attach(self, info: VersionInfo, path: str) -> AdapterSlot:
         """Attach a version and make it the one new requests get (worker thread only)."""
-        from bhashaflow.modeling.loading import load_adapter
+        from bhashaflow.modeling.adapters import load_adapter
 
         self._check_base(info)
         name = adapter_name(info.direction, info.version)
@@ -193,7 +184,7 @@ class Engine:
 
     def _detach(self, slot: AdapterSlot) -> None:
         """Remove a retired version from the model (worker thread only)."""
-        from bhashaflow.modeling.loading import unload_adapter
+        from bhashaflow.modeling.adapters import unload_adapter
 
         with self._lock:
             if self._loaded.get(slot.name) is not slot:

@@ -10,21 +10,10 @@ from bhashaflow.config import PipelineConfig
 from bhashaflow.core.fsio import join
 from bhashaflow.core.settings import get_settings
 from bhashaflow.evaluation.evaluate import evaluate_chrf, load_eval_set
-from bhashaflow.modeling.loading import LoadedModel, load_adapter, load_base
+from bhashaflow.modeling.adapters import load_adapter
+from bhashaflow.modeling.loading import load_configured_base
 from bhashaflow.registry.store import Registry
 from tasks.rundirs import local_run_dir
-
-
-def load_configured_base(config: PipelineConfig) -> LoadedModel:
-    return load_base(
-        config.base_model,
-        languages=config.languages,
-        quantization=config.training.quantization,
-        revision=config.base_revision,
-        trust_remote_code=config.trust_remote_code,
-        settings=get_settings(),
-        flores_dir=config.evaluation.flores_dir,
-    )
 
 
 @task(task_run_name="evaluate-{direction}", persist_result=True)
@@ -33,7 +22,7 @@ def evaluate_direction_task(config: PipelineConfig, direction: str, candidate_di
     settings = get_settings()
     run_uri = config.run_uri()
     options = settings.storage_options_for(run_uri)
-    lm = load_configured_base(config)
+    lm = load_configured_base(config, get_settings())
     eval_set = load_eval_set(config.evaluation, direction)
     out = join(run_uri, "eval", direction)
     scores: dict[str, Any] = {"base": evaluate_chrf(lm, eval_set, config.evaluation, out_dir=join(out, "base"),
@@ -71,7 +60,7 @@ def evaluate_adapter_task(config: PipelineConfig, direction: str, adapter: str) 
         version, path = found[0].version, found[1]
     elif adapter != "none":
         version, path = adapter, registry.fetch(direction, adapter, cache)
-    lm = load_configured_base(config)
+    lm = load_configured_base(config, get_settings())
     if path is not None:
         load_adapter(lm, path, "adapter")
     eval_set = load_eval_set(config.evaluation, direction)

@@ -12,9 +12,9 @@ from prefect.tasks import exponential_backoff
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.hashing import sha256_json
 from bhashaflow.core.settings import get_settings
-from bhashaflow.data.ingest import StagedSource, load_manifest, stage_source, write_shards
-from connectors import open_connector
-from connectors.base import SourceError, TransientSourceError
+from bhashaflow.data.ingest import load_manifest, stage_source, write_shards
+from bhashaflow.data.staging import StagedSource
+from connectors import SourceError, TransientSourceError, open_connector
 
 
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -11,8 +11,8 @@ from prefect.logging import get_run_logger
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.settings import get_settings
 from bhashaflow.data.ingest import load_manifest, shard_uris
+from bhashaflow.modeling.loading import load_configured_base
 from bhashaflow.training.loop import train_adapter
-from tasks.evaluate import load_configured_base
 from tasks.rundirs import artifact_key, local_run_dir
 
 
@@ -25,7 +25,7 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> dict[str, Any]
     manifest = load_manifest(run_uri, options)
     if manifest is None:
         raise RuntimeError(f"{run_uri}: no finished ingestion (manifest.json) to train on")
-    lm = load_configured_base(config)
+    lm = load_configured_base(config, settings)
     logger = get_run_logger()
     artifact = create_progress_artifact(0.0, key=artifact_key("adapter-pipeline", config.run_name, direction, "train"))
     every = max(1, config.training.max_steps // 50)

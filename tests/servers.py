@@ -6,7 +6,6 @@ errors, drop connections mid-body, stall, or cut a body short for the next N mat
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import re
 import socket
@@ -18,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlsplit
+
+from bhashaflow.core.hashing import sha256_bytes
 
 FaultKind = Literal["status", "drop", "slow", "truncate"]
 _CHUNK = 256 * 1024
@@ -466,7 +467,7 @@ class _PartHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         key = self.headers.get("Idempotency-Key", "")
         answer = owner._take(key, dict(self.headers))
-        digest = hashlib.sha256(body).hexdigest()
+        digest = sha256_bytes(body)
         if self.headers.get("Content-SHA256", digest) != digest:
             self._answer(400)  # a body that does not match its digest is never stored
             return

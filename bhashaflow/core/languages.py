@@ -103,10 +103,6 @@ def script_of(code: str) -> str:
     return code.rsplit("_", 1)[-1]
 
 
-def is_known(code: str) -> bool:
-    return code in LANGUAGES
-
-
 def parse_direction(direction: str) -> tuple[str, str]:
     """Split `eng_Latn-hin_Deva` into its two codes, refusing unknown ones."""
     parts = direction.split("-")

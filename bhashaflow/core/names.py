@@ -5,6 +5,8 @@ from __future__ import annotations
 # Ingestion's run folder.
 DATA_MANIFEST = "manifest.json"  # written last: no manifest, no finished ingestion
 QUARANTINE = "quarantine.jsonl"  # rejected rows with their reasons
+STAGING_DIR = "staging"  # staging/<source>/: one source's committed parts, resumable
+STAGING_PROGRESS = "progress.json"  # a source's position and counts, replaced at every commit
 
 # A training run folder.
 ADAPTER_DIR = "adapter"

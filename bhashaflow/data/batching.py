@@ -52,12 +52,7 @@ def _length(example: Example) -> int:
 
 
 def length_grouped_batches(
-    examples: Iterable[Example],
-    batch_size: int,
-    rng: random.Random,
-    *,
-    group_by_length: bool = True,
-    pool_batches: int = POOL_BATCHES,
+    examples: Iterable[Example], batch_size: int, rng: random.Random, *, pool_batches: int = POOL_BATCHES
 ) -> Iterator[list[Example]]:
     """Cut a stream into batches: a pool of `pool_batches` batches is shuffled, sorted by length, cut, and the
     batches are shuffled again, so each batch holds similar lengths (little padding) without a fixed order."""
@@ -67,8 +62,7 @@ def length_grouped_batches(
         if not pool:
             return
         rng.shuffle(pool)
-        if group_by_length:
-            pool.sort(key=_length)
+        pool.sort(key=_length)
         batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
         rng.shuffle(batches)
         yield from batches
@@ -132,7 +126,6 @@ def optimizer_steps(
     grad_accum_steps: int,
     rng: random.Random,
     family: str,
-    group_by_length: bool = True,
 ) -> Iterator[Step]:
     """Endless optimizer steps, each a list of micro-batches.
 
@@ -143,10 +136,9 @@ def optimizer_steps(
         grad_accum_steps: micro-batches per step.
         rng: the seeded generator that orders pools and batches.
         family: seq2seq or causal (how tokens are counted).
-        group_by_length: sort pools by length (off only to measure what it saves).
     """
     if batch_tokens is None:
-        batches = length_grouped_batches(examples, batch_size, rng, group_by_length=group_by_length)
+        batches = length_grouped_batches(examples, batch_size, rng)
         while True:
             step = list(islice(batches, grad_accum_steps))
             if not step:

@@ -110,6 +110,10 @@ class Skip:
         self.direction = direction
 
 
+# A row that passed the structure checks, as the text checks take it: (src, tgt, src_lang, tgt_lang).
+Candidate = tuple[str, str, str, str]
+
+
 @dataclass
 class CheckedBatch:
     """The outcome of validating a batch of rows, in row order within each part."""
@@ -329,6 +333,7 @@ class Validator:
         f = source.fields
         self._text_fields = (("src", f.src), ("tgt", f.tgt))
         self._lang_fields = (("src_lang", f.src_lang), ("tgt_lang", f.tgt_lang))
+        self._columns = (f.src, f.tgt, f.src_lang, f.tgt_lang)
         # Language values already seen to name a configured direction, so most rows skip the full check.
         self._known_langs: dict[tuple[str, str], tuple[str, str]] = {}
         self._fixed_langs: tuple[str, str] | None = None
@@ -368,25 +373,45 @@ class Validator:
         """An empty batch to `add` rows to one at a time, then `check`; what `check_batch` does in steps."""
         return RowBatch(self)
 
-    def _check_structure(
-        self, record: RawRecord, texts: dict[str, list[str]], langs: dict[str, list[str]]
-    ) -> Rejection | Skip | None:
+    def check_structure(self, record: RawRecord) -> Candidate | Rejection | Skip:
+        """Check a row's structure as it is read: its texts and languages for the text checks, or why not."""
         row = record.row
+        # Fast path: a dict with string fields for a direction seen before; anything else gets the full check.
+        # Lone surrogates are looked for once per batch, in `check_texts`.
+        if type(row) is dict:
+            src_column, tgt_column, src_lang_column, tgt_lang_column = self._columns
+            codes = self._fixed_langs
+            if codes is None:
+                src_lang, tgt_lang = row.get(src_lang_column), row.get(tgt_lang_column)
+                if type(src_lang) is str and type(tgt_lang) is str:
+                    codes = self._known_langs.get((src_lang, tgt_lang))
+            if codes is not None:
+                src, tgt = row.get(src_column), row.get(tgt_column)
+                if type(src) is str and type(tgt) is str:
+                    return (src, tgt, codes[0], codes[1])
         if row is None:
             return self._reject(record, record.reason, record.error or "could not be parsed")
         if not hasattr(row, "get"):
             return self._reject(record, "malformed", "record is not an object")
+        langs = self._direction_of(record, row)
+        if not isinstance(langs, tuple):
+            return langs
+        texts = self._texts_of(record, row)
+        if not isinstance(texts, tuple):
+            return texts
+        return (texts[0], texts[1], langs[0], langs[1])
+
+    def _direction_of(self, record: RawRecord, row: Any) -> tuple[str, str] | Rejection | Skip:
+        """A row's language codes when they name a configured direction."""
         raw_langs: tuple[Any, Any] | None = None
         if self.source.langs is not None:
             src_lang, tgt_lang = self.source.langs.src, self.source.langs.tgt
         else:
             found = []
             for part, column in self._lang_fields:
-                value = row.get(column)
-                if value is None:
-                    return self._reject(record, "missing_field", f"field {column!r} ({part}) is missing")
-                if not isinstance(value, str):
-                    return self._reject(record, "not_a_string", f"field {column!r} ({part}) is {type(value).__name__}")
+                value = self._string_field(record, row, part, column)
+                if isinstance(value, Rejection):
+                    return value
                 found.append(value.strip())
             src_lang, tgt_lang = found
             raw_langs = (row.get(self._lang_fields[0][1]), row.get(self._lang_fields[1][1]))
@@ -399,22 +424,28 @@ class Validator:
         if raw_langs is not None and type(raw_langs[0]) is str and type(raw_langs[1]) is str:
             if len(self._known_langs) < 4096:  # bounded: only odd spellings (stray spaces) add entries
                 self._known_langs[raw_langs] = (src_lang, tgt_lang)
+        return src_lang, tgt_lang
+
+    def _texts_of(self, record: RawRecord, row: Any) -> tuple[str, str] | Rejection:
+        """A row's source and target text, when both are strings UTF-8 can hold."""
         values = []
         for part, column in self._text_fields:
-            value = row.get(column)
-            if value is None:
-                return self._reject(record, "missing_field", f"field {column!r} ({part}) is missing")
-            if not isinstance(value, str):
-                return self._reject(record, "not_a_string", f"field {column!r} ({part}) is {type(value).__name__}")
+            value = self._string_field(record, row, part, column)
+            if isinstance(value, Rejection):
+                return value
             problem = self._surrogate(part, column, value)
             if problem:
                 return self._reject(record, "invalid_utf8", problem)
             values.append(value)
-        texts["src"].append(values[0])
-        texts["tgt"].append(values[1])
-        langs["src_lang"].append(src_lang)
-        langs["tgt_lang"].append(tgt_lang)
-        return None
+        return values[0], values[1]
+
+    def _string_field(self, record: RawRecord, row: Any, part: str, column: str) -> str | Rejection:
+        value = row.get(column)
+        if value is None:
+            return self._reject(record, "missing_field", f"field {column!r} ({part}) is missing")
+        if not isinstance(value, str):
+            return self._reject(record, "not_a_string", f"field {column!r} ({part}) is {type(value).__name__}")
+        return value
 
     @staticmethod
     def _surrogate(part: str, column: str, value: str) -> str | None:
@@ -424,6 +455,13 @@ class Validator:
             except UnicodeEncodeError:
                 return f"field {column!r} ({part}) holds a lone surrogate"
         return None
+
+    def check_texts(self, rows: RowBatch) -> pa.Table:
+        """The text checks of a batch's candidates: the accepted pairs; failures go to `rows.reject`."""
+        arrays = self._text_arrays(rows)
+        if not rows.cand:
+            return PAIR_SCHEMA.empty_table()
+        return self._check_texts(rows, arrays)
 
     def _text_arrays(self, rows: RowBatch) -> dict[str, pa.Array]:
         """The candidates' texts as Arrow arrays; rows with a lone surrogate (which UTF-8 cannot hold) are
@@ -438,8 +476,7 @@ class Validator:
             for part, column in self._text_fields:
                 problem = self._surrogate(part, column, rows.texts[part][j])
                 if problem:
-                    record = rows.record(j)
-                    rows.rejections.append((rows.cand[j], record, self._reject(record, "invalid_utf8", problem)))
+                    rows.reject(j, self._reject(rows.record(j), "invalid_utf8", problem))
                     break
             if problem is None:
                 keep.append(j)
@@ -478,7 +515,7 @@ class Validator:
                 lang = langs[f"{part}_lang"][j]
                 share = columns[part].share[j]
                 detail = f"{part} is {share:.0%} in the script of {lang} (< {self.min_script_fraction:.0%})"
-            rows.rejections.append((rows.cand[j], record, self._reject(record, reason, detail)))
+            rows.reject(j, self._reject(record, reason, detail))
         ok = np.flatnonzero(failed == -1)
         take = pa.array(ok)
         prefix = f"{self.source.name}:"
@@ -510,6 +547,7 @@ class RowBatch:
 
     def __init__(self, validator: Validator) -> None:
         self.validator = validator
+        self._check_row = validator.check_structure  # bound once: `add` runs for every row
         self.size = 0  # rows added
         self.last_position: Position | None = None
         self.cand: list[int] = []  # index of each candidate row, in order
@@ -519,48 +557,35 @@ class RowBatch:
         self._rows: list[Any] = []
         self._positions: list[Position] = []
         self._extras: dict[int, tuple[str | None, str | None]] = {}  # a candidate's error and raw, when set
-        self.rejections: list[tuple[int, RawRecord, Rejection]] = []
-        self.skipped: list[str] = []
+        self._rejections: list[tuple[int, RawRecord, Rejection]] = []  # (row index, record, why)
+        self._skipped: list[str] = []
 
     def add(self, record: RawRecord) -> None:
         """Take one row: a rejection or skip now, or a candidate for the text checks."""
-        v = self.validator
         index = self.size
         self.size += 1
         self.last_position = record.position
-        row = record.row
-        # Fast path: a dict with string fields for a direction seen before; anything else gets the full check.
-        # Lone surrogates are looked for once per batch, in `Validator._text_arrays`.
-        if type(row) is dict:
-            codes = v._fixed_langs
-            if codes is None:
-                src_lang, tgt_lang = row.get(v._lang_fields[0][1]), row.get(v._lang_fields[1][1])
-                if type(src_lang) is str and type(tgt_lang) is str:
-                    codes = v._known_langs.get((src_lang, tgt_lang))
-            if codes is not None:
-                src, tgt = row.get(v._text_fields[0][1]), row.get(v._text_fields[1][1])
-                if type(src) is str and type(tgt) is str:
-                    self.texts["src"].append(src)
-                    self.texts["tgt"].append(tgt)
-                    self.langs["src_lang"].append(codes[0])
-                    self.langs["tgt_lang"].append(codes[1])
-                    self._keep(index, record)
-                    return
-        verdict = v._check_structure(record, self.texts, self.langs)
-        if verdict is None:
-            self._keep(index, record)
+        verdict = self._check_row(record)
+        if isinstance(verdict, tuple):
+            src, tgt, src_lang, tgt_lang = verdict
+            self.texts["src"].append(src)
+            self.texts["tgt"].append(tgt)
+            self.langs["src_lang"].append(src_lang)
+            self.langs["tgt_lang"].append(tgt_lang)
+            self.cand.append(index)
+            self.refs.append(record.ref)
+            self._rows.append(record.row)
+            self._positions.append(record.position)
+            if record.error is not None or record.raw is not None:
+                self._extras[len(self.cand) - 1] = (record.error, record.raw)
         elif isinstance(verdict, Skip):
-            self.skipped.append(verdict.direction)
+            self._skipped.append(verdict.direction)
         else:
-            self.rejections.append((index, record, verdict))
+            self._rejections.append((index, record, verdict))
 
-    def _keep(self, index: int, record: RawRecord) -> None:
-        self.cand.append(index)
-        self.refs.append(record.ref)
-        self._rows.append(record.row)
-        self._positions.append(record.position)
-        if record.error is not None or record.raw is not None:
-            self._extras[len(self.cand) - 1] = (record.error, record.raw)
+    def reject(self, j: int, rejection: Rejection) -> None:
+        """Candidate `j` failed a text check: it ends in the rejections, in the order its row was added."""
+        self._rejections.append((self.cand[j], self.record(j), rejection))
 
     def record(self, j: int) -> RawRecord:
         """Candidate `j` as the record it came in."""
@@ -577,13 +602,11 @@ class RowBatch:
 
     def check(self) -> CheckedBatch:
         """Run the text checks; every row added ends in exactly one of pairs, rejections or skipped."""
-        out = CheckedBatch(skipped=self.skipped)
+        out = CheckedBatch(skipped=self._skipped)
         if self.cand:
-            arrays = self.validator._text_arrays(self)
-            if self.cand:
-                out.accepted = self.validator._check_texts(self, arrays)
-        self.rejections.sort(key=lambda item: item[0])
-        out.rejections = [(record, rejection) for _, record, rejection in self.rejections]
+            out.accepted = self.validator.check_texts(self)
+        self._rejections.sort(key=lambda item: item[0])
+        out.rejections = [(record, rejection) for _, record, rejection in self._rejections]
         return out
 
 

@@ -10,7 +10,7 @@ from bhashaflow.core.languages import parse_direction
 from bhashaflow.data.flores import read_flores
 from bhashaflow.evaluation.chrf import ChrfScore, score_chrf, write_scores
 from bhashaflow.modeling.generation import translate
-from bhashaflow.modeling.loading import LoadedModel
+from bhashaflow.modeling.loaded import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -27,8 +26,12 @@ import torch
 
 from bhashaflow.core.hashing import sha256_dir, sha256_file, sha256_json
 from bhashaflow.core.languages import LANGUAGES
-from bhashaflow.core.names import BASE_MANIFEST as MANIFEST
-from bhashaflow.modeling.loading import BUILTIN_PREFIX, BaseModelError, format_prompt
+from bhashaflow.core.names import BASE_MANIFEST
+from bhashaflow.core.schedule import lr_at
+from bhashaflow.data.batching import collate, length_grouped_batches
+from bhashaflow.data.flores import flores_file, read_flores
+from bhashaflow.modeling.encoding import format_prompt
+from bhashaflow.modeling.loaded import BUILTIN_PREFIX, BaseModelError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ class BuiltinRecipe:
     translation_share: float = 0.5  # share of examples that translate (never out of English); the rest denoise
     max_length: int = 128
     seed: int = 0
-    version: int = 1  # bump when the code that builds bases changes their weights
+    version: int = 2  # bump when the code that builds bases changes their weights (2: the shared LR schedule)
 
 
 RECIPES: dict[str, BuiltinRecipe] = {
@@ -70,29 +73,26 @@ def recipe_for(name: str) -> BuiltinRecipe:
 
 
 def read_dev_text(flores_dir: str | Path, languages: list[str]) -> dict[str, list[str]]:
-    """FLORES-200 dev sentences per language; devtest is never read here."""
-    root = Path(flores_dir) / "dev"
-    texts: dict[str, list[str]] = {}
-    missing = [lang for lang in languages if not (root / f"{lang}.dev").is_file()]
+    """FLORES-200 dev sentences per language, through the FLORES reader; devtest is never read here."""
+    missing = [lang for lang in languages if not flores_file(flores_dir, lang, "dev").is_file()]
     if missing:
+        root = Path(flores_dir) / "dev"
         raise BaseModelError(
             f"built-in bases are trained on FLORES-200 dev text; {root} lacks {', '.join(f'{m}.dev' for m in missing)}"
         )
-    for lang in languages:
-        texts[lang] = (root / f"{lang}.dev").read_text(encoding="utf-8").splitlines()
-    return texts
+    return {lang: read_flores(flores_dir, lang, "dev") for lang in languages}
 
 
 def builtin_dir(name: str, *, languages: list[str], cache_dir: str, flores_dir: str, recipe: BuiltinRecipe | None = None) -> Path:
     """Cache folder of a built-in base: keyed by recipe, language set and the dev text itself."""
     recipe = recipe or recipe_for(name)
     langs = sorted(set(languages) | {PIVOT})
-    dev = Path(flores_dir) / "dev"
+    dev = {lang: flores_file(flores_dir, lang, "dev") for lang in langs}
     key = {
         "name": name,
         "recipe": asdict(recipe),
         "languages": langs,
-        "dev": {lang: sha256_file(dev / f"{lang}.dev") for lang in langs if (dev / f"{lang}.dev").is_file()},
+        "dev": {lang: sha256_file(path) for lang, path in dev.items() if path.is_file()},
     }
     digest = sha256_json(key)[:16]
     return Path(cache_dir).expanduser() / "builtin" / f"{name.removeprefix(BUILTIN_PREFIX)}-{digest}"
@@ -119,13 +119,13 @@ def ensure_builtin(
     """
     recipe = recipe or recipe_for(name)
     target = builtin_dir(name, languages=languages, cache_dir=cache_dir, flores_dir=flores_dir, recipe=recipe)
-    if (target / MANIFEST).is_file():
+    if (target / BASE_MANIFEST).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_name(target.name + ".lock"), "w") as lock:
         # Two directions trained at once both need the base: the second waits for the first to build it.
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / MANIFEST).is_file():
+        if (target / BASE_MANIFEST).is_file():
             return target
         partial = target.with_name(target.name + f".partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
@@ -287,8 +287,6 @@ class _PretrainingData:
 
 def pretrain(model: Any, tokenizer: Any, texts: dict[str, list[str]], recipe: BuiltinRecipe, on_progress: Callable[[int, int, float], None] | None = None) -> float:
     """Pre-train in place; returns the mean loss of the last steps."""
-    from bhashaflow.training.loop import collate, length_grouped_batches
-
     torch.manual_seed(recipe.seed)
     data = _PretrainingData(texts, tokenizer, recipe)
     batches = length_grouped_batches(data, recipe.batch_size, random.Random(recipe.seed), pool_batches=8)
@@ -296,10 +294,8 @@ def pretrain(model: Any, tokenizer: Any, texts: dict[str, list[str]], recipe: Bu
     model.train()
     recent: list[float] = []
     for step in range(recipe.steps):
-        warm = min(1.0, (step + 1) / max(1, recipe.warmup_steps))
-        decay = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / recipe.steps))
         for group in optimizer.param_groups:
-            group["lr"] = recipe.learning_rate * warm * decay
+            group["lr"] = lr_at(step, peak=recipe.learning_rate, warmup=recipe.warmup_steps, max_steps=recipe.steps)
         batch = collate(next(batches), int(tokenizer.pad_token_id))
         if recipe.family == "causal":
             batch["labels"] = batch["labels"].masked_fill(batch["attention_mask"] == 0, -100)
@@ -351,7 +347,7 @@ def build_builtin(
         "build_seconds": round(time.perf_counter() - started, 1),
         "content_hash": sha256_dir(out),
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    (out / BASE_MANIFEST).write_text(json.dumps(manifest, indent=1))
     return out
 
 

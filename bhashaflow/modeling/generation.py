@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from bhashaflow.modeling.loading import LoadedModel, encode_source, forced_bos_id
+from bhashaflow.modeling.encoding import encode_source, forced_bos_id
+from bhashaflow.modeling.loaded import LoadedModel
 
 
 @contextmanager

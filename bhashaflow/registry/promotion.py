@@ -76,11 +76,6 @@ def decide_promotion(candidate: float, incumbent: float | None, base: float, min
     )
 
 
-def should_promote(candidate: float, incumbent: float | None, base: float, min_gain: float) -> bool:
-    """True when `candidate` gains at least `min_gain` chrF++ over `base` and over `incumbent` (if any)."""
-    return decide_promotion(candidate, incumbent, base, min_gain).promote
-
-
 @dataclass(frozen=True)
 class PromotionOutcome:
     """What a promotion did: the version holding the candidate, and whether PROMOTED points at it."""

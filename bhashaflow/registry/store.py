@@ -9,230 +9,141 @@ Layout under the registry URI (any fsspec URL; a local directory by default):
 A version is valid only once its `manifest.json` exists; the manifest is written last and lists the
 sha256 of every file. Every read that serves a model (`verify`, `promote`, `promoted`, `fetch`)
 re-hashes the files, so a tampered or half-copied version is refused with RegistryError: serving
-never loads it. Only safetensors, JSON and tokenizer text files are accepted, never pickles, and never
-a directory that holds `.incomplete` (the mark of one still being written, or whose writer died).
+never loads it. What a version may hold is checked by manifest.py.
 
-PROMOTED moves under a per-direction lock (flock locally, conditional PUTs on object stores), so
-`promote_if` is a compare-and-swap: a promotion decided against one incumbent never silently replaces
-another that a concurrent promotion put there in between.
+PROMOTED moves by compare-and-swap (`Storage.swap`: under flock locally, by conditional PUT on object
+stores), so `promote_if` never silently replaces an incumbent that a concurrent promotion put there
+after the candidate was judged against another.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from typing import Any, Protocol
 
 from bhashaflow.core import fsio
 from bhashaflow.core.hashing import sha256_bytes, sha256_file
-from bhashaflow.core.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, INCOMPLETE, PICKLE_SUFFIXES, PROMOTED
-from bhashaflow.core.names import VERSION_MANIFEST as MANIFEST
 from bhashaflow.core.languages import parse_direction
+from bhashaflow.core.names import PROMOTED, VERSION_MANIFEST
+from bhashaflow.registry.local_disk import LocalDisk, folder_entries
+from bhashaflow.registry.manifest import (
+    VERSION_RE,
+    PromotedPointer,
+    RegistryError,
+    VersionInfo,
+    adapter_files,
+    check_direction,
+    check_version,
+    compare_files,
+    parse_manifest,
+    parse_pointer,
+)
+from bhashaflow.registry.object_store import ObjectStore
 
-REQUIRED_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
-# Weights in safetensors, configs in JSON, tokenizers as JSON/text/sentencepiece protobuf, peft's README.md.
-ALLOWED_SUFFIXES = (".safetensors", ".json", ".txt", ".model", ".spm", ".jinja", ".tiktoken", ".md")
+# The registry's public names; the manifest's models and errors are re-exported from here.
+__all__ = [
+    "PromotedPointer",
+    "PromotionConflict",
+    "Registry",
+    "RegistryError",
+    "Storage",
+    "VersionInfo",
+    "open_storage",
+]
+
 MAX_CLAIM_ATTEMPTS = 1000
 MAX_SWAP_ATTEMPTS = 50
-
-_VERSION_RE = re.compile(r"v\d{4,12}")  # bounded: a 300-digit version from a tampered pointer is no path
-_FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_CHUNK = 1 << 20
-
-
-class RegistryError(Exception):
-    """A registry operation refused: invalid name, missing, incomplete or tampered version."""
 
 
 class PromotionConflict(RegistryError):
     """PROMOTED no longer points at the incumbent a conditional promotion was decided against."""
 
 
-@dataclass(frozen=True)
-class VersionInfo:
-    """One registered adapter version, as its manifest describes it."""
+class Storage(Protocol):
+    """Where a registry's files live, each named by its path parts under the root (`direction`, `versions`, ...)."""
 
-    direction: str
-    version: str
-    uri: str
-    base_model: str
-    base_revision: str | None
-    data_manifest_sha256: str
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    files: dict[str, str]
-    created_at: str
-    manifest_sha256: str
+    uri: str  # the root, as a local path or an fsspec URL
+    reads_in_place: bool  # loaders can read the stored files where they are: fetch verifies, never downloads
 
-    @property
-    def number(self) -> int:
-        return int(self.version[1:])
+    def uri_of(self, *parts: str) -> str:
+        """The URI of a path under the root."""
 
+    def escapes(self, *parts: str) -> bool:
+        """Whether the path resolves outside the root (through a symlink)."""
 
-@dataclass(frozen=True)
-class PromotedPointer:
-    """The content of a direction's PROMOTED file (not verified: use it to notice changes only)."""
+    def is_symlink(self, *parts: str) -> bool:
+        """Whether the path is a symlink."""
 
-    version: str
-    manifest_sha256: str
-    promoted_at: str
+    def entries(self, *parts: str) -> dict[str, str]:
+        """Names in a directory -> 'file' | 'directory' (| 'symlink' | 'other'); {} when there is none."""
 
+    def read(self, *parts: str) -> bytes:
+        """A file's bytes (FileNotFoundError when it is missing)."""
 
-class _Manifest(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    def get(self, dest: Path, *parts: str) -> None:
+        """Copy a file to the local path `dest`."""
 
-    direction: str
-    version: str
-    base_model: str
-    base_revision: str | None
-    data_manifest_sha256: str
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    files: dict[str, str]
-    created_at: str
+    def create(self, data: bytes, *parts: str) -> None:
+        """Create a file, raising FileExistsError when it exists: one creator wins each name."""
 
-    @field_validator("files")
-    @classmethod
-    def _safe_files(cls, files: dict[str, str]) -> dict[str, str]:
-        for name, digest in files.items():
-            if not _FILE_NAME_RE.fullmatch(name) or name == MANIFEST:
-                raise ValueError(f"unsafe file name {name!r}")
-            if not name.lower().endswith(ALLOWED_SUFFIXES):  # a pickle listed by a rewritten manifest
-                raise ValueError(f"{name!r} is not an allowed adapter file")
-            if not _SHA256_RE.fullmatch(digest):
-                raise ValueError(f"{name}: {digest!r} is not a sha256 hex digest")
-        return files
+    def put(self, data: bytes, *parts: str) -> None:
+        """Write a new file into a directory that its manifest, written last, will publish."""
+
+    def publish(self, data: bytes, *parts: str) -> None:
+        """Replace a file at once: readers see the old or the new bytes, never a mix."""
+
+    def swap(self, data: bytes, settled: Callable[[], bool], *parts: str) -> bool:
+        """One compare-and-swap: judge the file with `settled()` (True: leave it; it may raise), then
+        replace it with `data` only if nobody changed it since. False when somebody did: judge again."""
 
 
-class _Pointer(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    version: str
-    manifest_sha256: str
-    promoted_at: str
+def open_storage(uri: str, storage_options: dict[str, Any] | None = None) -> Storage:
+    """The storage holding `uri`: the local disk for paths and `file://` URLs, else an object store."""
+    fs, root = fsio.open_fs(uri, storage_options)
+    if fsio.is_local(fs):
+        return LocalDisk(root)
+    return ObjectStore(fs, root, storage_options)
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _check_direction(direction: str) -> None:
+def _json_fields(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """`config` and `metrics` as they read back from a manifest, refused unless JSON-serialisable."""
     try:
-        parse_direction(direction)
-    except (ValueError, AttributeError) as exc:
-        raise RegistryError(f"invalid direction {direction!r}: {exc}") from None
+        return dict(json.loads(fsio.dumps_json({"config": config, "metrics": metrics})))
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(f"config and metrics must be JSON-serialisable: {exc}") from None
 
 
-def _check_version(version: str) -> None:
-    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
-        raise RegistryError(f"invalid version {version!r}: expected v followed by 4 to 12 digits, e.g. v0001")
-
-
-def _check_safetensors(path: Path) -> None:
-    # A safetensors file opens with an 8-byte little-endian header length and a JSON header; a
-    # renamed pickle does not, so this refuses it before it reaches a loader.
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(8)
-        n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if n <= 0 or n > size - 8:
-            raise RegistryError(f"{path.name}: not a safetensors file (bad header length)")
-        try:
-            header = json.loads(fh.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            header = None
-    if not isinstance(header, dict):
-        raise RegistryError(f"{path.name}: not a safetensors file (header is not a JSON object)")
-    # The tensors' byte ranges must end exactly at the end of the file: a truncated copy is refused here.
+def _local_copy_ok(target: Path, info: VersionInfo, manifest_bytes: bytes) -> bool:
+    """Whether local directory `target` holds exactly this version: its manifest and every file intact."""
+    manifest = target / VERSION_MANIFEST
+    if not target.is_dir() or target.is_symlink() or not manifest.is_file() or manifest.is_symlink():
+        return False
+    if manifest.read_bytes() != manifest_bytes:
+        return False
     try:
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    except (TypeError, KeyError, IndexError, ValueError):
-        raise RegistryError(f"{path.name}: not a safetensors file (bad tensor offsets)") from None
-    if 8 + n + end != size:
-        raise RegistryError(
-            f"{path.name}: truncated safetensors file ({size} bytes, its header describes {8 + n + end})"
-        )
+        compare_files(str(target), info.files, folder_entries(str(target)), lambda n: sha256_file(target / n))
+    except RegistryError:
+        return False
+    return True
 
 
-def _adapter_files(adapter_dir: Path) -> list[Path]:
-    """The files of `adapter_dir` to register, refusing anything that is not a safe adapter file."""
-    if not adapter_dir.is_dir():
-        raise RegistryError(f"adapter directory {adapter_dir} does not exist")
-    if os.path.lexists(adapter_dir / INCOMPLETE):
-        raise RegistryError(f"{adapter_dir} is incomplete: {INCOMPLETE} marks a directory still being written")
-    files = []
-    for entry in sorted(adapter_dir.iterdir()):
-        name = entry.name
-        if entry.is_symlink():
-            raise RegistryError(f"{name}: symlinks are refused; copy the file into {adapter_dir}")
-        if entry.is_dir():
-            raise RegistryError(f"{name}: subdirectories are refused; an adapter directory is flat")
-        if name.lower().endswith(PICKLE_SUFFIXES):
-            raise RegistryError(f"{name}: pickle-format files are refused; save with safe_serialization=True")
-        if name == MANIFEST or not _FILE_NAME_RE.fullmatch(name) or not name.lower().endswith(ALLOWED_SUFFIXES):
-            raise RegistryError(f"{name}: not an allowed adapter file (allowed: {', '.join(ALLOWED_SUFFIXES)})")
-        if name.endswith(".safetensors"):
-            _check_safetensors(entry)
-        elif name.endswith(".json"):
-            try:
-                json.loads(entry.read_bytes())
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise RegistryError(f"{name}: not valid JSON ({exc})") from None
-        files.append(entry)
-    missing = [n for n in REQUIRED_FILES if not (adapter_dir / n).is_file()]
-    if missing:
-        raise RegistryError(f"{adapter_dir} lacks {', '.join(missing)}")
-    return files
-
-
-def _compare_files(where: str, expected: dict[str, str], present: dict[str, str], sha256: Callable[[str], str]) -> None:
-    """Raise unless `present` (name -> kind) holds exactly the `expected` files with matching sha256."""
-    odd = sorted(n for n, kind in present.items() if kind != "file")
-    if odd:
-        kinds = ", ".join(f"{n} ({present[n]})" for n in odd)
-        raise RegistryError(f"{where}: refused entries that are not regular files: {kinds}")
-    names = set(present) - {MANIFEST}
-    missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
-    if missing:
-        raise RegistryError(f"{where}: files missing: {', '.join(missing)}")
-    if extra:
-        raise RegistryError(f"{where}: files not in the manifest: {', '.join(extra)}")
-    for name, digest in sorted(expected.items()):
-        actual = sha256(name)
-        if actual != digest:
-            raise RegistryError(f"{where}: {name} sha256 mismatch (manifest {digest[:12]}..., file {actual[:12]}...)")
-
-
-def _local_entries(path: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    try:
-        with os.scandir(path) as it:
-            for entry in it:
-                if entry.is_symlink():
-                    out[entry.name] = "symlink"
-                elif entry.is_dir(follow_symlinks=False):
-                    out[entry.name] = "directory"
-                elif entry.is_file(follow_symlinks=False):
-                    out[entry.name] = "file"
-                else:
-                    out[entry.name] = "other"
-    except (FileNotFoundError, NotADirectoryError):
-        return {}
-    return out
+def _replace_dir(src: Path, target: Path) -> None:
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.exists():
+        shutil.rmtree(target)
+    os.replace(src, target)
 
 
 class Registry:
@@ -245,34 +156,8 @@ class Registry:
 
     def __init__(self, uri: str = "registry", storage_options: dict[str, Any] | None = None) -> None:
         self.storage_options = storage_options
-        self._fs, root = fsio.open_fs(uri, storage_options)
-        self._local = fsio.is_local(self._fs)
-        # Local registries are pinned to their resolved path so symlinks are judged against it.
-        self._root = os.path.realpath(root) if self._local else root.rstrip("/")
-        self.uri: str = self._root if self._local else self._fs.unstrip_protocol(self._root)
-
-    # -- paths -------------------------------------------------------------------------------------
-
-    def _path(self, *parts: str) -> str:
-        return "/".join([self._root, *parts])
-
-    def _uri(self, *parts: str) -> str:
-        return fsio.join(self.uri, *parts)
-
-    def _inside(self, path: str) -> bool:
-        real = os.path.realpath(path)
-        return real == self._root or real.startswith(self._root + os.sep)
-
-    def _entries(self, path: str) -> dict[str, str]:
-        """Names in directory `path` -> 'file' | 'directory' (| 'symlink' | 'other' on local disks)."""
-        if self._local:
-            return _local_entries(path)
-        self._fs.invalidate_cache(path)  # other writers (trainers, CI) change the store under us
-        try:
-            listing = self._fs.ls(path, detail=True)
-        except FileNotFoundError:
-            return {}
-        return {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["type"] for e in listing if e["name"].rstrip("/") != path}
+        self._store = open_storage(uri, storage_options)
+        self.uri: str = self._store.uri
 
     def adapter_uri(self, direction: str, version: str) -> str:
         """URI of a version's directory.
@@ -281,48 +166,15 @@ class Registry:
             direction: `src-tgt` FLORES-200 codes.
             version: `v0001`-style version.
         """
-        _check_direction(direction)
-        _check_version(version)
-        return self._uri(direction, "versions", version)
+        check_direction(direction)
+        check_version(version)
+        return self._store.uri_of(direction, "versions", version)
+
+    def _refuse_escape(self, where: str, *parts: str) -> None:
+        if self._store.escapes(*parts):  # a direction or version directory that is a symlink to elsewhere
+            raise RegistryError(f"{where}: resolves outside the registry {self.uri}")
 
     # -- writing -----------------------------------------------------------------------------------
-
-    def _numbers(self, direction: str, kind: str) -> set[int]:
-        return {int(n[1:]) for n in self._entries(self._path(direction, kind)) if _VERSION_RE.fullmatch(n)}
-
-    def _claim_version(self, direction: str) -> str:
-        taken = self._numbers(direction, "claims") | self._numbers(direction, "versions")
-        number = max(taken, default=0) + 1
-        claim = fsio.dumps_json({"claimed_at": _now(), "host": socket.gethostname(), "pid": os.getpid()})
-        for _ in range(MAX_CLAIM_ATTEMPTS):
-            version = f"v{number:04d}"
-            try:
-                # Exclusive create (O_EXCL locally, If-None-Match on object stores): one winner per number.
-                fsio.write_bytes_exclusive(self._uri(direction, "claims", version), claim, self.storage_options)
-                return version
-            except FileExistsError:
-                number += 1
-        raise RegistryError(f"{direction}: could not claim a version after {MAX_CLAIM_ATTEMPTS} attempts")
-
-    def _copy_in(self, src: Path, dest: str) -> str:
-        """Copy local `src` to registry path `dest`, returning the sha256 of exactly the bytes written."""
-        digest = hashlib.sha256()
-        with src.open("rb") as fin:
-            if self._local:
-                os.makedirs(os.path.dirname(dest), exist_ok=True)
-                # "x": a freshly claimed version directory is empty; a file there means a bug, not a retry.
-                with open(dest, "xb") as fout:
-                    while chunk := fin.read(_CHUNK):
-                        digest.update(chunk)
-                        fout.write(chunk)
-                    fout.flush()
-                    os.fsync(fout.fileno())
-            else:
-                with self._fs.open(dest, "wb") as fout:
-                    while chunk := fin.read(_CHUNK):
-                        digest.update(chunk)
-                        fout.write(chunk)
-        return digest.hexdigest()
 
     def register(
         self,
@@ -349,33 +201,26 @@ class Registry:
             reuse: Return an intact version that already holds these very files and fields instead of
                 copying them again (a re-run of a promotion that crashed after registering).
         """
-        _check_direction(direction)
-        files = _adapter_files(Path(adapter_dir))
-        try:
-            fields = json.loads(fsio.dumps_json({"config": config, "metrics": metrics}))
-        except (TypeError, ValueError) as exc:
-            raise RegistryError(f"config and metrics must be JSON-serialisable: {exc}") from None
-        if self._local and not self._inside(self._path(direction)):
-            raise RegistryError(f"{direction}: resolves outside the registry {self._root}")
-        if reuse:
-            wanted = {
-                "files": {src.name: sha256_file(src) for src in files}, "base_model": base_model,
-                "base_revision": base_revision, "data_manifest_sha256": data_manifest_sha256, **fields,
-            }
-            for existing in reversed(self.versions(direction)):
-                if all(getattr(existing, key) == value for key, value in wanted.items()):
-                    try:
-                        return self.verify(direction, existing.version)
-                    except RegistryError:
-                        continue  # damaged since: register a fresh copy instead
-        version = self._claim_version(direction)
-        hashes = {src.name: self._copy_in(src, self._path(direction, "versions", version, src.name)) for src in files}
-        manifest = {
-            "direction": direction,
-            "version": version,
+        check_direction(direction)
+        files = adapter_files(Path(adapter_dir))
+        fields = _json_fields(config, metrics)
+        self._refuse_escape(direction, direction)
+        provenance = {
             "base_model": base_model,
             "base_revision": base_revision,
             "data_manifest_sha256": data_manifest_sha256,
+        }
+        if reuse:
+            wanted = {"files": {src.name: sha256_file(src) for src in files}, **provenance, **fields}
+            found = self._intact_version_with(direction, wanted)
+            if found is not None:
+                return found
+        version = self._claim_version(direction)
+        hashes = {src.name: self._copy_in(src, direction, version) for src in files}
+        manifest = {
+            "direction": direction,
+            "version": version,
+            **provenance,
             "config": config,
             "metrics": metrics,
             "files": hashes,
@@ -383,8 +228,40 @@ class Registry:
         }
         data = fsio.dumps_json(manifest)
         # Last: until the manifest lands, the version is incomplete and invisible to readers.
-        fsio.write_bytes_atomic(self._uri(direction, "versions", version, MANIFEST), data, self.storage_options)
+        self._store.publish(data, direction, "versions", version, VERSION_MANIFEST)
         return self._info(direction, version, data)
+
+    def _intact_version_with(self, direction: str, wanted: dict[str, Any]) -> VersionInfo | None:
+        """The newest intact version whose manifest holds the `wanted` fields, if any."""
+        for existing in reversed(self.versions(direction)):
+            if all(getattr(existing, key) == value for key, value in wanted.items()):
+                try:
+                    return self.verify(direction, existing.version)
+                except RegistryError:
+                    continue  # damaged since: register a fresh copy instead
+        return None
+
+    def _numbers(self, direction: str, kind: str) -> set[int]:
+        return {int(n[1:]) for n in self._store.entries(direction, kind) if VERSION_RE.fullmatch(n)}
+
+    def _claim_version(self, direction: str) -> str:
+        taken = self._numbers(direction, "claims") | self._numbers(direction, "versions")
+        number = max(taken, default=0) + 1
+        claim = fsio.dumps_json({"claimed_at": _now(), "host": socket.gethostname(), "pid": os.getpid()})
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            version = f"v{number:04d}"
+            try:
+                self._store.create(claim, direction, "claims", version)  # one winner per number
+                return version
+            except FileExistsError:
+                number += 1
+        raise RegistryError(f"{direction}: could not claim a version after {MAX_CLAIM_ATTEMPTS} attempts")
+
+    def _copy_in(self, src: Path, direction: str, version: str) -> str:
+        """Copy local `src` into a claimed version, returning the sha256 of exactly the bytes written."""
+        data = src.read_bytes()
+        self._store.put(data, direction, "versions", version, src.name)
+        return sha256_bytes(data)
 
     def promote(self, direction: str, version: str) -> VersionInfo:
         """Verify a version, then atomically point PROMOTED at it (the previous pointer survives any failure).
@@ -414,8 +291,9 @@ class Registry:
         info = self.verify(direction, version)
         data = fsio.dumps_json({"version": version, "manifest_sha256": info.manifest_sha256, "promoted_at": _now()})
 
-        def settled(current: PromotedPointer | None) -> bool:
+        def settled() -> bool:
             """True when `version` is promoted already; raises PromotionConflict when the switch is not allowed."""
+            current = self.pointer(direction)
             name = current.version if current else None
             if name == version and current and current.manifest_sha256 == info.manifest_sha256:
                 return True
@@ -423,92 +301,30 @@ class Registry:
                 raise PromotionConflict(f"{direction}: {name or 'nothing'} is promoted now, not the incumbent judged")
             return False
 
-        path = self._path(direction, PROMOTED)
-        if self._local:
-            with self._promotion_lock(direction):
-                if not settled(self.pointer(direction)):
-                    fsio.write_bytes_atomic(self._uri(direction, PROMOTED), data)
-            return info
         for _ in range(MAX_SWAP_ATTEMPTS):
-            etag = self._etag(path)
-            if settled(self.pointer(direction)):
+            if self._store.swap(data, settled, direction, PROMOTED):
                 return info
-            try:
-                # Conditional PUT: it lands only if PROMOTED is still what was just judged.
-                if etag is None:
-                    self._fs.pipe_file(path, data, mode="create")
-                else:
-                    self._fs.pipe_file(path, data, IfMatch=etag)
-                return info
-            except OSError:
-                if self._etag(path) == etag:
-                    raise  # the store refused the write itself, not a concurrent promotion
         raise RegistryError(f"{direction}: PROMOTED changed under all {MAX_SWAP_ATTEMPTS} tries to promote {version}")
-
-    def _etag(self, path: str) -> str | None:
-        self._fs.invalidate_cache(path)
-        try:
-            return str(self._fs.info(path)["ETag"])
-        except FileNotFoundError:
-            return None
-
-    @contextlib.contextmanager
-    def _promotion_lock(self, direction: str) -> Iterator[None]:
-        # flock on the direction's folder: promotions take turns, and a crashed holder's lock dies with it.
-        directory = self._path(direction)
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            for name, kind in _local_entries(directory).items():
-                if kind == "file" and name.startswith(f".{PROMOTED}.tmp-"):
-                    os.remove(os.path.join(directory, name))  # a crashed promoter's temporary pointer
-            yield
-        finally:
-            os.close(fd)
 
     # -- reading -----------------------------------------------------------------------------------
 
     def _info(self, direction: str, version: str, data: bytes) -> VersionInfo:
-        where = f"{direction}/{version}"
-        try:
-            m = _Manifest.model_validate_json(data)
-        except ValidationError as exc:
-            raise RegistryError(f"{where}: malformed manifest: {exc.errors()[0]['msg']}") from None
-        if (m.direction, m.version) != (direction, version):
-            raise RegistryError(f"{where}: manifest names {m.direction}/{m.version}")
-        return VersionInfo(
-            direction=direction,
-            version=version,
-            uri=self._uri(direction, "versions", version),
-            base_model=m.base_model,
-            base_revision=m.base_revision,
-            data_manifest_sha256=m.data_manifest_sha256,
-            config=m.config,
-            metrics=m.metrics,
-            files=m.files,
-            created_at=m.created_at,
-            manifest_sha256=sha256_bytes(data),
-        )
+        return parse_manifest(direction, version, self._store.uri_of(direction, "versions", version), data)
 
     def _read_manifest(self, direction: str, version: str) -> VersionInfo:
         return self._info(direction, version, self._manifest_bytes(direction, version))
 
     def _manifest_bytes(self, direction: str, version: str) -> bytes:
-        _check_direction(direction)
-        _check_version(version)
+        check_direction(direction)
+        check_version(version)
         where = f"{direction}/{version}"
-        vdir = self._path(direction, "versions", version)
-        manifest = self._path(direction, "versions", version, MANIFEST)
-        if self._local:
-            if not self._inside(vdir):
-                raise RegistryError(f"{where}: resolves outside the registry {self._root}")
-            if os.path.islink(manifest):
-                raise RegistryError(f"{where}: manifest is a symlink")
+        self._refuse_escape(where, direction, "versions", version)
+        if self._store.is_symlink(direction, "versions", version, VERSION_MANIFEST):
+            raise RegistryError(f"{where}: manifest is a symlink")
         try:
-            data = self._fs.cat_file(manifest)
+            return self._store.read(direction, "versions", version, VERSION_MANIFEST)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise RegistryError(f"{where}: no manifest (version missing or incomplete)") from None
-        return bytes(data)
 
     def verify(self, direction: str, version: str) -> VersionInfo:
         """Check a version's files against its manifest: none missing, none extra, every sha256 equal.
@@ -520,12 +336,11 @@ class Registry:
             version: Version to check.
         """
         info = self._read_manifest(direction, version)
-        vdir = self._path(direction, "versions", version)
-        _compare_files(
+        compare_files(
             f"{direction}/{version}",
             info.files,
-            self._entries(vdir),
-            lambda name: sha256_file(self._uri(direction, "versions", version, name), self.storage_options),
+            self._store.entries(direction, "versions", version),
+            lambda name: sha256_file(self._store.uri_of(direction, "versions", version, name), self.storage_options),
         )
         return info
 
@@ -535,24 +350,15 @@ class Registry:
         Args:
             direction: `src-tgt` FLORES-200 codes.
         """
-        _check_direction(direction)
-        path = self._path(direction, PROMOTED)
-        if self._local and os.path.islink(path):
+        check_direction(direction)
+        if self._store.is_symlink(direction, PROMOTED):
             raise RegistryError(f"{direction}: PROMOTED is a symlink")
-        if self._local and not self._inside(path):  # a direction folder that is a symlink to elsewhere
-            raise RegistryError(f"{direction}: resolves outside the registry {self._root}")
+        self._refuse_escape(direction, direction, PROMOTED)
         try:
-            data = self._fs.cat_file(path)
+            data = self._store.read(direction, PROMOTED)
         except FileNotFoundError:
             return None
-        try:
-            p = _Pointer.model_validate_json(data)
-        except ValidationError as exc:
-            raise RegistryError(f"{direction}: malformed PROMOTED pointer: {exc.errors()[0]['msg']}") from None
-        _check_version(p.version)
-        if not _SHA256_RE.fullmatch(p.manifest_sha256):
-            raise RegistryError(f"{direction}: malformed PROMOTED pointer: bad manifest_sha256")
-        return PromotedPointer(p.version, p.manifest_sha256, p.promoted_at)
+        return parse_pointer(direction, data)
 
     def promoted(self, direction: str) -> VersionInfo | None:
         """The promoted version, verified; None when nothing was promoted.
@@ -577,10 +383,10 @@ class Registry:
         Args:
             direction: `src-tgt` FLORES-200 codes.
         """
-        _check_direction(direction)
+        check_direction(direction)
         out = []
-        for name, kind in self._entries(self._path(direction, "versions")).items():
-            if kind != "directory" or not _VERSION_RE.fullmatch(name):
+        for name, kind in self._store.entries(direction, "versions").items():
+            if kind != "directory" or not VERSION_RE.fullmatch(name):
                 continue
             try:
                 out.append(self._read_manifest(direction, name))
@@ -591,7 +397,7 @@ class Registry:
     def directions(self) -> list[str]:
         """Directions that have anything registered."""
         out = []
-        for name, kind in self._entries(self._root).items():
+        for name, kind in self._store.entries().items():
             if kind != "directory":
                 continue
             try:
@@ -613,49 +419,35 @@ class Registry:
             version: Version to fetch.
             dest_dir: Local cache directory for remote registries.
         """
-        if self._local:
+        if self._store.reads_in_place:
             return self.verify(direction, version).uri
+        return self._download(direction, version, Path(dest_dir))
+
+    def _download(self, direction: str, version: str, dest_dir: Path) -> str:
         manifest_bytes = self._manifest_bytes(direction, version)
         info = self._info(direction, version, manifest_bytes)
         where = f"{direction}/{version}"
-        remote = self._entries(self._path(direction, "versions", version))
+        stored = self._store.entries(direction, "versions", version)
         # Names only here; the bytes are checked after download instead of reading the store twice.
-        _compare_files(where, info.files, remote, lambda name: info.files[name])
-        target = Path(dest_dir) / direction / version
-        if self._cached_copy_ok(target, info, manifest_bytes):
+        compare_files(where, info.files, stored, lambda name: info.files[name])
+        target = dest_dir / direction / version
+        if _local_copy_ok(target, info, manifest_bytes):
             return str(target)
         tmp = target.parent / f".{version}.tmp-{uuid.uuid4().hex}"
         tmp.mkdir(parents=True)
         try:
             for name in info.files:
-                self._fs.get_file(self._path(direction, "versions", version, name), str(tmp / name))
-            (tmp / MANIFEST).write_bytes(manifest_bytes)
-            _compare_files(where, info.files, _local_entries(str(tmp)), lambda name: sha256_file(tmp / name))
-            if self._cached_copy_ok(target, info, manifest_bytes):
+                self._store.get(tmp / name, direction, "versions", version, name)
+            (tmp / VERSION_MANIFEST).write_bytes(manifest_bytes)
+            compare_files(where, info.files, folder_entries(str(tmp)), lambda name: sha256_file(tmp / name))
+            if _local_copy_ok(target, info, manifest_bytes):
                 # Another fetcher (a second serving worker) finished first and may be loading it: keep theirs.
                 return str(target)
-            if target.is_symlink() or target.is_file():
-                target.unlink()
-            elif target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            _replace_dir(tmp, target)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp)
         return str(target)
-
-    @staticmethod
-    def _cached_copy_ok(target: Path, info: VersionInfo, manifest_bytes: bytes) -> bool:
-        manifest = target / MANIFEST
-        if not target.is_dir() or target.is_symlink() or not manifest.is_file() or manifest.is_symlink():
-            return False
-        if manifest.read_bytes() != manifest_bytes:
-            return False
-        try:
-            _compare_files(str(target), info.files, _local_entries(str(target)), lambda n: sha256_file(target / n))
-        except RegistryError:
-            return False
-        return True
 
     def fetch_promoted(self, direction: str, dest_dir: str | Path) -> tuple[VersionInfo, str] | None:
         """The promoted version and a verified local directory of it (None when nothing is promoted).
@@ -671,7 +463,7 @@ class Registry:
             return None
         path = self.fetch(direction, p.version, dest_dir)
         # Judge the manifest that sits beside the verified files, not a second read of the store.
-        info = self._info(direction, p.version, Path(path, MANIFEST).read_bytes())
+        info = self._info(direction, p.version, Path(path, VERSION_MANIFEST).read_bytes())
         if info.manifest_sha256 != p.manifest_sha256:
             raise RegistryError(f"{direction}/{p.version}: manifest changed since it was promoted")
         return info, path

@@ -22,8 +22,10 @@ import torch
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.settings import Settings
 from bhashaflow.data.batching import Example, collate, count_tokens
-from bhashaflow.modeling.loading import LoadedModel, load_base
-from bhashaflow.training.loop import prepare_lora_model, train_step
+from bhashaflow.modeling.loaded import LoadedModel
+from bhashaflow.modeling.loading import load_configured_base
+from bhashaflow.training.loop import train_step
+from bhashaflow.training.lora import prepare_lora_model
 from bhashaflow.training.optim import AdapterOptimizer
 
 GIB = 2**30
@@ -117,10 +119,7 @@ def check_fit(config: PipelineConfig, *, steps: int = 3, device: str | None = No
     free_before = total = None
     if cuda:
         free_before, total = torch.cuda.mem_get_info()
-    lm = load_base(
-        config.base_model, languages=config.languages, quantization=train_cfg.quantization, revision=config.base_revision,
-        trust_remote_code=config.trust_remote_code, settings=settings, device=device, flores_dir=config.evaluation.flores_dir,
-    )  # fmt: skip
+    lm = load_configured_base(config, settings, device)
     model, _ = prepare_lora_model(lm, config)
     lm.model = model
     optimizer = AdapterOptimizer(

@@ -9,7 +9,6 @@ steps them, and copies them back in one fused copy per step (a few MB for a rank
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import torch
@@ -89,11 +88,3 @@ class AdapterOptimizer:
             for master, saved in zip(self.masters, state["master_params"], strict=True):
                 master.copy_(saved)
             torch._foreach_copy_(self.params, self.masters)
-
-
-def lr_at(step: int, *, peak: float, warmup: int, max_steps: int) -> float:
-    """Linear warm-up to `peak`, then cosine decay to a tenth of it."""
-    if warmup and step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, max_steps - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))

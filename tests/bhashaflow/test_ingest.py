@@ -1,26 +1,16 @@
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc
 import pyarrow.parquet as pq
 import pytest
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.core.records import RawRecord
-from bhashaflow.data.ingest import (
-    IngestError,
-    SeenKeys,
-    ShardWriter,
-    iter_pairs,
-    load_manifest,
-    shard_uris,
-    stage_source,
-    write_shards,
-)
-from bhashaflow.data.validation import PAIR_SCHEMA
+from bhashaflow.core.hashing import sha256_file
+from bhashaflow.core.records import PAIR_SCHEMA, RawRecord
+from bhashaflow.data.ingest import IngestError, load_manifest, shard_uris, stage_source, write_shards
+from bhashaflow.data.shards import SeenKeys, ShardWriter, iter_pairs
 
 HI = "यह एक वाक्य है"
 
@@ -162,7 +152,7 @@ def reference_shards(rows, shard_rows, group_rows, base):
                 writer.write_table(pa.table({name: [r[k] for r in group] for k, name in enumerate(PAIR_SCHEMA.names)},
                                             schema=PAIR_SCHEMA))
         i += shard_rows
-    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    return [sha256_file(p) for p in paths]
 
 
 @pytest.mark.parametrize(
@@ -191,21 +181,6 @@ def test_shard_writer_tables_write_the_same_files_as_rows(tmp_path, shard_rows, 
     assert [pq.ParquetFile(s["uri"]).metadata.num_row_groups for s in shards] == [
         -(-s["rows"] // group_rows) for s in shards
     ]
-
-
-def test_parts_staged_as_parquet_by_earlier_versions_still_shard(tmp_path):
-    rows_a, rows_b = corpus()
-    clean, _ = run(make_config(tmp_path / "clean"), [ListReader("a", rows_a), ListReader("b", rows_b)])
-    config = make_config(tmp_path / "legacy")
-    run_uri = config.run_uri()
-    staged = [stage_source(config, s, r, run_uri) for s, r in zip(config.sources, [ListReader("a", rows_a), ListReader("b", rows_b)], strict=True)]
-    for part in Path(run_uri, "staging").rglob("part-*.arrow"):
-        with pa.ipc.open_file(part) as reader:
-            pq.write_table(reader.read_all(), part.with_suffix(".parquet"))
-        part.unlink()
-    legacy = write_shards(config, staged, run_uri)
-    for key in ("directions", "sources", "totals", "rejected_by_reason", "quarantine"):
-        assert legacy[key] == clean[key]
 
 
 def test_lone_surrogate_lands_in_the_quarantine(tmp_path):

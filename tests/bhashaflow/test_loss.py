@@ -14,8 +14,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bhashaflow.config import config_from_dict
 from bhashaflow.data.batching import collate
-from bhashaflow.modeling.loading import LoadedModel, encode_pair, load_base
-from bhashaflow.training.loop import prepare_lora_model, train_step
+from bhashaflow.modeling.encoding import encode_pair
+from bhashaflow.modeling.loaded import LoadedModel
+from bhashaflow.modeling.loading import load_base
+from bhashaflow.training.loop import train_step
+from bhashaflow.training.lora import prepare_lora_model
 from bhashaflow.training.loss import (
     CHUNK_ELEMENTS,
     chunk_rows_for,

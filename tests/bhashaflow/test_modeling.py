@@ -11,22 +11,15 @@ import torch
 from tiny_models import FLORES, LANGS, save_tiny_bloom, save_tiny_m2m100, write_shard
 
 from bhashaflow.config import config_from_dict
+from bhashaflow.core.names import BASE_MANIFEST as MANIFEST
 from bhashaflow.core.settings import Settings
 from bhashaflow.modeling import builtin as builtin_bases
-from bhashaflow.modeling.builtin import MANIFEST, ensure_builtin, small_recipe
+from bhashaflow.modeling.adapters import default_target_modules, load_adapter, unload_adapter
+from bhashaflow.modeling.builtin import ensure_builtin, small_recipe
+from bhashaflow.modeling.encoding import encode_pair, encode_source, forced_bos_id, language_tag_id
 from bhashaflow.modeling.generation import translate
-from bhashaflow.modeling.loading import (
-    BaseModelError,
-    default_target_modules,
-    encode_pair,
-    encode_source,
-    forced_bos_id,
-    language_tag_id,
-    load_adapter,
-    load_base,
-    resolve_base,
-    unload_adapter,
-)
+from bhashaflow.modeling.loaded import BaseModelError
+from bhashaflow.modeling.loading import load_base, resolve_base
 from bhashaflow.training.loop import train_adapter
 
 FAST = {"vocab_size": 300, "d_model": 32, "layers": 1, "ffn_dim": 64, "steps": 4, "batch_size": 4, "warmup_steps": 1}
@@ -210,3 +203,18 @@ def test_m2m100_style_language_tokens(m2m: Path) -> None:
     assert language_tag_id(tok, "kor_Hang") is None
     tok.add_tokens(["__ko__"], special_tokens=True)
     assert language_tag_id(tok, "kor_Hang") == tok.convert_tokens_to_ids("__ko__")
+
+
+def test_built_in_bases_read_dev_text_aligned_across_a_line_separator(tmp_path: Path) -> None:
+    from bhashaflow.modeling.builtin import read_dev_text
+
+    flores = tmp_path / "flores200"
+    (flores / "dev").mkdir(parents=True)
+    eng = ["One.", "Two\u2028 still two.", "Three."]
+    hin = ["एक।", "दो।", "तीन\u2029 अब भी तीन।"]
+    (flores / "dev" / "eng_Latn.dev").write_text("\n".join(eng) + "\n", encoding="utf-8")
+    (flores / "dev" / "hin_Deva.dev").write_text("\n".join(hin) + "\n", encoding="utf-8")
+
+    texts = read_dev_text(flores, ["eng_Latn", "hin_Deva"])
+
+    assert texts == {"eng_Latn": eng, "hin_Deva": hin}  # line k of one language still translates line k of the other

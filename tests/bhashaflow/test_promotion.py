@@ -14,7 +14,6 @@ from bhashaflow.registry.promotion import (
     PromotionOutcome,
     decide_promotion,
     promote_adapter,
-    should_promote,
 )
 from bhashaflow.registry.store import Registry
 
@@ -37,10 +36,9 @@ from bhashaflow.registry.store import Registry
         (16.4, 15.9, 15.0, 0.5, True),  # 16.4 - 15.9 == 0.4999999999999982
     ],
 )
-def test_should_promote(
+def test_decide_promotion_gate(
     candidate: float, incumbent: float | None, base: float, min_gain: float, expected: bool
 ) -> None:
-    assert should_promote(candidate, incumbent, base, min_gain) is expected
     assert decide_promotion(candidate, incumbent, base, min_gain).promote is expected
 
 
@@ -98,7 +96,7 @@ def test_non_finite_candidate_is_refused_not_raised(candidate: float) -> None:
 )
 def test_invalid_gate_inputs_raise(incumbent: float | None, base: float, min_gain: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        should_promote(50.0, incumbent, base, min_gain)
+        decide_promotion(50.0, incumbent, base, min_gain)
 
 
 DIRECTION = "eng_Latn-hin_Deva"

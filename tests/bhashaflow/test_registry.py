@@ -19,7 +19,7 @@ from servers import S3Server
 
 from bhashaflow.core import fsio
 from bhashaflow.core.settings import Settings
-from bhashaflow.registry.store import PromotionConflict, Registry, RegistryError, VersionInfo
+from bhashaflow.registry.store import PromotionConflict, Registry, RegistryError, Storage, VersionInfo, open_storage
 
 DIRECTION = "eng_Latn-hin_Deva"
 BUCKET = "bhashaflow-test"
@@ -655,3 +655,56 @@ def test_s3_promotion_racing_between_read_and_write_is_a_conflict(
     with pytest.raises(PromotionConflict, match="v0003 is promoted now"):
         reg.promote_if(DIRECTION, "v0002", incumbent="v0001")
     assert reg.promoted(DIRECTION).version == "v0003"  # type: ignore[union-attr]
+
+
+# -- the storage backends under the registry (store.Storage): one contract, on a local disk and on S3 --------
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    if request.param == "local":
+        return open_storage(str(tmp_path / "store"))
+    request.getfixturevalue("s3_server").create_bucket(BUCKET)
+    uri = f"s3://{BUCKET}/store"
+    return open_storage(uri, Settings().storage_options_for(uri))
+
+
+def test_storage_backends_keep_one_contract(storage: Storage, tmp_path: Path) -> None:
+    storage.create(b"first", "d", "claims", "v0001")
+    with pytest.raises(FileExistsError):
+        storage.create(b"second", "d", "claims", "v0001")
+    storage.put(b"weights", "d", "versions", "v0001", "adapter_model.safetensors")
+    storage.publish(b"{}", "d", "versions", "v0001", "manifest.json")
+    storage.publish(b'{"v": 2}', "d", "versions", "v0001", "manifest.json")
+
+    assert storage.read("d", "claims", "v0001") == b"first"
+    assert storage.read("d", "versions", "v0001", "manifest.json") == b'{"v": 2}'
+    assert storage.entries("d") == {"claims": "directory", "versions": "directory"}
+    assert storage.entries("d", "versions", "v0001") == {"adapter_model.safetensors": "file", "manifest.json": "file"}
+    assert storage.entries("missing") == {}
+    with pytest.raises(FileNotFoundError):
+        storage.read("d", "PROMOTED")
+    storage.get(tmp_path / "copy", "d", "versions", "v0001", "adapter_model.safetensors")
+    assert (tmp_path / "copy").read_bytes() == b"weights"
+    assert storage.uri_of("d", "PROMOTED") == f"{storage.uri}/d/PROMOTED"
+    assert not storage.escapes("d", "PROMOTED") and not storage.is_symlink("d", "PROMOTED")
+
+    assert storage.swap(b"one", lambda: False, "d", "PROMOTED") is True  # not settled: written
+    assert storage.swap(b"two", lambda: True, "d", "PROMOTED") is True  # settled: left as it is
+    assert storage.read("d", "PROMOTED") == b"one"
+    assert sorted(storage.entries("d")) == ["PROMOTED", "claims", "versions"]  # no temporary file left
+
+
+def test_s3_swap_loses_to_a_write_after_its_judgement(s3_server: S3Server) -> None:
+    s3_server.create_bucket(BUCKET)
+    uri = f"s3://{BUCKET}/store"
+    options = Settings().storage_options_for(uri)
+    storage, rival = open_storage(uri, options), open_storage(uri, options)
+    storage.publish(b"old", "d", "PROMOTED")
+
+    def judged_then_overwritten() -> bool:
+        rival.publish(b"rival", "d", "PROMOTED")  # lands after the ETag was read, before the conditional PUT
+        return False
+
+    assert storage.swap(b"mine", judged_then_overwritten, "d", "PROMOTED") is False  # the caller judges again
+    assert storage.read("d", "PROMOTED") == b"rival"

@@ -20,7 +20,8 @@ from bhashaflow.config import PipelineConfig, config_from_dict
 from bhashaflow.core.settings import Settings
 from bhashaflow.episodes.export import RECORD_SCHEMA, export_rl_logs, part_name
 from bhashaflow.episodes.store import EpisodeStore, ExportBusy, NewEpisode
-from connectors.sinks import RetryPolicy, SinkError, open_sink
+from connectors.retry import RetryPolicy
+from connectors.sinks import SinkError, open_sink
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = RetryPolicy(attempts=3, base_delay_s=0.01, max_delay_s=0.05)

@@ -17,18 +17,15 @@ from safetensors.torch import load_file
 from tiny_models import dev_lines, devtest_lines, write_shard
 
 from bhashaflow.config import PipelineConfig, config_from_dict
+from bhashaflow.data.batching import collate, length_grouped_batches
 from bhashaflow.data.decontamination import Decontaminator, decontaminate, normalize_sentence
+from bhashaflow.modeling.adapters import load_adapter
+from bhashaflow.modeling.encoding import encode_pair
 from bhashaflow.modeling.generation import translate
-from bhashaflow.modeling.loading import encode_pair, load_adapter, load_base
-from bhashaflow.training.loop import (
-    TrainingError,
-    collate,
-    latest_checkpoint,
-    length_grouped_batches,
-    load_optimizer,
-    save_optimizer,
-    train_adapter,
-)
+from bhashaflow.modeling.loading import load_base
+from bhashaflow.training import TrainingError
+from bhashaflow.training.checkpoints import latest_checkpoint, load_optimizer, save_optimizer
+from bhashaflow.training.loop import train_adapter
 
 DIRECTION = "eng_Latn-hin_Deva"
 ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -264,7 +261,8 @@ def test_length_grouping_pads_less_than_arrival_order() -> None:
     rng = random.Random(0)
     examples = [([1] * n, [2] * n) for n in (rng.randint(3, 60) for _ in range(400))]
     grouped = list(length_grouped_batches(examples, 8, random.Random(0)))
-    plain = list(length_grouped_batches(examples, 8, random.Random(0), group_by_length=False))
+    arrival = random.Random(0).sample(examples, len(examples))  # the same examples, batched as they come
+    plain = [arrival[i : i + 8] for i in range(0, len(arrival), 8)]
     assert sorted(map(len, examples)) == sorted(len(ex) for b in grouped for ex in b)  # nothing lost or repeated
     cells = lambda batches: sum(collate(b, 0)["input_ids"].numel() for b in batches)  # noqa: E731
     assert cells(grouped) < 0.7 * cells(plain)
@@ -326,7 +324,8 @@ def test_every_quantization_trains_with_and_without_gradient_checkpointing(
 
 
 def test_gradient_accumulation_takes_the_step_one_big_batch_takes(bases: dict[str, Path]) -> None:
-    from bhashaflow.training.loop import prepare_lora_model, train_step
+    from bhashaflow.training.loop import train_step
+    from bhashaflow.training.lora import prepare_lora_model
     from bhashaflow.training.optim import AdapterOptimizer
 
     config = make_config(bases["seq2seq"])
@@ -508,3 +507,23 @@ def test_a_kill_between_validations_resumes_with_the_same_best_step_and_adapter(
     a = (Path(resumed.adapter_dir) / "adapter_model.safetensors").read_bytes()
     b = (Path(straight.adapter_dir) / "adapter_model.safetensors").read_bytes()
     assert a == b
+
+
+def test_a_line_separator_inside_an_evaluation_sentence_shifts_nothing(tmp_path: Path) -> None:
+    from bhashaflow.training.stream import eval_sentences
+
+    flores = tmp_path / "flores200"
+    (flores / "devtest").mkdir(parents=True)
+    # U+2028 and U+0085 are line breaks to str.splitlines, but not in FLORES files (one sentence per "\n").
+    eng = ["First sentence.", "Second\u2028 half of it.", "Third\x85 one.", "Fourth."]
+    hin = ["पहला।", "दूसरा\u2028 आधा।", "तीसरा।", "चौथा।"]
+    (flores / "devtest" / "eng_Latn.devtest").write_text("\n".join(eng) + "\n", encoding="utf-8")
+    (flores / "devtest" / "hin_Deva.devtest").write_text("\n".join(hin) + "\n", encoding="utf-8")
+    config = config_from_dict({"directions": [DIRECTION], "evaluation": {"flores_dir": str(flores)}})
+
+    sentences = eval_sentences(config, ("eng_Latn", "hin_Deva"), None)
+
+    assert sentences == eng + hin  # eight whole sentences, not eleven fragments
+    decon = Decontaminator(sentences)
+    kept = list(decon.filter([(eng[1], "x"), ("Second", "x"), ("y", hin[3]), ("clean", "pair")]))
+    assert kept == [("Second", "x"), ("clean", "pair")] and decon.removed == 2

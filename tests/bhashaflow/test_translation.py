@@ -8,8 +8,10 @@ import pytest
 from tiny_models import dev_lines, save_tiny_bloom, save_tiny_m2m100, write_shard
 
 from bhashaflow.config import config_from_dict
+from bhashaflow.modeling.adapters import load_adapter
 from bhashaflow.modeling.generation import _clean_causal, translate
-from bhashaflow.modeling.loading import LoadedModel, load_adapter, load_base
+from bhashaflow.modeling.loaded import LoadedModel
+from bhashaflow.modeling.loading import load_base
 from bhashaflow.training.loop import train_adapter
 
 TEXTS = dev_lines("eng_Latn", 9)[:8] + ["Short.", ""]

@@ -7,10 +7,9 @@ from hypothesis import strategies as st
 
 from bhashaflow.config import SourceConfig
 from bhashaflow.core.languages import script_fraction, script_regexes
-from bhashaflow.core.records import Pair, RawRecord, Rejection
+from bhashaflow.core.records import PAIR_SCHEMA, Pair, RawRecord, Rejection
 from bhashaflow.data.validation import (
     _CONTROL_RE2,
-    PAIR_SCHEMA,
     Skip,
     Validator,
     _check_column,

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 import pytest
 
 from bhashaflow.config import SourceConfig
+from bhashaflow.core.hashing import sha256_bytes
 from bhashaflow.core.settings import Settings
-from connectors.base import SourceError, open_connector
-from connectors.flores import FloresConnector, flores_checksums_ok, read_flores
+from bhashaflow.data.flores import flores_checksums_ok, read_flores
+from connectors import SourceError, open_connector
+from connectors.flores_dev import FloresConnector
 
 REAL_FLORES = Path(__file__).resolve().parents[2] / "data" / "flores200"
 
@@ -32,7 +33,7 @@ def flores_dir(tmp_path: Path) -> Path:
         for lang, lines in DEV.items():
             path = root / split / f"{lang}.{split}"
             path.write_text("".join(f"{split} {line}\n" for line in lines), encoding="utf-8")
-            sums.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}\n")
+            sums.append(f"{sha256_bytes(path.read_bytes())}  {path.name}\n")
         (root / f"{split}.sha256").write_text("".join(sums), encoding="utf-8")
     return root
 

@@ -17,7 +17,7 @@ import pytest
 
 from bhashaflow.config import SourceConfig
 from bhashaflow.core.settings import Settings
-from connectors.base import SourceError, open_connector
+from connectors import SourceError, open_connector
 from connectors.hf import HfConnector, hub_reachable
 
 ROWS = [

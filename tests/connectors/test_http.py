@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from servers import FaultyHTTPServer
 
-from bhashaflow.config import SourceConfig
+from bhashaflow.config import SourceConfig, SourceRetryConfig
 from bhashaflow.core.records import RawRecord
 from bhashaflow.core.settings import Settings
-from connectors.base import SourceError, TransientSourceError, open_connector
+from connectors import SourceError, TransientSourceError, open_connector
 from connectors.http import HttpConnector
 
 N_ROWS = 3000
@@ -32,9 +32,9 @@ def _write_jsonl(path: Path, rows: list[dict[str, str]]) -> bytes:
     return data
 
 
-def _connector(url: str, **kwargs: float) -> HttpConnector:
+def _connector(url: str, **retry: float) -> HttpConnector:
     source = SourceConfig(name="web", kind="http", uri=url)
-    return HttpConnector(source, Settings(), **{"base_delay": 0.01, "max_delay": 0.05, **kwargs})  # type: ignore[arg-type]
+    return HttpConnector(source, Settings(), SourceRetryConfig(**{"base_delay_s": 0.01, "max_delay_s": 0.05, **retry}))
 
 
 def _rows_of(records: list[RawRecord]) -> list[object]:
@@ -144,7 +144,7 @@ def test_missing_or_forbidden_fails_at_once(http_server: FaultyHTTPServer, statu
         http_server.plan.fail(times=10, status=403)
     began = time.monotonic()
     with pytest.raises(SourceError) as err:
-        list(_connector(http_server.url("pairs.jsonl"), base_delay=1.0).iter_records())
+        list(_connector(http_server.url("pairs.jsonl"), base_delay_s=1.0).iter_records())
     assert not isinstance(err.value, TransientSourceError)
     assert f"answered {status}" in str(err.value) and "'web'" in str(err.value)
     assert http_server.plan.count("GET") == 1
@@ -178,7 +178,7 @@ def test_stalled_response_times_out_and_is_retried(http_server: FaultyHTTPServer
     _write_jsonl(http_server.root / "pairs.jsonl", rows)
     http_server.plan.slow(delay_s=1.0)
     began = time.monotonic()
-    records = list(_connector(http_server.url("pairs.jsonl"), timeout=0.2).iter_records())
+    records = list(_connector(http_server.url("pairs.jsonl"), timeout_s=0.2).iter_records())
     assert _rows_of(records) == rows
     assert time.monotonic() - began < 1.0
 

@@ -13,7 +13,7 @@ from qdrant_client.models import Distance, PointStruct, VectorParams
 
 from bhashaflow.config import SourceConfig
 from bhashaflow.core.settings import Settings
-from connectors.base import SourceError, TransientSourceError, open_connector
+from connectors import SourceError, TransientSourceError, open_connector
 from connectors.qdrant import QdrantConnector
 
 COLLECTION = "pairs"

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from servers import S3Server
 
-from bhashaflow.config import SourceConfig
+from bhashaflow.config import SourceConfig, SourceRetryConfig
 from bhashaflow.core.records import RawRecord
 from bhashaflow.core.settings import Settings
-from connectors.base import SourceError, TransientSourceError, open_connector
+from connectors import SourceError, TransientSourceError, open_connector
 from connectors.s3 import S3Connector
 
 BUCKET = "corpora"
@@ -37,9 +37,10 @@ def _parquet(rows: list[dict[str, str]], row_group_size: int = 800) -> bytes:
     return buffer.getvalue()
 
 
-def _connector(uri: str, **kwargs: float) -> S3Connector:
+def _connector(uri: str, chunk_bytes: int = 1024 * 1024, **retry: float) -> S3Connector:
     source = SourceConfig(name="bucket", kind="s3", uri=uri)
-    return S3Connector(source, Settings(), **{"base_delay": 0.01, "max_delay": 0.05, **kwargs})  # type: ignore[arg-type]
+    retry_config = SourceRetryConfig(**{"base_delay_s": 0.01, "max_delay_s": 0.05, **retry})
+    return S3Connector(source, Settings(), retry_config, chunk_bytes=chunk_bytes)
 
 
 def _rows_of(records: list[RawRecord]) -> list[object]:

@@ -12,7 +12,8 @@ import pytest
 from servers import PartServer, S3Server
 
 from bhashaflow.core.settings import Settings
-from connectors.sinks import FolderSink, HttpSink, RetryPolicy, S3Sink, SinkError, open_sink, with_retries
+from connectors.retry import RetryPolicy
+from connectors.sinks import FolderSink, HttpSink, S3Sink, SinkError, open_sink, with_retries
 
 FAST = RetryPolicy(attempts=4, base_delay_s=0.01, max_delay_s=0.05)
 
@@ -148,10 +149,10 @@ def test_http_sink_retries_connection_errors_then_gives_up() -> None:
 def test_backoff_delays_grow_within_their_caps() -> None:
     import random
 
-    policy = RetryPolicy(attempts=6, base_delay_s=1.0, max_delay_s=5.0)
+    policy = RetryPolicy(attempts=6, base_delay_s=1.0, max_delay_s=5.0, rng=random.Random())
     caps = [1.0, 2.0, 4.0, 5.0, 5.0]
     for _ in range(50):
-        delays = list(policy.delays(random.Random()))
+        delays = [policy.delay(failure) for failure in range(1, policy.attempts)]
         assert len(delays) == 5
         assert all(0.0 <= d <= cap for d, cap in zip(delays, caps, strict=True))
 

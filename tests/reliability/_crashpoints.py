@@ -2,7 +2,8 @@
 
 `WriteHook(crash_at, hard)` wraps the calls the registry writes through (os.makedirs, os.open with
 O_CREAT, open() for writing and each write() on such a file, os.fsync, os.replace, os.remove) in
-bhashaflow.registry.store and bhashaflow.core.fsio, records each as an operation and, at operation `crash_at`,
+bhashaflow.registry.local_disk and bhashaflow.core.fsio (the modules that call open() to write a
+promotion's files), records each as an operation and, at operation `crash_at`,
 crashes: a write is cut in half first (a torn write); then it raises Crash, or with `hard` the process
 dies on the spot (os._exit: no finally, no cleanup) as it would on a kill or a power cut.
 
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bhashaflow.core import fsio
-from bhashaflow.registry import store as registry
+from bhashaflow.registry import local_disk
 from bhashaflow.registry.promotion import decide_promotion, promote_adapter
 from bhashaflow.registry.store import Registry
 
@@ -127,14 +128,14 @@ class WriteHook:
                    "remove": remove}  # fmt: skip
         for name, fn in patched.items():
             setattr(os, name, fn)
-        registry.open = open_  # type: ignore[attr-defined]  # module globals shadow the builtin
+        local_disk.open = open_  # type: ignore[attr-defined]  # module globals shadow the builtin
         fsio.open = open_  # type: ignore[attr-defined]
         try:
             yield self
         finally:
             for name, fn in real.items():
                 setattr(os, name, fn)
-            del registry.open  # type: ignore[attr-defined]
+            del local_disk.open  # type: ignore[attr-defined]
             del fsio.open  # type: ignore[attr-defined]
 
 

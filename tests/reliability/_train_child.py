@@ -20,7 +20,7 @@ import torch
 import transformers.models.m2m_100.modeling_m2m_100  # noqa: F401
 
 from bhashaflow.config import config_from_dict
-from bhashaflow.training import loop as training
+from bhashaflow.training import checkpoints, loop
 
 
 def train(args: dict[str, Any], conn: Connection) -> None:
@@ -30,8 +30,8 @@ def train(args: dict[str, Any], conn: Connection) -> None:
     def send(event: str, value: Any = 0) -> None:
         conn.send((event, value, time.monotonic()))
 
-    save_checkpoint, write_adapter = training._save_checkpoint, training._write_adapter_dir
-    save_weights = training._save_adapter
+    save_checkpoint, write_adapter = loop.save_checkpoint, loop.write_adapter_dir
+    save_weights = checkpoints.save_adapter
 
     def saving_weights(model: Any, folder: Path) -> None:
         save_weights(model, folder)
@@ -49,11 +49,11 @@ def train(args: dict[str, Any], conn: Connection) -> None:
         write_adapter(*args)
         send("adapter_done")
 
-    training._save_checkpoint = saving  # type: ignore[assignment]
-    training._write_adapter_dir = writing  # type: ignore[assignment]
-    training._save_adapter = saving_weights  # type: ignore[assignment]
+    loop.save_checkpoint = saving  # type: ignore[assignment]  # looked up by the loop at each call
+    loop.write_adapter_dir = writing  # type: ignore[assignment]
+    checkpoints.save_adapter = saving_weights  # type: ignore[assignment]  # the checkpoint and adapter writers' own
     send("start")
-    result = training.train_adapter(
+    result = loop.train_adapter(
         config=config_from_dict(args["config"]),
         direction=args["direction"],
         shard_paths=args["shards"],

@@ -26,7 +26,8 @@ from _knobs import count
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.records import REJECT_REASONS
 from bhashaflow.core.settings import Settings
-from bhashaflow.data.ingest import iter_pairs, shard_uris, stage_source, write_shards
+from bhashaflow.data.ingest import shard_uris, stage_source, write_shards
+from bhashaflow.data.shards import iter_pairs
 from connectors import open_connector
 
 DIRECTION = "eng_Latn-hin_Deva"

@@ -29,7 +29,8 @@ from bhashaflow.config import PipelineConfig, config_from_dict
 from bhashaflow.core.settings import Settings
 from bhashaflow.episodes.export import export_rl_logs
 from bhashaflow.episodes.store import EpisodeStore, NewEpisode
-from connectors.sinks import RetryPolicy, SinkError, open_sink
+from connectors.retry import RetryPolicy
+from connectors.sinks import SinkError, open_sink
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = RetryPolicy(attempts=3, base_delay_s=0.005, max_delay_s=0.02)
@@ -47,7 +48,8 @@ from bhashaflow.config import config_from_dict
 from bhashaflow.episodes.store import EpisodeStore
 from bhashaflow.episodes.export import export_rl_logs
 from bhashaflow.core.settings import Settings
-from connectors.sinks import RetryPolicy, open_sink
+from connectors.retry import RetryPolicy
+from connectors.sinks import open_sink
 import s3fs  # noqa: F401 - imported once here, so a forked export starts in milliseconds
 
 

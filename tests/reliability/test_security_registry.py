@@ -29,7 +29,9 @@ from serving_helpers import EN_HI, Clients, make_adapter, register, serving_conf
 
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.settings import Settings
-from bhashaflow.modeling.loading import BaseModelError, load_adapter, load_base
+from bhashaflow.modeling.adapters import load_adapter
+from bhashaflow.modeling.loaded import BaseModelError
+from bhashaflow.modeling.loading import load_base
 from bhashaflow.registry.store import Registry, RegistryError
 from serving.app import create_app
 
@@ -406,13 +408,20 @@ def test_every_from_pretrained_gets_trust_remote_code(tiny_base: str, monkeypatc
 
 
 def test_every_caller_of_load_base_passes_the_configured_flag() -> None:
-    """Where a config exists (training, evaluation, serving), its trust_remote_code is what load_base gets."""
-    callers = []
+    """Where a config exists (training, evaluation, serving), its trust_remote_code is what load_base gets.
+
+    Those callers go through the one `load_configured_base`, whose load_base call passes the config's flag.
+    """
+    callers, configured = [], []
     for folder in ("bhashaflow", "serving", "tasks", "flows"):
         for path in sorted((REPO / folder).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "load_base":
+                name = getattr(node.func, "id", getattr(node.func, "attr", "")) if isinstance(node, ast.Call) else ""
+                if name == "load_base":
                     passed = {k.arg: ast.unparse(k.value) for k in node.keywords}
                     callers.append((path.relative_to(REPO).as_posix(), passed.get("trust_remote_code")))
-    assert len(callers) >= 3, callers
+                elif name == "load_configured_base":
+                    configured.append(path.relative_to(REPO).as_posix())
+    assert len(callers) + len(configured) >= 3, (callers, configured)
+    assert {"serving/engine.py", "tasks/evaluate.py", "bhashaflow/training/loop.py"} <= set(configured), configured
     assert all(value is not None and value.endswith("trust_remote_code") for _, value in callers), callers

@@ -38,8 +38,9 @@ from bhashaflow.config import PipelineConfig
 from bhashaflow.core.redact import redact_text, redact_uri
 from bhashaflow.core.settings import Settings
 from bhashaflow.data.ingest import stage_source, write_shards
-from connectors.base import SourceError, open_connector
-from connectors.sinks import HttpSink, RetryPolicy, SinkError, open_sink
+from connectors import SourceError, open_connector
+from connectors.retry import RetryPolicy
+from connectors.sinks import HttpSink, SinkError, open_sink
 from serving.app import create_app
 
 REPO = Path(__file__).resolve().parents[2]

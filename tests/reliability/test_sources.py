@@ -24,9 +24,10 @@ from qdrant_client.models import Distance, PointStruct, VectorParams
 from servers import FaultPlan, FaultyHTTPServer, S3Server
 
 from bhashaflow.config import PipelineConfig, SourceConfig, SourceRetryConfig
+from bhashaflow.core.names import QUARANTINE
 from bhashaflow.core.settings import Settings
 from bhashaflow.data.ingest import load_manifest, stage_source, write_shards
-from connectors.base import TransientSourceError, open_connector
+from connectors import TransientSourceError, open_connector
 from connectors.qdrant import QdrantConnector
 
 DIRECTION = "eng_Latn-hin_Deva"
@@ -166,8 +167,8 @@ def run_faulty(
         return -1, 0, [f"{context}: {type(exc).__name__}: {exc}"]
     if comparable(manifest) != comparable(clean):
         problems.append(f"{context}: manifest differs from the clean run's")
-    quarantine = (run / "quarantine.jsonl").read_bytes()
-    if quarantine != (run.parent / "clean" / "quarantine.jsonl").read_bytes():
+    quarantine = (run / QUARANTINE).read_bytes()
+    if quarantine != (run.parent / "clean" / QUARANTINE).read_bytes():
         problems.append(f"{context}: quarantine differs from the clean run's")
     return kept, rows_off(clean, manifest), problems
 

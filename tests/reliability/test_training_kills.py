@@ -32,8 +32,9 @@ from safetensors.torch import load_file
 from tiny_models import dev_lines, write_shard
 
 from bhashaflow.config import config_from_dict
-from bhashaflow.registry.store import INCOMPLETE, Registry, RegistryError
-from bhashaflow.training.loop import latest_checkpoint
+from bhashaflow.core.names import INCOMPLETE
+from bhashaflow.registry.store import Registry, RegistryError
+from bhashaflow.training.checkpoints import latest_checkpoint
 
 DIRECTION = "eng_Latn-hin_Deva"
 CHECKPOINT_EVERY = 3

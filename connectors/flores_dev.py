@@ -1,4 +1,7 @@
-"""FLORES-200 in its official layout (`dev/<lang>.dev`, `devtest/<lang>.devtest`): files, checksums, aligned pairs."""
+"""The `flores` source: aligned pairs of FLORES-200's dev split, read with `bhashaflow.data.flores`.
+
+Only `dev` is ever read here; `devtest` is the evaluation set.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,10 @@ from pathlib import Path
 from bhashaflow.config import SourceConfig
 from bhashaflow.core.languages import parse_direction
 from bhashaflow.core.records import Position, RawRecord, SourceError
-from bhashaflow.data.flores import FLORES_SPLITS, flores_checksums_ok, flores_file, read_flores
+from bhashaflow.data.flores import flores_file, read_flores
 
-__all__ = ["FLORES_SPLITS", "FloresConnector", "flores_checksums_ok", "flores_file", "read_flores"]
+__all__ = ["FloresConnector"]
+
 
 class FloresConnector:
     """Aligned FLORES-200 dev pairs for each configured direction, in config order, line by line.

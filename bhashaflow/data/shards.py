@@ -1,0 +1,188 @@
+"""De-duplicated Parquet shards: exact duplicates dropped across all sources, pairs sharded per direction.
+
+Memory stays bounded: about 8 bytes per distinct pair for de-duplication, one row group per direction for
+the shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bhashaflow.core.fsio import join, open_fs
+from bhashaflow.core.hashing import sha256_file
+from bhashaflow.core.records import PAIR_SCHEMA, Pair
+
+
+class SeenKeys:
+    """Exact membership of 64-bit pair fingerprints in about 8 bytes each.
+
+    New keys collect in small sorted arrays; past `buffer` of them they become one sorted run, and runs of
+    similar size merge up to `max_run` keys, which bounds both the number of runs a lookup searches and the
+    extra memory a merge needs.
+    """
+
+    def __init__(self, buffer: int = 200_000, max_run: int = 1 << 21) -> None:
+        self._runs: list[np.ndarray] = []  # sorted, disjoint, larger first
+        self._pending: list[np.ndarray] = []
+        self._pending_size = 0
+        self._buffer = buffer
+        self._max_run = max_run
+
+    def add(self, key: int) -> bool:
+        """Record `key`; False when it was already there."""
+        return bool(self.add_many(np.array([key], dtype=np.uint64))[0])
+
+    def add_many(self, keys: np.ndarray) -> np.ndarray:
+        """Record `keys` in order; True where a key is new (not seen before, nor earlier in `keys`)."""
+        unique, first = np.unique(np.asarray(keys, dtype=np.uint64), return_index=True)
+        seen = np.zeros(len(unique), dtype=bool)
+        for run in self._runs + self._pending:
+            at = np.searchsorted(run, unique)
+            seen |= run[np.minimum(at, len(run) - 1)] == unique
+        fresh = np.zeros(len(keys), dtype=bool)
+        fresh[first[~seen]] = True
+        if not seen.all():
+            self._pending.append(unique[~seen])
+            self._pending_size += int((~seen).sum())
+            if self._pending_size >= self._buffer:
+                self._push(np.sort(np.concatenate(self._pending)))
+                self._pending, self._pending_size = [], 0
+        return fresh
+
+    def _push(self, run: np.ndarray) -> None:
+        self._runs.append(run)
+        while len(self._runs) > 1:
+            small, large = self._runs[-1], self._runs[-2]
+            if len(large) > 2 * len(small) or len(large) + len(small) > self._max_run:
+                break
+            # Stable sort is a merge of the two sorted halves here.
+            self._runs[-2:] = [np.sort(np.concatenate([large, small]), kind="stable")]
+
+
+class ShardWriter:
+    """Writes one direction's pairs into Parquet shards of `shard_rows` rows with bounded memory."""
+
+    def __init__(self, base_uri: str, shard_rows: int, storage_options: dict[str, Any] | None) -> None:
+        self.base_uri = base_uri
+        self.shard_rows = shard_rows
+        self.row_group_rows = min(shard_rows, 10_000)
+        self.storage_options = storage_options
+        self.shards: list[dict[str, Any]] = []
+        self._buf: list[pa.Table] = []
+        self._buf_rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._file: Any = None
+        self._rows_in_shard = 0
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append pairs (the `PAIR_SCHEMA` columns, in order)."""
+        if not table.num_rows:
+            return
+        self._buf.append(table.select(PAIR_SCHEMA.names))
+        self._buf_rows += table.num_rows
+        # Row groups of row_group_rows, cut short where a shard ends: the same files row by row writing made.
+        while self._buf_rows and self._buf_rows >= min(self.row_group_rows, self.shard_rows - self._rows_in_shard):
+            self._flush(min(self.row_group_rows, self.shard_rows - self._rows_in_shard))
+
+    def _flush(self, rows: int | None = None) -> None:
+        n = self._buf_rows if rows is None else rows
+        if not n:
+            return
+        buffered = pa.concat_tables(self._buf)
+        rest = buffered.slice(n)
+        self._buf, self._buf_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+        # One contiguous chunk per column, as a table built from lists: Parquet pages then fall where they did.
+        group = pa.Table.from_arrays(
+            [buffered.column(name).slice(0, n).combine_chunks() for name in PAIR_SCHEMA.names], schema=PAIR_SCHEMA
+        )
+        writer = self._writer if self._writer is not None else self._open_shard()
+        writer.write_table(group)
+        self._rows_in_shard += n
+        self.shards[-1]["rows"] += n
+        if self._rows_in_shard >= self.shard_rows:
+            self._close_shard()
+
+    def _open_shard(self) -> pq.ParquetWriter:
+        uri = join(self.base_uri, f"shard-{len(self.shards):05d}.parquet")
+        fs, path = open_fs(uri, self.storage_options)
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        self._file = fs.open(path, "wb")
+        self._writer = pq.ParquetWriter(self._file, PAIR_SCHEMA)
+        self.shards.append({"uri": uri, "rows": 0})
+        return self._writer
+
+    def _close_shard(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._file.close()
+            self._writer = None
+            self._rows_in_shard = 0
+            self.shards[-1]["sha256"] = sha256_file(self.shards[-1]["uri"], self.storage_options)
+
+    def close(self) -> list[dict[str, Any]]:
+        """Write what is buffered and close the last shard; every shard's uri, rows and sha256."""
+        self._flush()
+        self._close_shard()
+        return self.shards
+
+
+@dataclass
+class DirectionShards:
+    """One direction's de-duplicated pairs: how many were kept and dropped as duplicates, and their shards."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    shards: list[dict[str, Any]] = field(default_factory=list)  # uri, rows, sha256 of each
+
+
+class DeduplicatingShards:
+    """Keeps each pair the first time its key is seen, across every table added, in its direction's shards."""
+
+    def __init__(
+        self, base_uri: str, directions: Sequence[str], shard_rows: int, storage_options: dict[str, Any] | None
+    ) -> None:
+        self._seen = SeenKeys()
+        self._writers = {d: ShardWriter(join(base_uri, d), shard_rows, storage_options) for d in directions}
+        self._out = {d: DirectionShards() for d in directions}
+
+    def add(self, table: pa.Table) -> int:
+        """Write the new pairs of `table` (the `PAIR_SCHEMA` columns and `key`); how many were new."""
+        fresh = self._seen.add_many(table.column("key").to_numpy())
+        directions_of = pc.binary_join_element_wise(table.column("src_lang"), table.column("tgt_lang"), "-")
+        present = pc.unique(directions_of).to_pylist()
+        for direction in present:
+            in_direction = (
+                np.ones(len(fresh), dtype=bool)
+                if len(present) == 1
+                else pc.equal(directions_of, direction).to_numpy(zero_copy_only=False)
+            )
+            keep = fresh & in_direction
+            kept = int(keep.sum())
+            self._writers[direction].write_table(table if kept == len(keep) else table.filter(pa.array(keep)))
+            self._out[direction].accepted += kept
+            self._out[direction].duplicates += int(in_direction.sum()) - kept
+        return int(fresh.sum())
+
+    def close(self) -> dict[str, DirectionShards]:
+        """Finish every direction's shards, in the order of `directions`."""
+        for direction, writer in self._writers.items():
+            self._out[direction].shards = writer.close()
+        return self._out
+
+
+def iter_pairs(uris: Iterable[str], storage_options: dict[str, Any] | None = None) -> Iterator[Pair]:
+    """Stream the pairs of Parquet shards."""
+    for uri in uris:
+        fs, path = open_fs(uri, storage_options)
+        with fs.open(path, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=10_000):
+                cols = [batch.column(name).to_pylist() for name in PAIR_SCHEMA.names]
+                for src, tgt, sl, tl, source, pid in zip(*cols, strict=True):
+                    yield Pair(src, tgt, sl, tl, source, pid)

@@ -1,0 +1,1 @@
+"""The versioned adapter registry and the promotion decision."""

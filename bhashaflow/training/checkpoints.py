@@ -1,0 +1,209 @@
+"""Checkpoints and the adapter folder: safetensors and JSON only (no pickle), published atomically.
+
+A run folder holds `checkpoints/step-N/` (adapter weights, optimizer state, RNG, trainer state) and, at the
+end, `adapter/` (adapter_config.json, adapter_model.safetensors, training_config.json, the tokenizer). Both
+kinds of folder are written beside their final name with an `.incomplete` mark (which the registry refuses),
+synced, and renamed into place, so a kill at any instant leaves each one complete or absent; the next run
+deletes what a killed one left half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bhashaflow.core.names import (
+    ADAPTER_WEIGHTS,
+    CHECKPOINTS_DIR,
+    INCOMPLETE,
+    OPTIMIZER_SKELETON,
+    OPTIMIZER_STATE,
+    RNG_STATE,
+    TRAINER_STATE,
+    TRAINING_CONFIG,
+)
+from bhashaflow.training import TrainingError
+
+_STEP_DIR = re.compile(r"step-(\d+)")
+_UNFINISHED = re.compile(r"\.(step-\d+|adapter)\.(partial|old)-\d+|adapter\.partial-\d+")
+
+
+def _flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON skeleton of a nested state with tensors moved into `tensors` (saved as safetensors)."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().to("cpu").clone().contiguous()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, _flatten_state(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, list | tuple):
+        items = [_flatten_state(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    raise TrainingError(f"optimizer state holds a {type(obj).__name__} at {prefix}, which cannot be saved without pickle")
+
+
+def _unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__tuple__" in obj:
+            return tuple(_unflatten_state(v, tensors) for v in obj["__tuple__"])
+        return {k: _unflatten_state(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_unflatten_state(v, tensors) for v in obj]
+    return obj
+
+
+def save_optimizer(optimizer: Any, folder: Path) -> None:
+    """optimizer.safetensors (its tensors) + optimizer.json (the rest): no pickle."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _flatten_state(optimizer.state_dict(), "opt", tensors)
+    save_file(tensors, str(folder / OPTIMIZER_STATE))
+    (folder / OPTIMIZER_SKELETON).write_text(json.dumps(skeleton))
+
+
+def load_optimizer(optimizer: Any, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / OPTIMIZER_STATE))
+    optimizer.load_state_dict(_unflatten_state(json.loads((folder / OPTIMIZER_SKELETON).read_text()), tensors))
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The complete checkpoint with the highest step (its trainer state exists and no `.incomplete` mark)."""
+    root = Path(out_dir) / CHECKPOINTS_DIR
+    found = []
+    for child in root.glob("step-*") if root.is_dir() else []:
+        match = _STEP_DIR.fullmatch(child.name)
+        if match and (child / TRAINER_STATE).is_file() and not (child / INCOMPLETE).exists():
+            found.append((int(match.group(1)), child))
+    return max(found)[1] if found else None
+
+
+def _start_partial(partial: Path) -> None:
+    _remove_dir(partial)
+    partial.mkdir(parents=True)
+    (partial / INCOMPLETE).touch()
+
+
+def _publish(partial: Path, final: Path) -> None:
+    """Rename a fully written `partial` folder to `final`; a kill at any instant leaves `final` complete or absent."""
+    for child in partial.iterdir():
+        if child.is_file() and child.name != INCOMPLETE:
+            with child.open("rb") as fh:
+                os.fsync(fh.fileno())  # the bytes reach the disk before the name that vouches for them
+    (partial / INCOMPLETE).unlink()
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        _remove_dir(old)
+        os.replace(final, old)  # the previous folder leaves in one step instead of file by file
+        os.replace(partial, final)
+        _remove_dir(old)
+    else:
+        os.replace(partial, final)
+    _fsync_dir(final.parent)
+
+
+def _remove_dir(folder: Path) -> None:
+    """Delete a folder, marking it incomplete first so that no kill can leave it looking whole."""
+    if not folder.is_dir():
+        return
+    (folder / INCOMPLETE).touch()
+    for child in folder.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        elif child.name != INCOMPLETE:
+            child.unlink()
+    (folder / INCOMPLETE).unlink()
+    folder.rmdir()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_unfinished(run_dir: Path) -> None:
+    # Folders a killed run was writing or deleting; one trainer uses a run folder at a time.
+    for parent in (run_dir, run_dir / CHECKPOINTS_DIR):
+        for child in parent.iterdir() if parent.is_dir() else []:
+            if child.is_dir() and _UNFINISHED.fullmatch(child.name):
+                _remove_dir(child)
+    for child in (run_dir / CHECKPOINTS_DIR).glob("step-*"):
+        if (child / INCOMPLETE).exists():
+            _remove_dir(child)  # pruning was killed half-way
+
+
+def save_checkpoint(model: Any, optimizer: Any, state: dict[str, Any], out_dir: Path, keep: int) -> Path:
+    from safetensors.torch import save_file
+
+    root = out_dir / CHECKPOINTS_DIR
+    final = root / f"step-{state['step']}"
+    partial = root / f".step-{state['step']}.partial-{os.getpid()}"
+    _start_partial(partial)
+    save_adapter(model, partial)
+    save_optimizer(optimizer, partial)
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, str(partial / RNG_STATE))
+    (partial / TRAINER_STATE).write_text(json.dumps(state, indent=1))
+    _publish(partial, final)
+    steps = sorted(int(m.group(1)) for c in root.iterdir() if (m := _STEP_DIR.fullmatch(c.name)))
+    for old in steps[:-keep]:
+        if old != state.get("best_step"):  # the best validated checkpoint is the candidate: never pruned
+            _remove_dir(root / f"step-{old}")
+    return final
+
+
+def save_adapter(model: Any, folder: Path) -> None:
+    model.save_pretrained(str(folder), safe_serialization=True)
+    (folder / "README.md").unlink(missing_ok=True)  # peft's empty model card
+
+
+def load_adapter_weights(model: Any, folder: Path) -> None:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
+
+
+def write_adapter_dir(
+    model: Any, tokenizer: Any, resolved: dict[str, Any], adapter_dir: Path, weights_from: Path | None = None
+) -> None:
+    partial = adapter_dir.with_name(f".{adapter_dir.name}.partial-{os.getpid()}")
+    _start_partial(partial)
+    save_adapter(model, partial)
+    if weights_from is not None:  # the best checkpoint's weights, byte for byte
+        shutil.copyfile(weights_from / ADAPTER_WEIGHTS, partial / ADAPTER_WEIGHTS)
+    tokenizer.save_pretrained(str(partial))
+    (partial / TRAINING_CONFIG).write_text(json.dumps(resolved, indent=1, ensure_ascii=False))
+    _publish(partial, adapter_dir)
+
+
+def truncate_log(path: Path, step: int) -> None:
+    # A killed run may have logged steps past its last checkpoint; they are trained again.
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut short by a crash
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)  # never an emptied log if killed while rewriting it

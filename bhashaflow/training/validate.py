@@ -1,0 +1,98 @@
+"""Validation during training: the held-out slice scored every `eval_every` steps, the best step, patience."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bhashaflow.config import EvaluationConfig, PipelineConfig
+from bhashaflow.data.batching import collate
+from bhashaflow.data.holdout import Holdout, select_holdout
+from bhashaflow.evaluation.chrf import score_chrf
+from bhashaflow.modeling.encoding import encode_pair
+from bhashaflow.modeling.generation import translate
+from bhashaflow.modeling.loaded import LoadedModel
+from bhashaflow.training import TrainingError
+from bhashaflow.training.lora import ADAPTER_NAME
+from bhashaflow.training.loss import scored_token_count, translation_loss_sum
+
+ValidationCallback = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class Validator:
+    """Scores the held-out slice: teacher-forced loss, and chrF++ of greedy translations (as evaluation does)."""
+
+    holdout: Holdout
+    every: int
+    patience: int | None
+    langs: tuple[str, str]
+    evaluation: EvaluationConfig
+    max_length: int
+
+    def run(self, lm: LoadedModel) -> dict[str, float]:
+
+        sources = [src for src, _ in self.holdout.pairs]
+        references = [tgt for _, tgt in self.holdout.pairs]
+        lm.model.eval()  # no dropout; greedy decoding uses no random numbers, so the training RNG is untouched
+        try:
+            loss = self._loss(lm)
+            hypotheses = translate(
+                lm, sources, src_lang=self.langs[0], tgt_lang=self.langs[1], adapter=ADAPTER_NAME,
+                batch_size=self.evaluation.batch_size, num_beams=1, max_new_tokens=self.evaluation.max_new_tokens,
+            )  # fmt: skip
+        finally:
+            lm.model.train()
+        score = score_chrf(hypotheses, references, self.langs[1])
+        return {"val_loss": loss, "val_chrf": score.chrf, "val_chrf_pp": score.chrf_pp}
+
+    def _loss(self, lm: LoadedModel) -> float:
+        examples = sorted(
+            (encode_pair(lm, src, tgt, *self.langs, self.max_length) for src, tgt in self.holdout.pairs),
+            key=lambda ex: len(ex[0]) + len(ex[1]),
+        )
+        pad_id = int(lm.tokenizer.pad_token_id)
+        total = torch.zeros((), device=lm.device)
+        scored = 0
+        with torch.no_grad():
+            for start in range(0, len(examples), self.evaluation.batch_size):
+                batch = collate(examples[start : start + self.evaluation.batch_size], pad_id)
+                scored += scored_token_count(batch["labels"], lm.family)
+                on_device = {k: v.to(lm.device) for k, v in batch.items()}
+                total += translation_loss_sum(lm.model, on_device, lm.family)
+        return float(total) / max(1, scored)
+
+
+def record_validation(
+    state: dict[str, Any], step: int, result: dict[str, float], patience: int | None, max_steps: int
+) -> None:
+    """Append a validation, move the best step on a strictly better chrF++, count patience."""
+    state["validation"].append({"step": step, **result})
+    if state["best_chrf_pp"] is None or result["val_chrf_pp"] > state["best_chrf_pp"]:
+        state["best_step"], state["best_chrf_pp"], state["evals_since_best"] = step, result["val_chrf_pp"], 0
+        return
+    state["evals_since_best"] += 1
+    if patience is not None and state["evals_since_best"] >= patience and step < max_steps:
+        state["stopped_early"] = True
+
+
+def make_validator(
+    config: PipelineConfig, langs: tuple[str, str], pairs: Iterable[tuple[str, str]], direction: str
+) -> Validator | None:
+    """The direction's validation slice (one pass over its decontaminated pairs), or None without validation."""
+    train_cfg = config.training
+    if train_cfg.validation is None:
+        return None
+    holdout = select_holdout(pairs, train_cfg.validation)
+    if holdout.training_pairs <= 0:
+        raise TrainingError(
+            f"{direction}: training.validation holds out all {holdout.total} pairs of the direction and leaves none "
+            "to train on; lower training.validation.share or .pairs"
+        )
+    if not holdout.pairs:
+        raise TrainingError(f"{direction}: training.validation holds out no pair of {holdout.total}; raise its share")
+    every = train_cfg.eval_every or train_cfg.checkpoint_every
+    return Validator(holdout, every, train_cfg.patience, langs, config.evaluation, train_cfg.max_length)
