@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from servers import FaultyHTTPServer, S3Server
 
+from bhashaflow.core.hashing import sha256_bytes
+
 
 @pytest.fixture
 def http_server(tmp_path: Path) -> Iterator[FaultyHTTPServer]:
@@ -76,3 +78,26 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     build_builtin(name, languages=["eng_Latn", "hin_Deva", "tam_Taml"], flores_dir=str(root / "data/flores200"),
                   out_dir=out, recipe=recipe)
     return str(out)
+
+
+# Three aligned lines per language: a FLORES-layout folder small enough to reason about line by line.
+FLORES_SAMPLE = {
+    "eng_Latn": ["One.", "Two.", "Three."],
+    "hin_Deva": ["एक।", "दो।", "तीन।"],
+    "tam_Taml": ["ஒன்று.", "இரண்டு.", "மூன்று."],
+}
+
+
+@pytest.fixture
+def flores_dir(tmp_path: Path) -> Path:
+    """A three-line FLORES-layout folder with dev and devtest splits and their checksum files."""
+    root = tmp_path / "flores200"
+    for split in ("dev", "devtest"):
+        (root / split).mkdir(parents=True)
+        sums = []
+        for lang, lines in FLORES_SAMPLE.items():
+            path = root / split / f"{lang}.{split}"
+            path.write_text("".join(f"{split} {line}\n" for line in lines), encoding="utf-8")
+            sums.append(f"{sha256_bytes(path.read_bytes())}  {path.name}\n")
+        (root / f"{split}.sha256").write_text("".join(sums), encoding="utf-8")
+    return root

@@ -11,7 +11,7 @@ from sacrebleu.metrics import CHRF
 
 from bhashaflow.evaluation.chrf import ChrfScore, score_chrf, script_valid_share, write_scores
 
-DEVTEST = Path(__file__).resolve().parents[2] / "data" / "flores200" / "devtest"
+DEVTEST = Path(__file__).resolve().parents[3] / "data" / "flores200" / "devtest"
 
 
 def _flores(code: str, n: int = 20) -> list[str]:

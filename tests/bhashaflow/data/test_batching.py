@@ -8,7 +8,15 @@ from collections import Counter
 import pytest
 
 from bhashaflow.config import ConfigError, config_from_dict
-from bhashaflow.data.batching import Example, example_tokens, optimizer_steps, split_micro_batches, token_budget_batches
+from bhashaflow.data.batching import (
+    Example,
+    collate,
+    example_tokens,
+    length_grouped_batches,
+    optimizer_steps,
+    split_micro_batches,
+    token_budget_batches,
+)
 
 
 def examples(n: int, seed: int = 0) -> list[Example]:
@@ -60,6 +68,8 @@ def test_fewer_examples_than_micro_batches_gives_one_example_each() -> None:
 @pytest.mark.parametrize(
     ("budget", "accum"), [(None, 1), (None, 3), (1500, 1), (1500, 4)], ids=["pairs", "pairs-accum", "tokens", "tokens-accum"]
 )
+
+
 def test_steps_are_a_pure_function_of_the_seed_and_cover_the_stream(budget: int | None, accum: int) -> None:
     data = examples(2000)
 
@@ -83,3 +93,24 @@ def test_a_budget_below_the_longest_pair_is_refused_by_name() -> None:
         config_from_dict({"directions": ["eng_Latn-hin_Deva"], "training": {"batch_tokens": 200, "max_length": 128}})
     config = config_from_dict({"directions": ["eng_Latn-hin_Deva"], "training": {"batch_tokens": 4096, "grad_accum_steps": 4}})
     assert config.training.batch_tokens == 4096 and config.training.grad_accum_steps == 4
+
+
+def test_length_grouping_pads_less_than_arrival_order() -> None:
+    import random
+
+    rng = random.Random(0)
+    examples = [([1] * n, [2] * n) for n in (rng.randint(3, 60) for _ in range(400))]
+    grouped = list(length_grouped_batches(examples, 8, random.Random(0)))
+    arrival = random.Random(0).sample(examples, len(examples))  # the same examples, batched as they come
+    plain = [arrival[i : i + 8] for i in range(0, len(arrival), 8)]
+    assert sorted(map(len, examples)) == sorted(len(ex) for b in grouped for ex in b)  # nothing lost or repeated
+    cells = lambda batches: sum(collate(b, 0)["input_ids"].numel() for b in batches)  # noqa: E731
+    assert cells(grouped) < 0.7 * cells(plain)
+
+
+def test_collate_pads_inputs_and_masks_labels() -> None:
+    batch = collate([([5, 6, 7], [8, 9]), ([5], [8, 9, 10])], pad_id=1)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 1, 1]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[8, 9, -100], [8, 9, 10]]
+    assert collate([([5], [8])], pad_id=1, pad_to=4)["input_ids"].tolist() == [[5, 1, 1, 1]]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import uuid
 from pathlib import Path
@@ -12,7 +11,6 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
 from bhashaflow.core import fsio
-from bhashaflow.core.hashing import sha256_file
 
 
 @pytest.mark.parametrize(
@@ -96,10 +94,3 @@ def test_json_round_trip_is_canonical(tmp_path: Path, base: str) -> None:
     fs, path = fsio.open_fs(uri)
     assert fs.cat_file(path) == fsio.dumps_json({"a": {"हिन्दी": [1.5, None]}, "z": 1})
     assert fs.cat_file(path).decode("utf-8").startswith('{\n  "a": {\n    "हिन्दी"')
-
-
-def test_sha256_file_streams_large_files(tmp_path: Path) -> None:
-    data = os.urandom(3 * (1 << 20) + 17)  # more than one 1 MiB chunk, not a multiple of it
-    (tmp_path / "blob").write_bytes(data)
-
-    assert sha256_file(str(tmp_path / "blob")) == hashlib.sha256(data).hexdigest()

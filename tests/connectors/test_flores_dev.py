@@ -1,4 +1,4 @@
-"""FloresConnector, read_flores and flores_checksums_ok against FLORES-layout folders on disk."""
+"""FloresConnector against FLORES-layout folders on disk: aligned pairs, resume, refusals."""
 
 from __future__ import annotations
 
@@ -6,36 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny_models import FLORES
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.core.hashing import sha256_bytes
 from bhashaflow.core.settings import Settings
-from bhashaflow.data.flores import flores_checksums_ok, read_flores
+from bhashaflow.data.flores import read_flores
 from connectors import SourceError, open_connector
 from connectors.flores_dev import FloresConnector
-
-REAL_FLORES = Path(__file__).resolve().parents[2] / "data" / "flores200"
-
-DEV = {
-    "eng_Latn": ["One.", "Two.", "Three."],
-    "hin_Deva": ["एक।", "दो।", "तीन।"],
-    "tam_Taml": ["ஒன்று.", "இரண்டு.", "மூன்று."],
-}
-
-
-@pytest.fixture
-def flores_dir(tmp_path: Path) -> Path:
-    """A three-line FLORES-layout folder with dev and devtest splits and their checksum files."""
-    root = tmp_path / "flores200"
-    for split in ("dev", "devtest"):
-        (root / split).mkdir(parents=True)
-        sums = []
-        for lang, lines in DEV.items():
-            path = root / split / f"{lang}.{split}"
-            path.write_text("".join(f"{split} {line}\n" for line in lines), encoding="utf-8")
-            sums.append(f"{sha256_bytes(path.read_bytes())}  {path.name}\n")
-        (root / f"{split}.sha256").write_text("".join(sums), encoding="utf-8")
-    return root
 
 
 def flores_source(uri: Path | str, split: str | None = "dev") -> SourceConfig:
@@ -114,52 +91,18 @@ def test_unknown_direction_is_a_source_error(flores_dir: Path) -> None:
         FloresConnector(flores_source(flores_dir), ["eng_Latn-xyz_Latn"])
 
 
-def test_read_flores_keeps_lines_exactly(tmp_path: Path) -> None:
-    (tmp_path / "devtest").mkdir()
-    # a Windows line end, an in-sentence line separator, a blank line, no newline at the end
-    (tmp_path / "devtest" / "hin_Deva.devtest").write_bytes("क\r\nख\u2028ग\n\nघ".encode())
-    assert read_flores(tmp_path, "hin_Deva", "devtest") == ["क", "ख\u2028ग", "", "घ"]
-    with pytest.raises(SourceError, match="split 'test' does not exist"):
-        read_flores(tmp_path, "hin_Deva", "test")
-    with pytest.raises(SourceError, match=r"hin_Deva\.dev does not exist"):
-        read_flores(tmp_path, "hin_Deva", "dev")
-
-
-def test_read_flores_on_the_bundled_release() -> None:
-    dev = read_flores(REAL_FLORES, "hin_Deva", "dev")
-    devtest = read_flores(REAL_FLORES, "eng_Latn", "devtest")
-    assert (len(dev), len(devtest)) == (997, 1012)
-    assert dev[0].startswith("सोमवार को, स्टैनफ़ोर्ड यूनिवर्सिटी")
-
-
-def test_checksums_of_the_bundled_release_match() -> None:
-    assert flores_checksums_ok(REAL_FLORES, "dev") == []
-    assert flores_checksums_ok(REAL_FLORES, "devtest") == []
-
-
-def test_checksums_list_changed_and_missing_files(flores_dir: Path) -> None:
-    assert flores_checksums_ok(flores_dir, "dev") == []
-    (flores_dir / "dev" / "hin_Deva.dev").write_text("tampered\n", encoding="utf-8")
-    (flores_dir / "dev" / "eng_Latn.dev").unlink()
-    assert flores_checksums_ok(flores_dir, "dev") == ["eng_Latn.dev", "hin_Deva.dev"]
-    assert flores_checksums_ok(flores_dir, "devtest") == []
-    (flores_dir / "devtest.sha256").unlink()
-    with pytest.raises(SourceError, match=r"devtest\.sha256"):
-        flores_checksums_ok(flores_dir, "devtest")
-
-
 def test_open_connector_reads_the_bundled_dev_split(tmp_path: Path) -> None:
     # a copy of two languages keeps the test independent of what else the folder holds
     for lang in ("eng_Latn", "mar_Deva"):
         (tmp_path / "dev").mkdir(exist_ok=True)
-        shutil.copy(REAL_FLORES / "dev" / f"{lang}.dev", tmp_path / "dev")
+        shutil.copy(FLORES / "dev" / f"{lang}.dev", tmp_path / "dev")
     conn = open_connector(flores_source(tmp_path, split=None), Settings(), ["mar_Deva-eng_Latn"])
     records = list(conn.iter_records())
     assert len(records) == 997
     assert records[-1].ref == "flores:dev:mar_Deva-eng_Latn:997"
     assert records[0].row == {
-        "src": read_flores(REAL_FLORES, "mar_Deva", "dev")[0],
-        "tgt": read_flores(REAL_FLORES, "eng_Latn", "dev")[0],
+        "src": read_flores(FLORES, "mar_Deva", "dev")[0],
+        "tgt": read_flores(FLORES, "eng_Latn", "dev")[0],
         "src_lang": "mar_Deva",
         "tgt_lang": "eng_Latn",
     }

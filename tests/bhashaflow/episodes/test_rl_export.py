@@ -23,7 +23,7 @@ from bhashaflow.episodes.store import EpisodeStore, ExportBusy, NewEpisode
 from connectors.retry import RetryPolicy
 from connectors.sinks import SinkError, open_sink
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 FAST = RetryPolicy(attempts=3, base_delay_s=0.01, max_delay_s=0.05)
 RECORD_KEYS = [
     "episode_id", "time", "direction", "src_lang", "tgt_lang", "adapter_version", "base_model", "prompt",

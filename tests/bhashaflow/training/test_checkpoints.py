@@ -1,0 +1,69 @@
+"""Checkpoints: the optimizer without pickle, leftovers of killed runs, a log line cut short."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from training_helpers import ADAPTER_FILES, DIRECTION, listing, make_config
+
+from bhashaflow.training.checkpoints import latest_checkpoint, load_optimizer, save_optimizer
+from bhashaflow.training.loop import train_adapter
+
+
+def test_optimizer_state_round_trips_without_pickle(tmp_path: Path) -> None:
+    import bitsandbytes as bnb
+
+    for make in (lambda p: torch.optim.AdamW(p, lr=0.1), lambda p: bnb.optim.AdamW8bit(p, lr=0.1, min_8bit_size=16)):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(64, 64)), torch.nn.Parameter(torch.randn(8))]
+        opt = make(params)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()
+        save_optimizer(opt, tmp_path)
+        fresh = make(params)
+        load_optimizer(fresh, tmp_path)
+        before, after = opt.state_dict(), fresh.state_dict()
+        assert before["param_groups"] == after["param_groups"]
+        for key, state in before["state"].items():
+            for name, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(value, after["state"][key][name]), name
+        assert not (tmp_path / "optimizer.safetensors").read_bytes().startswith(b"\x80")  # not a pickle stream
+
+
+def test_leftovers_of_a_killed_run_are_removed_and_never_resumed_from(bases: dict[str, Path], shard: str, tmp_path: Path) -> None:
+    config = make_config(bases["seq2seq"], max_steps=2, checkpoint_every=1)
+    train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={})
+    checkpoints = tmp_path / "checkpoints"
+    # What kills leave: a checkpoint half-written, one half-pruned (its mark still there), adapters half-swapped.
+    shutil.copytree(checkpoints / "step-2", checkpoints / ".step-3.partial-4242")
+    shutil.copytree(checkpoints / "step-2", checkpoints / "step-9")
+    (checkpoints / "step-9" / ".incomplete").touch()
+    shutil.copytree(tmp_path / "adapter", tmp_path / ".adapter.partial-4243")
+    (tmp_path / ".adapter.partial-4243" / ".incomplete").touch()
+    shutil.copytree(tmp_path / "adapter", tmp_path / ".adapter.old-4244")
+
+    assert latest_checkpoint(tmp_path) == checkpoints / "step-2"  # the marked step-9 is not a checkpoint
+    again = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={})
+
+    assert again.resumed_from == 2
+    assert listing(tmp_path) == ["adapter", "checkpoints", "train_log.jsonl"]
+    assert listing(checkpoints) == ["step-1", "step-2"]
+    assert listing(tmp_path / "adapter") == ADAPTER_FILES
+
+
+def test_a_log_line_cut_short_does_not_stop_the_resume(bases: dict[str, Path], shard: str, tmp_path: Path) -> None:
+    config = make_config(bases["seq2seq"], max_steps=2, checkpoint_every=1)
+    train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={},
+                  log_every=1)  # fmt: skip
+    log = tmp_path / "train_log.jsonl"
+    log.write_text(log.read_text() + '{"step": 3, "lo')  # a crash (full disk, power cut) in the middle of a line
+
+    again = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={})
+
+    assert again.resumed_from == 2
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
