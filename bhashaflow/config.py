@@ -26,17 +26,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-SourceKind = Literal["flores", "http", "s3", "hf", "qdrant"]
+SourceKind = Literal["flores", "http", "s3", "hf", "qdrant", "aligned", "tmx"]
 FileFormat = Literal["jsonl", "tsv", "parquet"]
 
 
 class FieldMap(_Strict):
-    """Column names in the source rows that hold each part of a pair."""
+    """Column names in the source rows that hold each part of a pair.
 
-    src: str = Field("src", description="Column holding the source sentence.")
-    tgt: str = Field("tgt", description="Column holding the target sentence.")
-    src_lang: str = Field("src_lang", description="Column holding the source FLORES-200 code.")
-    tgt_lang: str = Field("tgt_lang", description="Column holding the target FLORES-200 code.")
+    A name may be a dotted path into nested columns: `translation.en` is the `en` key of the `translation`
+    column (the layout of opus-100, opus_books and the WMT sets). A column whose own name holds the dots wins.
+    """
+
+    src: str = Field("src", description="Column holding the source sentence, or a dotted path (translation.en).")
+    tgt: str = Field("tgt", description="Column holding the target sentence, or a dotted path (translation.hi).")
+    src_lang: str = Field("src_lang", description="Column (or dotted path) holding the source FLORES-200 code.")
+    tgt_lang: str = Field("tgt_lang", description="Column (or dotted path) holding the target FLORES-200 code.")
+
+
+def _unset(value: object) -> bool:
+    # Keys added after run ids existed leave a source's dump (and so the run id) as it was while unset.
+    return value is None
+
+
+class AlignedFiles(_Strict):
+    """The two files of an `aligned` source, named outright instead of by a pattern."""
+
+    src: str = Field(description="The source-language file: a name under uri, or a full path or URL of its own.")
+    tgt: str = Field(description="The target-language file (line N translates line N of src): a name or a URL.")
 
 
 class LangPair(_Strict):
@@ -57,20 +73,47 @@ class SourceConfig(_Strict):
     """One place parallel text is read from."""
 
     name: str = Field(description="Unique name of the source; used in counts and positions.")
-    kind: SourceKind = Field(description="flores | http | s3 | hf | qdrant.")
+    kind: SourceKind = Field(
+        description=(
+            "flores | http | s3 | hf | qdrant | aligned (two plain-text files, one sentence a line, line N of one "
+            "translating line N of the other) | tmx (a TMX 1.4 translation memory)."
+        )
+    )
     uri: str = Field(
         description=(
             "flores: a directory in the official layout; http: a URL (write a credential as ${NAME}, an "
             "environment variable, so the config never holds it); s3: s3://bucket/prefix or glob; "
-            "hf: a hub dataset id or a local file/directory; qdrant: a server URL, a local path, or :memory:."
+            "hf: a hub dataset id or a local file/directory; qdrant: a server URL, a local path, or :memory:; "
+            "aligned: the folder holding the two files; tmx: the file. aligned and tmx take a local path or any "
+            "fsspec URL (s3://, http(s)://, ...), plain or gzip."
         )
     )
     split: str | None = Field(None, description="flores: dev (devtest is refused); hf: the split to stream.")
     format: FileFormat | None = Field(
         None, description="jsonl | tsv | parquet; inferred from the file name when omitted."
     )
-    fields: FieldMap = Field(default_factory=FieldMap, description="Column names of the pair's parts.")
-    langs: LangPair | None = Field(None, description="Fix the languages instead of reading them per row.")
+    fields: FieldMap = Field(
+        default_factory=FieldMap, description="Column names (or dotted paths into nested columns) of the pair's parts."
+    )
+    langs: LangPair | None = Field(
+        None,
+        description=(
+            "Fix the languages instead of reading them per row. Required by aligned (it also finds the files: "
+            "their language suffixes, ISO 639-1 like .en or FLORES like .eng_Latn) and tmx (which xml:lang pair)."
+        ),
+    )
+    pattern: str | None = Field(
+        None,
+        exclude_if=_unset,
+        description=(
+            "aligned: the file names under uri, {lang} standing for each side's language suffix (en or eng_Latn "
+            "for eng_Latn) and * for any text (not over http); a .gz suffix is found too. Default *.{lang}: "
+            "OPUS's *.en / *.hi, Samanantar's train.en / train.hi, BPCC's train.eng_Latn / train.hin_Deva."
+        ),
+    )
+    files: AlignedFiles | None = Field(
+        None, exclude_if=_unset, description="aligned: the two files named outright, instead of pattern."
+    )
     collection: str | None = Field(None, description="qdrant: the collection holding pairs as payloads.")
     endpoint_url: str | None = Field(
         None, description="s3: an S3-compatible endpoint (overrides AWS_ENDPOINT_URL from the environment)."
@@ -93,7 +136,24 @@ class SourceConfig(_Strict):
                 f"source {self.name!r}: flores split {self.split!r} is not allowed for training; "
                 "devtest is the evaluation set, train on 'dev' only"
             )
+        self._check_file_layout()
         return self
+
+    def _check_file_layout(self) -> None:
+        """What the aligned and tmx kinds need, and the keys that only they take."""
+        for key in ("pattern", "files"):
+            if getattr(self, key) is not None and self.kind != "aligned":
+                raise ValueError(f"source {self.name!r}: {key!r} applies to kind aligned only")
+        if self.kind not in ("aligned", "tmx"):
+            return
+        if self.langs is None:
+            raise ValueError(f"source {self.name!r}: kind {self.kind} needs 'langs' (the languages of its two sides)")
+        if self.fields != FieldMap() or self.format is not None:
+            raise ValueError(f"source {self.name!r}: 'fields' and 'format' do not apply to kind {self.kind}")
+        if self.pattern is not None and self.files is not None:
+            raise ValueError(f"source {self.name!r}: give 'pattern' or 'files', not both")
+        if self.pattern is not None and "{lang}" not in self.pattern:
+            raise ValueError(f"source {self.name!r}: pattern {self.pattern!r} must hold {{lang}}")
 
 
 class IngestConfig(_Strict):
@@ -251,9 +311,33 @@ class ServingConfig(_Strict):
     max_chars: int = Field(2000, gt=0, description="Longest text in a request (413 beyond).")
     request_timeout_s: float = Field(30.0, gt=0, description="Deadline of a request (504 beyond).")
     reload_poll_s: float = Field(0.0, ge=0, description="Seconds between registry polls for new adapters (0: off).")
-    require_auth: bool = Field(False, description="Require the bearer token on every endpoint.")
+    require_auth: bool = Field(False, description="Require an API key (or BHASHAFLOW_API_TOKEN) on every endpoint.")
     episodes_db: str = Field("episodes.db", description="SQLite file that records every served translation.")
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body, refused before parsing.")
+    api_keys_file: str | None = Field(
+        None,
+        description=(
+            "YAML or JSON file listing API clients: name, scopes (translate, feedback, admin) and the sha256 of "
+            "the key, never the key itself (python -m serving.keys new NAME makes one). Read at start-up."
+        ),
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description=(
+            "Serve without require_auth on an address other than loopback (anyone who reaches it may translate "
+            "and give feedback as 'anonymous'); without it such a service refuses to start."
+        ),
+    )
+    feedback_per_minute: float = Field(
+        60.0, ge=0, description="Feedback requests each client may make per minute (0: no limit); 429 beyond."
+    )
+    feedback_burst: int = Field(30, gt=0, description="Feedback requests a client may make at once before the rate applies.")
+
+    @model_validator(mode="after")
+    def _anonymous_or_auth(self) -> ServingConfig:
+        if self.require_auth and self.allow_anonymous:
+            raise ValueError("serving.allow_anonymous and serving.require_auth contradict each other: set one")
+        return self
 
 
 class RLExportConfig(_Strict):
@@ -286,17 +370,58 @@ class TaskRunnerConfig(_Strict):
         default_factory=dict,
         description="dask: worker resources each fine-tune and evaluate task claims, e.g. {GPU: 1}.",
     )
+    train_resources: dict[str, float] | None = Field(
+        None, description="dask: what fine-tune tasks claim instead of `resources` (e.g. {GPU: 1} while evaluation takes {CPU: 1})."
+    )
+    evaluate_resources: dict[str, float] | None = Field(
+        None, description="dask: what evaluate tasks claim instead of `resources`."
+    )
+
+    def resources_of(self, step: Literal["train", "evaluate"]) -> dict[str, float]:
+        """The resources the tasks of `step` claim on Dask workers."""
+        own = self.train_resources if step == "train" else self.evaluate_resources
+        return dict(self.resources if own is None else own)
+
+    def offered_locally(self) -> dict[str, float]:
+        """What each worker of a local cluster offers: enough for any task to run on it."""
+        offered: dict[str, float] = {}
+        for step in ("train", "evaluate"):
+            for name, amount in self.resources_of(step).items():  # type: ignore[arg-type]
+                offered[name] = max(offered.get(name, 0.0), amount)
+        return offered
 
     @model_validator(mode="after")
     def _dask_only(self) -> TaskRunnerConfig:
-        if self.kind == "thread" and (self.address or self.resources or self.n_workers is not None):
+        per_step = self.train_resources is not None or self.evaluate_resources is not None
+        if self.kind == "thread" and (self.address or self.resources or per_step or self.n_workers is not None):
             # Threads share one process, and loading models with transformers is not thread-safe.
             raise ValueError("task_runner.address, n_workers and resources need kind: dask")
         if self.address and self.n_workers is not None:
             raise ValueError("task_runner.n_workers sizes a local cluster; an existing cluster (address) has its own")
-        if any(v <= 0 for v in self.resources.values()):
-            raise ValueError("task_runner.resources amounts must be positive")
+        for spec in (self.resources, self.train_resources or {}, self.evaluate_resources or {}):
+            if any(v <= 0 for v in spec.values()):
+                raise ValueError("task_runner.resources amounts must be positive")
         return self
+
+
+class EpisodesDb(_Strict):
+    """Where the service records its episodes."""
+
+    episodes_db: str = Field("episodes.db", description="SQLite file that records every served translation.")
+
+
+class RLExportFlowConfig(_Strict):
+    """What the export-rl-logs flow uses, and nothing else: the episodes database and the export settings."""
+
+    run_name: str = Field("run", description="Name of the run whose service wrote the episodes (artifact keys).")
+    serving: EpisodesDb = Field(default_factory=EpisodesDb, description="The service's episodes database.")
+    rl_export: RLExportConfig = Field(default_factory=RLExportConfig, description="Where and how episodes go out.")
+
+    @classmethod
+    def of(cls, config: PipelineConfig) -> RLExportFlowConfig:
+        """The export settings of a whole pipeline config (what `bhashaflow export-rl CONFIG` runs)."""
+        return cls(run_name=config.run_name, serving=EpisodesDb(episodes_db=config.serving.episodes_db),
+                   rl_export=config.rl_export)  # fmt: skip
 
 
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")

@@ -21,7 +21,7 @@ def open_connector(
         source: the source's config.
         settings: credentials and endpoints.
         directions: configured directions (the FLORES connector yields pairs for these).
-        retry: retries and timeouts of http and s3 sources (the defaults when None).
+        retry: retries and timeouts of http, s3, aligned and tmx sources (the defaults when None).
     """
     if source.kind == "flores":
         from connectors.flores_dev import FloresConnector
@@ -39,6 +39,14 @@ def open_connector(
         from connectors.hf import HfConnector
 
         return HfConnector(source, settings)
+    if source.kind == "aligned":
+        from connectors.aligned import AlignedConnector
+
+        return AlignedConnector(source, settings, retry)
+    if source.kind == "tmx":
+        from connectors.tmx import TmxConnector
+
+        return TmxConnector(source, settings, retry)
     if source.kind == "qdrant":
         from connectors.qdrant import QdrantConnector
 

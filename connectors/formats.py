@@ -1,4 +1,4 @@
-"""Row parsing shared by the file-like connectors: JSONL, TSV and Parquet, gzip allowed.
+"""Row parsing shared by the file-like connectors: JSONL, TSV, Parquet and plain text lines, gzip allowed.
 
 Text formats are parsed from an iterable of raw byte chunks, so a connector can feed whatever its transport
 gives (an HTTP body, an S3 object, a local file) without ever holding a whole file in memory.
@@ -25,7 +25,7 @@ from isal import isal_zlib  # ISA-L: inflates gzip two to three times faster tha
 from bhashaflow.config import FileFormat
 from bhashaflow.core.records import Position, RawRecord
 
-TextFormat = Literal["jsonl", "tsv"]
+TextFormat = Literal["jsonl", "tsv", "text"]  # text: one sentence a line, the sides of an aligned corpus
 # isal's stubs type its error class as an instance.
 _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, cast(type[Exception], isal_zlib.error))
 
@@ -183,15 +183,16 @@ def iter_text_records(
     header: list[str] | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
 ) -> Iterator[RawRecord]:
-    """Parse JSONL or TSV lines from raw byte chunks into records.
+    """Parse JSONL, TSV or plain text lines from raw byte chunks into records.
 
-    Blank lines (and the TSV header) are consumed but yield nothing. Each record's position holds `base`'s
-    keys, `line` (physical lines consumed, header and blanks included), `offset` (byte offset after the
-    record's line, only when `offset` is not None) and, for TSV, `header`.
+    Blank lines (and the TSV header) are consumed but yield nothing, except in plain text, where every line
+    is a record `{"text": line}` (a blank one is an empty sentence that keeps two files' lines aligned).
+    Each record's position holds `base`'s keys, `line` (physical lines consumed, header and blanks included),
+    `offset` (byte offset after the record's line, only when `offset` is not None) and, for TSV, `header`.
 
     Args:
         chunks: the bytes, already decompressed, starting right after line `line`.
-        fmt: jsonl or tsv.
+        fmt: jsonl, tsv or text.
         name: the file name shown in each record's `ref` ("pairs.jsonl:17").
         base: keys copied into every position (for example the file's key).
         line: lines consumed before the first byte of `chunks`.
@@ -201,9 +202,13 @@ def iter_text_records(
         max_line_bytes: a longer line becomes a malformed record, whatever the chunking; it is never
             buffered beyond this plus one chunk.
     """
-    parser: _LineParser = (
-        _JsonlParser(name, base, max_line_bytes) if fmt == "jsonl" else _TsvParser(name, base, max_line_bytes, header)
-    )
+    parser: _LineParser
+    if fmt == "jsonl":
+        parser = _JsonlParser(name, base, max_line_bytes)
+    elif fmt == "tsv":
+        parser = _TsvParser(name, base, max_line_bytes, header)
+    else:
+        parser = _TextLineParser(name, base, max_line_bytes)
     return parser.records(_split_lines(chunks, max_line_bytes), line=line, offset=offset, skip_to_line=skip_to_line)
 
 
@@ -409,6 +414,24 @@ class _TsvParser(_LineParser):
                 raw=_preview(line),
             )
         return RawRecord(position, ref, row=dict(zip(self.header, values, strict=True)))
+
+
+class _TextLineParser(_LineParser):
+    """One sentence a line: every line is a record, a blank one too."""
+
+    def parse(self, raw_line: bytes, lineno: int, offset: int | None) -> RawRecord | None:
+        if raw_line.startswith(_BOM):
+            raw_line = raw_line[len(_BOM) :]
+        try:
+            text = raw_line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return RawRecord(
+                self.position(lineno, offset), f"{self.name}:{lineno}", error=f"invalid UTF-8 at byte {exc.start}",
+                raw=_preview(raw_line), reason="invalid_utf8",
+            )
+        extra = self.extra
+        position = {**extra, "line": lineno} if offset is None else {**extra, "line": lineno, "offset": offset}
+        return RawRecord(position, f"{self.name}:{lineno}", {"text": text[:-1] if text.endswith("\r") else text})
 
 
 def iter_parquet_records(

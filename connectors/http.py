@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
@@ -42,7 +43,7 @@ class RetryableStatus(IOError):
         self.retry_after_s = retry_after_s  # the server's Retry-After, which the backoff honours
 
 
-def _is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError | TruncatedStreamError | RetryableStatus)
 
 
@@ -55,6 +56,83 @@ def _skip_bytes(chunks: Iterator[bytes], count: int) -> Iterator[bytes]:
         count = 0
         break
     yield from chunks
+
+
+def streaming_client(timeout_s: float) -> httpx.Client:
+    """The client a source streams files with: bytes as stored (no transport compression), redirects followed."""
+    headers = {"Accept-Encoding": "identity", "User-Agent": "bhashaflow"}
+    return httpx.Client(timeout=timeout_s, follow_redirects=True, headers=headers)
+
+
+@contextmanager
+def open_body(client: httpx.Client, url: str, what: str, offset: int = 0) -> Iterator[Iterator[bytes]]:
+    """GET `url` and hand over its body's chunks from byte `offset` on (none when `offset` is its size).
+
+    Resumes with a Range request; a server that ignores it sends the whole body and what comes before `offset`
+    is dropped here. Raises RetryableStatus for answers worth retrying and SourceError for the others, each
+    message opening with `what` ("source 'web': GET https://x/pairs.jsonl").
+    """
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    with client.stream("GET", url, headers=headers) as response:
+        if response.status_code == 416 and offset:
+            _check_finished(response, offset, what)
+            yield iter(())
+            return
+        _check_status(response, what)
+        chunks = _body(response)
+        if offset and response.status_code == 206:
+            _check_range_start(response, offset, what)
+        elif offset:  # the server ignored Range: read from the start, drop what was handed out
+            chunks = _skip_bytes(chunks, offset)
+        yield chunks
+
+
+def head_exists(client: httpx.Client, url: str, what: str) -> bool:
+    """Whether `url` names a file (HEAD answers 2xx; 404 or 410: no); other answers as `open_body` raises them."""
+    response = client.head(url)
+    if response.status_code in (404, 410):
+        return False
+    _check_status(response, what)
+    return True
+
+
+def _check_status(response: httpx.Response, what: str) -> None:
+    status = response.status_code
+    if status in (200, 206):
+        return
+    if status >= 500 or status in _RETRY_STATUSES:
+        retry_after_s = parse_retry_after(response.headers.get("retry-after"))
+        raise RetryableStatus(status, response.reason_phrase, retry_after_s)
+    raise SourceError(f"{what} answered {status} {response.reason_phrase}")
+
+
+def _check_range_start(response: httpx.Response, offset: int, what: str) -> None:
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
+    if not match or match.group(1) is None or int(match.group(1)) != offset:
+        raise SourceError(
+            f"{what} answered bytes {response.headers.get('content-range')!r} to a request for bytes {offset}-"
+        )
+
+
+def _check_finished(response: httpx.Response, offset: int, what: str) -> None:
+    # 416 to "bytes=N-" means N is at or past the end: fine only if N is exactly the size.
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
+    if not match or match.group(2) == "*" or int(match.group(2)) != offset:
+        size = match.group(2) if match else "unknown"
+        raise SourceError(
+            f"{what}: the file is now {size} bytes long but was read up to byte {offset}; "
+            "it changed since the position was taken"
+        )
+
+
+def _body(response: httpx.Response) -> Iterator[bytes]:
+    expected = response.headers.get("content-length")
+    received = 0
+    for chunk in response.iter_raw():
+        received += len(chunk)
+        yield chunk
+    if expected is not None and expected.isdigit() and received < int(expected):
+        raise TruncatedStreamError(f"body ended after {received} of {expected} bytes")
 
 
 class HttpConnector:
@@ -109,13 +187,12 @@ class HttpConnector:
         """Yield every row after `start` (from the beginning when None), each with its resume position."""
         if start is not None and not isinstance(start.get("line"), int):
             raise SourceError(f"source {self.name!r}: {start!r} is not a position of an http source")
-        headers = {"Accept-Encoding": "identity", "User-Agent": "bhashaflow"}
-        with httpx.Client(timeout=self.timeout, follow_redirects=True, headers=headers) as client:
+        with streaming_client(self.timeout) as client:
             yield from stream_with_retries(
                 lambda position: self._read_from(client, position),
                 start,
                 policy=self.policy,
-                is_transient=_is_transient,
+                is_transient=is_transient,
                 what=f"source {self.name!r}: GET {self.shown}",
             )
 
@@ -127,18 +204,8 @@ class HttpConnector:
         offset: int | None = position.get("offset")
         header: list[str] | None = position.get("header")
         by_bytes = offset is not None and offset > 0
-        request_headers = {"Range": f"bytes={offset}-"} if by_bytes else {}
-        with client.stream("GET", self.url, headers=request_headers) as response:
-            if response.status_code == 416 and by_bytes:
-                self._check_finished(response, offset or 0)
-                return
-            self._check_status(response)
-            chunks = self._body(response)
-            if by_bytes and offset is not None:
-                if response.status_code == 206:
-                    self._check_range_start(response, offset)
-                else:  # the server ignored Range: read from the start, drop what was handed out
-                    chunks = _skip_bytes(chunks, offset)
+        with open_body(client, self.url, f"source {self.name!r}: GET {self.shown}", offset or 0) as chunks:
+            if by_bytes:
                 records = iter_text_records(
                     chunks, self.format, self.file_name, line=line, offset=offset, header=header
                 )
@@ -157,43 +224,6 @@ class HttpConnector:
         try:
             yield from self._read_once(client, position)
         except httpx.HTTPError as exc:  # a refused redirect loop, an invalid URL: not worth retrying
-            if _is_transient(exc):
+            if is_transient(exc):
                 raise
             raise SourceError(f"source {self.name!r}: GET {self.shown}: {one_line(exc)}") from None
-
-    def _check_status(self, response: httpx.Response) -> None:
-        status = response.status_code
-        if status in (200, 206):
-            return
-        if status >= 500 or status in _RETRY_STATUSES:
-            retry_after_s = parse_retry_after(response.headers.get("retry-after"))
-            raise RetryableStatus(status, response.reason_phrase, retry_after_s)
-        raise SourceError(f"source {self.name!r}: GET {self.shown} answered {status} {response.reason_phrase}")
-
-    def _check_range_start(self, response: httpx.Response, offset: int) -> None:
-        match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
-        if not match or match.group(1) is None or int(match.group(1)) != offset:
-            raise SourceError(
-                f"source {self.name!r}: GET {self.shown} answered bytes "
-                f"{response.headers.get('content-range')!r} to a request for bytes {offset}-"
-            )
-
-    def _check_finished(self, response: httpx.Response, offset: int) -> None:
-        # 416 to "bytes=N-" means N is at or past the end: fine only if N is exactly the size.
-        match = _CONTENT_RANGE.fullmatch(response.headers.get("content-range", "").strip())
-        if not match or match.group(2) == "*" or int(match.group(2)) != offset:
-            size = match.group(2) if match else "unknown"
-            raise SourceError(
-                f"source {self.name!r}: {self.shown} is now {size} bytes long but was read up to byte {offset}; "
-                "it changed since the position was taken"
-            )
-
-    @staticmethod
-    def _body(response: httpx.Response) -> Iterator[bytes]:
-        expected = response.headers.get("content-length")
-        received = 0
-        for chunk in response.iter_raw():
-            received += len(chunk)
-            yield chunk
-        if expected is not None and expected.isdigit() and received < int(expected):
-            raise TruncatedStreamError(f"body ended after {received} of {expected} bytes")

@@ -32,7 +32,7 @@ _PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, N
 _GLOB_CHARS = frozenset("*?[")
 
 
-def _is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     """5xx answers, throttling, timeouts and dropped connections; not missing keys, refusals or bad requests."""
     import aiohttp
     import botocore.exceptions as boto
@@ -88,13 +88,34 @@ def _session() -> Any:
     return session
 
 
-def _is_storage_error(exc: BaseException) -> bool:
+def is_storage_error(exc: BaseException) -> bool:
     import botocore.exceptions as boto
 
     return isinstance(exc, OSError | boto.BotoCoreError | boto.ClientError)
 
 
-def _stream_object(fs: Any, key: str, start: int, chunk_bytes: int) -> Iterator[bytes]:
+def s3_filesystem(storage_options: dict[str, Any], timeout_s: float) -> Any:
+    """An s3fs filesystem for streaming reads under our own retry loop.
+
+    Our loop retries with backoff and resumes from the last record; botocore retrying underneath would only
+    multiply the waits. A private instance keeps listings fresh between runs.
+    """
+    import s3fs
+
+    return s3fs.S3FileSystem(
+        **storage_options,
+        session=_session(),
+        skip_instance_cache=True,
+        use_listings_cache=False,
+        config_kwargs={
+            "retries": {"mode": "standard", "total_max_attempts": 1},
+            "connect_timeout": timeout_s,
+            "read_timeout": timeout_s,
+        },
+    )
+
+
+def stream_object(fs: Any, key: str, start: int, chunk_bytes: int) -> Iterator[bytes]:
     """The object's bytes from `start`, in chunks, from one streaming GET.
 
     One GET per file rather than s3fs's ranged reads per block: fewer requests, and servers that copy the
@@ -170,26 +191,12 @@ class S3Connector:
             read_from,
             start,
             policy=self.policy,
-            is_transient=_is_transient,
+            is_transient=is_transient,
             what=lambda: f"source {self.name!r}: reading {current[0]}",
         )
 
     def _filesystem(self) -> Any:
-        import s3fs
-
-        # Our own loop retries with backoff and resumes from the last record; botocore retrying underneath
-        # would only multiply the waits. A private instance keeps listings fresh between runs.
-        return s3fs.S3FileSystem(
-            **self._storage_options,
-            session=_session(),
-            skip_instance_cache=True,
-            use_listings_cache=False,
-            config_kwargs={
-                "retries": {"mode": "standard", "total_max_attempts": 1},
-                "connect_timeout": self.timeout,
-                "read_timeout": self.timeout,
-            },
-        )
+        return s3_filesystem(self._storage_options, self.timeout)
 
     def _list_files(self, fs: Any) -> list[str]:
         path = self.uri[len("s3://") :]
@@ -204,7 +211,7 @@ class S3Connector:
         except FileNotFoundError:
             found = {}
         except Exception as exc:
-            if _is_transient(exc) or not _is_storage_error(exc):
+            if is_transient(exc) or not is_storage_error(exc):
                 raise
             raise SourceError(f"source {self.name!r}: cannot list {self.uri}: {one_line(exc)}") from None
         # Keys starting with '_' or '.' are markers (_SUCCESS, .keep), not data.
@@ -258,12 +265,12 @@ class S3Connector:
                         )
                     return
                 yield from iter_text_records(
-                    _stream_object(fs, key, offset, self.chunk_bytes), fmt, key, base=base, line=line,
+                    stream_object(fs, key, offset, self.chunk_bytes), fmt, key, base=base, line=line,
                     offset=offset, header=header,
                 )
             else:  # from the start; gzip is re-read and the lines already handed out skipped
                 gzipped, chunks = sniff_gzip(
-                    _stream_object(fs, key, 0, self.chunk_bytes), named_gz=key.lower().endswith(".gz")
+                    stream_object(fs, key, 0, self.chunk_bytes), named_gz=key.lower().endswith(".gz")
                 )
                 yield from iter_text_records(
                     chunks, fmt, key, base=base, offset=None if gzipped else 0, skip_to_line=line, header=header
@@ -271,7 +278,7 @@ class S3Connector:
         except FormatError as exc:
             raise SourceError(f"source {self.name!r}: s3://{key}: {exc}") from None
         except Exception as exc:
-            if _is_transient(exc) or not _is_storage_error(exc):
+            if is_transient(exc) or not is_storage_error(exc):
                 raise
             raise SourceError(f"source {self.name!r}: cannot read s3://{key}: {one_line(exc)}") from None
 

@@ -101,6 +101,39 @@ def _fingerprint(text: str) -> int:
     return int.from_bytes(blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
+def field_value(row: Any, column: str) -> Any:
+    """`row`'s value for a configured column: the key itself, else, for a dotted path (`translation.en`), the
+    value nested under it; None when absent."""
+    value = row.get(column)
+    if value is not None or "." not in column:
+        return value
+    node = row
+    for key in column.split("."):
+        if not hasattr(node, "get"):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _missing(row: Any, column: str, part: str) -> str:
+    """Why a column holds nothing, naming the path and, for a nested one, where the path ends."""
+    detail = f"field {column!r} ({part}) is missing"
+    if "." not in column or column in row:
+        return detail
+    node, walked = row, list[str]()
+    for key in column.split("."):
+        if not hasattr(node, "get"):
+            return f"{detail}: {'.'.join(walked)!r} is {type(node).__name__}, not an object"
+        walked.append(key)
+        if node.get(key) is None:
+            if key in node:
+                return f"{detail}: {'.'.join(walked)!r} is null"
+            where = f"under {'.'.join(walked[:-1])!r}" if len(walked) > 1 else "in the row"
+            return f"{detail}: no {key!r} {where}"
+        node = node.get(key)
+    return detail
+
+
 class Skip:
     """A row for a direction that is not configured: counted, neither kept nor rejected."""
 
@@ -334,6 +367,7 @@ class Validator:
         self._text_fields = (("src", f.src), ("tgt", f.tgt))
         self._lang_fields = (("src_lang", f.src_lang), ("tgt_lang", f.tgt_lang))
         self._columns = (f.src, f.tgt, f.src_lang, f.tgt_lang)
+        self._nested = any("." in column for column in self._columns)  # dotted paths: no dict.get fast path
         # Language values already seen to name a configured direction, so most rows skip the full check.
         self._known_langs: dict[tuple[str, str], tuple[str, str]] = {}
         self._fixed_langs: tuple[str, str] | None = None
@@ -348,7 +382,8 @@ class Validator:
         row = record.row
         if row is None or not hasattr(row, "get"):
             return None
-        src_lang, tgt_lang = row.get(self.source.fields.src_lang), row.get(self.source.fields.tgt_lang)
+        src_lang = field_value(row, self.source.fields.src_lang)
+        tgt_lang = field_value(row, self.source.fields.tgt_lang)
         if isinstance(src_lang, str) and isinstance(tgt_lang, str):
             return f"{src_lang.strip()}-{tgt_lang.strip()}"
         return None
@@ -378,7 +413,7 @@ class Validator:
         row = record.row
         # Fast path: a dict with string fields for a direction seen before; anything else gets the full check.
         # Lone surrogates are looked for once per batch, in `check_texts`.
-        if type(row) is dict:
+        if type(row) is dict and not self._nested:
             src_column, tgt_column, src_lang_column, tgt_lang_column = self._columns
             codes = self._fixed_langs
             if codes is None:
@@ -414,7 +449,7 @@ class Validator:
                     return value
                 found.append(value.strip())
             src_lang, tgt_lang = found
-            raw_langs = (row.get(self._lang_fields[0][1]), row.get(self._lang_fields[1][1]))
+            raw_langs = (field_value(row, self._lang_fields[0][1]), field_value(row, self._lang_fields[1][1]))
         for part, code in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
             if code not in LANGUAGES:
                 return self._reject(record, "unknown_language", f"{part} {code[:40]!r} is not a FLORES-200 code")
@@ -440,9 +475,9 @@ class Validator:
         return values[0], values[1]
 
     def _string_field(self, record: RawRecord, row: Any, part: str, column: str) -> str | Rejection:
-        value = row.get(column)
+        value = field_value(row, column)
         if value is None:
-            return self._reject(record, "missing_field", f"field {column!r} ({part}) is missing")
+            return self._reject(record, "missing_field", _missing(row, column, part))
         if not isinstance(value, str):
             return self._reject(record, "not_a_string", f"field {column!r} ({part}) is {type(value).__name__}")
         return value

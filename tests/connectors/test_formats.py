@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bhashaflow.core.records import RawRecord
 from connectors.formats import (
     FormatError,
     TruncatedStreamError,
@@ -237,3 +238,26 @@ def test_mark_last_flags_only_the_final_record() -> None:
     assert [r.position.get("done") for r in records] == [None, True]
     assert records[1].row == {"a": 2} and records[1].ref == "p.jsonl:2"
     assert list(mark_last([])) == []
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 1 << 20])
+def test_plain_text_lines_are_all_records_blank_ones_too(chunk_size: int) -> None:
+    data = b"\xef\xbb\xbfOne.\r\n\nThree \xff.\n" + b"x" * 50 + b"\nLast, no newline"
+    records = list(iter_text_records(_chunked(data, chunk_size), "text", "train.en", max_line_bytes=40))
+    assert [(r.ref, r.row, r.reason if r.row is None else None) for r in records] == [
+        ("train.en:1", {"text": "One."}, None), ("train.en:2", {"text": ""}, None), ("train.en:3", None, "invalid_utf8"),
+        ("train.en:4", None, "malformed"), ("train.en:5", {"text": "Last, no newline"}, None),
+    ]
+    assert records[2].error == "invalid UTF-8 at byte 6" and records[2].raw == "Three \\xff."
+    assert [r.position["offset"] for r in records] == [data.index(b"\n") + 1, data.index(b"\n") + 2,
+                                                      data.index(b"x"), data.rindex(b"\n") + 1, len(data)]
+
+    def seen(found: list[RawRecord]) -> list[tuple[object, ...]]:  # an over-long line's preview depends on chunking
+        return [(r.position, r.ref, r.row, r.error) for r in found]
+
+    for k, record in enumerate(records):
+        pos = record.position
+        assert seen(list(iter_text_records([data[pos["offset"] :]], "text", "train.en", line=pos["line"],
+                                           offset=pos["offset"], max_line_bytes=40))) == seen(records[k + 1 :])
+        assert seen(list(iter_text_records(_chunked(data, 3), "text", "train.en", offset=0, skip_to_line=pos["line"],
+                                           max_line_bytes=40))) == seen(records[k + 1 :])

@@ -203,3 +203,24 @@ def test_a_failed_commit_stops_the_stage(tmp_path):
     with pytest.raises(OSError):
         stage_source(config, config.sources[0], reader, config.run_uri())
     assert reader.taken <= 14  # the error surfaced at the next hand-over, not after the whole source
+
+
+def test_nested_columns_are_counted_like_flat_ones(tmp_path):
+    config = PipelineConfig.model_validate({
+        "run_name": "t", "workdir": str(tmp_path / "runs"), "directions": ["eng_Latn-hin_Deva"],
+        "sources": [{"name": "hub", "kind": "hf", "uri": "org/opus", "fields": {
+            "src": "translation.en", "tgt": "translation.hi", "src_lang": "meta.src", "tgt_lang": "meta.tgt"}}],
+        "ingest": {"commit_rows": 4, "shard_rows": 10, "max_reject_fraction": 0.5},
+    })
+    meta = {"src": "eng_Latn", "tgt": "hin_Deva"}
+    rows = [{"translation": {"en": f"Sentence {i}", "hi": f"{HI} {i}"}, "meta": meta} for i in range(12)]
+    rows += [rows[2], {"translation": {"en": "No target"}, "meta": meta}, {"translation": None, "meta": meta},
+             {"translation": {"en": "Tamil", "hi": "வணக்கம்"}, "meta": {"src": "eng_Latn", "tgt": "tam_Taml"}}]
+    run_uri = config.run_uri()
+    manifest = write_shards(config, [stage_source(config, config.sources[0], ListReader("hub", rows), run_uri)], run_uri)
+    assert manifest["totals"] == {"read": 16, "accepted": 12, "duplicates": 1, "rejected": 2, "skipped": 1}
+    quarantine = [json.loads(line) for line in open(f"{run_uri}/quarantine.jsonl", encoding="utf-8")]
+    assert [(q["ref"], q["detail"]) for q in quarantine] == [
+        ("rows:14", "field 'translation.hi' (tgt) is missing: no 'hi' under 'translation'"),
+        ("rows:15", "field 'translation.en' (src) is missing: 'translation' is null"),
+    ]

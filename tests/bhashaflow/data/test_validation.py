@@ -233,3 +233,54 @@ def test_column_shares_are_script_fraction_of_the_normalised_texts():
         checked = _check_column(pa.array(column, pa.string()), column, langs)
         assert checked.share.tolist() == [script_fraction(normalize_text(t), c) for t, c in zip(column, langs, strict=True)]
         assert checked.norm.to_pylist() == [normalize_text(t) for t in column]
+
+
+# --- nested columns: dotted paths in `fields` ----------------------------------------------------------------------
+
+NESTED = SourceConfig(
+    name="hub", kind="hf", uri="x/y", fields={"src": "translation.en", "tgt": "translation.hi"},
+    langs={"src": "eng_Latn", "tgt": "hin_Deva"},
+)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason", "detail"),
+    [
+        ({"translation": {"en": "Hi"}}, "missing_field", "field 'translation.hi' (tgt) is missing: no 'hi' under 'translation'"),
+        ({"translation": {"en": "Hi", "hi": None}}, "missing_field", "field 'translation.hi' (tgt) is missing: 'translation.hi' is null"),
+        ({"en": "Hi", "hi": "नमस्ते"}, "missing_field", "field 'translation.en' (src) is missing: no 'translation' in the row"),
+        ({"translation": ["Hi", "नमस्ते"]}, "missing_field", "field 'translation.en' (src) is missing: 'translation' is list, not an object"),
+        ({"translation": {"en": "Hi", "hi": 7}}, "not_a_string", "field 'translation.hi' (tgt) is int"),
+        ({"translation": {"en": "Hi", "hi": "namaste"}}, "wrong_script", "tgt is 0% in the script of hin_Deva (< 50%)"),
+    ],
+)
+def test_a_dotted_field_names_its_path_when_a_row_lacks_it(data, reason, detail):
+    out = check(data, source=NESTED)
+    assert isinstance(out, Rejection)
+    assert (out.reason, out.detail) == (reason, detail)
+
+
+def test_dotted_fields_reach_into_nested_columns_and_a_dotted_column_name_wins():
+    assert check({"translation": {"en": "Hi", "hi": "नमस्ते"}}, source=NESTED) == Pair(
+        "Hi", "नमस्ते", "eng_Latn", "hin_Deva", "hub", "hub:f:1"
+    )
+    flat_with_dots = {"translation.en": "Flat", "translation.hi": "सपाट", "translation": {"en": "Deep", "hi": "गहरा"}}
+    out = check(flat_with_dots, source=NESTED)
+    assert isinstance(out, Pair) and (out.src, out.tgt) == ("Flat", "सपाट")
+    langs_inside = SourceConfig(name="s", kind="http", uri="http://x", fields={
+        "src": "pair.src.text", "tgt": "pair.tgt.text", "src_lang": "pair.src.lang", "tgt_lang": "pair.tgt.lang"})
+    nested = {"pair": {"src": {"text": "Hello", "lang": "eng_Latn"}, "tgt": {"text": "வணக்கம்", "lang": "tam_Taml"}}}
+    out = check(nested, source=langs_inside)
+    assert isinstance(out, Skip) and out.direction == "eng_Latn-tam_Taml"
+    nested["pair"]["tgt"] = {"text": "नमस्ते", "lang": "hin_Deva"}
+    out = check(nested, source=langs_inside)
+    assert isinstance(out, Pair) and out.tgt == "नमस्ते"
+
+
+def test_nested_rows_are_checked_in_batches_in_row_order():
+    validator = Validator(NESTED, DIRECTIONS, max_chars=50, min_script_fraction=0.5)
+    rows = [{"translation": {"en": f"Sentence {i}", "hi": f"वाक्य {i}"}} for i in range(5)]
+    rows[2] = {"translation": {"en": "No target"}}
+    out = validator.check_batch([RawRecord({"i": i}, f"f:{i}", row=r) for i, r in enumerate(rows)])
+    assert [p.id for p in out.pairs] == ["hub:f:0", "hub:f:1", "hub:f:3", "hub:f:4"]
+    assert [(rec.ref, rej.reason) for rec, rej in out.rejections] == [("f:2", "missing_field")]
