@@ -2,6 +2,8 @@
 
 At start-up the base model and the promoted adapter of every configured direction are loaded in the
 generation thread; until that is done /health answers 503 and /v1/translate 503 with Retry-After.
+Every request is answered for an API client (serving/auth.py): a key's client, or `anonymous` without
+one where serving.require_auth is off, which `run` allows only on loopback unless serving.allow_anonymous.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from bhashaflow import __version__
 from bhashaflow.config import ConfigError, PipelineConfig, ServingConfig
 from bhashaflow.core.settings import Settings
 from bhashaflow.episodes.store import EpisodeStore
-from serving.deps import Service, require_token
+from serving.auth import exposure_warning, load_key_ring
+from serving.deps import MissingScope, Service, identify_client
 from serving.engine import Engine
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.middleware import BodyLimitMiddleware
+from serving.ratelimit import RateLimiter
 from serving.routes import adapters, feedback, ops, translate
 from serving.schemas import error_responses
 
@@ -60,7 +64,10 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and exc.detail == _UNPARSABLE_BODY:
         return JSONResponse({"detail": "body: not valid JSON (it must be UTF-8)"}, status_code=422)
-    return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+    body: dict[str, Any] = {"detail": str(exc.detail)}
+    if isinstance(exc, MissingScope):
+        body["missing_scope"] = exc.scope
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _on_unexpected_error(request: Request, exc: Exception) -> JSONResponse:
@@ -104,15 +111,20 @@ def create_app(config: PipelineConfig, settings: Settings | None = None) -> Fast
 
     Args:
         config: the pipeline config (`serving`, `directions`, `base_model`, `registry`, generation settings).
-        settings: credentials and the API token; read from the environment when omitted.
+        settings: credentials, the API token and keys; read from the environment when omitted.
     """
     settings = settings or Settings()
-    if config.serving.require_auth and settings.api_token is None:
-        raise ConfigError("serving.require_auth is set but BHASHAFLOW_API_TOKEN is not")
+    keys = load_key_ring(settings, config.serving)
+    if config.serving.require_auth and not keys.configured:
+        raise ConfigError(
+            "serving.require_auth is set but no API key is: set BHASHAFLOW_API_TOKEN, BHASHAFLOW_API_KEYS "
+            "or serving.api_keys_file"
+        )
     metrics = ServingMetrics()
     engine = Engine(config, settings, metrics)
     metrics.queue_depth.set_function(lambda: engine.batcher.queue_depth)
-    service = Service(config=config, settings=settings, engine=engine, metrics=metrics)
+    limit = RateLimiter(config.serving.feedback_per_minute, config.serving.feedback_burst)
+    service = Service(config=config, settings=settings, engine=engine, metrics=metrics, keys=keys, feedback_limit=limit)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -136,10 +148,10 @@ def create_app(config: PipelineConfig, settings: Settings | None = None) -> Fast
         version=__version__,
         summary="LoRA translation adapters for Indic languages, served with dynamic batching.",
         lifespan=lifespan,
-        dependencies=[Depends(require_token)],
+        dependencies=[Depends(identify_client)],
     )
     app.state.service = service
-    unauthorized = error_responses({401: None})  # every endpoint, when serving.require_auth is set
+    unauthorized = error_responses({401: None})  # every endpoint: an unknown key, or none under require_auth
     for router in (translate.router, feedback.router, adapters.router, ops.router):
         app.include_router(router, responses=unauthorized)
     _document_limits(app, config.serving)
@@ -152,25 +164,43 @@ def create_app(config: PipelineConfig, settings: Settings | None = None) -> Fast
     return app
 
 
+class _NoQueryInAccessLog(logging.Filter):
+    """Drops query strings from uvicorn's access log: a client that puts its key there must not see it logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?...", *args[3:])
+        return True
+
+
 def run(config: PipelineConfig, host: str | None = None, port: int | None = None) -> None:
     """Serve the app with uvicorn until interrupted; raises RuntimeError when the model cannot be loaded.
 
     Args:
         config: the pipeline config.
-        host: address to bind (default serving.host).
+        host: address to bind (default serving.host); one that is not loopback needs serving.require_auth
+            or serving.allow_anonymous (ConfigError otherwise, before anything starts).
         port: port to bind (default serving.port; 0 picks a free one).
     """
+    host = host or config.serving.host
+    warning = exposure_warning(config.serving, host)
     app = create_app(config)
     service: Service = app.state.service
+    if warning:
+        log.warning("%s", warning)
+    clients = ", ".join(f"{c.name} ({'+'.join(sorted(c.scopes))})" for c in service.keys.clients()) or "none"
+    log.info("API clients: %s; without a key: %s", clients, "refused" if config.serving.require_auth else "anonymous")
     server = uvicorn.Server(
         uvicorn.Config(
             app,
-            host=host or config.serving.host,
+            host=host,
             port=config.serving.port if port is None else port,
             log_level="info",
             timeout_graceful_shutdown=int(config.serving.request_timeout_s) + 5,
         )
     )
+    logging.getLogger("uvicorn.access").addFilter(_NoQueryInAccessLog())
 
     async def serve() -> None:
         async def stop_when_loading_fails() -> None:

@@ -1,8 +1,9 @@
-"""What the routes share: the running service, and the bearer-token checks."""
+"""What the routes share: the running service, who sent a request (its API client), and the scope checks."""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -11,8 +12,10 @@ from fastapi import Depends, HTTPException, Request
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.settings import Settings
 from bhashaflow.episodes.store import EpisodeStore
+from serving.auth import ANONYMOUS, Client, KeyRing, Scope, hash_key
 from serving.engine import Engine
 from serving.metrics import ServingMetrics
+from serving.ratelimit import RateLimiter
 
 
 @dataclass
@@ -23,6 +26,8 @@ class Service:
     settings: Settings
     engine: Engine
     metrics: ServingMetrics
+    keys: KeyRing
+    feedback_limit: RateLimiter
     store: EpisodeStore | None = None  # opened at start-up
 
     def episodes(self) -> EpisodeStore:
@@ -39,30 +44,81 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-def _check_bearer(request: Request, service: Service, what: str) -> None:
-    token = service.settings.api_token
-    # A blank token is no token: "Bearer " would otherwise match it.
-    if token is None or not token.get_secret_value().strip():
-        raise HTTPException(
-            401, f"{what} needs a bearer token, and none is configured (set BHASHAFLOW_API_TOKEN on the server)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    expected = token.get_secret_value().encode("utf-8")
-    # Constant-time comparison: response timing must not reveal how much of a guess was right.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8"), expected):
-        raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+class MissingScope(HTTPException):
+    """403: the client is known but may not do this; the body names the scope it lacks (`missing_scope`)."""
+
+    def __init__(self, scope: Scope, detail: str) -> None:
+        super().__init__(403, detail)
+        self.scope = scope
 
 
-def require_token(request: Request, service: ServiceDep) -> None:
-    """Every endpoint, when serving.require_auth is set."""
-    if service.config.serving.require_auth:
-        _check_bearer(request, service, "this service")
+def _unauthorized(service: Service, what: str) -> HTTPException:
+    if not service.keys.configured:
+        detail = (f"{what} needs a bearer token, and none is configured (set BHASHAFLOW_API_TOKEN, "
+                  "BHASHAFLOW_API_KEYS or serving.api_keys_file on the server)")
+    else:
+        detail = f"{what} needs an API key: send it as Authorization: Bearer <key>"
+    return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_admin(request: Request, service: ServiceDep) -> None:
-    """Admin endpoints (adapter reload), always."""
-    _check_bearer(request, service, "this admin endpoint")
+def identify_key(keys: KeyRing, key: str) -> Client | None:
+    """The client whose key `key` is, or None. Every configured key is compared, each in constant time (the
+    token as given, the others by sha256): the timing says nothing about which key, or how much of one, matched.
+    """
+    given = key.encode("utf-8")
+    found: Client | None = None
+    if keys.token is not None and hmac.compare_digest(given, keys.token):
+        found = keys.token_client
+    if keys.hashed:
+        digest = hash_key(key).encode("ascii")
+        for expected, client in keys.hashed:
+            if hmac.compare_digest(digest, expected) and found is None:
+                found = client
+    return found
 
 
+def identify_client(request: Request, service: ServiceDep) -> Client:
+    """Every endpoint: the client whose key the request carries; 401 for a key that is no client's.
+
+    A request without one is `anonymous` on a service without serving.require_auth, and 401 on one with it.
+    The key itself is never logged, stored or answered: only the client's name goes further.
+    """
+    header = request.headers.get("authorization", "")
+    if not header.strip():
+        if service.config.serving.require_auth:
+            raise _unauthorized(service, "this service")
+        return ANONYMOUS
+    if not service.keys.configured:
+        raise _unauthorized(service, "this service")
+    scheme, _, given = header.partition(" ")
+    client = identify_key(service.keys, given.strip()) if scheme.lower() == "bearer" else None
+    if client is None:
+        raise HTTPException(401, "missing or unknown API key (send it as Authorization: Bearer <key>)",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return client
+
+
+ClientDep = Annotated[Client, Depends(identify_client)]
+
+
+def require_scope(scope: Scope, what: str) -> Callable[..., Client]:
+    """A dependency that lets through clients holding `scope` (401 for anonymous ones, 403 for others)."""
+
+    def check(client: ClientDep, service: ServiceDep) -> Client:
+        if client.can(scope):
+            return client
+        if client.anonymous:
+            raise _unauthorized(service, what)
+        raise MissingScope(scope, f"client {client.name!r} lacks the {scope!r} scope, which {what} needs")
+
+    check.__name__ = f"require_{scope}"
+    return check
+
+
+require_translate = require_scope("translate", "POST /v1/translate")
+require_feedback = require_scope("feedback", "POST /v1/feedback")
+require_admin = require_scope("admin", "this admin endpoint")
+
+TranslateClient = Annotated[Client, Depends(require_translate)]
+FeedbackClient = Annotated[Client, Depends(require_feedback)]
 AdminAuth = Depends(require_admin)

@@ -12,7 +12,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class ServingMetrics:
-    """Requests by status, latency, batch sizes, queue depth, translated texts, adapter swaps and refusals."""
+    """Requests by status, latency, batch sizes, queue depth, translated texts, adapter swaps and refusals,
+    feedback and rate-limited feedback by client."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -42,6 +43,14 @@ class ServingMetrics:
         self.refusals = Counter(
             "bhashaflow_adapter_refusals", "Promoted adapter versions refused at load (tampered, broken), by direction.",
             ["direction"], registry=self.registry,
+        )
+        # Labelled by client name: configured clients, `token` and `anonymous` only, so the series stay few.
+        self.feedback = Counter(
+            "bhashaflow_feedback", "Feedback stored, by the API client that gave it.", ["client"], registry=self.registry,
+        )
+        self.feedback_limited = Counter(
+            "bhashaflow_feedback_rate_limited", "Feedback refused with 429 by the per-client rate limit, by client.",
+            ["client"], registry=self.registry,
         )
 
     def render(self) -> bytes:

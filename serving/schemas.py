@@ -28,6 +28,14 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+class ScopeErrorResponse(ErrorResponse):
+    """A known client that may not do this (403): the scope it would need."""
+
+    missing_scope: Literal["translate", "feedback", "admin"] = Field(
+        description="The scope the client's key lacks (admin: to rate an episode another client requested)."
+    )
+
+
 class FieldError(BaseModel):
     loc: str = Field(description="Where in the body, e.g. texts.0 (body: the body as a whole).")
     msg: str
@@ -48,11 +56,9 @@ def error_responses(statuses: dict[int, str | None]) -> dict[int | str, dict[str
     """
     out: dict[int | str, dict[str, Any]] = {}
     for status, description in statuses.items():
-        entry: dict[str, Any] = {
-            "model": ValidationErrorResponse if status == 422 else ErrorResponse,
-            "description": description or _DESCRIPTIONS[status],
-        }
-        if status == 503:
+        model = {422: ValidationErrorResponse, 403: ScopeErrorResponse}.get(status, ErrorResponse)
+        entry: dict[str, Any] = {"model": model, "description": description or _DESCRIPTIONS[status]}
+        if status in (429, 503):
             entry["headers"] = {"Retry-After": RETRY_AFTER}
         out[status] = entry
     return out
@@ -60,9 +66,11 @@ def error_responses(statuses: dict[int, str | None]) -> dict[int | str, dict[str
 
 RETRY_AFTER = {"description": "Seconds to wait before trying again.", "schema": {"type": "integer", "minimum": 1}}
 _DESCRIPTIONS = {
-    401: "Missing or wrong bearer token (every endpoint when serving.require_auth is set).",
+    401: "Missing or unknown API key (a key that is sent must be known; no key: only without serving.require_auth).",
+    403: "The client's API key lacks the scope this needs (missing_scope names it).",
     413: "Request body over serving.max_body_bytes.",
     422: "Malformed body.",
+    429: "Over the client's rate limit (see Retry-After).",
     503: "The service is loading or stopping (see Retry-After).",
 }
 
@@ -124,6 +132,7 @@ class FeedbackResponse(BaseModel):
     reward: float
     correction: str | None
     feedback_at: str
+    client: str = Field(description="Who the feedback is recorded as given by: the API client's name, or anonymous.")
 
 
 class AdapterPublic(BaseModel):

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     qdrant_url: str | None = Field(None, validation_alias=AliasChoices("QDRANT_URL"))
     qdrant_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("QDRANT_API_KEY"))
     api_token: SecretStr | None = Field(None, validation_alias=AliasChoices("BHASHAFLOW_API_TOKEN"))
+    api_keys: str | None = Field(
+        None, validation_alias=AliasChoices("BHASHAFLOW_API_KEYS"),
+        description="API clients as JSON or YAML (name, scopes, sha256 of the key), like serving.api_keys_file.",
+    )
     cache_dir: str = Field(
         "~/.cache/bhashaflow", validation_alias=AliasChoices("BHASHAFLOW_CACHE_DIR"),
         description="Where built-in base models are built and cached.",
@@ -41,6 +45,11 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
         # `BHASHAFLOW_API_TOKEN=` in a .env must not make the empty string a valid admin token.
         return None if value is not None and not value.get_secret_value().strip() else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _blank_keys_are_unset(cls, value: str | None) -> str | None:
+        return None if value is not None and not value.strip() else value
 
     def expand_env(self, text: str) -> str:
         """`text` with every `${NAME}` replaced by that environment variable; KeyError names a missing one.

@@ -4,6 +4,10 @@ Every translated text is one episode with an integer id from an AUTOINCREMENT co
 and are never reused, so "everything after id N" is a safe export watermark. Feedback gets its own
 growing sequence number (`feedback_seq`), the watermark of exports that only carry rated episodes;
 feedback that arrives long after the episode is served is therefore still exported.
+
+Each episode names the client that requested it (`client`) and the client whose feedback it holds
+(`feedback_client`): the service's API key names, or `anonymous`. Databases from before those columns
+are migrated in place when opened; their old rows keep NULL there (nobody recorded who it was).
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ ExportMode = Literal["all", "feedback"]
 # The largest id SQLite stores; a bigger one from a client is simply unknown.
 MAX_EPISODE_ID = 2**63 - 1
 
+# Who requested an episode or gave feedback when the service knows no name: no key, on a service without auth.
+ANONYMOUS_CLIENT = "anonymous"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS episodes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -42,7 +49,9 @@ CREATE TABLE IF NOT EXISTS episodes (
     reward REAL,
     correction TEXT,
     feedback_at TEXT,
-    feedback_seq INTEGER
+    feedback_seq INTEGER,
+    client TEXT,
+    feedback_client TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS episodes_feedback_seq ON episodes (feedback_seq);
 CREATE TABLE IF NOT EXISTS export_watermarks (
@@ -67,12 +76,18 @@ CREATE TABLE IF NOT EXISTS export_parts (
 
 _COLUMNS = (
     "id, created_at, direction, src_lang, tgt_lang, adapter_version, base_model, input, output, "
-    "latency_ms, script_valid, reward, correction, feedback_at, feedback_seq"
+    "latency_ms, script_valid, reward, correction, feedback_at, feedback_seq, client, feedback_client"
 )
+# Columns added after the first schema: (name, SQL type). Older databases get them when opened, NULL in old rows.
+_ADDED_COLUMNS = (("client", "TEXT"), ("feedback_client", "TEXT"))
 
 
 class UnknownEpisode(KeyError):
     """No episode has the given id."""
+
+
+class ForeignEpisode(PermissionError):
+    """The episode was requested by another client than the one that may rate it."""
 
 
 class ExportBusy(RuntimeError):
@@ -97,6 +112,7 @@ class NewEpisode:
     output: str
     latency_ms: float
     script_valid: bool
+    client: str = ANONYMOUS_CLIENT  # who requested it: an API client's name, or anonymous
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +134,8 @@ class Episode:
     correction: str | None
     feedback_at: str | None
     feedback_seq: int | None
+    client: str | None  # who requested it; None only in rows from before clients were recorded
+    feedback_client: str | None  # who gave the (latest) feedback; None without feedback (or from before)
 
     @classmethod
     def _from_row(cls, row: tuple) -> Episode:
@@ -156,6 +174,16 @@ class EpisodeStore:
             # FULL: a committed episode survives a power cut, not only a crash of the process.
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns a database from an older version lacks (checked inside the write lock, so two
+        processes opening one old database at once add each column once)."""
+        with self._write() as conn:
+            present = {row[1] for row in conn.execute("PRAGMA table_info(episodes)")}
+            for name, sql_type in _ADDED_COLUMNS:
+                if name not in present:
+                    conn.execute(f"ALTER TABLE episodes ADD COLUMN {name} {sql_type}")
 
     def close(self) -> None:
         with self._lock:
@@ -186,7 +214,7 @@ class EpisodeStore:
             for ep in episodes:
                 cur = conn.execute(
                     "INSERT INTO episodes (created_at, direction, src_lang, tgt_lang, adapter_version, base_model, "
-                    "input, output, latency_ms, script_valid) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "input, output, latency_ms, script_valid, client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         now,
                         ep.direction,
@@ -198,6 +226,7 @@ class EpisodeStore:
                         ep.output,
                         float(ep.latency_ms),
                         int(ep.script_valid),
+                        ep.client,
                     ),
                 )
                 assert cur.lastrowid is not None
@@ -214,27 +243,42 @@ class EpisodeStore:
             raise UnknownEpisode(episode_id)
         return Episode._from_row(row)
 
-    def attach_feedback(self, episode_id: int, reward: float, correction: str | None = None) -> Episode:
+    def attach_feedback(
+        self,
+        episode_id: int,
+        reward: float,
+        correction: str | None = None,
+        *,
+        client: str = ANONYMOUS_CLIENT,
+        requested_by: str | None = None,
+    ) -> Episode:
         """Attach a reward in [-1, 1] and an optional correction, replacing earlier feedback.
 
         Args:
             episode_id: the episode's id; raises UnknownEpisode when there is none.
             reward: how good the translation was, from -1 (wrong) to 1 (right).
             correction: a better translation, if the client has one.
+            client: who gives the feedback (recorded as `feedback_client`).
+            requested_by: when set, only an episode requested by this client may be rated; another
+                raises ForeignEpisode and nothing changes (None: any episode, as for an admin).
         """
         if not (math.isfinite(reward) and -1.0 <= reward <= 1.0):
             raise ValueError(f"reward must be a number in [-1, 1], got {reward!r}")
         if not 0 < episode_id <= MAX_EPISODE_ID:
             raise UnknownEpisode(episode_id)
         with self._write() as conn:
-            # A fresh sequence number per feedback, taken inside the write lock so numbers commit in order.
-            cur = conn.execute(
-                "UPDATE episodes SET reward = ?, correction = ?, feedback_at = ?, "
-                "feedback_seq = (SELECT COALESCE(MAX(feedback_seq), 0) + 1 FROM episodes) WHERE id = ?",
-                (float(reward), correction, utc_now(), episode_id),
-            )
-            if cur.rowcount == 0:
+            # The owner check and the update in one transaction: what is checked is what is changed.
+            found = conn.execute("SELECT client FROM episodes WHERE id = ?", (episode_id,)).fetchone()
+            if found is None:
                 raise UnknownEpisode(episode_id)
+            if requested_by is not None and found[0] != requested_by:
+                raise ForeignEpisode(episode_id)
+            # A fresh sequence number per feedback, taken inside the write lock so numbers commit in order.
+            conn.execute(
+                "UPDATE episodes SET reward = ?, correction = ?, feedback_at = ?, feedback_client = ?, "
+                "feedback_seq = (SELECT COALESCE(MAX(feedback_seq), 0) + 1 FROM episodes) WHERE id = ?",
+                (float(reward), correction, utc_now(), client, episode_id),
+            )
             row = conn.execute(f"SELECT {_COLUMNS} FROM episodes WHERE id = ?", (episode_id,)).fetchone()
         return Episode._from_row(row)
 

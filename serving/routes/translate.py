@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from bhashaflow.core.languages import in_script
 from bhashaflow.episodes.store import NewEpisode
 from serving.batcher import BatcherStopped, DeadlineExceeded, QueueFull
-from serving.deps import ServiceDep
+from serving.deps import ServiceDep, TranslateClient
 from serving.engine import NoAdapter
 from serving.schemas import AdapterRef, TranslateRequest, TranslateResponse, error_responses
 
@@ -22,6 +22,7 @@ router = APIRouter(prefix="/v1", tags=["translate"])
     response_model=TranslateResponse,
     responses=error_responses(
         {
+            403: "The client's key lacks the translate scope.",
             404: "No adapter is served for the direction.",
             413: "Too many texts, a text too long, or a body over serving.max_body_bytes.",
             422: None,
@@ -30,8 +31,8 @@ router = APIRouter(prefix="/v1", tags=["translate"])
         }
     ),
 )
-async def translate_texts(body: TranslateRequest, service: ServiceDep) -> TranslateResponse:
-    """Translate texts with the promoted adapter of their direction; every text becomes an episode."""
+async def translate_texts(body: TranslateRequest, service: ServiceDep, client: TranslateClient) -> TranslateResponse:
+    """Translate texts with the promoted adapter of their direction; every text becomes an episode of the client."""
     started = time.monotonic()
     limits = service.config.serving
     if len(body.texts) > limits.max_texts:
@@ -64,7 +65,7 @@ async def translate_texts(body: TranslateRequest, service: ServiceDep) -> Transl
     valid = [in_script(out, body.tgt_lang) for out in outputs]
     base = service.config.base_model
     episodes = [
-        NewEpisode(direction, body.src_lang, body.tgt_lang, slot.version, base, text, out, latency_ms, ok)
+        NewEpisode(direction, body.src_lang, body.tgt_lang, slot.version, base, text, out, latency_ms, ok, client.name)
         for text, out, ok in zip(body.texts, outputs, valid, strict=True)
     ]
     ids = await run_in_threadpool(store.record, episodes)

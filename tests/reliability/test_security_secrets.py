@@ -1,7 +1,8 @@
 """A planted secret never leaves the process: not in files, logs, messages, HTTP bodies, nor Prefect's records.
 
 One unique secret stem is planted as AWS_SECRET_ACCESS_KEY, HF_TOKEN, BHASHAFLOW_API_TOKEN and QDRANT_API_KEY,
-and as the userinfo or a query parameter of source URLs. Then ingestion runs (the library, and the CLI as a
+as the key of an API client (BHASHAFLOW_API_KEYS holds its sha256), and as the userinfo or a query parameter
+of source URLs. Then ingestion runs (the library, and the CLI as a
 user runs it, through Prefect), sources fail in the ways they do (401, 5xx, dropped and refused connections,
 an unreachable S3 endpoint), the service answers wrong tokens and errors, and every byte written (run folder,
 registry, quarantine, manifests, reports, Prefect's results and database), logged (DEBUG), printed or raised
@@ -34,14 +35,16 @@ from fastapi.testclient import TestClient
 from servers import FaultyHTTPServer, S3Server
 from serving_helpers import EN_HI, make_adapter, register, serving_config
 
-from bhashaflow.config import PipelineConfig
+from bhashaflow.config import PipelineConfig, config_from_dict
 from bhashaflow.core.redact import redact_text, redact_uri
 from bhashaflow.core.settings import Settings
 from bhashaflow.data.ingest import stage_source, write_shards
+from bhashaflow.episodes.export import export_rl_logs
 from connectors import SourceError, open_connector
 from connectors.retry import RetryPolicy
 from connectors.sinks import HttpSink, SinkError, open_sink
 from serving.app import create_app
+from serving.auth import hash_key
 
 REPO = Path(__file__).resolve().parents[2]
 BHASHAFLOW = str(Path(sys.executable).parent / "bhashaflow")
@@ -98,6 +101,9 @@ def planted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_TOKEN", f"{SECRET}-hf")
     monkeypatch.setenv("BHASHAFLOW_API_TOKEN", f"{SECRET}-api")
     monkeypatch.setenv("QDRANT_API_KEY", f"{SECRET}-qdrant")
+    # A named API client whose key holds the secret; the server is given only the key's sha256.
+    monkeypatch.setenv("BHASHAFLOW_API_KEYS", json.dumps(
+        [{"name": "planted", "scopes": ["translate", "feedback"], "sha256": hash_key(f"{SECRET}-key")}]))
 
 
 def pairs_file(n: int = 30) -> bytes:
@@ -319,6 +325,7 @@ def test_the_service_answers_and_logs_no_secret(
         ):
             resp = client.request(method, path, json=body, headers=right)
             bodies.append(resp.text + json.dumps(dict(resp.headers)))
+        bodies += _use_the_planted_client_key(client)
     # A base that cannot load (a hub id, offline) with HF_TOKEN set: the failure is reported without it.
     failing = serving_config(tmp_path, "some-org/some-model", registry)
     with TestClient(create_app(failing, Settings()), raise_server_exceptions=False) as client:
@@ -326,9 +333,33 @@ def test_the_service_answers_and_logs_no_secret(
             time.sleep(0.05)
         assert health.json()["status"] == "failed"
         bodies.append(health.text)
+    # The RL export of what the planted client asked for and rated: its name goes there, never its key.
+    export = config_from_dict({"directions": [EN_HI], "serving": {"episodes_db": str(tmp_path / "episodes.db")},
+                               "rl_export": {"target": str(tmp_path / "rl-logs")}})
+    assert export_rl_logs(export, settings, sink=open_sink(export.rl_export.target, settings))["exported"] >= 1
+    records = [json.loads(line) for p in (tmp_path / "rl-logs").iterdir() for line in p.read_text().splitlines()]
+    assert ("planted", "planted") in {(r["client"], r["feedback_client"]) for r in records}
     assert [b[:300] for b in bodies if hits_in_text(b)] == []
     assert not hits_in_text(log_text(caplog.records))
-    assert leaking_files(tmp_path) == []
+    assert leaking_files(tmp_path) == []  # the episodes database and the RL logs among them
+
+
+def _use_the_planted_client_key(client: TestClient) -> list[str]:
+    """Translate and rate with the planted client's key, and send near misses of it; the answers."""
+    key = {"Authorization": f"Bearer {SECRET}-key"}
+    served = client.post("/v1/translate", json={"texts": ["hello"], "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"},
+                         headers=key)
+    assert served.status_code == 200, served.text
+    episode = served.json()["episode_ids"][0]
+    answers = [client.post("/v1/feedback", json={"episode_id": episode, "reward": 1}, headers=key)]
+    assert answers[0].status_code == 200 and answers[0].json()["client"] == "planted"
+    answers.append(client.post("/v1/adapters/reload", headers=key))
+    assert answers[-1].status_code == 403 and answers[-1].json()["missing_scope"] == "admin"
+    for wrong in (f"{SECRET}-ke", f"{SECRET}-keyx", hash_key(f"{SECRET}-key"), f"{SECRET}-key-api"):
+        answers.append(client.post("/v1/feedback", json={"episode_id": episode, "reward": 1},
+                                   headers={"Authorization": f"Bearer {wrong}"}))
+        assert answers[-1].status_code == 401
+    return [r.text + json.dumps(dict(r.headers)) for r in answers]
 
 
 def test_the_cli_pipeline_and_a_failing_ingest_leak_no_secret(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bhashaflow.episodes.store import MAX_EPISODE_ID, EpisodeStore, NewEpisode, UnknownEpisode
+from bhashaflow.episodes.store import MAX_EPISODE_ID, EpisodeStore, ForeignEpisode, NewEpisode, UnknownEpisode
 
 
 def _episode(text: str = "hello", out: str = "नमस्ते") -> NewEpisode:
@@ -130,3 +130,87 @@ def test_feedback_mode_orders_by_when_feedback_arrived(store: EpisodeStore) -> N
     store.attach_feedback(1, -1.0)
     assert [(e.id, e.feedback_seq) for e in store.episodes_after("feedback", 0, 10)] == [(3, 1), (1, 2)]
     assert [e.id for e in store.episodes_after("feedback", 1, 10)] == [1]
+
+
+# --- who asked, who rated ------------------------------------------------------------------------------------
+
+
+def test_episodes_record_the_requesting_client_and_feedback_the_rating_one(store: EpisodeStore) -> None:
+    ids = store.record([_episode(), NewEpisode(**{**_fields(_episode()), "client": "web"})])
+    assert [store.get(i).client for i in ids] == ["anonymous", "web"]
+    assert store.get(ids[1]).feedback_client is None
+    rated = store.attach_feedback(ids[1], 1.0, client="web", requested_by="web")
+    assert (rated.client, rated.feedback_client, rated.feedback_seq) == ("web", "web", 1)
+    by_admin = store.attach_feedback(ids[1], -0.5, client="ops")  # requested_by None: any episode
+    assert (by_admin.client, by_admin.feedback_client, by_admin.reward) == ("web", "ops", -0.5)
+
+
+def test_feedback_on_another_clients_episode_raises_and_changes_nothing(store: EpisodeStore) -> None:
+    (mine,) = store.record([NewEpisode(**{**_fields(_episode()), "client": "web"})])
+    for other in ("annotator", "anonymous", "Web"):
+        with pytest.raises(ForeignEpisode):
+            store.attach_feedback(mine, 1.0, "x", client=other, requested_by=other)
+    ep = store.get(mine)
+    assert (ep.reward, ep.correction, ep.feedback_client, ep.feedback_seq) == (None, None, None, None)
+    with pytest.raises(UnknownEpisode):  # an unknown id stays a 404, whoever asks
+        store.attach_feedback(mine + 1, 1.0, client="web", requested_by="web")
+
+
+OLD_SCHEMA = """
+CREATE TABLE episodes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, created_at TEXT NOT NULL, direction TEXT NOT NULL,
+    src_lang TEXT NOT NULL, tgt_lang TEXT NOT NULL, adapter_version TEXT NOT NULL, base_model TEXT NOT NULL,
+    input TEXT NOT NULL, output TEXT NOT NULL, latency_ms REAL NOT NULL, script_valid INTEGER NOT NULL,
+    reward REAL, correction TEXT, feedback_at TEXT, feedback_seq INTEGER
+);
+CREATE UNIQUE INDEX episodes_feedback_seq ON episodes (feedback_seq);
+INSERT INTO episodes (created_at, direction, src_lang, tgt_lang, adapter_version, base_model, input, output,
+                      latency_ms, script_valid, reward, correction, feedback_at, feedback_seq)
+VALUES ('2025-01-31T12:00:00.000Z', 'eng_Latn-hin_Deva', 'eng_Latn', 'hin_Deva', 'v0001', 'b', 'old', 'पुराना',
+        3.0, 1, 0.5, NULL, '2025-01-31T12:00:01.000Z', 1),
+       ('2025-01-31T12:00:00.000Z', 'eng_Latn-hin_Deva', 'eng_Latn', 'hin_Deva', 'v0001', 'b', 'old2', 'x',
+        3.0, 0, NULL, NULL, NULL, NULL);
+"""
+
+
+def make_old_database(path: Path) -> None:
+    """An episodes database as the version before named clients wrote it."""
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_SCHEMA)
+
+
+def test_an_old_database_is_migrated_in_place_once_even_when_opened_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "episodes.db"
+    make_old_database(path)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def open_it() -> None:
+        barrier.wait()
+        try:
+            EpisodeStore(path).close()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with sqlite3.connect(path) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(episodes)")]
+    assert columns[-2:] == ["client", "feedback_client"] and len(columns) == 17
+    with EpisodeStore(path) as store:
+        old = store.get(1)
+        assert (old.input, old.reward, old.feedback_seq, old.client, old.feedback_client) == ("old", 0.5, 1, None, None)
+        # Nobody recorded who asked for an old episode: only an admin (requested_by None) may rate it.
+        with pytest.raises(ForeignEpisode):
+            store.attach_feedback(2, 1.0, client="web", requested_by="web")
+        assert store.attach_feedback(2, 1.0, client="ops").feedback_client == "ops"
+        assert store.record([_episode()]) == [3]
+        assert store.get(3).client == "anonymous"
+
+
+def _fields(ep: NewEpisode) -> dict[str, object]:
+    return {name: getattr(ep, name) for name in NewEpisode.__dataclass_fields__}

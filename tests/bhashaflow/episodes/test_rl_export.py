@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from servers import PartServer, S3Server
 
 from bhashaflow.config import PipelineConfig, config_from_dict
 from bhashaflow.core.settings import Settings
-from bhashaflow.episodes.export import RECORD_SCHEMA, export_rl_logs, part_name
+from bhashaflow.episodes.export import RECORD_SCHEMA, decode_part, export_rl_logs, part_name
 from bhashaflow.episodes.store import EpisodeStore, ExportBusy, NewEpisode
 from connectors.retry import RetryPolicy
 from connectors.sinks import SinkError, open_sink
@@ -28,6 +29,7 @@ FAST = RetryPolicy(attempts=3, base_delay_s=0.01, max_delay_s=0.05)
 RECORD_KEYS = [
     "episode_id", "time", "direction", "src_lang", "tgt_lang", "adapter_version", "base_model", "prompt",
     "response", "reward", "correction", "feedback_time", "feedback_seq", "latency_ms", "script_valid",
+    "client", "feedback_client",  # added with named API clients, at the end
 ]
 
 
@@ -310,3 +312,31 @@ def test_parts_are_valid_utf8_ndjson_for_any_text(tmp_path: Path) -> None:
     assert len(lines[0].decode("utf-8").splitlines()) == 1
     record = json.load(io.BytesIO(lines[0]))
     assert (record["prompt"], record["response"], record["script_valid"]) == ('a "quoted"\nline\u2028x', "नमस्ते\t\x00", False)
+
+
+def test_records_name_the_client_of_the_episode_and_of_its_feedback(tmp_path: Path) -> None:
+    config = _config(tmp_path, str(tmp_path / "out"), format="parquet")
+    with EpisodeStore(config.serving.episodes_db) as store:
+        ids = store.record([NewEpisode("eng_Latn-hin_Deva", "eng_Latn", "hin_Deva", "v0001", "b", f"t{i}", "x", 1.0,
+                                       True, client) for i, client in enumerate(["web", "anonymous", "web"])])
+        store.attach_feedback(ids[0], 1.0, client="web", requested_by="web")
+        store.attach_feedback(ids[2], -1.0, "सही", client="ops")
+    (name,) = export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))["parts"]
+    records = decode_part((tmp_path / "out" / name).read_bytes(), "parquet")
+    assert [(r["client"], r["feedback_client"]) for r in records] == [("web", "web"), ("anonymous", None), ("web", "ops")]
+    assert pq.read_table(tmp_path / "out" / name).schema.equals(RECORD_SCHEMA)
+
+
+def test_parts_written_before_clients_were_recorded_still_decode(tmp_path: Path) -> None:
+    """An old part lacks `client` and `feedback_client`: they read as None (not attributed), in both formats."""
+    old = {"episode_id": 1, "time": "2025-01-31T12:00:00.123Z", "direction": "eng_Latn-hin_Deva", "src_lang": "eng_Latn",
+           "tgt_lang": "hin_Deva", "adapter_version": "v0002", "base_model": "b", "prompt": "p", "response": "r",
+           "reward": 1.0, "correction": None, "feedback_time": "2025-01-31T12:00:09.481Z", "feedback_seq": 3,
+           "latency_ms": 41.7, "script_valid": True}
+    assert list(old) == RECORD_KEYS[:-2]
+    buf = io.BytesIO()
+    old_schema = pa.schema([f for f in RECORD_SCHEMA if f.name in old])
+    pq.write_table(pa.Table.from_pylist([old], schema=old_schema), buf)
+    for data, fmt in ((json.dumps(old).encode() + b"\n", "jsonl"), (buf.getvalue(), "parquet")):
+        (record,) = decode_part(data, fmt)
+        assert list(record) == RECORD_KEYS and record == {**old, "client": None, "feedback_client": None}, fmt
