@@ -7,7 +7,11 @@ from typing import Any
 from prefect import flow
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.evaluation.report import direction_result
+from bhashaflow.core.names import DATA_MANIFEST
+from bhashaflow.core.settings import get_settings
+from bhashaflow.data.ingest import IngestedData, load_manifest
+from bhashaflow.pipeline.report import direction_result
+from bhashaflow.training.loop import TrainResult
 from flows.ingest_corpus import ingest_corpus
 from flows.runners import configured_run, task_resources
 from tasks.evaluate import evaluate_direction_task
@@ -24,24 +28,36 @@ def adapter_pipeline(config: PipelineConfig) -> dict[str, Any]:
         config: the whole pipeline config (sources, base model, training, evaluation, promotion, registry).
     """
     with configured_run(config) as config:
-        ingested = ingest_corpus(config)
+        ingested = _ingest(config)
         # Directions fan out over the task runner (threads, or Dask workers); each evaluates as soon as it trained.
-        with task_resources(config):
+        with task_resources(config, "train"):
             training = {d: train_adapter_task.submit(config, d) for d in config.directions}
-        trained: dict[str, dict[str, Any]] = {}
+        trained: dict[str, TrainResult] = {}
         evaluating = {}
         for direction, future in training.items():
             trained[direction] = future.result()
-            with task_resources(config):
-                evaluating[direction] = evaluate_direction_task.submit(
-                    config, direction, trained[direction]["adapter_dir"]
-                )
+            with task_resources(config, "evaluate"):  # tasks hand each other run URIs: any worker can evaluate
+                evaluating[direction] = evaluate_direction_task.submit(config, direction, trained[direction].adapter_uri)
         directions: dict[str, dict[str, Any]] = {}
         for direction, future in evaluating.items():
             scores = future.result()
-            promotion = promote_adapter_task(
-                config, direction, trained[direction], scores, ingested["manifest_sha256"]
-            )
+            promotion = promote_adapter_task(config, direction, trained[direction], scores, ingested.manifest_sha256)
             directions[direction] = direction_result(trained[direction], scores, promotion)
         report = publish_report_task(config, directions)
     return {"run_id": config.resolved_run_id(), "report": report, "directions": directions}
+
+
+def _ingest(config: PipelineConfig) -> IngestedData:
+    """The ingest-corpus subflow, then what it finished, read from the run URI.
+
+    A retried flow run reuses the finished subflow without reading its result back: that result sits in the
+    run folder's result storage, which a cached state's metadata cannot name on another process or host.
+    """
+    state = ingest_corpus(config, return_state=True)
+    if not state.is_completed():
+        state.result()  # raises the ingestion's own error
+    run_uri = config.run_uri()
+    manifest = load_manifest(run_uri, get_settings().storage_options_for(run_uri))
+    if manifest is None:
+        raise RuntimeError(f"{run_uri}: ingestion finished but left no {DATA_MANIFEST}")
+    return IngestedData.of(manifest, run_uri)

@@ -81,7 +81,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     config = _load(args)
-    from bhashaflow.evaluation.report import format_table
+    from bhashaflow.pipeline.report import format_table
     from flows.adapter_pipeline import adapter_pipeline
 
     _quiet_prefect_tracebacks()
@@ -109,10 +109,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export_rl(args: argparse.Namespace) -> int:
     config = _load(args)
+    from bhashaflow.config import RLExportFlowConfig
     from flows.export_rl_logs import export_rl_logs_flow
 
     _quiet_prefect_tracebacks()
-    _emit(args, export_rl_logs_flow(config),
+    _emit(args, export_rl_logs_flow(RLExportFlowConfig.of(config)),
           lambda r: f"exported {r['exported']} episodes in {len(r['parts'])} parts to {r['target']}")
     return 0
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 
-from bhashaflow.config import PipelineConfig
-from bhashaflow.evaluation.report import format_table
+from bhashaflow.config import PipelineConfig, RLExportFlowConfig
+from bhashaflow.pipeline.report import format_table
 from flows.adapter_pipeline import adapter_pipeline
 from flows.export_rl_logs import export_rl_logs_flow
 
@@ -39,7 +39,7 @@ def run_demo(config_path: str, overrides: list[str], config: PipelineConfig) -> 
         serve_and_try(config_path, overrides, config, promoted)
     else:
         print("\nno direction has a promoted adapter, so there is nothing to serve", flush=True)
-    exported = export_rl_logs_flow(config)
+    exported = export_rl_logs_flow(RLExportFlowConfig.of(config))
     print(f"exported {exported['exported']} episodes in {len(exported['parts'])} parts to {exported['target']}")
     return {"pipeline": result, "export": exported}
 

@@ -19,6 +19,6 @@ def evaluate_adapter(config: PipelineConfig, adapter: str = "promoted") -> dict[
         config: the pipeline config (directions, base model, evaluation, registry).
         adapter: `promoted`, `none` (the base model alone) or a registry version such as `v0002`.
     """
-    with configured_run(config) as config, task_resources(config):
+    with configured_run(config) as config, task_resources(config, "evaluate"):
         futures = {d: evaluate_adapter_task.submit(config, d, adapter) for d in config.directions}
-        return {"run_id": config.resolved_run_id(), "directions": {d: f.result() for d, f in futures.items()}}
+        return {"run_id": config.resolved_run_id(), "directions": {d: f.result().to_dict() for d, f in futures.items()}}

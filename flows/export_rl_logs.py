@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
-from bhashaflow.config import PipelineConfig
+from bhashaflow.config import RLExportFlowConfig
+from bhashaflow.episodes.export import ExportSummary
 from tasks.export import export_rl_logs_task
 
 
 @flow(name="export-rl-logs")
-def export_rl_logs_flow(config: PipelineConfig) -> dict[str, Any]:
+def export_rl_logs_flow(config: RLExportFlowConfig) -> ExportSummary:
     """Export every episode not yet exported (or only those with feedback), exactly once.
 
     Args:
-        config: the pipeline config; its `serving.episodes_db` and `rl_export` sections are used.
+        config: the run name, the service's episodes database and the export settings (`rl_export`);
+            `RLExportFlowConfig.of(pipeline_config)` takes them from a whole pipeline config.
     """
     return export_rl_logs_task(config)

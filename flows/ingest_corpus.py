@@ -7,9 +7,8 @@ from typing import Any
 from prefect import flow
 
 from bhashaflow.config import PipelineConfig
-from bhashaflow.core.fsio import join
-from bhashaflow.core.names import DATA_MANIFEST
-from bhashaflow.data.ingest import summary
+from bhashaflow.core.settings import get_settings
+from bhashaflow.data.ingest import load_manifest, summary
 from flows.runners import configured_run
 from tasks.ingest import finished_manifest_task, stage_source_task, write_shards_task
 
@@ -23,8 +22,11 @@ def ingest_corpus(config: PipelineConfig) -> dict[str, Any]:
     """
     with configured_run(config, distribute=False) as config:
         run_uri = config.run_uri()
-        manifest = finished_manifest_task(config, run_uri)
-        if manifest is None:
+        ingested = finished_manifest_task(config, run_uri)
+        if ingested is None:
             staged = [stage_source_task(config, source.name, run_uri) for source in config.sources]
-            manifest = write_shards_task(config, staged, run_uri)
-    return summary(manifest, join(run_uri, DATA_MANIFEST))
+            ingested = write_shards_task(config, staged, run_uri)
+    manifest = load_manifest(run_uri, get_settings().storage_options_for(run_uri))
+    if manifest is None:  # written by the task just now, or found by it: gone only if someone deleted it
+        raise FileNotFoundError(f"{ingested.manifest_uri} disappeared after ingestion finished")
+    return summary(manifest, ingested.manifest_uri)

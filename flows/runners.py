@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from typing import Any
+from typing import Any, Literal
 
 from prefect.context import FlowRunContext
 from prefect.filesystems import LocalFileSystem, RemoteFileSystem, WritableFileSystem
@@ -65,18 +65,19 @@ def build_task_runner(config: PipelineConfig) -> TaskRunner[Any]:
             "processes": True,
             "dashboard_address": None,
             # Local workers offer the resources tasks claim, so annotated tasks still run on a laptop.
-            "resources": dict(spec.resources) or None,
+            "resources": spec.offered_locally() or None,
         },
     )
 
 
-def task_resources(config: PipelineConfig) -> AbstractContextManager[Any]:
-    """Around `.submit()`: the Dask worker resources (e.g. GPU) each fine-tune and evaluate task claims."""
+def task_resources(config: PipelineConfig, step: Literal["train", "evaluate"] = "train") -> AbstractContextManager[Any]:
+    """Around `.submit()`: the Dask worker resources (e.g. GPU) the fine-tune or evaluate tasks claim."""
     spec = config.task_runner
-    if spec.kind == "dask" and spec.resources:
+    resources = spec.resources_of(step)
+    if spec.kind == "dask" and resources:
         import dask
 
-        return dask.annotate(resources=dict(spec.resources))
+        return dask.annotate(resources=dict(resources))
     return nullcontext()
 
 

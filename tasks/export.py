@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from bhashaflow.config import PipelineConfig
+from bhashaflow.config import RLExportFlowConfig
 from bhashaflow.core.fsio import join
 from bhashaflow.core.settings import get_settings
-from bhashaflow.episodes.export import export_rl_logs
+from bhashaflow.episodes.export import ExportSummary, export_rl_logs
 from connectors.sinks import open_sink
 from tasks.rundirs import artifact_key
 
 
 @task(retries=3, retry_delay_seconds=[2, 5, 15], retry_jitter_factor=0.5)
-def export_rl_logs_task(config: PipelineConfig) -> dict[str, Any]:
+def export_rl_logs_task(config: RLExportFlowConfig) -> ExportSummary:
     """Export episodes not yet exported to the configured target, each part verified before the watermark moves."""
     settings = get_settings()
     result = export_rl_logs(config, settings, sink=open_sink(config.rl_export.target, settings))

@@ -12,7 +12,7 @@ from prefect.tasks import exponential_backoff
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.hashing import sha256_json
 from bhashaflow.core.settings import get_settings
-from bhashaflow.data.ingest import load_manifest, stage_source, write_shards
+from bhashaflow.data.ingest import IngestedData, load_manifest, stage_source, write_shards
 from bhashaflow.data.staging import StagedSource
 from connectors import SourceError, TransientSourceError, open_connector
 
@@ -58,15 +58,15 @@ def stage_source_task(config: PipelineConfig, source_name: str, run_uri: str) ->
 
 
 @task(persist_result=True)
-def write_shards_task(config: PipelineConfig, staged: list[StagedSource], run_uri: str) -> dict[str, Any]:
+def write_shards_task(config: PipelineConfig, staged: list[StagedSource], run_uri: str) -> IngestedData:
     """De-duplicate the staged sources into per-direction shards and write the manifest."""
-    return write_shards(config, staged, run_uri, get_settings().storage_options_for(run_uri))
+    return IngestedData.of(write_shards(config, staged, run_uri, get_settings().storage_options_for(run_uri)), run_uri)
 
 
 @task(cache_policy=NO_CACHE)  # a check of the run folder's state: never answered from a cache
-def finished_manifest_task(config: PipelineConfig, run_uri: str) -> dict[str, Any] | None:
-    """The run's manifest when ingestion already finished under the same ingest config."""
+def finished_manifest_task(config: PipelineConfig, run_uri: str) -> IngestedData | None:
+    """The run's ingestion when it already finished under the same ingest config."""
     manifest = load_manifest(run_uri, get_settings().storage_options_for(run_uri))
     if manifest is not None and manifest.get("config_hash") == config.ingest_hash:
-        return manifest
+        return IngestedData.of(manifest, run_uri)
     return None

@@ -2,45 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import task
 from prefect.logging import get_run_logger
 
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.redact import redact_values
 from bhashaflow.core.settings import get_settings
-from bhashaflow.registry.promotion import decide_promotion, promote_adapter
+from bhashaflow.evaluation.evaluate import DirectionScores
+from bhashaflow.registry.promotion import PromotionOutcome, decide_promotion, promote_adapter
 from bhashaflow.registry.store import Registry
+from bhashaflow.training.loop import TrainResult
+from tasks.rundirs import fetch_adapter
 
 
 @task(task_run_name="promote-{direction}", persist_result=True)
 def promote_adapter_task(
-    config: PipelineConfig, direction: str, trained: dict[str, Any], scores: dict[str, Any], data_manifest_sha256: str
-) -> dict[str, Any]:
+    config: PipelineConfig, direction: str, trained: TrainResult, scores: DirectionScores, data_manifest_sha256: str
+) -> PromotionOutcome:
     """Register the candidate; promote it if it beats base and the incumbent, and that incumbent is still promoted."""
     settings = get_settings()
     registry = Registry(config.registry, settings.storage_options_for(config.registry))
-    incumbent = scores["incumbent"]["chrf_pp"] if scores["incumbent"] else None
-    decision = decide_promotion(
-        scores["candidate"]["chrf_pp"], incumbent, scores["base"]["chrf_pp"], config.promotion.min_gain
-    )
+    incumbent = scores.incumbent.chrf_pp if scores.incumbent else None
+    decision = decide_promotion(scores.candidate.chrf_pp, incumbent, scores.base.chrf_pp, config.promotion.min_gain)
     outcome = promote_adapter(
         registry,
         direction,
-        trained["adapter_dir"],
+        fetch_adapter(config, settings, direction, trained.adapter_uri),  # the very bytes the evaluation scored
         decision,
-        judged_against=scores["incumbent_version"],
-        base_model=trained["base_model"],
-        base_revision=trained["base_revision"],
+        judged_against=scores.incumbent_version,
+        base_model=trained.base_model,
+        base_revision=trained.base_revision,
         data_manifest_sha256=data_manifest_sha256,
         config=redact_values(config.model_dump(mode="json")),  # source URLs without their credentials
-        metrics={"candidate": scores["candidate"], "base": scores["base"], "incumbent": scores["incumbent"]},
-    )
+        metrics={k: v.to_dict() if v else None for k, v in
+                 (("candidate", scores.candidate), ("base", scores.base), ("incumbent", scores.incumbent))},
+    )  # fmt: skip
     get_run_logger().info("%s %s: %s", direction, outcome.version, outcome.reason)
-    return {
-        "promoted": outcome.promoted,
-        "reason": outcome.reason,
-        "version": outcome.version,
-        "adapter_uri": registry.adapter_uri(direction, outcome.version),
-    }
+    return outcome

@@ -11,7 +11,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.fsio import open_fs
 from bhashaflow.core.settings import get_settings
-from bhashaflow.evaluation.report import markdown_report, table_rows, write_report
+from bhashaflow.pipeline.report import markdown_report, table_rows, write_report
 from tasks.rundirs import artifact_key
 
 

@@ -29,6 +29,11 @@ PROMOTED = "PROMOTED"
 # A built-in base's folder.
 BASE_MANIFEST = "bhashaflow_base.json"
 
+# A folder published to a run URI is vouched for by `<folder>.manifest.json` beside it (core/folders.py).
+FOLDER_MANIFEST_SUFFIX = ".manifest.json"
+# A direction's training folder inside the run folder: adapters/<direction>/{adapter,checkpoints,train_log.jsonl}.
+ADAPTERS_DIR = "adapters"
+
 # Writers put this file in a folder first and remove it last: such a folder is never read as complete.
 INCOMPLETE = ".incomplete"
 

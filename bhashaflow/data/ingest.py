@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
 from bhashaflow.config import PipelineConfig, SourceConfig
@@ -244,6 +245,19 @@ def _source_entry(s: StagedSource, accepted: int, duplicates: int) -> dict[str, 
 
 def _relative(uri: str, base: str) -> str:
     return uri[len(base.rstrip("/")) + 1 :] if uri.startswith(base.rstrip("/") + "/") else uri
+
+
+@dataclass(frozen=True)
+class IngestedData:
+    """A finished ingestion as tasks hand it on: where its manifest is, and what it holds (its content hash)."""
+
+    run_id: str
+    manifest_uri: str
+    manifest_sha256: str
+
+    @classmethod
+    def of(cls, manifest: dict[str, Any], run_uri: str) -> IngestedData:
+        return cls(manifest["run_id"], join(run_uri, DATA_MANIFEST), manifest_sha256(manifest))
 
 
 def load_manifest(run_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:

@@ -12,17 +12,40 @@ from __future__ import annotations
 import io
 import json
 import logging
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bhashaflow.config import PipelineConfig
+from bhashaflow.config import RLExportConfig
 from bhashaflow.core.redact import redact_uri
 from bhashaflow.core.settings import Settings
 from bhashaflow.episodes.store import Episode, EpisodeStore, ExportMode
 
 log = logging.getLogger(__name__)
+
+class _HoldsEpisodes(Protocol):
+    @property
+    def episodes_db(self) -> str: ...
+
+
+class ExportSource(Protocol):
+    """What an export reads from a config: a whole pipeline config, or the export-rl-logs flow's own."""
+
+    @property
+    def serving(self) -> _HoldsEpisodes: ...
+
+    @property
+    def rl_export(self) -> RLExportConfig: ...
+
+
+class ExportSummary(TypedDict):
+    """What an export did (the `export-rl --json` object)."""
+
+    exported: int  # records written
+    parts: list[str]  # names of the parts written
+    target: str  # where they went, credentials masked
+
 
 PART_ROWS = 500  # records per part: small enough to re-send cheaply, large enough to keep part counts low
 
@@ -43,6 +66,9 @@ RECORD_SCHEMA = pa.schema(
         ("feedback_seq", pa.int64()),
         ("latency_ms", pa.float64()),
         ("script_valid", pa.bool_()),
+        # Added later, at the end so older readers keep their columns: who asked, who rated.
+        ("client", pa.string()),
+        ("feedback_client", pa.string()),
     ]
 )
 
@@ -77,6 +103,8 @@ def episode_record(ep: Episode) -> dict[str, Any]:
         "feedback_seq": ep.feedback_seq,
         "latency_ms": ep.latency_ms,
         "script_valid": ep.script_valid,
+        "client": ep.client,
+        "feedback_client": ep.feedback_client,
     }
 
 
@@ -93,6 +121,18 @@ def encode_part(records: list[dict[str, Any]], fmt: str) -> bytes:
     raise ValueError(f"unknown export format {fmt!r}")
 
 
+def decode_part(data: bytes, fmt: str) -> list[dict[str, Any]]:
+    """The records of a part (JSONL or Parquet), every RECORD_SCHEMA field present: fields a part written by
+    an older version lacks (`client`, `feedback_client`) are None, which reads as "not attributed"."""
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in data.decode("utf-8").split("\n") if line.strip()]
+    elif fmt == "parquet":
+        rows = pq.read_table(io.BytesIO(data)).to_pylist()
+    else:
+        raise ValueError(f"unknown export format {fmt!r}")
+    return [{name: row.get(name) for name in RECORD_SCHEMA.names} for row in rows]
+
+
 def part_name(mode: ExportMode, first_key: int, last_key: int, fmt: str) -> str:
     """`episodes-<first id>-<last id>.<fmt>`, or `feedback-<first seq>-<last seq>.<fmt>` for rated-only exports."""
     prefix = "episodes" if mode == "all" else "feedback"
@@ -106,12 +146,12 @@ def _key(ep: Episode, mode: ExportMode) -> int:
 
 
 def export_rl_logs(
-    config: PipelineConfig,
+    config: ExportSource,
     settings: Settings,
     *,
     sink: PartSink,
     part_rows: int = PART_ROWS,
-) -> dict[str, Any]:
+) -> ExportSummary:
     """Export the episodes not yet exported to `rl_export.target`, one verified part at a time.
 
     With `rl_export.only_with_feedback`, episodes are exported once they have feedback, ordered by
@@ -121,7 +161,7 @@ def export_rl_logs(
     waits for the first, up to a minute, then raises `ExportBusy`.
 
     Args:
-        config: the pipeline config (`serving.episodes_db`, `rl_export`).
+        config: `serving.episodes_db` and `rl_export`: a pipeline config or the flow's RLExportFlowConfig.
         settings: credentials for the target.
         sink: where parts go (`connectors.sinks.open_sink(rl_export.target, settings)`, with retries).
         part_rows: most records per part.

@@ -1,1 +1,1 @@
-"""chrF and chrF++ on FLORES-200, and the pipeline's report."""
+"""chrF and chrF++ on FLORES-200: scoring, and translating an evaluation set with an adapter or none."""

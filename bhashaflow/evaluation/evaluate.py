@@ -14,6 +14,31 @@ from bhashaflow.modeling.loaded import LoadedModel
 
 
 @dataclass(frozen=True)
+class DirectionScores:
+    """A direction's candidate scored beside the base and the promoted incumbent, with the same settings."""
+
+    direction: str
+    base: ChrfScore
+    candidate: ChrfScore
+    incumbent: ChrfScore | None = None
+    incumbent_version: str | None = None
+
+
+@dataclass(frozen=True)
+class AdapterScore:
+    """One adapter of a direction scored alone: `promoted`, `none` (the bare base) or a version."""
+
+    direction: str
+    adapter: str
+    version: str | None
+    score: ChrfScore
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `evaluate --json` row of the direction."""
+        return {"adapter": self.adapter, "version": self.version, **self.score.to_dict()}
+
+
+@dataclass(frozen=True)
 class EvalSet:
     """Source sentences and references of one direction on a FLORES-200 split."""
 

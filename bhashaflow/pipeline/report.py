@@ -6,6 +6,9 @@ import io
 from typing import Any
 
 from bhashaflow.core.fsio import join, write_bytes_atomic
+from bhashaflow.evaluation.evaluate import DirectionScores
+from bhashaflow.registry.promotion import PromotionOutcome
+from bhashaflow.training.loop import TrainResult
 
 COLUMNS = (
     "direction",
@@ -23,30 +26,30 @@ COLUMNS = (
 )
 
 
-def direction_result(trained: dict[str, Any], scores: dict[str, Any], promotion: dict[str, Any]) -> dict[str, Any]:
+def direction_result(trained: TrainResult, scores: DirectionScores, promotion: PromotionOutcome) -> dict[str, Any]:
     """The public per-direction result of a pipeline run (the `--json` contract)."""
-    incumbent = scores["incumbent"]
+    base, candidate, incumbent = scores.base, scores.candidate, scores.incumbent
     return {
-        "base_chrf": round(scores["base"]["chrf"], 2),
-        "base_chrf_pp": round(scores["base"]["chrf_pp"], 2),
-        "incumbent_chrf": round(incumbent["chrf"], 2) if incumbent else None,
-        "incumbent_chrf_pp": round(incumbent["chrf_pp"], 2) if incumbent else None,
-        "incumbent_version": scores["incumbent_version"],
-        "candidate_chrf": round(scores["candidate"]["chrf"], 2),
-        "candidate_chrf_pp": round(scores["candidate"]["chrf_pp"], 2),
-        "script_valid": round(scores["candidate"]["script_valid"], 4),
-        "base_script_valid": round(scores["base"]["script_valid"], 4),
-        "sentences": scores["candidate"]["n"],
-        "signature": scores["candidate"]["signature_chrf_pp"],
-        "decontaminated": trained["decontaminated"],
-        "steps": trained["steps"],
-        "validation_pairs": trained.get("validation_pairs", 0),
-        "best_step": trained.get("best_step"),
-        "stopped_early": trained.get("stopped_early", False),
-        "promoted": promotion["promoted"],
-        "reason": promotion["reason"],
-        "version": promotion["version"],
-        "adapter_uri": promotion["adapter_uri"],
+        "base_chrf": round(base.chrf, 2),
+        "base_chrf_pp": round(base.chrf_pp, 2),
+        "incumbent_chrf": round(incumbent.chrf, 2) if incumbent else None,
+        "incumbent_chrf_pp": round(incumbent.chrf_pp, 2) if incumbent else None,
+        "incumbent_version": scores.incumbent_version,
+        "candidate_chrf": round(candidate.chrf, 2),
+        "candidate_chrf_pp": round(candidate.chrf_pp, 2),
+        "script_valid": round(candidate.script_valid, 4),
+        "base_script_valid": round(base.script_valid, 4),
+        "sentences": candidate.n,
+        "signature": candidate.signature_chrf_pp,
+        "decontaminated": trained.decontaminated,
+        "steps": trained.steps,
+        "validation_pairs": trained.validation_pairs,
+        "best_step": trained.best_step,
+        "stopped_early": trained.stopped_early,
+        "promoted": promotion.promoted,
+        "reason": promotion.reason,
+        "version": promotion.version,
+        "adapter_uri": promotion.adapter_uri,
     }
 
 

@@ -13,7 +13,7 @@ candidate replace a version it was not compared with, and a re-run after a crash
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ class PromotionOutcome:
     version: str
     promoted: bool
     reason: str
+    adapter_uri: str = field(default="", compare=False)  # the version's folder: derived from the version
 
 
 def promote_adapter(
@@ -119,10 +120,11 @@ def promote_adapter(
         direction, adapter_dir, base_model=base_model, base_revision=base_revision,
         data_manifest_sha256=data_manifest_sha256, config=config, metrics=metrics, reuse=True,
     )
+    uri = registry.adapter_uri(direction, info.version)
     if not decision.promote:
-        return PromotionOutcome(info.version, False, decision.reason)
+        return PromotionOutcome(info.version, False, decision.reason, uri)
     try:
         registry.promote_if(direction, info.version, incumbent=judged_against)
     except PromotionConflict as exc:
-        return PromotionOutcome(info.version, False, f"refused: {exc}; evaluate it again to compare")
-    return PromotionOutcome(info.version, True, decision.reason)
+        return PromotionOutcome(info.version, False, f"refused: {exc}; evaluate it again to compare", uri)
+    return PromotionOutcome(info.version, True, decision.reason, uri)

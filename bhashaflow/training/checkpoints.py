@@ -5,6 +5,10 @@ end, `adapter/` (adapter_config.json, adapter_model.safetensors, training_config
 kinds of folder are written beside their final name with an `.incomplete` mark (which the registry refuses),
 synced, and renamed into place, so a kill at any instant leaves each one complete or absent; the next run
 deletes what a killed one left half-written.
+
+When the run folder lives on an object store, training works in a local copy and `RunMirror` publishes each
+checkpoint, the train log and the adapter to the run URI as they are finished (core/folders.py: a manifest
+written last), and a session started on another machine pulls the newest published checkpoint first.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ from typing import Any
 
 import torch
 
+from bhashaflow.core.folders import fetch_folder, publish_folder, published_names, remove_published
+from bhashaflow.core.fsio import join, open_fs, write_bytes_atomic
 from bhashaflow.core.names import (
+    ADAPTER_DIR,
     ADAPTER_WEIGHTS,
     CHECKPOINTS_DIR,
     INCOMPLETE,
     OPTIMIZER_SKELETON,
     OPTIMIZER_STATE,
     RNG_STATE,
+    TRAIN_LOG,
     TRAINER_STATE,
     TRAINING_CONFIG,
 )
@@ -207,3 +215,96 @@ def truncate_log(path: Path, step: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(kept))
     os.replace(tmp, path)  # never an emptied log if killed while rewriting it
+
+
+def checkpoint_steps(out_dir: Path) -> list[int]:
+    """Steps of the complete local checkpoints, oldest first."""
+    root = out_dir / CHECKPOINTS_DIR
+    steps = []
+    for child in root.glob("step-*") if root.is_dir() else []:
+        match = _STEP_DIR.fullmatch(child.name)
+        if match and (child / TRAINER_STATE).is_file() and not (child / INCOMPLETE).exists():
+            steps.append(int(match.group(1)))
+    return sorted(steps)
+
+
+class RunMirror:
+    """The run URI's copy of a local training folder, for runs whose folder is on an object store.
+
+    Args:
+        uri: the direction's training folder at the run URI (`<run_uri>/adapters/<direction>`), or None when
+            the local folder is the run folder itself.
+        run_dir: the local working copy.
+        storage_options: fsspec options for `uri`.
+    """
+
+    def __init__(self, uri: str | None, run_dir: Path, storage_options: dict[str, Any] | None = None) -> None:
+        self.uri, self.run_dir, self.storage_options = uri, run_dir, storage_options
+
+    @property
+    def enabled(self) -> bool:
+        return self.uri is not None
+
+    def _checkpoint_uri(self, step: int) -> str:
+        assert self.uri is not None
+        return join(self.uri, CHECKPOINTS_DIR, f"step-{step}")
+
+    def published_steps(self) -> list[int]:
+        """Steps of the checkpoints published at the run URI, oldest first."""
+        if self.uri is None:
+            return []
+        names = published_names(join(self.uri, CHECKPOINTS_DIR), self.storage_options)
+        return sorted(int(m.group(1)) for name in names if (m := _STEP_DIR.fullmatch(name)))
+
+    def pull_latest(self) -> int | None:
+        """Fetch the newest published checkpoint when it is newer than every local one; returns its step."""
+        published = self.published_steps()
+        local = checkpoint_steps(self.run_dir)
+        if not published or (local and local[-1] >= published[-1]):
+            return None
+        self.pull(published[-1])
+        self._pull_log()
+        return published[-1]
+
+    def _pull_log(self) -> None:
+        # The history before the checkpoint travels with it (the loop cuts what lies past the checkpoint's step).
+        assert self.uri is not None
+        fs, path = open_fs(join(self.uri, TRAIN_LOG), self.storage_options)
+        if fs.exists(path):
+            write_bytes_atomic(str(self.run_dir / TRAIN_LOG), fs.cat_file(path))
+
+    def pull(self, step: int) -> Path:
+        """The checkpoint of `step` in the local folder, fetched from the run URI (verified) if missing."""
+        folder = self.run_dir / CHECKPOINTS_DIR / f"step-{step}"
+        if step in checkpoint_steps(self.run_dir) or self.uri is None:
+            return folder
+        fetched = fetch_folder(self._checkpoint_uri(step), folder, self.storage_options)
+        if fetched is None:
+            raise TrainingError(f"checkpoint step-{step} is published neither here nor at {self.uri}")
+        return fetched
+
+    def push_checkpoint(self, folder: Path, state: dict[str, Any]) -> None:
+        """Publish a finished checkpoint and the train log, then unpublish what local pruning removed."""
+        if self.uri is None:
+            return
+        step = int(state["step"])
+        publish_folder(folder, self._checkpoint_uri(step), self.storage_options)
+        self.push_log()
+        kept = set(checkpoint_steps(self.run_dir))
+        for old in self.published_steps():
+            if old not in kept and old != state.get("best_step"):
+                remove_published(self._checkpoint_uri(old), self.storage_options)
+
+    def push_log(self) -> None:
+        log = self.run_dir / TRAIN_LOG
+        if self.uri is not None and log.is_file():
+            write_bytes_atomic(join(self.uri, TRAIN_LOG), log.read_bytes(), self.storage_options)
+
+    def push_adapter(self, folder: Path) -> str:
+        """Publish the adapter folder; returns its URI (the local folder when there is no run URI)."""
+        if self.uri is None:
+            return str(folder)
+        uri = join(self.uri, ADAPTER_DIR)
+        publish_folder(folder, uri, self.storage_options)
+        self.push_log()
+        return uri

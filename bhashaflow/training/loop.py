@@ -21,7 +21,7 @@ import torch
 
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.languages import parse_direction
-from bhashaflow.core.names import ADAPTER_DIR, CHECKPOINTS_DIR, RNG_STATE, TRAIN_LOG, TRAINER_STATE
+from bhashaflow.core.names import ADAPTER_DIR, RNG_STATE, TRAIN_LOG, TRAINER_STATE
 from bhashaflow.core.redact import redact_values
 from bhashaflow.core.schedule import lr_at
 from bhashaflow.core.settings import Settings
@@ -31,6 +31,7 @@ from bhashaflow.modeling.loaded import LoadedModel
 from bhashaflow.modeling.loading import load_configured_base
 from bhashaflow.training import TrainingError
 from bhashaflow.training.checkpoints import (
+    RunMirror,
     latest_checkpoint,
     load_adapter_weights,
     load_optimizer,
@@ -53,7 +54,7 @@ ProgressCallback = Callable[[int, int, float], None]
 class TrainResult:
     """What a training run produced."""
 
-    adapter_dir: str
+    adapter_dir: str  # the local folder
     steps: int
     resumed_from: int | None  # the checkpoint step training went on from, None for a fresh start
     final_loss: float  # mean loss of the last steps
@@ -66,6 +67,10 @@ class TrainResult:
     best_chrf_pp: float | None = None  # its validation chrF++
     stopped_early: bool = False  # training.patience validations passed without a better chrF++
     validation: list[dict[str, float]] = field(default_factory=list)  # every validation: step, val_loss, val_chrf(_pp)
+    adapter_uri: str = ""  # where later tasks read the adapter: its folder at the run URI (the local folder if local)
+    direction: str = ""
+    base_model: str = ""  # as configured
+    base_revision: str | None = None  # hub revision, or the content hash of a local or built-in base
 
 
 def train_step(
@@ -114,6 +119,7 @@ class _Session:
     optimizer: AdapterOptimizer
     state: dict[str, Any]
     resumed_from: int | None
+    mirror: RunMirror
 
 
 @dataclass
@@ -142,11 +148,11 @@ def train_adapter(
     lm: LoadedModel | None = None,
     keep_checkpoints: int = 2,
     log_every: int = 10,
+    publish_to: str | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter for `direction`, resuming from the run's latest checkpoint when there is one.
 
-    With `training.validation`, a slice of the direction's pairs is held out and scored every `eval_every`
-    steps; the step of the best validation chrF++ is the candidate, and `patience` stops training early.
+    With `training.validation` the step of the best validation chrF++ is the candidate (see validate.py).
 
     Args:
         config: the pipeline config (base model, training section, evaluation set location).
@@ -157,15 +163,16 @@ def train_adapter(
             configured evaluation split of both languages.
         on_progress: called with (step, max_steps, loss) every `progress_every` steps and after the last.
         progress_every: steps between progress calls; each reads the loss, a host sync on a GPU.
-        on_validation: called with (step, validation) after each validation; the dict holds val_loss, val_chrf,
-            val_chrf_pp, best_step and best_chrf_pp.
+        on_validation: called with (step, {val_loss, val_chrf, val_chrf_pp, best_step, best_chrf_pp}).
         storage_options: fsspec options for remote shards.
         settings: hub token and cache dir for loading the base.
         lm: an already loaded base to train on (it is wrapped in place); default: load config.base_model.
         keep_checkpoints: how many of the latest checkpoints to keep (besides the best validated one).
         log_every: steps between lines of out_dir/train_log.jsonl.
+        publish_to: the direction's folder at the run URI when that is on an object store: checkpoints, log and
+            adapter are published there, and a session elsewhere resumes from it (None: out_dir is the run folder).
     """
-    session = _open_session(config, direction, out_dir, settings, lm)
+    session = _open_session(config, direction, out_dir, settings, lm, RunMirror(publish_to, Path(out_dir), storage_options))
     langs = parse_direction(direction)
     leaks = eval_sentences(config, langs, eval_texts)
     train_cfg = config.training
@@ -193,8 +200,9 @@ def train_adapter(
 
 
 def _open_session(
-    config: PipelineConfig, direction: str, out_dir: str, settings: Settings | None, lm: LoadedModel | None
-) -> _Session:
+    config: PipelineConfig, direction: str, out_dir: str, settings: Settings | None, lm: LoadedModel | None,
+    mirror: RunMirror,
+) -> _Session:  # fmt: skip
     """Load the base (unless given), wrap it in LoRA, make the optimizer, and resume the latest checkpoint."""
     train_cfg = config.training
     run_dir = Path(out_dir)
@@ -211,7 +219,10 @@ def _open_session(
         "step": 0, "tokens": 0, "train_seconds": 0.0, "recent_losses": [], "fingerprint": fingerprint,
         "validation": [], "best_step": None, "best_chrf_pp": None, "evals_since_best": 0, "stopped_early": False,
     }  # fmt: skip
-    session = _Session(config, direction, run_dir, lm, model, targets, optimizer, state, None)
+    session = _Session(config, direction, run_dir, lm, model, targets, optimizer, state, None, mirror)
+    pulled = mirror.pull_latest()  # a session on another machine goes on from the run URI's newest checkpoint
+    if pulled is not None:
+        log.info("%s: fetched checkpoint step-%d from %s", direction, pulled, mirror.uri)
     _resume(session)
     return session
 
@@ -276,7 +287,8 @@ def _fit(session: _Session, steps: Iterator[Step], hooks: _Hooks, validator: Val
         if reports and hooks.on_progress is not None:
             hooks.on_progress(done, train_cfg.max_steps, values[-1])
         if checkpoints:
-            save_checkpoint(session.model, session.optimizer, state, session.run_dir, hooks.keep_checkpoints)
+            folder = save_checkpoint(session.model, session.optimizer, state, session.run_dir, hooks.keep_checkpoints)
+            session.mirror.push_checkpoint(folder, state)
         window_start = time.perf_counter()
 
 
@@ -319,7 +331,7 @@ def _finish(session: _Session, decontaminated: int, validator: Validator | None)
     tokens_per_s = state["tokens"] / state["train_seconds"] if state["train_seconds"] > 0 else 0.0
     best_dir = None
     if validator is not None:
-        best_dir = session.run_dir / CHECKPOINTS_DIR / f"step-{state['best_step']}"
+        best_dir = session.mirror.pull(state["best_step"])  # on another machine the best may be only at the run URI
         if not (best_dir / TRAINER_STATE).is_file():
             raise TrainingError(f"the best validated checkpoint {best_dir} is missing; delete the run's checkpoints to retrain")
         load_adapter_weights(session.model, best_dir)  # the candidate is the best step, in memory too
@@ -338,9 +350,14 @@ def _finish(session: _Session, decontaminated: int, validator: Validator | None)
         "config": redact_values(config.model_dump(mode="json")),  # it is copied into the registry
     }  # fmt: skip
     write_adapter_dir(session.model, lm.tokenizer, resolved, adapter_dir, best_dir)
+    adapter_uri = session.mirror.push_adapter(adapter_dir)
     return TrainResult(
         adapter_dir=str(adapter_dir),
         files=sorted(p.relative_to(adapter_dir).as_posix() for p in adapter_dir.rglob("*") if p.is_file()),
         target_modules=session.targets,
+        adapter_uri=adapter_uri,
+        direction=session.direction,
+        base_model=config.base_model,
+        base_revision=lm.revision,
         **summary,
     )

@@ -9,7 +9,7 @@ import yaml
 from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect_stack import REPO, prefect_yaml
 
-from bhashaflow.config import load_config
+from bhashaflow.config import RLExportFlowConfig, load_config
 
 CONFIG_FILES = sorted((REPO / "configs").glob("*.yaml"))
 
@@ -45,7 +45,7 @@ def test_deployments_and_schedules():
     assert "schedules" not in deployments["smoke"] and "schedules" not in deployments["demo"]
 
 
-@pytest.mark.parametrize("name", ["demo", "smoke", "nightly", "manual", "hourly"])
+@pytest.mark.parametrize("name", ["demo", "smoke", "nightly", "manual"])
 def test_entrypoint_imports_and_accepts_its_parameters(name: str):
     deployment = next(d for d in prefect_yaml()["deployments"] if d["name"] == name)
     flow = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
@@ -55,3 +55,14 @@ def test_entrypoint_imports_and_accepts_its_parameters(name: str):
     copies = prefect_yaml()["definitions"]["configs"]
     stem = next(stem for stem, copy in copies.items() if copy == deployment["parameters"]["config"])
     assert params["config"] == load_config(REPO / "configs" / f"{stem}.yaml")
+
+
+def test_the_export_deployment_takes_only_what_the_export_uses():
+    deployment = next(d for d in prefect_yaml()["deployments"] if d["name"] == "hourly")
+    flow = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))
+    params = flow.validate_parameters(deployment["parameters"])
+    # Its run form is the export's own config: the demo's episodes and export settings, no sources or training.
+    assert params["config"] == RLExportFlowConfig.of(load_config(REPO / "configs" / "demo.yaml"))
+    assert set(RLExportFlowConfig.model_fields) == {"run_name", "serving", "rl_export"}
+    schema_fields = set(flow.parameters.definitions["RLExportFlowConfig"]["properties"])
+    assert schema_fields == {"run_name", "serving", "rl_export"}

@@ -13,7 +13,11 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlo
 from prefect_stack import PREFECT, REPO, smoke_config, task_states
 from servers import FaultyHTTPServer
 
+from bhashaflow.evaluation.chrf import ChrfScore
+from bhashaflow.evaluation.evaluate import DirectionScores
+from bhashaflow.registry.promotion import PromotionOutcome
 from bhashaflow.registry.store import Registry
+from bhashaflow.training.loop import TrainResult
 from flows.adapter_pipeline import adapter_pipeline
 from flows.ingest_corpus import ingest_corpus
 
@@ -76,6 +80,30 @@ def test_retried_run_reuses_ingestion_training_and_finished_directions(prefect_a
         "eng_Latn-hin_Deva": ["v0001"], "eng_Latn-tam_Taml": ["v0001"],
     }
     assert sorted(p.name for p in (run_dir / "prefect-results").iterdir())  # results live in the run folder
+    # The cached results came back from the run folder as the typed objects the tasks returned.
+    cached = cached_results(flow_run_id)
+    assert {name: type(value).__name__ for name, value in cached.items()} == {
+        "train-eng_Latn-hin_Deva": "TrainResult", "train-eng_Latn-tam_Taml": "TrainResult",
+        "evaluate-eng_Latn-hin_Deva": "DirectionScores", "promote-eng_Latn-hin_Deva": "PromotionOutcome",
+    }
+    train = cached["train-eng_Latn-hin_Deva"]
+    assert isinstance(train, TrainResult) and train.steps == 2 and train.direction == "eng_Latn-hin_Deva"
+    assert Path(train.adapter_uri) == run_dir / "adapters" / "eng_Latn-hin_Deva" / "adapter"
+    scores = cached["evaluate-eng_Latn-hin_Deva"]
+    assert isinstance(scores, DirectionScores) and isinstance(scores.candidate, ChrfScore) and scores.incumbent is None
+    outcome = cached["promote-eng_Latn-hin_Deva"]
+    assert isinstance(outcome, PromotionOutcome) and outcome.version == "v0001"
+
+
+def cached_results(flow_run_id):  # noqa: ANN001, ANN201
+    """Task run name (less its random suffix) -> the value of its Cached state, read back from result storage."""
+    import re
+
+    from prefect.client.schemas.filters import FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {re.sub(r"-[0-9a-f]{3}$", "", run.name): run.state.result() for run in runs if run.state_name == "Cached"}
 
 
 def test_unchanged_source_is_a_cache_hit_in_a_later_run(prefect_api, tiny_base, tmp_path, http_server: FaultyHTTPServer):

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from bhashaflow.evaluation.report import direction_result, format_table, markdown_report, table_rows
+from bhashaflow.evaluation.chrf import ChrfScore
+from bhashaflow.evaluation.evaluate import DirectionScores
+from bhashaflow.pipeline.report import direction_result, format_table, markdown_report, table_rows
+from bhashaflow.registry.promotion import PromotionOutcome
+from bhashaflow.training.loop import TrainResult
 
-SCORE = {"chrf": 20.0, "chrf_pp": 18.5, "script_valid": 1.0, "n": 200, "signature_chrf_pp": "nrefs:1|case:mixed"}
+SCORE = ChrfScore(chrf=20.0, chrf_pp=18.5, script_valid=1.0, n=200, signature_chrf="nrefs:1", signature_chrf_pp="nrefs:1|case:mixed")
 
 
 def result(**trained: Any) -> dict[str, Any]:
-    train = {"decontaminated": 2, "steps": 500, **trained}
-    scores = {"base": {**SCORE, "chrf_pp": 4.0}, "incumbent": None, "incumbent_version": None, "candidate": SCORE}
-    promotion = {"promoted": True, "reason": "promoted", "version": "v0001", "adapter_uri": "registry/x/v0001"}
+    train = TrainResult(adapter_dir="runs/x/adapter", steps=500, resumed_from=None, final_loss=1.0, tokens_per_s=1.0,
+                        files=[], decontaminated=2, **trained)  # fmt: skip
+    base = ChrfScore(**{**SCORE.to_dict(), "chrf_pp": 4.0})
+    scores = DirectionScores("eng_Latn-hin_Deva", base=base, candidate=SCORE)
+    promotion = PromotionOutcome("v0001", True, "promoted", "registry/x/v0001")
     return direction_result(train, scores, promotion)
 
 

@@ -1,0 +1,1 @@
+"""A pipeline run as a whole: the report of its directions (the CLI table, report.md, the chart, the JSON rows)."""
