@@ -242,6 +242,9 @@ class TrainingConfig(_Strict):
     learning_rate: float = Field(3.0e-4, gt=0, description="Peak learning rate.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     checkpoint_every: int = Field(100, gt=0, description="Steps between resumable checkpoints.")
+    log_every: int = Field(
+        10, gt=0, description="Steps between lines of loss and tokens/s in the log and train_log.jsonl (each reads the loss)."
+    )
     seed: int = Field(0, description="Random seed for data order and initialisation.")
     quantization: Literal["none", "8bit", "4bit"] = Field(
         "none", description="Load the base in 8-bit or 4-bit through bitsandbytes (CUDA, or its CPU backend)."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,7 @@ def evaluate_chrf(
     adapter: str | None = None,
     out_dir: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> ChrfScore:
     """Translate the evaluation set with `adapter` (None: the bare base) and score it.
 
@@ -75,6 +77,7 @@ def evaluate_chrf(
         adapter: name of the attached adapter to use, or None for the base alone.
         out_dir: where to write `scores.json` and `hypotheses.txt` (skipped when None).
         storage_options: fsspec options for `out_dir`.
+        on_batch: called with (sentences translated, total) after each generate call.
     """
     src_lang, tgt_lang = parse_direction(eval_set.direction)
     hypotheses = translate(
@@ -86,6 +89,7 @@ def evaluate_chrf(
         batch_size=evaluation.batch_size,
         num_beams=evaluation.num_beams,
         max_new_tokens=evaluation.max_new_tokens,
+        on_batch=on_batch,
     )
     score = score_chrf(hypotheses, eval_set.references, tgt_lang)
     if out_dir is not None:

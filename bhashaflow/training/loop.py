@@ -50,6 +50,27 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, float], None]
 
 
+@dataclass(frozen=True)
+class ProgressReport:
+    """Where a training run stands after its last reported step: what the CLI and the Prefect artifact show."""
+
+    direction: str
+    step: int
+    max_steps: int
+    loss: float  # of the last step
+    lr: float
+    tokens_per_s: float  # non-padding tokens per second since the previous report
+    elapsed_s: float  # training seconds of the whole run so far, every session of it
+    eta_s: float  # seconds left at the recent pace
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.max_steps
+
+
+ReportCallback = Callable[[ProgressReport], None]
+
+
 @dataclass
 class TrainResult:
     """What a training run produced."""
@@ -131,6 +152,11 @@ class _Hooks:
     on_validation: ValidationCallback | None
     log_every: int
     keep_checkpoints: int
+    on_report: ReportCallback | None = None
+
+    @property
+    def reporting(self) -> bool:
+        return self.on_progress is not None or self.on_report is not None
 
 
 def train_adapter(
@@ -143,11 +169,12 @@ def train_adapter(
     on_progress: ProgressCallback | None = None,
     progress_every: int = 1,
     on_validation: ValidationCallback | None = None,
+    on_report: ReportCallback | None = None,
     storage_options: dict[str, Any] | None = None,
     settings: Settings | None = None,
     lm: LoadedModel | None = None,
     keep_checkpoints: int = 2,
-    log_every: int = 10,
+    log_every: int | None = None,
     publish_to: str | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter for `direction`, resuming from the run's latest checkpoint when there is one.
@@ -164,39 +191,46 @@ def train_adapter(
         on_progress: called with (step, max_steps, loss) every `progress_every` steps and after the last.
         progress_every: steps between progress calls; each reads the loss, a host sync on a GPU.
         on_validation: called with (step, {val_loss, val_chrf, val_chrf_pp, best_step, best_chrf_pp}).
+        on_report: called with a ProgressReport (loss, tokens/s, ETA) when on_progress would be.
         storage_options: fsspec options for remote shards.
         settings: hub token and cache dir for loading the base.
         lm: an already loaded base to train on (it is wrapped in place); default: load config.base_model.
         keep_checkpoints: how many of the latest checkpoints to keep (besides the best validated one).
-        log_every: steps between lines of out_dir/train_log.jsonl.
+        log_every: steps between log lines and lines of out_dir/train_log.jsonl (default training.log_every).
         publish_to: the direction's folder at the run URI when that is on an object store: checkpoints, log and
             adapter are published there, and a session elsewhere resumes from it (None: out_dir is the run folder).
     """
     session = _open_session(config, direction, out_dir, settings, lm, RunMirror(publish_to, Path(out_dir), storage_options))
-    langs = parse_direction(direction)
-    leaks = eval_sentences(config, langs, eval_texts)
+    validator, stream, steps = _data(session, shard_paths, eval_texts, storage_options)
+    hooks = _Hooks(on_progress, progress_every, on_validation, log_every or config.training.log_every, keep_checkpoints,
+                   on_report)  # fmt: skip
+    _fit(session, steps, hooks, validator)
+    return _finish(session, stream.pairs_removed, validator)
+
+
+def _data(
+    session: _Session, shard_paths: list[str], eval_texts: dict[str, list[str]] | None,
+    storage_options: dict[str, Any] | None,
+) -> tuple[Validator | None, ExampleStream, Iterator[Step]]:  # fmt: skip
+    """The validation slice, the training stream without it, and its optimizer steps replayed to the checkpoint."""
+    config, lm = session.config, session.lm
     train_cfg = config.training
-    validator = make_validator(
-        config, langs, Decontaminator(leaks).filter(iter_shard_pairs(shard_paths, *langs, storage_options)), direction
-    )
+    langs = parse_direction(session.direction)
+    leaks = eval_sentences(config, langs, eval_texts)
+    pairs = Decontaminator(leaks).filter(iter_shard_pairs(shard_paths, *langs, storage_options))
+    validator = make_validator(config, langs, pairs, session.direction)
     stream = ExampleStream(
-        session.lm, shard_paths, langs, Decontaminator(leaks), train_cfg.max_length, train_cfg.seed,
+        lm, shard_paths, langs, Decontaminator(leaks), train_cfg.max_length, train_cfg.seed,
         storage_options, validator.holdout if validator else None,
     )  # fmt: skip
     steps = optimizer_steps(
-        stream,
-        batch_size=train_cfg.batch_size,
-        batch_tokens=train_cfg.batch_tokens,
-        grad_accum_steps=train_cfg.grad_accum_steps,
-        rng=random.Random(train_cfg.seed),
-        family=session.lm.family,
-    )
+        stream, batch_size=train_cfg.batch_size, batch_tokens=train_cfg.batch_tokens,
+        grad_accum_steps=train_cfg.grad_accum_steps, rng=random.Random(train_cfg.seed), family=lm.family,
+    )  # fmt: skip
     # Replaying the seeded data order up to the checkpoint puts the resumed run on the very next step.
     for _ in range(session.state["step"]):
         next(steps)
-    hooks = _Hooks(on_progress, progress_every, on_validation, log_every, keep_checkpoints)
-    _fit(session, steps, hooks, validator)
-    return _finish(session, stream.pairs_removed, validator)
+    return validator, stream, steps
 
 
 def _open_session(
@@ -260,7 +294,7 @@ def _fit(session: _Session, steps: Iterator[Step], hooks: _Hooks, validator: Val
     pad_id = int(lm.tokenizer.pad_token_id)
     pending: list[torch.Tensor] = []
     session.model.train()
-    window_start = time.perf_counter()
+    window = _Window(time.perf_counter(), state["step"], state["tokens"])
     while state["step"] < train_cfg.max_steps and not state["stopped_early"]:
         lr = lr_at(state["step"], peak=train_cfg.learning_rate, warmup=train_cfg.warmup_steps, max_steps=train_cfg.max_steps)
         session.optimizer.set_lr(lr)
@@ -270,26 +304,59 @@ def _fit(session: _Session, steps: Iterator[Step], hooks: _Hooks, validator: Val
         state["tokens"] += sum(count_tokens(batch, lm.family) for batch in micro)
         done, last = state["step"], state["step"] == train_cfg.max_steps
         logs = done % hooks.log_every == 0 or last
-        reports = hooks.on_progress is not None and (done % hooks.progress_every == 0 or last)
+        reports = hooks.reporting and (done % hooks.progress_every == 0 or last)
         validates = validator is not None and (done % validator.every == 0 or last)
         checkpoints = done % train_cfg.checkpoint_every == 0 or last or validates  # a validated step can be the best
         if not (logs or reports or checkpoints):
             continue
         values = _read_losses(pending, done)
         pending.clear()
-        state["train_seconds"] += time.perf_counter() - window_start
         state["recent_losses"] = (state["recent_losses"] + values)[-20:]
+        report = window.close(session, values[-1], lr)
         if logs:
-            _log_line(log_path, {"step": done, "loss": round(values[-1], 5), "lr": lr, "tokens": state["tokens"]})
-            log.info("%s step %d/%d loss %.4f", session.direction, done, train_cfg.max_steps, values[-1])
+            _log_line(log_path, {"step": done, "loss": round(values[-1], 5), "lr": lr, "tokens": state["tokens"],
+                                 "tokens_per_s": round(report.tokens_per_s, 1)})  # fmt: skip
+            log.info("%s step %d/%d loss %.4f, %.0f tokens/s", session.direction, done, train_cfg.max_steps, values[-1],
+                     report.tokens_per_s)  # fmt: skip
         if validates and validator is not None:
             _validate(session, validator, hooks, log_path)
-        if reports and hooks.on_progress is not None:
-            hooks.on_progress(done, train_cfg.max_steps, values[-1])
+        if reports:
+            _report(hooks, report)
         if checkpoints:
             folder = save_checkpoint(session.model, session.optimizer, state, session.run_dir, hooks.keep_checkpoints)
             session.mirror.push_checkpoint(folder, state)
-        window_start = time.perf_counter()
+        window.open(time.perf_counter(), state["step"], state["tokens"])
+
+
+@dataclass
+class _Window:
+    """The steps since the last host sync: their wall time and tokens (checkpoints and validations excluded)."""
+
+    started: float
+    step: int
+    tokens: int
+
+    def open(self, now: float, step: int, tokens: int) -> None:
+        self.started, self.step, self.tokens = now, step, tokens
+
+    def close(self, session: _Session, loss: float, lr: float) -> ProgressReport:
+        """Add the window's time to the run's and describe the run as it stands."""
+        state, max_steps = session.state, session.config.training.max_steps
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        state["train_seconds"] += seconds
+        steps = max(1, state["step"] - self.step)
+        return ProgressReport(
+            direction=session.direction, step=state["step"], max_steps=max_steps, loss=loss, lr=lr,
+            tokens_per_s=(state["tokens"] - self.tokens) / seconds, elapsed_s=state["train_seconds"],
+            eta_s=(max_steps - state["step"]) * seconds / steps,
+        )  # fmt: skip
+
+
+def _report(hooks: _Hooks, report: ProgressReport) -> None:
+    if hooks.on_progress is not None:
+        hooks.on_progress(report.step, report.max_steps, report.loss)
+    if hooks.on_report is not None:
+        hooks.on_report(report)
 
 
 def _validate(session: _Session, validator: Validator, hooks: _Hooks, log_path: Path) -> None:
