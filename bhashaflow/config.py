@@ -26,7 +26,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-SourceKind = Literal["flores", "http", "s3", "hf", "qdrant", "aligned", "tmx"]
+SourceKind = Literal["flores", "http", "s3", "hf", "qdrant", "aligned", "tmx", "rl_logs"]
 FileFormat = Literal["jsonl", "tsv", "parquet"]
 
 
@@ -76,7 +76,8 @@ class SourceConfig(_Strict):
     kind: SourceKind = Field(
         description=(
             "flores | http | s3 | hf | qdrant | aligned (two plain-text files, one sentence a line, line N of one "
-            "translating line N of the other) | tmx (a TMX 1.4 translation memory)."
+            "translating line N of the other) | tmx (a TMX 1.4 translation memory) | rl_logs (exported RL log "
+            "parts: each corrected episode a pair and a preference triplet; docs/rl-logs.md)."
         )
     )
     uri: str = Field(
@@ -84,8 +85,8 @@ class SourceConfig(_Strict):
             "flores: a directory in the official layout; http: a URL (write a credential as ${NAME}, an "
             "environment variable, so the config never holds it); s3: s3://bucket/prefix or glob; "
             "hf: a hub dataset id or a local file/directory; qdrant: a server URL, a local path, or :memory:; "
-            "aligned: the folder holding the two files; tmx: the file. aligned and tmx take a local path or any "
-            "fsspec URL (s3://, http(s)://, ...), plain or gzip."
+            "aligned: the folder holding the two files; tmx: the file; rl_logs: the export's folder or prefix. "
+            "aligned, tmx and rl_logs take a local path or any fsspec URL (s3://, http(s)://, ...), plain or gzip."
         )
     )
     split: str | None = Field(None, description="flores: dev (devtest is refused); hf: the split to stream.")
@@ -119,6 +120,30 @@ class SourceConfig(_Strict):
         None, description="s3: an S3-compatible endpoint (overrides AWS_ENDPOINT_URL from the environment)."
     )
     subset: str | None = Field(None, description="hf: the dataset configuration name, if any.")
+    trusted_clients: list[str] | None = Field(
+        None,
+        exclude_if=_unset,
+        description=(
+            "rl_logs (required): the API clients whose feedback is learned from, by name (feedback_client); "
+            "'anonymous' only if listed, '*' for every attributed client. Other feedback is skipped as untrusted_client."
+        ),
+    )
+    max_length_ratio: float | None = Field(
+        None,
+        exclude_if=_unset,
+        gt=1,
+        description="rl_logs: reject a correction more than this many times longer or shorter than its prompt (default 3).",
+    )
+    heldout_share: float | None = Field(
+        None,
+        exclude_if=_unset,
+        ge=0,
+        lt=1,
+        description=(
+            "rl_logs: share of corrected episodes kept out of training, chosen by a hash of the pair, and scored "
+            "as the held-out corrections yardstick (default 0.1; 0: none)."
+        ),
+    )
 
     @field_validator("name")
     @classmethod
@@ -137,7 +162,30 @@ class SourceConfig(_Strict):
                 "devtest is the evaluation set, train on 'dev' only"
             )
         self._check_file_layout()
+        self._check_rl_logs()
         return self
+
+    def _check_rl_logs(self) -> None:
+        rl_only = ("trusted_clients", "max_length_ratio", "heldout_share")
+        for key in rl_only:
+            if getattr(self, key) is not None and self.kind != "rl_logs":
+                raise ValueError(f"source {self.name!r}: {key!r} applies to kind rl_logs only")
+        if self.kind != "rl_logs":
+            return
+        if not self.trusted_clients:
+            raise ValueError(
+                f"source {self.name!r}: kind rl_logs needs 'trusted_clients' (whose feedback to learn from; '*' for all)"
+            )
+        if self.fields != FieldMap() or self.langs is not None:
+            raise ValueError(f"source {self.name!r}: 'fields' and 'langs' do not apply to kind rl_logs")
+
+    @property
+    def length_ratio_limit(self) -> float:
+        return self.max_length_ratio if self.max_length_ratio is not None else 3.0
+
+    @property
+    def heldout_fraction(self) -> float:
+        return self.heldout_share if self.heldout_share is not None else 0.1
 
     def _check_file_layout(self) -> None:
         """What the aligned and tmx kinds need, and the keys that only they take."""
@@ -219,6 +267,16 @@ class ValidationConfig(_Strict):
         return self
 
 
+class CPOConfig(_Strict):
+    """Contrastive Preference Optimization (Xu et al., 2024): NLL on the chosen translation plus a preference term."""
+
+    beta: float = Field(0.1, gt=0, description="Scale of the log-probability margin in the preference term.")
+    nll_weight: float = Field(1.0, ge=0, description="Weight of the NLL term on the chosen translation.")
+    sft_share: float = Field(
+        0.5, ge=0, lt=1, description="Share of each step's examples that are plain pairs (SFT), against forgetting."
+    )
+
+
 class TrainingConfig(_Strict):
     """Adapter fine-tuning settings."""
 
@@ -268,12 +326,38 @@ class TrainingConfig(_Strict):
     patience: int | None = Field(
         None, gt=0, description="Stop after this many validations without a better chrF++ (null: train to max_steps)."
     )
+    objective: Literal["sft", "cpo"] = Field(
+        "sft",
+        exclude_if=lambda v: v == "sft",
+        description=(
+            "sft: cross-entropy on pairs. cpo: preference tuning on the run's preference triplets (from rl_logs "
+            "sources) plus an SFT share of plain pairs; no reference model (docs/rl-logs.md)."
+        ),
+    )
+    cpo: CPOConfig | None = Field(None, exclude_if=_unset, description="CPO settings (objective cpo; defaults when null).")
+    init_from: Literal["scratch", "incumbent"] = Field(
+        "scratch",
+        exclude_if=lambda v: v == "scratch",
+        description="scratch: a new LoRA adapter; incumbent: start from the direction's promoted adapter (if any).",
+    )
 
     @model_validator(mode="after")
     def _validation_settings(self) -> TrainingConfig:
         if self.validation is None and (self.eval_every is not None or self.patience is not None):
             raise ValueError("training.eval_every and training.patience need training.validation")
         return self
+
+    @model_validator(mode="after")
+    def _objective_settings(self) -> TrainingConfig:
+        if self.objective == "cpo" and self.batch_tokens is not None:
+            raise ValueError("training.objective cpo takes batch_size, not batch_tokens")
+        if self.cpo is not None and self.objective != "cpo":
+            raise ValueError("training.cpo applies to training.objective cpo only")
+        return self
+
+    @property
+    def cpo_settings(self) -> CPOConfig:
+        return self.cpo if self.cpo is not None else CPOConfig()
 
     @model_validator(mode="after")
     def _budget_holds_an_example(self) -> TrainingConfig:
@@ -300,6 +384,14 @@ class PromotionConfig(_Strict):
     """Metric gate for promotion."""
 
     min_gain: float = Field(0.5, ge=0, description="chrF++ points the candidate must gain over incumbent and base.")
+    max_regression: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "When the run holds held-out corrections: most chrF++ points the candidate may lose against the incumbent "
+            "(or the base, without one) on them; a larger loss blocks promotion."
+        ),
+    )
 
 
 class ServingConfig(_Strict):

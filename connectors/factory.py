@@ -21,7 +21,7 @@ def open_connector(
         source: the source's config.
         settings: credentials and endpoints.
         directions: configured directions (the FLORES connector yields pairs for these).
-        retry: retries and timeouts of http, s3, aligned and tmx sources (the defaults when None).
+        retry: retries and timeouts of http, s3, aligned, tmx and rl_logs sources (the defaults when None).
     """
     if source.kind == "flores":
         from connectors.flores_dev import FloresConnector
@@ -47,6 +47,10 @@ def open_connector(
         from connectors.tmx import TmxConnector
 
         return TmxConnector(source, settings, retry)
+    if source.kind == "rl_logs":
+        from connectors.rl_logs import RlLogsConnector
+
+        return RlLogsConnector(source, settings, retry)
     if source.kind == "qdrant":
         from connectors.qdrant import QdrantConnector
 

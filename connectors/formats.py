@@ -16,7 +16,7 @@ import itertools
 import json
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Literal, cast
 
 import orjson
@@ -501,6 +501,4 @@ def mark_last(records: Iterable[RawRecord]) -> Iterator[RawRecord]:
             yield pending
         pending = record
     if pending is not None:
-        yield RawRecord(
-            {**pending.position, "done": True}, pending.ref, pending.row, pending.error, pending.raw, pending.reason
-        )
+        yield replace(pending, position={**pending.position, "done": True})

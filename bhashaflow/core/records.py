@@ -30,7 +30,8 @@ class RawRecord:
     row: Mapping[str, Any] | None = None  # the parsed row; None when the line could not be parsed
     error: str | None = None  # why the line could not be parsed
     raw: str | None = None  # the raw line (truncated) when unparsed, for the quarantine
-    reason: str = "malformed"  # the rejection reason of an unparsed line (invalid_utf8 or malformed)
+    reason: str = "malformed"  # the rejection reason of an unparsed line (one of REJECT_REASONS)
+    skip: str | None = None  # set by a connector for a row it counts but does not hand on, and why (SKIP_REASONS)
 
 
 class RecordSource(Protocol):
@@ -53,13 +54,16 @@ class Pair:
     tgt_lang: str
     source: str
     id: str
+    rejected: str | None = None  # preference sources: the translation tgt was preferred over
+    reward: float | None = None  # that translation's reward
+    adapter_version: str | None = None  # the adapter version that produced it
 
     @property
     def direction(self) -> str:
         return f"{self.src_lang}-{self.tgt_lang}"
 
 
-# A Pair's columns in staged parts and Parquet shards, in this order.
+# A Pair's columns in Parquet shards, in this order.
 PAIR_SCHEMA = pa.schema(
     [
         ("src", pa.string()),
@@ -70,6 +74,13 @@ PAIR_SCHEMA = pa.schema(
         ("id", pa.string()),
     ]
 )
+# What a preference source adds to a pair (tgt is then the preferred, "chosen" translation): the translation it
+# was preferred over, that one's reward and the adapter version that produced it. Null for plain pairs.
+PREFERENCE_FIELDS = [("rejected", pa.string()), ("reward", pa.float64()), ("adapter_version", pa.string())]
+# Validated rows as staging keeps them: a pair and, for preference sources, what it was preferred over.
+ACCEPTED_SCHEMA = pa.schema([*PAIR_SCHEMA, *(pa.field(name, kind) for name, kind in PREFERENCE_FIELDS)])
+# A preference triplet's columns in the preference shards (prompt = src, chosen = tgt, rejected).
+PREFERENCE_SCHEMA = ACCEPTED_SCHEMA
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,4 +105,13 @@ REJECT_REASONS = (
     "too_long",  # a sentence is over ingest.max_chars
     "unknown_language",  # a language code is not a FLORES-200 code
     "wrong_script",  # a sentence is not mostly in its language's script
+    "length_ratio",  # a correction far longer or shorter than the text it translates (RL logs)
+)
+
+SKIP_REASONS = (
+    "unconfigured_direction",  # a row of a direction the config does not train
+    "no_correction",  # an RL log episode without a correction: nothing to learn a translation from
+    "correction_equals_output",  # the correction repeats what the adapter said: no new information
+    "untrusted_client",  # feedback from a client the rl_logs source does not trust
+    "superseded",  # an RL log record of an episode exported again later with newer feedback
 )

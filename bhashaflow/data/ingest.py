@@ -177,7 +177,10 @@ def _write_deduplicated_shards(
     config: PipelineConfig, staged: list[StagedSource], run_uri: str, storage_options: dict[str, Any] | None
 ) -> tuple[dict[str, DirectionShards], dict[str, tuple[int, int]]]:
     """Every staged pair not seen before into its direction's shards; per source, pairs kept and duplicates."""
-    shards = DeduplicatingShards(join(run_uri, "shards"), config.directions, config.ingest.shard_rows, storage_options)
+    heldout = {s.name: s.heldout_fraction for s in config.sources if s.kind == "rl_logs"}
+    shards = DeduplicatingShards(
+        join(run_uri, "shards"), config.directions, config.ingest.shard_rows, storage_options, heldout, run_uri
+    )
     per_source: dict[str, tuple[int, int]] = {}
     for s in staged:
         accepted = duplicates = 0
@@ -198,11 +201,12 @@ def _manifest(
     quarantine_rows: int,
 ) -> dict[str, Any]:
     by_reason = _rejected_by_reason(staged)
+    preferences = any(source.kind == "rl_logs" for source in config.sources)
     return {
         "run_id": run_uri.rstrip("/").rsplit("/", 1)[-1],
         "config_hash": config.ingest_hash,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "directions": {d: _direction_entry(d, out, staged, run_uri) for d, out in directions.items()},
+        "directions": {d: _direction_entry(d, out, staged, run_uri, preferences) for d, out in directions.items()},
         "sources": {s.name: _source_entry(s, *per_source[s.name]) for s in staged},
         "totals": {
             "read": sum(s.progress.read for s in staged),
@@ -216,15 +220,22 @@ def _manifest(
     }
 
 
-def _direction_entry(direction: str, out: DirectionShards, staged: list[StagedSource], run_uri: str) -> dict[str, Any]:
-    return {
+def _direction_entry(
+    direction: str, out: DirectionShards, staged: list[StagedSource], run_uri: str, preferences: bool
+) -> dict[str, Any]:
+    def listed(shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [{"path": _relative(sh["uri"], run_uri), "rows": sh["rows"], "sha256": sh["sha256"]} for sh in shards]
+
+    entry: dict[str, Any] = {
         "accepted": out.accepted,
         "duplicates": out.duplicates,
         "rejected": sum(s.progress.rejected_by_direction.get(direction, 0) for s in staged),
-        "shards": [
-            {"path": _relative(sh["uri"], run_uri), "rows": sh["rows"], "sha256": sh["sha256"]} for sh in out.shards
-        ],
+        "shards": listed(out.shards),
     }
+    if preferences:  # a run with an rl_logs source: its preference triplets and held-out corrections
+        entry["preferences"] = {"rows": out.preferences, "shards": listed(out.preference_shards)}
+        entry["heldout"] = {"rows": out.heldout, "shards": listed(out.heldout_shards)}
+    return entry
 
 
 def _source_entry(s: StagedSource, accepted: int, duplicates: int) -> dict[str, Any]:
@@ -239,6 +250,7 @@ def _source_entry(s: StagedSource, accepted: int, duplicates: int) -> dict[str, 
         "skipped": p.skipped,
         "rejected_by_reason": p.rejected_by_reason,
         "skipped_by_direction": p.skipped_by_direction,
+        "skipped_by_reason": p.skipped_by_reason,
         "position": p.position,
     }
 
@@ -281,6 +293,12 @@ def shard_uris(manifest: dict[str, Any], run_uri: str, direction: str) -> list[s
     return [join(run_uri, sh["path"]) for sh in manifest["directions"][direction]["shards"]]
 
 
+def preference_uris(manifest: dict[str, Any], run_uri: str, direction: str, kind: str = "preferences") -> list[str]:
+    """Absolute URIs of a direction's preference shards (`kind` preferences) or held-out shards (`heldout`)."""
+    entry = manifest["directions"][direction].get(kind) or {"shards": []}
+    return [join(run_uri, sh["path"]) for sh in entry["shards"]]
+
+
 def summary(manifest: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
     """The `--json` summary of an ingestion."""
     keys = ("read", "accepted", "duplicates", "rejected", "skipped")
@@ -288,10 +306,19 @@ def summary(manifest: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
         "run_id": manifest["run_id"],
         "manifest": manifest_uri,
         "manifest_sha256": manifest_sha256(manifest),
-        "pairs": {
-            d: {k: v[k] for k in ("accepted", "duplicates", "rejected")} for d, v in manifest["directions"].items()
+        "pairs": {d: _pair_counts(v) for d, v in manifest["directions"].items()},
+        "sources": {
+            name: {**{k: s[k] for k in keys}, "skipped_by_reason": s.get("skipped_by_reason", {})}
+            for name, s in manifest["sources"].items()
         },
-        "sources": {name: {k: s[k] for k in keys} for name, s in manifest["sources"].items()},
         "rejected_by_reason": manifest["rejected_by_reason"],
         "quarantine": manifest["quarantine"],
     }
+
+
+def _pair_counts(entry: dict[str, Any]) -> dict[str, int]:
+    counts = {k: entry[k] for k in ("accepted", "duplicates", "rejected")}
+    for kind in ("preferences", "heldout"):  # runs with an rl_logs source
+        if kind in entry:
+            counts[kind] = entry[kind]["rows"]
+    return counts

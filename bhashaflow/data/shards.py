@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from bhashaflow.core.fsio import join, open_fs
 from bhashaflow.core.hashing import sha256_file
-from bhashaflow.core.records import PAIR_SCHEMA, Pair
+from bhashaflow.core.records import PAIR_SCHEMA, PREFERENCE_SCHEMA, Pair
 
 
 class SeenKeys:
@@ -67,10 +67,13 @@ class SeenKeys:
 
 
 class ShardWriter:
-    """Writes one direction's pairs into Parquet shards of `shard_rows` rows with bounded memory."""
+    """Writes one direction's rows (`schema`: pairs by default) into Parquet shards of `shard_rows` rows."""
 
-    def __init__(self, base_uri: str, shard_rows: int, storage_options: dict[str, Any] | None) -> None:
+    def __init__(
+        self, base_uri: str, shard_rows: int, storage_options: dict[str, Any] | None, schema: pa.Schema = PAIR_SCHEMA
+    ) -> None:
         self.base_uri = base_uri
+        self.schema = schema
         self.shard_rows = shard_rows
         self.row_group_rows = min(shard_rows, 10_000)
         self.storage_options = storage_options
@@ -82,10 +85,10 @@ class ShardWriter:
         self._rows_in_shard = 0
 
     def write_table(self, table: pa.Table) -> None:
-        """Append pairs (the `PAIR_SCHEMA` columns, in order)."""
+        """Append rows (the schema's columns; others are left out)."""
         if not table.num_rows:
             return
-        self._buf.append(table.select(PAIR_SCHEMA.names))
+        self._buf.append(table.select(self.schema.names))
         self._buf_rows += table.num_rows
         # Row groups of row_group_rows, cut short where a shard ends: the same files row by row writing made.
         while self._buf_rows and self._buf_rows >= min(self.row_group_rows, self.shard_rows - self._rows_in_shard):
@@ -100,7 +103,7 @@ class ShardWriter:
         self._buf, self._buf_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
         # One contiguous chunk per column, as a table built from lists: Parquet pages then fall where they did.
         group = pa.Table.from_arrays(
-            [buffered.column(name).slice(0, n).combine_chunks() for name in PAIR_SCHEMA.names], schema=PAIR_SCHEMA
+            [buffered.column(name).slice(0, n).combine_chunks() for name in self.schema.names], schema=self.schema
         )
         writer = self._writer if self._writer is not None else self._open_shard()
         writer.write_table(group)
@@ -114,7 +117,7 @@ class ShardWriter:
         fs, path = open_fs(uri, self.storage_options)
         fs.makedirs(fs._parent(path), exist_ok=True)
         self._file = fs.open(path, "wb")
-        self._writer = pq.ParquetWriter(self._file, PAIR_SCHEMA)
+        self._writer = pq.ParquetWriter(self._file, self.schema)
         self.shards.append({"uri": uri, "rows": 0})
         return self._writer
 
@@ -135,28 +138,59 @@ class ShardWriter:
 
 @dataclass
 class DirectionShards:
-    """One direction's de-duplicated pairs: how many were kept and dropped as duplicates, and their shards."""
+    """One direction's de-duplicated pairs: how many were kept and dropped as duplicates, and their shards.
+
+    Rows from a preference source (with a `rejected` translation) also go to the direction's preference shards,
+    unless they are held out: those go to the held-out shards only, never into training.
+    """
 
     accepted: int = 0
     duplicates: int = 0
     shards: list[dict[str, Any]] = field(default_factory=list)  # uri, rows, sha256 of each
+    preferences: int = 0
+    preference_shards: list[dict[str, Any]] = field(default_factory=list)
+    heldout: int = 0
+    heldout_shards: list[dict[str, Any]] = field(default_factory=list)
+
+
+HOLDOUT_BUCKETS = 10_000
+
+
+def held_out(keys: np.ndarray, share: float) -> np.ndarray:
+    """Which pair keys fall in the held-out `share` (by the key's hash: the same pairs whatever the order)."""
+    return (keys % HOLDOUT_BUCKETS) < round(share * HOLDOUT_BUCKETS)
 
 
 class DeduplicatingShards:
-    """Keeps each pair the first time its key is seen, across every table added, in its direction's shards."""
+    """Keeps each pair the first time its key is seen, across every table added, in its direction's shards.
+
+    `heldout` maps a source's name to the share of its preference rows kept out of training.
+    """
 
     def __init__(
-        self, base_uri: str, directions: Sequence[str], shard_rows: int, storage_options: dict[str, Any] | None
-    ) -> None:
+        self, base_uri: str, directions: Sequence[str], shard_rows: int, storage_options: dict[str, Any] | None,
+        heldout: dict[str, float] | None = None, root_uri: str | None = None,
+    ) -> None:  # fmt: skip
         self._seen = SeenKeys()
+        root = root_uri or base_uri.rsplit("/", 1)[0]
         self._writers = {d: ShardWriter(join(base_uri, d), shard_rows, storage_options) for d in directions}
+        self._preferences = {
+            d: ShardWriter(join(root, "preferences", d), shard_rows, storage_options, PREFERENCE_SCHEMA) for d in directions
+        }
+        self._heldout_writers = {
+            d: ShardWriter(join(root, "heldout", d), shard_rows, storage_options, PREFERENCE_SCHEMA) for d in directions
+        }
+        self._heldout = heldout or {}
         self._out = {d: DirectionShards() for d in directions}
 
     def add(self, table: pa.Table) -> int:
-        """Write the new pairs of `table` (the `PAIR_SCHEMA` columns and `key`); how many were new."""
-        fresh = self._seen.add_many(table.column("key").to_numpy())
+        """Write the new rows of `table` (the staged columns and `key`); how many were new."""
+        keys = table.column("key").to_numpy()
+        fresh = self._seen.add_many(keys)
         directions_of = pc.binary_join_element_wise(table.column("src_lang"), table.column("tgt_lang"), "-")
         present = pc.unique(directions_of).to_pylist()
+        preference = self._preference_rows(table)
+        held = self._held_rows(table, keys, preference)
         for direction in present:
             in_direction = (
                 np.ones(len(fresh), dtype=bool)
@@ -164,16 +198,40 @@ class DeduplicatingShards:
                 else pc.equal(directions_of, direction).to_numpy(zero_copy_only=False)
             )
             keep = fresh & in_direction
-            kept = int(keep.sum())
-            self._writers[direction].write_table(table if kept == len(keep) else table.filter(pa.array(keep)))
-            self._out[direction].accepted += kept
-            self._out[direction].duplicates += int(in_direction.sum()) - kept
+            out = self._out[direction]
+            train = keep & ~held
+            self._writers[direction].write_table(table if train.all() else table.filter(pa.array(train)))
+            out.accepted += int(train.sum())
+            out.duplicates += int(in_direction.sum()) - int(keep.sum())
+            if preference.any():
+                self._preferences[direction].write_table(table.filter(pa.array(train & preference)))
+                self._heldout_writers[direction].write_table(table.filter(pa.array(keep & held)))
+                out.preferences += int((train & preference).sum())
+                out.heldout += int((keep & held).sum())
         return int(fresh.sum())
+
+    @staticmethod
+    def _preference_rows(table: pa.Table) -> np.ndarray:
+        if "rejected" not in table.column_names:
+            return np.zeros(table.num_rows, dtype=bool)
+        return np.asarray(pc.is_valid(table.column("rejected")).to_numpy(zero_copy_only=False), dtype=bool)
+
+    def _held_rows(self, table: pa.Table, keys: np.ndarray, preference: np.ndarray) -> np.ndarray:
+        held = np.zeros(table.num_rows, dtype=bool)
+        if not self._heldout or not preference.any():
+            return held
+        sources = table.column("source").to_numpy(zero_copy_only=False)
+        for name, share in self._heldout.items():
+            held |= preference & (sources == name) & held_out(keys, share)
+        return held
 
     def close(self) -> dict[str, DirectionShards]:
         """Finish every direction's shards, in the order of `directions`."""
         for direction, writer in self._writers.items():
-            self._out[direction].shards = writer.close()
+            out = self._out[direction]
+            out.shards = writer.close()
+            out.preference_shards = self._preferences[direction].close()
+            out.heldout_shards = self._heldout_writers[direction].close()
         return self._out
 
 

@@ -19,10 +19,10 @@ import pyarrow.ipc
 
 from bhashaflow.core.names import STAGING_DIR, STAGING_PROGRESS
 from bhashaflow.core.fsio import join, open_fs, read_json, write_bytes_atomic, write_json_atomic
-from bhashaflow.core.records import PAIR_SCHEMA, Position, Rejection
+from bhashaflow.core.records import ACCEPTED_SCHEMA, Position, Rejection
 from bhashaflow.data.validation import RowBatch, Validator, pair_keys
 
-_STAGED_SCHEMA = PAIR_SCHEMA.append(pa.field("key", pa.uint64()))
+_STAGED_SCHEMA = ACCEPTED_SCHEMA.append(pa.field("key", pa.uint64()))
 # Staged parts are Arrow IPC files: written once and read once, several times cheaper than Parquet.
 _STAGED_IPC = pa.ipc.IpcWriteOptions(compression="zstd")
 
@@ -40,7 +40,8 @@ class SourceProgress:
     done: bool = False
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     rejected_by_direction: dict[str, int] = field(default_factory=dict)
-    skipped_by_direction: dict[str, int] = field(default_factory=dict)
+    skipped_by_direction: dict[str, int] = field(default_factory=dict)  # rows of unconfigured directions
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)  # every skipped row, by SKIP_REASONS
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SourceProgress:
@@ -101,6 +102,7 @@ class ValidatedPart:
         self.valid = checked.accepted.num_rows
         self.table = checked.accepted.append_column("key", pair_keys(checked.accepted))
         self.skipped_by_direction = Counter(checked.skipped)
+        self.skipped_by_reason = Counter(checked.skip_reasons)
         self.rejected_by_reason: Counter[str] = Counter()
         self.rejected_by_direction: Counter[str] = Counter()
         self.quarantine: list[str] = []
@@ -147,11 +149,12 @@ def _add_to_progress(progress: SourceProgress, part: ValidatedPart) -> None:
     progress.read += part.read
     progress.valid += part.valid
     progress.rejected += sum(part.rejected_by_reason.values())
-    progress.skipped += sum(part.skipped_by_direction.values())
+    progress.skipped += sum(part.skipped_by_reason.values())
     for attr, counter in (
         ("rejected_by_reason", part.rejected_by_reason),
         ("rejected_by_direction", part.rejected_by_direction),
         ("skipped_by_direction", part.skipped_by_direction),
+        ("skipped_by_reason", part.skipped_by_reason),
     ):
         merged = Counter(getattr(progress, attr))
         merged.update(counter)
@@ -159,13 +162,21 @@ def _add_to_progress(progress: SourceProgress, part: ValidatedPart) -> None:
 
 
 def iter_staged_tables(staged: StagedSource, storage_options: dict[str, Any] | None = None) -> Iterator[pa.Table]:
-    """A staged source's accepted pairs (the `PAIR_SCHEMA` columns and `key`), part by part."""
+    """A staged source's accepted rows (the `ACCEPTED_SCHEMA` columns and `key`), part by part."""
     for part in range(staged.progress.parts):
         uri = _part_uri(staged.staging_uri, part)
         fs, path = open_fs(uri, storage_options)
         if fs.exists(path):  # a part without one held only rejections
             with pa.ipc.open_file(pa.BufferReader(fs.cat_file(path))) as reader:
-                yield reader.read_all().select(_STAGED_SCHEMA.names)
+                yield _with_staged_columns(reader.read_all())
+
+
+def _with_staged_columns(table: pa.Table) -> pa.Table:
+    """`table` in the staged schema's column order; parts staged before the preference columns get them as nulls."""
+    for name in _STAGED_SCHEMA.names:
+        if name not in table.column_names:
+            table = table.append_column(_STAGED_SCHEMA.field(name), pa.nulls(table.num_rows, _STAGED_SCHEMA.field(name).type))
+    return table.select(_STAGED_SCHEMA.names)
 
 
 def iter_quarantine_lines(staged: StagedSource, storage_options: dict[str, Any] | None = None) -> Iterator[bytes]:

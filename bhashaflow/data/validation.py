@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from bhashaflow.config import SourceConfig
 from bhashaflow.core.languages import BMP_SIZE, LANGUAGES, count_script_letters
-from bhashaflow.core.records import PAIR_SCHEMA, Pair, Position, RawRecord, Rejection
+from bhashaflow.core.records import ACCEPTED_SCHEMA, PREFERENCE_FIELDS, Pair, Position, RawRecord, Rejection
 
 # Whitespace other than the plain space (RE2's \s is ASCII-only), and C0/C1 controls other than tab,
 # newline and return: NUL bytes and friends mean a broken export, not text. Bidi overrides, embeddings and
@@ -135,12 +135,13 @@ def _missing(row: Any, column: str, part: str) -> str:
 
 
 class Skip:
-    """A row for a direction that is not configured: counted, neither kept nor rejected."""
+    """A row counted but neither kept nor rejected: of a direction not configured, or skipped by its connector."""
 
-    __slots__ = ("direction",)
+    __slots__ = ("direction", "reason")
 
-    def __init__(self, direction: str) -> None:
+    def __init__(self, direction: str, reason: str = "unconfigured_direction") -> None:
         self.direction = direction
+        self.reason = reason
 
 
 # A row that passed the structure checks, as the text checks take it: (src, tgt, src_lang, tgt_lang).
@@ -151,9 +152,10 @@ Candidate = tuple[str, str, str, str]
 class CheckedBatch:
     """The outcome of validating a batch of rows, in row order within each part."""
 
-    accepted: pa.Table = field(default_factory=PAIR_SCHEMA.empty_table)
+    accepted: pa.Table = field(default_factory=ACCEPTED_SCHEMA.empty_table)
     rejections: list[tuple[RawRecord, Rejection]] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # the direction of each skipped row
+    skipped: list[str] = field(default_factory=list)  # the direction of each row of an unconfigured direction
+    skip_reasons: list[str] = field(default_factory=list)  # why each skipped row was skipped (SKIP_REASONS)
 
     @property
     def pairs(self) -> list[Pair]:
@@ -368,6 +370,7 @@ class Validator:
         self._lang_fields = (("src_lang", f.src_lang), ("tgt_lang", f.tgt_lang))
         self._columns = (f.src, f.tgt, f.src_lang, f.tgt_lang)
         self._nested = any("." in column for column in self._columns)  # dotted paths: no dict.get fast path
+        self._length_ratio = source.length_ratio_limit if source.kind == "rl_logs" else None
         # Language values already seen to name a configured direction, so most rows skip the full check.
         self._known_langs: dict[tuple[str, str], tuple[str, str]] = {}
         self._fixed_langs: tuple[str, str] | None = None
@@ -410,6 +413,18 @@ class Validator:
 
     def check_structure(self, record: RawRecord) -> Candidate | Rejection | Skip:
         """Check a row's structure as it is read: its texts and languages for the text checks, or why not."""
+        if record.skip is not None:
+            return Skip(self.direction_hint(record) or "", record.skip)
+        verdict = self._check_structure(record)
+        if self._length_ratio is not None and isinstance(verdict, tuple):
+            short, long = sorted((len(verdict[0]), len(verdict[1])))
+            # Smoothed by 5 characters: "Hi." -> "नमस्ते।" is no absurd ratio.
+            if (long + 5) / (short + 5) > self._length_ratio:
+                return self._reject(record, "length_ratio", f"correction of {len(verdict[1])} characters for a text "
+                                    f"of {len(verdict[0])} (limit x{self._length_ratio:g})")  # fmt: skip
+        return verdict
+
+    def _check_structure(self, record: RawRecord) -> Candidate | Rejection | Skip:
         row = record.row
         # Fast path: a dict with string fields for a direction seen before; anything else gets the full check.
         # Lone surrogates are looked for once per batch, in `check_texts`.
@@ -495,7 +510,7 @@ class Validator:
         """The text checks of a batch's candidates: the accepted pairs; failures go to `rows.reject`."""
         arrays = self._text_arrays(rows)
         if not rows.cand:
-            return PAIR_SCHEMA.empty_table()
+            return ACCEPTED_SCHEMA.empty_table()
         return self._check_texts(rows, arrays)
 
     def _text_arrays(self, rows: RowBatch) -> dict[str, pa.Array]:
@@ -562,9 +577,18 @@ class Validator:
                 "tgt_lang": pa.array(langs["tgt_lang"], pa.string()).take(take),
                 "source": pa.array([self.source.name] * len(ok), pa.string()),
                 "id": pa.array([prefix + rows.refs[j] for j in ok.tolist()], pa.string()),
+                **self._preference_columns(rows, ok.tolist()),
             },
-            schema=PAIR_SCHEMA,
+            schema=ACCEPTED_SCHEMA,
         )
+
+    def _preference_columns(self, rows: RowBatch, kept: list[int]) -> dict[str, pa.Array]:
+        """rejected, reward, adapter_version of the kept rows: from a preference source's rows, else nulls."""
+        if self.source.kind != "rl_logs":
+            return {name: pa.nulls(len(kept), kind) for name, kind in PREFERENCE_FIELDS}
+        return {
+            name: pa.array([rows.row(j).get(name) for j in kept], kind) for name, kind in PREFERENCE_FIELDS
+        }
 
     def _reject(self, record: RawRecord, reason: str, detail: str) -> Rejection:
         return Rejection(
@@ -594,6 +618,7 @@ class RowBatch:
         self._extras: dict[int, tuple[str | None, str | None]] = {}  # a candidate's error and raw, when set
         self._rejections: list[tuple[int, RawRecord, Rejection]] = []  # (row index, record, why)
         self._skipped: list[str] = []
+        self._skip_reasons: list[str] = []
 
     def add(self, record: RawRecord) -> None:
         """Take one row: a rejection or skip now, or a candidate for the text checks."""
@@ -614,13 +639,19 @@ class RowBatch:
             if record.error is not None or record.raw is not None:
                 self._extras[len(self.cand) - 1] = (record.error, record.raw)
         elif isinstance(verdict, Skip):
-            self._skipped.append(verdict.direction)
+            if verdict.reason == "unconfigured_direction":
+                self._skipped.append(verdict.direction)
+            self._skip_reasons.append(verdict.reason)
         else:
             self._rejections.append((index, record, verdict))
 
     def reject(self, j: int, rejection: Rejection) -> None:
         """Candidate `j` failed a text check: it ends in the rejections, in the order its row was added."""
         self._rejections.append((self.cand[j], self.record(j), rejection))
+
+    def row(self, j: int) -> Any:
+        """Candidate `j`'s row as the source gave it."""
+        return self._rows[j]
 
     def record(self, j: int) -> RawRecord:
         """Candidate `j` as the record it came in."""
@@ -637,7 +668,7 @@ class RowBatch:
 
     def check(self) -> CheckedBatch:
         """Run the text checks; every row added ends in exactly one of pairs, rejections or skipped."""
-        out = CheckedBatch(skipped=self._skipped)
+        out = CheckedBatch(skipped=self._skipped, skip_reasons=self._skip_reasons)
         if self.cand:
             out.accepted = self.validator.check_texts(self)
         self._rejections.sort(key=lambda item: item[0])

@@ -43,6 +43,7 @@ from bhashaflow.training.checkpoints import (
 from bhashaflow.training.lora import prepare_lora_model
 from bhashaflow.training.loss import scored_token_count, translation_loss_sum
 from bhashaflow.training.optim import AdapterOptimizer
+from bhashaflow.training.preference import PreferenceStep, cpo_step, load_triplets, preference_steps
 from bhashaflow.training.stream import ExampleStream, eval_sentences, iter_shard_pairs
 from bhashaflow.training.validate import ValidationCallback, Validator, make_validator, record_validation
 
@@ -92,6 +93,8 @@ class TrainResult:
     direction: str = ""
     base_model: str = ""  # as configured
     base_revision: str | None = None  # hub revision, or the content hash of a local or built-in base
+    objective: str = "sft"  # training.objective
+    initialized_from: str | None = None  # the incumbent version training started from (training.init_from)
 
 
 def train_step(
@@ -176,6 +179,7 @@ def train_adapter(
     keep_checkpoints: int = 2,
     log_every: int | None = None,
     publish_to: str | None = None,
+    preference_paths: list[str] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter for `direction`, resuming from the run's latest checkpoint when there is one.
 
@@ -199,9 +203,10 @@ def train_adapter(
         log_every: steps between log lines and lines of out_dir/train_log.jsonl (default training.log_every).
         publish_to: the direction's folder at the run URI when that is on an object store: checkpoints, log and
             adapter are published there, and a session elsewhere resumes from it (None: out_dir is the run folder).
+        preference_paths: the direction's preference shards (training.objective cpo trains on their triplets).
     """
     session = _open_session(config, direction, out_dir, settings, lm, RunMirror(publish_to, Path(out_dir), storage_options))
-    validator, stream, steps = _data(session, shard_paths, eval_texts, storage_options)
+    validator, stream, steps = _data(session, shard_paths, eval_texts, storage_options, preference_paths or [])
     hooks = _Hooks(on_progress, progress_every, on_validation, log_every or config.training.log_every, keep_checkpoints,
                    on_report)  # fmt: skip
     _fit(session, steps, hooks, validator)
@@ -210,8 +215,8 @@ def train_adapter(
 
 def _data(
     session: _Session, shard_paths: list[str], eval_texts: dict[str, list[str]] | None,
-    storage_options: dict[str, Any] | None,
-) -> tuple[Validator | None, ExampleStream, Iterator[Step]]:  # fmt: skip
+    storage_options: dict[str, Any] | None, preference_paths: list[str],
+) -> tuple[Validator | None, ExampleStream, Iterator[Step | PreferenceStep]]:  # fmt: skip
     """The validation slice, the training stream without it, and its optimizer steps replayed to the checkpoint."""
     config, lm = session.config, session.lm
     train_cfg = config.training
@@ -223,10 +228,18 @@ def _data(
         lm, shard_paths, langs, Decontaminator(leaks), train_cfg.max_length, train_cfg.seed,
         storage_options, validator.holdout if validator else None,
     )  # fmt: skip
-    steps = optimizer_steps(
-        stream, batch_size=train_cfg.batch_size, batch_tokens=train_cfg.batch_tokens,
-        grad_accum_steps=train_cfg.grad_accum_steps, rng=random.Random(train_cfg.seed), family=lm.family,
-    )  # fmt: skip
+    steps: Iterator[Step | PreferenceStep]
+    if train_cfg.objective == "cpo":
+        triplets = load_triplets(lm, preference_paths, langs, Decontaminator(leaks), train_cfg.max_length,
+                                 storage_options, validator.holdout if validator else None)  # fmt: skip
+        steps = preference_steps(triplets, stream, batch_size=train_cfg.batch_size,
+                                 grad_accum_steps=train_cfg.grad_accum_steps, cpo=train_cfg.cpo_settings,
+                                 seed=train_cfg.seed)  # fmt: skip
+    else:
+        steps = optimizer_steps(
+            stream, batch_size=train_cfg.batch_size, batch_tokens=train_cfg.batch_tokens,
+            grad_accum_steps=train_cfg.grad_accum_steps, rng=random.Random(train_cfg.seed), family=lm.family,
+        )  # fmt: skip
     # Replaying the seeded data order up to the checkpoint puts the resumed run on the very next step.
     for _ in range(session.state["step"]):
         next(steps)
@@ -258,7 +271,32 @@ def _open_session(
     if pulled is not None:
         log.info("%s: fetched checkpoint step-%d from %s", direction, pulled, mirror.uri)
     _resume(session)
+    if session.resumed_from is None and train_cfg.init_from == "incumbent":
+        _start_from_incumbent(session, settings)
     return session
+
+
+def _start_from_incumbent(session: _Session, settings: Settings | None) -> None:
+    """Load the direction's promoted adapter into the fresh LoRA weights (nothing promoted: from scratch)."""
+    from bhashaflow.core.settings import get_settings
+    from bhashaflow.registry.store import Registry
+
+    config = session.config
+    settings = settings or get_settings()
+    registry = Registry(config.registry, settings.storage_options_for(config.registry))
+    found = registry.fetch_promoted(session.direction, session.run_dir / "incumbent")
+    if found is None:
+        log.info("%s: training.init_from incumbent, but nothing is promoted: starting from scratch", session.direction)
+        return
+    try:
+        load_adapter_weights(session.model, Path(found[1]))
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise TrainingError(
+            f"{session.direction}: the incumbent {found[0].version} does not fit this run's LoRA shape "
+            f"(training.lora r and target_modules must match it): {str(exc).splitlines()[0]}"
+        ) from None
+    session.state["initialized_from"] = found[0].version
+    log.info("%s: starting from the incumbent %s", session.direction, found[0].version)
 
 
 def _resume(session: _Session) -> None:
@@ -285,7 +323,7 @@ def _resume(session: _Session) -> None:
     log.info("resuming %s from %s", session.direction, checkpoint)
 
 
-def _fit(session: _Session, steps: Iterator[Step], hooks: _Hooks, validator: Validator | None) -> None:
+def _fit(session: _Session, steps: Iterator[Step | PreferenceStep], hooks: _Hooks, validator: Validator | None) -> None:
     """Train to max_steps or an early stop. Losses stay on the device between the steps that need them."""
     train_cfg = session.config.training
     state, lm = session.state, session.lm
@@ -298,10 +336,10 @@ def _fit(session: _Session, steps: Iterator[Step], hooks: _Hooks, validator: Val
     while state["step"] < train_cfg.max_steps and not state["stopped_early"]:
         lr = lr_at(state["step"], peak=train_cfg.learning_rate, warmup=train_cfg.warmup_steps, max_steps=train_cfg.max_steps)
         session.optimizer.set_lr(lr)
-        micro = [collate(examples, pad_id) for examples in next(steps)]
-        pending.append(train_step(session.model, session.optimizer, micro, lm.family, lm.device))
+        loss, tokens = _run_step(session, next(steps), pad_id)
+        pending.append(loss)
         state["step"] += 1
-        state["tokens"] += sum(count_tokens(batch, lm.family) for batch in micro)
+        state["tokens"] += tokens
         done, last = state["step"], state["step"] == train_cfg.max_steps
         logs = done % hooks.log_every == 0 or last
         reports = hooks.reporting and (done % hooks.progress_every == 0 or last)
@@ -314,8 +352,8 @@ def _fit(session: _Session, steps: Iterator[Step], hooks: _Hooks, validator: Val
         state["recent_losses"] = (state["recent_losses"] + values)[-20:]
         report = window.close(session, values[-1], lr)
         if logs:
-            _log_line(log_path, {"step": done, "loss": round(values[-1], 5), "lr": lr, "tokens": state["tokens"],
-                                 "tokens_per_s": round(report.tokens_per_s, 1)})  # fmt: skip
+            # The log is a record of the run that a resumed run reproduces byte for byte: no wall-clock figures in it.
+            _log_line(log_path, {"step": done, "loss": round(values[-1], 5), "lr": lr, "tokens": state["tokens"]})
             log.info("%s step %d/%d loss %.4f, %.0f tokens/s", session.direction, done, train_cfg.max_steps, values[-1],
                      report.tokens_per_s)  # fmt: skip
         if validates and validator is not None:
@@ -326,6 +364,17 @@ def _fit(session: _Session, steps: Iterator[Step], hooks: _Hooks, validator: Val
             folder = save_checkpoint(session.model, session.optimizer, state, session.run_dir, hooks.keep_checkpoints)
             session.mirror.push_checkpoint(folder, state)
         window.open(time.perf_counter(), state["step"], state["tokens"])
+
+
+def _run_step(session: _Session, step: Step | PreferenceStep, pad_id: int) -> tuple[torch.Tensor, int]:
+    """One optimizer step of the configured objective: its loss (on the device) and the tokens it processed."""
+    lm = session.lm
+    if isinstance(step, PreferenceStep):
+        cpo = session.config.training.cpo_settings
+        return cpo_step(session.model, session.optimizer, step, pad_id, lm.family, lm.device, cpo)
+    micro = [collate(examples, pad_id) for examples in step]
+    loss = train_step(session.model, session.optimizer, micro, lm.family, lm.device)
+    return loss, sum(count_tokens(batch, lm.family) for batch in micro)
 
 
 @dataclass
@@ -426,5 +475,7 @@ def _finish(session: _Session, decontaminated: int, validator: Validator | None)
         direction=session.direction,
         base_model=config.base_model,
         base_revision=lm.revision,
+        objective=config.training.objective,
+        initialized_from=state.get("initialized_from"),
         **summary,
     )

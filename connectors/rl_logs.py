@@ -1,0 +1,178 @@
+"""The `rl_logs` source: the parts `export-rl-logs` wrote, read back as training pairs and preference triplets.
+
+Every record is one served episode (the schema in docs/rl-logs.md). An episode with a correction the source
+trusts becomes a row `{src: prompt, tgt: correction, src_lang, tgt_lang, rejected: response, reward,
+adapter_version}`: a pair (source text -> correction) and a preference triplet (the correction preferred over
+what the adapter served). Every other episode is counted as skipped with its reason, never dropped silently:
+
+- `untrusted_client`: its feedback came from a client not in `trusted_clients` (`anonymous` and unattributed
+  feedback included, unless listed; `*` trusts every attributed client),
+- `no_correction`: no correction (a reward alone teaches no translation),
+- `correction_equals_output`: the correction repeats the served output,
+- `superseded`: a later record of the same episode (feedback replaced, exported again) takes its place.
+
+A line that is not JSON, or a record without a prompt, is rejected by name (`part:line`) into the quarantine.
+Parts are read in name order (their names sort in export order) from a folder, an S3 prefix or any fsspec URL,
+jsonl or parquet, plain or gzip; the position `{part, line}` (or `{part, row}`) resumes inside a part.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from bhashaflow.config import SourceConfig, SourceRetryConfig
+from bhashaflow.core.records import Position, RawRecord
+from bhashaflow.core.redact import redact_uri
+from bhashaflow.core.settings import Settings
+from connectors.aligned import expand_uri
+from connectors.base import SourceError
+from connectors.files import FileStore, FileStores, is_transient
+from connectors.formats import FormatError, iter_parquet_records, iter_text_records, mark_last, sniff_gzip
+from connectors.retry import RetryPolicy, stream_with_retries
+
+_PART_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+# Fields a record must carry to be used; a missing one is a rejection naming the part and line.
+_REQUIRED = ("prompt", "src_lang", "tgt_lang")
+
+
+def part_names(store: FileStore, folder: str, source_name: str) -> list[str]:
+    """The export parts in `folder`, sorted (the export's order): jsonl, jsonl.gz and parquet files."""
+    if folder.lower().startswith(("http://", "https://")):
+        raise SourceError(
+            f"source {source_name!r}: {redact_uri(folder)} cannot be listed; read the parts from the folder or the "
+            "s3:// prefix the export wrote (an http(s) export target is another service's store)"
+        )
+    listed = store.list_files(folder, recursive=False)
+    return sorted(name for name in listed if name.lower().endswith(_PART_SUFFIXES))
+
+
+class RlLogsConnector:
+    """Rows of trusted, corrected episodes from exported RL log parts; other episodes are counted skips."""
+
+    def __init__(self, source: SourceConfig, settings: Settings, retry: SourceRetryConfig | None = None) -> None:
+        """Check the config; nothing is contacted until `iter_records`."""
+        if not source.trusted_clients:
+            raise SourceError(f"source {source.name!r}: kind rl_logs needs 'trusted_clients'")
+        self.name = source.name
+        self.settings = settings
+        self.folder = expand_uri(settings, source.uri, source.name).rstrip("/")
+        self.trusted = frozenset(source.trusted_clients)
+        self.endpoint_url = source.endpoint_url
+        self.retry = retry or SourceRetryConfig()
+        self.policy = RetryPolicy.from_config(self.retry)
+
+    def iter_records(self, start: Position | None = None) -> Iterator[RawRecord]:
+        """Yield every record after `start` (from the first part when None), each with its resume position."""
+        if start is not None and not isinstance(start.get("part"), str):
+            raise SourceError(f"source {self.name!r}: {start!r} is not a position of an rl_logs source")
+        with FileStores(self.name, self.settings, self.retry, self.endpoint_url) as stores:
+            store = stores.for_uri(self.folder)
+            listing: list[list[str]] = []
+            latest: dict[int, int] = {}
+            current = [redact_uri(self.folder)]
+
+            def read_from(position: Position | None) -> Iterator[RawRecord]:
+                if not listing:
+                    listing.append(part_names(store, self.folder, self.name))
+                    latest.update(self._latest_feedback(store, listing[0]))
+                yield from mark_last(self._read(store, listing[0], latest, position, current))
+
+            yield from stream_with_retries(
+                read_from, start, policy=self.policy, is_transient=is_transient,
+                what=lambda: f"source {self.name!r}: reading {current[0]}",
+            )  # fmt: skip
+
+    def _read(
+        self, store: FileStore, parts: list[str], latest: dict[int, int], position: Position | None, current: list[str]
+    ) -> Iterator[RawRecord]:
+        position = position or {}
+        if position.get("done"):
+            return
+        after = position.get("part")
+        for name in parts:
+            if after is not None and name < after:
+                continue
+            resume = position if name == after else {}
+            current[0] = redact_uri(f"{self.folder}/{name}")
+            try:
+                for record in self._part_records(store, name, resume):
+                    yield self._classify(record, latest)
+            except FormatError as exc:
+                raise SourceError(f"source {self.name!r}: {current[0]}: {exc}") from None
+
+    def _part_records(self, store: FileStore, name: str, resume: Position) -> Iterator[RawRecord]:
+        uri = f"{self.folder}/{name}"
+        base = {"part": name}
+        if name.lower().endswith(".parquet"):
+            data = b"".join(store.chunks(uri, 0))  # a part is at most a few hundred records
+            yield from iter_parquet_records(io.BytesIO(data), name, base=base, start_row=resume.get("row", 0))
+            return
+        line, offset = resume.get("line", 0), resume.get("offset")
+        if offset:
+            yield from iter_text_records(store.chunks(uri, offset), "jsonl", name, base=base, line=line, offset=offset)
+            return
+        gzipped, chunks = sniff_gzip(store.chunks(uri, 0), named_gz=name.lower().endswith(".gz"))
+        yield from iter_text_records(chunks, "jsonl", name, base=base, offset=None if gzipped else 0, skip_to_line=line)
+
+    def _latest_feedback(self, store: FileStore, parts: list[str]) -> dict[int, int]:
+        """For episodes exported more than once (feedback-* parts), the highest feedback_seq of each."""
+        seen: dict[int, int] = {}
+        repeated: set[int] = set()
+        for name in parts:
+            if not name.startswith("feedback-"):
+                continue
+            for record in self._part_records(store, name, {}):
+                row = record.row
+                if isinstance(row, dict) and isinstance(row.get("episode_id"), int):
+                    episode, seq = row["episode_id"], row.get("feedback_seq") or 0
+                    if episode in seen:
+                        repeated.add(episode)
+                    seen[episode] = max(seq, seen.get(episode, seq))
+        return {episode: seen[episode] for episode in repeated}
+
+    def _classify(self, record: RawRecord, latest: dict[int, int]) -> RawRecord:
+        """The record as validation takes it: a training row, a counted skip, or a rejection naming the field."""
+        row = record.row
+        if row is None:
+            return record  # an unparsed line: rejected with the parser's reason
+        if not isinstance(row, dict):
+            return _rejected(record, "malformed", f"{record.ref}: a record must be a JSON object")
+        for name in _REQUIRED:
+            if not isinstance(row.get(name), str):
+                missing = "missing" if row.get(name) is None else f"not a string ({type(row[name]).__name__})"
+                return _rejected(record, "missing_field", f"{record.ref}: field {name!r} is {missing}")
+        skip = self._skip_reason(row, latest)
+        out = {
+            "src": row["prompt"], "tgt": row.get("correction"), "src_lang": row["src_lang"], "tgt_lang": row["tgt_lang"],
+            "rejected": row.get("response"), "reward": row.get("reward"), "adapter_version": row.get("adapter_version"),
+            "episode_id": row.get("episode_id"),
+        }  # fmt: skip
+        return RawRecord(record.position, record.ref, row=out, skip=skip)
+
+    def _skip_reason(self, row: dict[str, Any], latest: dict[int, int]) -> str | None:
+        episode = row.get("episode_id")
+        if isinstance(episode, int) and episode in latest and (row.get("feedback_seq") or 0) < latest[episode]:
+            return "superseded"
+        correction = row.get("correction")
+        if not isinstance(correction, str) or not correction.strip():
+            return "no_correction"
+        if not self._trusts(row.get("feedback_client")):
+            return "untrusted_client"
+        if correction.strip() == (row.get("response") or "").strip():
+            return "correction_equals_output"
+        return None
+
+    def _trusts(self, client: Any) -> bool:
+        if not isinstance(client, str):
+            return False  # unattributed feedback (from before clients were recorded)
+        if client in self.trusted:
+            return True
+        return "*" in self.trusted and client != "anonymous"
+
+
+def _rejected(record: RawRecord, reason: str, error: str) -> RawRecord:
+    raw = json.dumps(record.row, ensure_ascii=False, default=str)[:2000]
+    return RawRecord(record.position, record.ref, row=None, error=error, raw=raw, reason=reason)
