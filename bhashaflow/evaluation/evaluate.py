@@ -9,6 +9,8 @@ from typing import Any
 from bhashaflow.config import EvaluationConfig
 from bhashaflow.core.languages import parse_direction
 from bhashaflow.data.flores import read_flores
+from bhashaflow.data.ingest import preference_uris
+from bhashaflow.data.shards import iter_pairs
 from bhashaflow.evaluation.chrf import ChrfScore, score_chrf, write_scores
 from bhashaflow.modeling.generation import translate
 from bhashaflow.modeling.loaded import LoadedModel
@@ -23,6 +25,10 @@ class DirectionScores:
     candidate: ChrfScore
     incumbent: ChrfScore | None = None
     incumbent_version: str | None = None
+    # The held-out corrections yardstick (runs with an rl_logs source): the same three scored against them.
+    base_corrections: ChrfScore | None = None
+    candidate_corrections: ChrfScore | None = None
+    incumbent_corrections: ChrfScore | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,18 @@ def load_eval_set(evaluation: EvaluationConfig, direction: str) -> EvalSet:
     if evaluation.max_sentences is not None:
         sources, references = sources[: evaluation.max_sentences], references[: evaluation.max_sentences]
     return EvalSet(direction, sources, references)
+
+
+def load_heldout_corrections(
+    manifest: dict[str, Any], run_uri: str, direction: str, storage_options: dict[str, Any] | None = None
+) -> EvalSet | None:
+    """The direction's held-out corrections (source texts and the users' corrections as references), or None
+    when the run has none: corrected episodes the ingestion kept out of training (an rl_logs `heldout_share`)."""
+    uris = preference_uris(manifest, run_uri, direction, "heldout")
+    pairs = [(p.src, p.tgt) for p in iter_pairs(uris, storage_options)]
+    if not pairs:
+        return None
+    return EvalSet(direction, [src for src, _ in pairs], [tgt for _, tgt in pairs])
 
 
 def evaluate_chrf(

@@ -13,7 +13,7 @@ candidate replace a version it was not compared with, and a re-run after a crash
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,27 @@ def decide_promotion(candidate: float, incumbent: float | None, base: float, min
     first = "" if incumbent is not None else " (no incumbent)"
     return decision(
         True, f"promoted: candidate chrF++ {candidate:.2f} gains {' and '.join(gains)}{first}, min gain {min_gain:.2f}"
+    )
+
+
+def gate_corrections(
+    decision: PromotionDecision, candidate: float, reference: float, against: str, max_regression: float
+) -> PromotionDecision:
+    """The second yardstick: a candidate that passed on FLORES but loses more than `max_regression` chrF++ on the
+    held-out corrections against `reference` (the incumbent's, or the base's without one) is not promoted."""
+    if not decision.promote:
+        return decision
+    loss = reference - candidate
+    if math.isfinite(candidate) and loss <= max_regression + _TOLERANCE:
+        note = f"; held-out corrections chrF++ {candidate:.2f} ({candidate - reference:+.2f} against {against})"
+        return replace(decision, reason=decision.reason + note)
+    return replace(
+        decision,
+        promote=False,
+        reason=(
+            f"refused: candidate passes on FLORES but its held-out corrections chrF++ {candidate:.2f} loses "
+            f"{loss:.2f} against {against} {reference:.2f}, more than promotion.max_regression {max_regression:.2f}"
+        ),
     )
 
 

@@ -224,3 +224,80 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
         for tensor, present, dtype in zip(saved, ctx.present, ctx.dtypes, strict=True):
             grads.append((tensor * grad_output).to(dtype) if present else None)
         return grads[0], grads[1], grads[2], None, None
+
+
+def sequence_log_probs(
+    model: Any, batch: dict[str, torch.Tensor], family: str, *, chunk_rows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence of `batch`: the summed log-probability of its scored tokens (fp32, differentiable) and
+    how many tokens were scored, without materialising the batch's logits.
+
+    Preference objectives need one number per sequence: the per-token cross-entropies are computed chunk by
+    chunk (their logits recomputed in the backward pass, never stored) and summed per row.
+    """
+    hidden = head_inputs(model, batch)
+    labels = batch["labels"]
+    rows_of = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
+    if family == "causal":
+        hidden, labels, rows_of = hidden[:, :-1], labels[:, 1:], rows_of[:, 1:]
+    keep = labels != IGNORE_INDEX
+    rows, targets, owners = hidden[keep], labels[keep], rows_of[keep]
+    weight, bias = output_projection(model)
+    chunk = chunk_rows or chunk_rows_for(weight.shape[0])
+    per_token: torch.Tensor = _PerTokenLinearCrossEntropy.apply(rows, weight, bias, targets, chunk)
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=per_token.device).index_add(0, owners, -per_token)
+    counts = torch.bincount(owners, minlength=labels.shape[0])
+    return sums, counts
+
+
+class _PerTokenLinearCrossEntropy(torch.autograd.Function):
+    """CE(hidden[i] @ weight.T + bias, targets[i]) for every row, in fp32, `chunk_rows` rows of logits at a time.
+
+    Unlike the summed loss, the upstream gradient differs per row, so nothing is precomputed: the backward
+    recomputes each chunk's softmax (one more output-layer product per chunk) and scales it by its rows' gradients.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+        chunk_rows: int,
+    ) -> torch.Tensor:  # fmt: skip
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_rows):
+            logits = F.linear(hidden[start : start + chunk_rows], weight, bias).float()
+            target = targets[start : start + chunk_rows]
+            out[start : start + chunk_rows] = torch.logsumexp(logits, -1) - logits.gather(1, target[:, None]).squeeze(1)
+            del logits
+        ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), targets)
+        ctx.has_bias, ctx.chunk_rows = bias is not None, chunk_rows
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        hidden, weight, bias, targets = ctx.saved_tensors
+        bias_or_none = bias if ctx.has_bias else None
+        need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias and ctx.has_bias else None
+        chunk = ctx.chunk_rows
+        for start in range(0, hidden.shape[0], chunk):
+            rows = hidden[start : start + chunk]
+            logits = F.linear(rows, weight, bias_or_none).float()
+            grad = torch.softmax(logits, -1)
+            grad[torch.arange(grad.shape[0], device=grad.device), targets[start : start + chunk]] -= 1.0
+            grad.mul_(grad_out[start : start + chunk, None].float())
+            if grad_hidden is not None:
+                grad_hidden[start : start + chunk] = grad.to(hidden.dtype) @ weight
+            if grad_weight is not None:
+                grad_weight.addmm_(grad.t(), rows.float())
+            if grad_bias is not None:
+                grad_bias += grad.sum(0)
+            del logits, grad
+        return (
+            grad_hidden,
+            grad_weight.to(weight.dtype) if grad_weight is not None else None,
+            grad_bias.to(bias.dtype) if grad_bias is not None else None,
+            None,
+            None,
+        )

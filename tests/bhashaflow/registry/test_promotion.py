@@ -143,3 +143,19 @@ def test_promote_adapter_registers_and_promotes_only_past_the_gate_and_the_same_
     )
     assert promote(registry, tmp_path / "d", 48.0, "v0003", 45.0).version == "v0004"  # and again: still done
     assert [v.version for v in registry.versions(DIRECTION)] == ["v0001", "v0002", "v0003", "v0004"]
+
+
+def test_held_out_corrections_block_a_candidate_that_regresses_beyond_max_regression() -> None:
+    from bhashaflow.registry.promotion import decide_promotion, gate_corrections
+
+    passed = decide_promotion(40.0, 38.0, 30.0, 0.5)
+    assert passed.promote
+    kept = gate_corrections(passed, 49.5, 50.0, "incumbent", 1.0)  # loses 0.5: within max_regression
+    assert kept.promote and "held-out corrections chrF++ 49.50 (-0.50 against incumbent)" in kept.reason
+    blocked = gate_corrections(passed, 48.0, 50.0, "incumbent", 1.0)
+    assert not blocked.promote
+    assert blocked.reason == ("refused: candidate passes on FLORES but its held-out corrections chrF++ 48.00 loses 2.00 "
+                              "against incumbent 50.00, more than promotion.max_regression 1.00")  # fmt: skip
+    refused = decide_promotion(38.1, 38.0, 30.0, 0.5)
+    assert gate_corrections(refused, 10.0, 50.0, "base", 1.0) == refused  # the FLORES refusal stands as it was
+    assert not gate_corrections(passed, float("nan"), 50.0, "base", 1.0).promote
