@@ -9,10 +9,13 @@ from bhashaflow.config import PipelineConfig
 from bhashaflow.core.redact import redact_values
 from bhashaflow.core.settings import get_settings
 from bhashaflow.evaluation.evaluate import DirectionScores
-from bhashaflow.registry.promotion import PromotionOutcome, decide_promotion, promote_adapter
+from bhashaflow.registry.promotion import PromotionOutcome, decide_promotion, gate_corrections, promote_adapter
 from bhashaflow.registry.store import Registry
 from bhashaflow.training.loop import TrainResult
 from tasks.rundirs import fetch_adapter
+
+
+_FLORES = ("candidate", "base", "incumbent")  # always in the registry's metrics; the corrections only when scored
 
 
 @task(task_run_name="promote-{direction}", persist_result=True)
@@ -24,6 +27,12 @@ def promote_adapter_task(
     registry = Registry(config.registry, settings.storage_options_for(config.registry))
     incumbent = scores.incumbent.chrf_pp if scores.incumbent else None
     decision = decide_promotion(scores.candidate.chrf_pp, incumbent, scores.base.chrf_pp, config.promotion.min_gain)
+    if scores.candidate_corrections is not None:
+        against = scores.incumbent_corrections or scores.base_corrections
+        if against is not None:
+            name = "incumbent" if scores.incumbent_corrections is not None else "base"
+            decision = gate_corrections(decision, scores.candidate_corrections.chrf_pp, against.chrf_pp, name,
+                                        config.promotion.max_regression)  # fmt: skip
     outcome = promote_adapter(
         registry,
         direction,
@@ -35,7 +44,9 @@ def promote_adapter_task(
         data_manifest_sha256=data_manifest_sha256,
         config=redact_values(config.model_dump(mode="json")),  # source URLs without their credentials
         metrics={k: v.to_dict() if v else None for k, v in
-                 (("candidate", scores.candidate), ("base", scores.base), ("incumbent", scores.incumbent))},
+                 (("candidate", scores.candidate), ("base", scores.base), ("incumbent", scores.incumbent),
+                  ("candidate_corrections", scores.candidate_corrections), ("base_corrections", scores.base_corrections),
+                  ("incumbent_corrections", scores.incumbent_corrections)) if k in _FLORES or v is not None},
     )  # fmt: skip
     get_run_logger().info("%s %s: %s", direction, outcome.version, outcome.reason)
     return outcome

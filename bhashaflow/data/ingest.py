@@ -214,6 +214,9 @@ def _manifest(
             "duplicates": sum(out.duplicates for out in directions.values()),
             "rejected": sum(s.progress.rejected for s in staged),
             "skipped": sum(s.progress.skipped for s in staged),
+            # With an rl_logs source, accepted corrections kept out of training: accepted + heldout is what the
+            # sources accepted.
+            **({"heldout": sum(out.heldout for out in directions.values())} if preferences else {}),
         },
         "rejected_by_reason": dict(sorted(by_reason.items())),
         "quarantine": {"path": QUARANTINE, "rows": quarantine_rows},

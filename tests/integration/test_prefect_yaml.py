@@ -37,15 +37,17 @@ def test_deployments_and_schedules():
         "nightly": "adapter-pipeline",
         "manual": "evaluate-adapter",
         "hourly": "export-rl-logs",
+        "feedback-loop": "feedback-loop",
     }
     assert {d["work_pool"]["name"] for d in deployments.values()} == {"bhashaflow-local"}
     assert deployments["nightly"]["schedules"] == [{"cron": "0 2 * * *", "timezone": "Asia/Kolkata", "active": False}]
+    assert deployments["feedback-loop"]["schedules"] == [{"cron": "0 3 * * 0", "timezone": "Asia/Kolkata", "active": False}]
     [hourly] = deployments["hourly"]["schedules"]
     assert (hourly["interval"], hourly["active"]) == (3600, True)
     assert "schedules" not in deployments["smoke"] and "schedules" not in deployments["demo"]
 
 
-@pytest.mark.parametrize("name", ["demo", "smoke", "nightly", "manual"])
+@pytest.mark.parametrize("name", ["demo", "smoke", "nightly", "manual", "feedback-loop"])
 def test_entrypoint_imports_and_accepts_its_parameters(name: str):
     deployment = next(d for d in prefect_yaml()["deployments"] if d["name"] == name)
     flow = load_flow_from_entrypoint(str(REPO / deployment["entrypoint"]))

@@ -61,6 +61,8 @@ def test_corrections_become_pairs_and_triplets_and_a_held_out_share_never_trains
     # flores-dev repeats the corrections: those pairs are its duplicates, the feedback (first) keeps them.
     assert manifest["sources"]["flores-dev"]["duplicates"] == corrected
     assert summary(manifest, "m")["pairs"]["eng_Latn-hin_Deva"]["heldout"] == len(held)
+    t = manifest["totals"]
+    assert t["read"] == t["accepted"] + t["heldout"] + t["duplicates"] + t["rejected"] + t["skipped"]  # nothing lost
     # The same episodes are held out whatever else the run reads.
     again = _ingest(tmp_path, parts, "again", [feedback])
     assert _rows(preference_uris(again, str(tmp_path / "again"), "eng_Latn-hin_Deva", "heldout")) == held

@@ -1,0 +1,112 @@
+"""The `feedback-loop` flow: served feedback becomes the next adapter.
+
+export (the service's new episodes and feedback, as RL log parts) -> ingest (an `rl_logs` source reads the parts
+back: each trusted correction a pair and a preference triplet, a share held out as the second yardstick) ->
+train (`training.objective: cpo` from the incumbent, typically) -> evaluate (FLORES-200 devtest and the held-out
+corrections) -> promote (the FLORES gate, and no loss beyond `promotion.max_regression` on the corrections).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from bhashaflow.config import PipelineConfig, RLExportFlowConfig
+from bhashaflow.core.settings import get_settings
+from bhashaflow.data.ingest import load_manifest
+from flows.adapter_pipeline import adapter_pipeline
+from flows.export_rl_logs import export_rl_logs_flow
+from tasks.rundirs import artifact_key
+
+
+@flow(name="feedback-loop")
+def feedback_loop(config: PipelineConfig) -> dict[str, Any]:
+    """Export the served feedback, then train, evaluate and gate the next adapters on it.
+
+    Args:
+        config: a pipeline config with at least one `rl_logs` source reading `rl_export.target`
+            (configs/feedback-loop.yaml); its `serving.episodes_db` is the service's database.
+    """
+    feedback_sources = [s.name for s in config.sources if s.kind == "rl_logs"]
+    if not feedback_sources:
+        raise ValueError("the feedback loop needs an rl_logs source (one reading rl_export.target)")
+    exported = export_rl_logs_flow(RLExportFlowConfig.of(config))
+    result = adapter_pipeline(config)
+    run_uri = _run_uri(config, result["run_id"])
+    manifest = load_manifest(run_uri, get_settings().storage_options_for(run_uri)) or {}
+    counts = feedback_counts(manifest, feedback_sources)
+    create_markdown_artifact(loop_markdown(result["run_id"], exported, counts, result["directions"]),
+                             key=artifact_key("feedback-loop", config.run_name, "loop"))  # fmt: skip
+    return {"export": exported, "feedback": counts, **result}
+
+
+def _run_uri(config: PipelineConfig, run_id: str) -> str:
+    """The run folder of the pipeline's run (its run id resolved, `{datetime}` filled in)."""
+    return config.model_copy(update={"run_id": run_id}).run_uri()
+
+
+def feedback_counts(manifest: dict[str, Any], sources: list[str]) -> dict[str, Any]:
+    """What the rl_logs sources gave: episodes read, pairs made, skipped and rejected by reason, per direction."""
+    per_source = {
+        name: {k: s.get(k) for k in ("read", "accepted", "duplicates", "rejected", "skipped", "rejected_by_reason",
+                                     "skipped_by_reason")}
+        for name, s in manifest.get("sources", {}).items() if name in sources
+    }  # fmt: skip
+    directions = {
+        d: {"pairs": e["accepted"], "preferences": (e.get("preferences") or {}).get("rows", 0),
+            "heldout": (e.get("heldout") or {}).get("rows", 0)}
+        for d, e in manifest.get("directions", {}).items()
+    }  # fmt: skip
+    return {"sources": per_source, "directions": directions}
+
+
+def loop_markdown(run_id: str, exported: Any, counts: dict[str, Any], directions: dict[str, dict[str, Any]]) -> str:
+    """The loop's artifact: what was exported, what became data, both yardsticks and the gate's word."""
+    lines = [f"# Feedback loop, run {run_id}", "",
+             f"Exported {exported['exported']} episodes in {len(exported['parts'])} parts to `{exported['target']}`.", ""]  # fmt: skip
+    for name, s in counts["sources"].items():
+        skipped = ", ".join(f"{k} {v}" for k, v in (s["skipped_by_reason"] or {}).items()) or "none"
+        rejected = ", ".join(f"{k} {v}" for k, v in (s["rejected_by_reason"] or {}).items()) or "none"
+        lines.append(f"- `{name}`: {s['read']} episodes read, {s['accepted']} corrections kept "
+                     f"({s['duplicates']} duplicates), skipped: {skipped}; rejected: {rejected}")  # fmt: skip
+    lines += ["", "| direction | pairs | preference triplets | held out | FLORES chrF++ base / incumbent / candidate "
+              "| corrections chrF++ base / incumbent / candidate | promoted |", "|---|---:|---:|---:|---|---|---|"]  # fmt: skip
+    for d, r in directions.items():
+        c = counts["directions"].get(d, {"pairs": 0, "preferences": 0, "heldout": 0})
+        flores = " / ".join(_num(r.get(f"{w}_chrf_pp")) for w in ("base", "incumbent", "candidate"))
+        held = " / ".join(_num(r.get(f"{w}_corrections_chrf_pp")) for w in ("base", "incumbent", "candidate"))
+        lines.append(f"| {d} | {c['pairs']} | {c['preferences']} | {c['heldout']} | {flores} | {held} | "
+                     f"{'yes' if r['promoted'] else 'no'}: {r['reason']} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def post_corrections(base_url: str, direction: str, flores_dir: str, count: int, batch: int = 32) -> dict[str, int]:
+    """The demo's stand-in for users: translate `count` FLORES-200 *dev* sentences (never devtest) over HTTP and
+    send each reference back as the correction, with a reward of -0.5 (the served output needed fixing)."""
+    import httpx
+
+    from bhashaflow.data.flores import read_flores
+
+    src_lang, tgt_lang = direction.split("-")
+    sources = read_flores(flores_dir, src_lang, "dev")[:count]
+    references = read_flores(flores_dir, tgt_lang, "dev")[:count]
+    posted = unchanged = 0
+    with httpx.Client(base_url=base_url, timeout=120) as client:
+        for start in range(0, len(sources), batch):
+            texts = sources[start : start + batch]
+            r = client.post("/v1/translate", json={"texts": texts, "src_lang": src_lang, "tgt_lang": tgt_lang})
+            r.raise_for_status()
+            body = r.json()
+            for episode, output, reference in zip(body["episode_ids"], body["translations"],
+                                                  references[start : start + batch], strict=True):  # fmt: skip
+                fb = client.post("/v1/feedback", json={"episode_id": episode, "reward": -0.5, "correction": reference})
+                fb.raise_for_status()
+                posted += 1
+                unchanged += output.strip() == reference.strip()
+    return {"episodes": len(sources), "corrections": posted, "equal_to_output": unchanged}
