@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import FlowRunContext
 
 from bhashaflow.config import PipelineConfig, RLExportFlowConfig
 from bhashaflow.core.settings import get_settings
@@ -32,6 +33,9 @@ def feedback_loop(config: PipelineConfig) -> dict[str, Any]:
     feedback_sources = [s.name for s in config.sources if s.kind == "rl_logs"]
     if not feedback_sources:
         raise ValueError("the feedback loop needs an rl_logs source (one reading rl_export.target)")
+    context = FlowRunContext.get()
+    if context is not None:  # `{datetime}` from this flow run's scheduled start, which its retries share
+        config = config.at(context.flow_run.expected_start_time)
     exported = export_rl_logs_flow(RLExportFlowConfig.of(config))
     result = adapter_pipeline(config)
     run_uri = _run_uri(config, result["run_id"])

@@ -30,7 +30,7 @@ class RawRecord:
     row: Mapping[str, Any] | None = None  # the parsed row; None when the line could not be parsed
     error: str | None = None  # why the line could not be parsed
     raw: str | None = None  # the raw line (truncated) when unparsed, for the quarantine
-    reason: str = "malformed"  # the rejection reason of an unparsed line (one of REJECT_REASONS)
+    reason: str = "malformed"  # the rejection reason of an unparsed line (REJECT_REASONS, FEEDBACK_REJECT_REASONS)
     skip: str | None = None  # set by a connector for a row it counts but does not hand on, and why (SKIP_REASONS)
 
 
@@ -105,8 +105,9 @@ REJECT_REASONS = (
     "too_long",  # a sentence is over ingest.max_chars
     "unknown_language",  # a language code is not a FLORES-200 code
     "wrong_script",  # a sentence is not mostly in its language's script
-    "length_ratio",  # a correction far longer or shorter than the text it translates (RL logs)
 )
+# Reasons only an rl_logs source gives (its corrections are checked against the text they translate).
+FEEDBACK_REJECT_REASONS = ("length_ratio",)  # a correction far longer or shorter than the text it translates
 
 SKIP_REASONS = (
     "unconfigured_direction",  # a row of a direction the config does not train
