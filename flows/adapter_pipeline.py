@@ -13,6 +13,7 @@ from bhashaflow.data.ingest import IngestedData, load_manifest
 from bhashaflow.pipeline.report import direction_result
 from bhashaflow.training.loop import TrainResult
 from flows.ingest_corpus import ingest_corpus
+from flows.preflight import require_preflight
 from flows.runners import configured_run, task_resources
 from tasks.evaluate import evaluate_direction_task
 from tasks.promote import promote_adapter_task
@@ -28,6 +29,7 @@ def adapter_pipeline(config: PipelineConfig) -> dict[str, Any]:
         config: the whole pipeline config (sources, base model, training, evaluation, promotion, registry).
     """
     with configured_run(config) as config:
+        require_preflight(config)  # the cheap checks of `bhashaflow check`: fail before ingesting, naming the cause
         ingested = _ingest(config)
         # Directions fan out over the task runner (threads, or Dask workers); each evaluates as soon as it trained.
         with task_resources(config, "train"):

@@ -18,6 +18,7 @@ _PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
     "PREFECT_TELEMETRY_ENABLE_RESOURCE_METRICS": "false",
+    "DO_NOT_TRACK": "1",  # no SDK usage telemetry (and no first-run notice on a terminal) unless the user wants it
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "TOKENIZERS_PARALLELISM": "false",
     # Idle OpenMP threads sleep instead of spinning: spinning threads slow torch badly on a shared small CPU.
@@ -42,8 +43,18 @@ def _quiet_prefect_tracebacks() -> None:
 
 def _load(args: argparse.Namespace) -> Any:
     from bhashaflow.config import load_config
+    from bhashaflow.core.quiet import quiet_libraries
 
+    quiet_libraries()  # before any model library is imported: its progress bars and unfixable warnings
     return load_config(args.config, args.set)
+
+
+def _watched(args: argparse.Namespace) -> Any:
+    """Progress bars on a terminal, periodic log lines in a pipe, errors only with --quiet (flows/watch.py)."""
+    from flows.watch import watched
+
+    _quiet_prefect_tracebacks()
+    return watched(quiet=args.quiet)
 
 
 def _emit(args: argparse.Namespace, result: dict[str, Any], human: Callable[[dict[str, Any]], str]) -> None:
@@ -74,8 +85,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     config = _load(args)
     from flows.ingest_corpus import ingest_corpus
 
-    _quiet_prefect_tracebacks()
-    _emit(args, ingest_corpus(config), _ingest_table)
+    with _watched(args):
+        result = ingest_corpus(config)
+    _emit(args, result, _ingest_table)
     return 0
 
 
@@ -84,8 +96,19 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from bhashaflow.pipeline.report import format_table
     from flows.adapter_pipeline import adapter_pipeline
 
-    _quiet_prefect_tracebacks()
-    _emit(args, adapter_pipeline(config), lambda r: f"run {r['run_id']}\n{format_table(r['directions'])}")
+    with _watched(args):
+        result = adapter_pipeline(config)
+    _emit(args, result, lambda r: f"run {r['run_id']}: report {r['report']}\n{format_table(r['directions'])}")
+    return 0
+
+
+def cmd_feedback_loop(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from flows.feedback_loop import feedback_loop, loop_table
+
+    with _watched(args):
+        result = feedback_loop(config)
+    _emit(args, result, loop_table)
     return 0
 
 
@@ -102,8 +125,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = _load(args)
     from flows.evaluate_adapter import evaluate_adapter
 
-    _quiet_prefect_tracebacks()
-    _emit(args, evaluate_adapter(config, args.adapter), _evaluation_table)
+    with _watched(args):
+        result = evaluate_adapter(config, args.adapter)
+    _emit(args, result, _evaluation_table)
     return 0
 
 
@@ -112,9 +136,9 @@ def cmd_export_rl(args: argparse.Namespace) -> int:
     from bhashaflow.config import RLExportFlowConfig
     from flows.export_rl_logs import export_rl_logs_flow
 
-    _quiet_prefect_tracebacks()
-    _emit(args, export_rl_logs_flow(RLExportFlowConfig.of(config)),
-          lambda r: f"exported {r['exported']} episodes in {len(r['parts'])} parts to {r['target']}")
+    with _watched(args):
+        result = export_rl_logs_flow(RLExportFlowConfig.of(config))
+    _emit(args, dict(result), lambda r: f"exported {r['exported']} episodes in {len(r['parts'])} parts to {r['target']}")
     return 0
 
 
@@ -125,6 +149,16 @@ def cmd_fit(args: argparse.Namespace) -> int:
     report = check_fit(config, steps=args.steps, device=args.device)
     _emit(args, report.to_dict(), lambda _: format_fit(report))
     return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    from flows.preflight import format_checks, preflight
+
+    checks = preflight(config)
+    result = {"ok": all(c.ok for c in checks), "checks": [c.to_dict() for c in checks]}
+    _emit(args, result, lambda _: format_checks(checks))
+    return 0 if result["ok"] else 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -140,7 +174,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from flows.demo import run_demo
 
     _quiet_prefect_tracebacks()
-    result = run_demo(args.config, args.set, config)
+    result = run_demo(args.config, args.set, config, quiet=args.quiet)
     if args.json:
         print(json.dumps(result, default=str))
     return 0
@@ -165,10 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
             help="override a config field; the value is parsed as YAML (repeatable)",
         )
         p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
+        p.add_argument("--quiet", action="store_true", help="print only errors and the final table (no progress, no logs)")
         p.set_defaults(func=func)
         return p
 
     add("ingest", cmd_ingest, "run the ingest-corpus flow")
+    add("check", cmd_check, "preflight: base model, sources' first rows, FLORES files, writable workdir and registry, "
+        "device; exits 1 when any check fails")
     add("pipeline", cmd_pipeline, "run the adapter-pipeline flow: ingest, fine-tune, evaluate, promote")
     evaluate = add("evaluate", cmd_evaluate, "score one adapter per direction on FLORES-200 (evaluate-adapter flow)")
     evaluate.add_argument(
@@ -181,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--steps", type=int, default=3, help="training steps to time (default 3; the first warms up)")
     fit.add_argument("--device", default=None, help="cpu or cuda[:n] (default: cuda when present)")
     add("demo", cmd_demo, "pipeline, table, a served translation with feedback, and an RL log export, offline")
+    add("feedback-loop", cmd_feedback_loop, "run the feedback-loop flow: export, ingest the RL logs, train (cpo), "
+        "evaluate on FLORES and the held-out corrections, promote")
     add("export-rl", cmd_export_rl, "run the export-rl-logs flow: served episodes and feedback to the rl_export target")
     serve = add("serve", cmd_serve, "serve the promoted adapters over HTTP (FastAPI)")
     serve.add_argument("--host", default=None, help="address to bind (default: serving.host)")

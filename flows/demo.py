@@ -1,7 +1,8 @@
 """`bhashaflow demo`: the whole product once, offline, as a user would run it.
 
 The pipeline (ingest, fine-tune, evaluate, promote, report), then the service on the promoted adapters with
-a translation and a feedback per direction over HTTP, then the RL log export; each step prints what it did.
+a translation and a feedback per direction over HTTP and corrections of FLORES dev translations, then the RL log
+export, then the feedback loop (configs/feedback-loop.yaml) on those corrections; each step prints what it did.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,20 +20,26 @@ from bhashaflow.config import PipelineConfig, RLExportFlowConfig
 from bhashaflow.pipeline.report import format_table
 from flows.adapter_pipeline import adapter_pipeline
 from flows.export_rl_logs import export_rl_logs_flow
+from flows.feedback_loop import post_corrections
+from flows.watch import watched
 
 SENTENCE = "The river flows through the old city."
+CORRECTIONS = 300  # FLORES dev sentences per direction translated and corrected
+LOOP_CONFIG = "feedback-loop.yaml"
 READY_TIMEOUT_S = 600
 
 
-def run_demo(config_path: str, overrides: list[str], config: PipelineConfig) -> dict[str, Any]:
+def run_demo(config_path: str, overrides: list[str], config: PipelineConfig, *, quiet: bool = False) -> dict[str, Any]:
     """Pipeline, table, a served translation with feedback per promoted direction, RL log export.
 
     Args:
         config_path: the YAML file (the service is started from it, as `bhashaflow serve` would be).
         overrides: the `--set` overrides, passed on to the service.
         config: the loaded config.
+        quiet: errors and the tables only (no progress bars or log lines).
     """
-    result = adapter_pipeline(config)
+    with watched(quiet=quiet):  # progress bars on a terminal, log lines in a pipe (flows/watch.py)
+        result = adapter_pipeline(config)
     print(f"\nrun {result['run_id']}: report {result['report']}")
     print(format_table(result["directions"]), flush=True)
     promoted = [d for d, r in result["directions"].items() if r["promoted"] or r["incumbent_version"]]
@@ -39,9 +47,27 @@ def run_demo(config_path: str, overrides: list[str], config: PipelineConfig) -> 
         serve_and_try(config_path, overrides, config, promoted)
     else:
         print("\nno direction has a promoted adapter, so there is nothing to serve", flush=True)
-    exported = export_rl_logs_flow(RLExportFlowConfig.of(config))
+    with watched(quiet=quiet):
+        exported = export_rl_logs_flow(RLExportFlowConfig.of(config))
     print(f"exported {exported['exported']} episodes in {len(exported['parts'])} parts to {exported['target']}")
-    return {"pipeline": result, "export": exported}
+    loop = run_loop(config_path, overrides, quiet=quiet) if promoted else None
+    return {"pipeline": result, "export": exported, "loop": loop}
+
+
+def run_loop(config_path: str, overrides: list[str], *, quiet: bool = False) -> dict[str, Any] | None:
+    """The feedback loop on the corrections just exported: configs/feedback-loop.yaml beside the demo's config."""
+    from bhashaflow.config import load_config
+    from flows.feedback_loop import feedback_loop, loop_table
+
+    loop_path = Path(config_path).with_name(LOOP_CONFIG)
+    if not loop_path.is_file():
+        print(f"\nno {loop_path}: the feedback loop is skipped", flush=True)
+        return None
+    print(f"\n$ bhashaflow feedback-loop {loop_path}", flush=True)
+    with watched(quiet=quiet):
+        loop = feedback_loop(load_config(loop_path, overrides))
+    print(loop_table(loop), flush=True)
+    return loop
 
 
 def serve_and_try(config_path: str, overrides: list[str], config: PipelineConfig, directions: list[str]) -> None:
@@ -49,15 +75,22 @@ def serve_and_try(config_path: str, overrides: list[str], config: PipelineConfig
     host = config.serving.host
     port = _free_port(host)
     cmd = [sys.executable, "-m", "flows.cli", "serve", config_path, "--port", str(port)]
-    for item in overrides:
+    for item in [*overrides, "serving.feedback_per_minute=0"]:  # the demo's users correct faster than people do
         cmd += ["--set", item]
-    print(f"\n$ bhashaflow serve {config_path} --port {port}", flush=True)
-    service = subprocess.Popen(cmd)
+    log_path = Path(config.serving.episodes_db).with_name("serve.log")  # its access log: a line per request
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"\n$ bhashaflow serve {config_path} --port {port}   (its log: {log_path})", flush=True)
+    with log_path.open("ab") as log_file:
+        service = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
     base = f"http://{host}:{port}"
     try:
-        _wait_ready(service, base)
+        _wait_ready(service, base, log_path)
         for direction in directions:
             _translate_and_rate(base, direction)
+        for direction in directions:  # users correcting translations: FLORES dev references stand in for them
+            posted = post_corrections(base, direction, config.evaluation.flores_dir, CORRECTIONS)
+            print(f"POST /v1/feedback {direction}: {posted['corrections']} corrections of FLORES dev translations "
+                  f"({posted['equal_to_output']} equal to what was served)", flush=True)  # fmt: skip
     finally:
         _stop(service)
 
@@ -69,11 +102,13 @@ def _free_port(host: str) -> int:
         return port
 
 
-def _wait_ready(service: subprocess.Popen[bytes], base: str) -> None:
+def _wait_ready(service: subprocess.Popen[bytes], base: str, log_path: Path) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_S
     while True:
         if service.poll() is not None:
-            raise RuntimeError(f"the service exited with status {service.returncode} before it was ready")
+            tail = log_path.read_text(errors="replace").splitlines()[-20:]
+            raise RuntimeError(f"the service exited with status {service.returncode} before it was ready; "
+                               f"the end of {log_path}:\n" + "\n".join(tail))  # fmt: skip
         try:
             if httpx.get(f"{base}/health", timeout=5).status_code == 200:
                 return

@@ -17,6 +17,7 @@ from prefect.context import FlowRunContext
 from bhashaflow.config import PipelineConfig, RLExportFlowConfig
 from bhashaflow.core.settings import get_settings
 from bhashaflow.data.ingest import load_manifest
+from bhashaflow.pipeline.report import format_table
 from flows.adapter_pipeline import adapter_pipeline
 from flows.export_rl_logs import export_rl_logs_flow
 from tasks.rundirs import artifact_key
@@ -88,6 +89,21 @@ def loop_markdown(run_id: str, exported: Any, counts: dict[str, Any], directions
 
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def loop_table(result: dict[str, Any]) -> str:
+    """What the CLI and the demo print: the export, what the feedback became, the two-yardstick table."""
+    export = result["export"]
+    lines = [f"exported {export['exported']} episodes in {len(export['parts'])} parts to {export['target']}"]
+    for name, s in result["feedback"]["sources"].items():
+        skipped = ", ".join(f"{k} {v}" for k, v in s["skipped_by_reason"].items()) or "none"
+        rejected = ", ".join(f"{k} {v}" for k, v in s["rejected_by_reason"].items()) or "none"
+        lines.append(f"{name}: {s['read']} episodes read, {s['accepted']} corrections kept; skipped: {skipped}; "
+                     f"rejected: {rejected}")  # fmt: skip
+    for d, c in result["feedback"]["directions"].items():
+        lines.append(f"{d}: {c['pairs']} training pairs, {c['preferences']} preference triplets, {c['heldout']} held out")
+    lines.append(f"run {result['run_id']}: report {result['report']}")
+    return "\n".join([*lines, format_table(result["directions"])])
 
 
 def post_corrections(base_url: str, direction: str, flores_dir: str, count: int, batch: int = 32) -> dict[str, int]:

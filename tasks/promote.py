@@ -14,7 +14,6 @@ from bhashaflow.registry.store import Registry
 from bhashaflow.training.loop import TrainResult
 from tasks.rundirs import fetch_adapter
 
-
 _FLORES = ("candidate", "base", "incumbent")  # always in the registry's metrics; the corrections only when scored
 
 

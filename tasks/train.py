@@ -2,63 +2,115 @@
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
-from bhashaflow.config import PipelineConfig
+from bhashaflow.config import PipelineConfig, TrainingConfig
 from bhashaflow.core.folders import is_remote
-from bhashaflow.core.names import ADAPTERS_DIR
+from bhashaflow.core.fsio import join, write_bytes_atomic
+from bhashaflow.core.names import ADAPTERS_DIR, TRAIN_LOG
+from bhashaflow.core.progress import PROGRESS_LOG_EXTRA, PhaseProgress, format_duration, publish
+from bhashaflow.core.quiet import quiet_libraries
 from bhashaflow.core.settings import get_settings
-from bhashaflow.data.ingest import load_manifest, shard_uris
-from bhashaflow.training.loop import TrainResult, train_adapter
+from bhashaflow.data.ingest import load_manifest, preference_uris, shard_uris
+from bhashaflow.pipeline.curves import LOSS_CHART, loss_chart_png, read_loss_curve
+from bhashaflow.training.loop import ProgressReport, TrainResult, train_adapter
+from tasks.report import embedded_png
 from tasks.rundirs import artifact_key, direction_uri, local_run_dir
 
 
-class _TrainingReport:
-    """The progress artifact and the log lines of one direction's training."""
+def report_every(training: TrainingConfig) -> int:
+    """Steps between progress reports: about 50 a run, on every `log_every`-th step (each report reads the loss,
+    a host sync on a GPU, and so does each log line: reports on log steps cost no extra sync)."""
+    cap = max(1, training.max_steps // 50)
+    return max(d for d in range(1, min(cap, training.log_every) + 1) if training.log_every % d == 0)
 
-    def __init__(self, config: PipelineConfig, direction: str) -> None:
-        self.direction, self.logger = direction, get_run_logger()
-        self.artifact = create_progress_artifact(
-            0.0, key=artifact_key("adapter-pipeline", config.run_name, direction, "train")
-        )
-        self.every = max(1, config.training.max_steps // 50)  # each report reads the loss: a host sync on a GPU
+
+class _TrainingWatch:
+    """What a person watching one direction's training sees: the progress artifact, the log lines every
+    `training.log_every` steps, the loss-curve chart at each checkpoint, and the CLI's progress bar."""
+
+    def __init__(self, config: PipelineConfig, direction: str, run_dir: Path) -> None:
+        self.direction, self.logger, self.training = direction, get_run_logger(), config.training
+        self.key = artifact_key("adapter-pipeline", config.run_name, direction, "loss")
+        self.artifact = cast(UUID, create_progress_artifact(  # sync here: a UUID, not a coroutine
+            0.0, key=artifact_key("adapter-pipeline", config.run_name, direction, "train"),
+            description=f"{direction}: loading the base model",
+        ))  # fmt: skip
+        self.log_path = run_dir / TRAIN_LOG  # the loop's local train log: written before each report
+        self.chart_uri = join(direction_uri(config, direction), LOSS_CHART)
+        self.options = get_settings().storage_options_for(self.chart_uri)
         self.validated = ""
+        publish(PhaseProgress("train", direction, 0, self.training.max_steps, "steps", note="loading the base model"))
 
-    def progress(self, step: int, max_steps: int, loss: float) -> None:
-        description = f"step {step}: loss {loss:.4f}" + (f"; {self.validated}" if self.validated else "")
-        update_progress_artifact(self.artifact, 100.0 * step / max_steps, description=description)
-        self.logger.info("%s step %d/%d loss %.4f", self.direction, step, max_steps, loss)
+    def report(self, r: ProgressReport) -> None:
+        figures = f"loss {r.loss:.4f}, {r.tokens_per_s:,.0f} tokens/s"
+        description = f"step {r.step}/{r.max_steps}: {figures}, ETA {format_duration(r.eta_s)}"
+        update_progress_artifact(self.artifact, 100.0 * r.fraction,
+                                 description=description + (f"; {self.validated}" if self.validated else ""))  # fmt: skip
+        publish(PhaseProgress("train", self.direction, r.step, r.max_steps, "steps", note=figures))
+        last = r.step == r.max_steps
+        if r.step % self.training.log_every == 0 or last:
+            self.logger.info("%s step %d/%d %s, ETA %s", self.direction, r.step, r.max_steps, figures,
+                             format_duration(r.eta_s), extra=PROGRESS_LOG_EXTRA)  # fmt: skip
+        if r.step % self.training.checkpoint_every == 0 or last:
+            self.chart(r.step)
 
     def validation(self, step: int, result: dict[str, Any]) -> None:
         self.validated = (f"validation chrF++ {result['val_chrf_pp']:.2f} at step {step} "
                           f"(best {result['best_chrf_pp']:.2f} at step {result['best_step']})")  # fmt: skip
         self.logger.info("%s %s", self.direction, self.validated)
 
+    def chart(self, step: int) -> None:
+        """The loss curve so far as a PNG in the direction's run folder, and as a markdown artifact."""
+        curve = read_loss_curve(str(self.log_path))
+        if curve is None or not curve.steps:
+            return
+        png = loss_chart_png({self.direction: curve})
+        write_bytes_atomic(self.chart_uri, png, self.options)
+        image = embedded_png(png, f"{self.direction} training loss")
+        create_markdown_artifact(f"### {self.direction}: training loss at step {step}\n\n{image}\n\n"
+                                 f"Chart: `{self.chart_uri}`\n", key=self.key)  # fmt: skip
+
+    def finish(self, result: TrainResult) -> None:
+        publish(PhaseProgress("train", self.direction, result.steps, result.steps, "steps", finished=True,
+                              note=f"loss {result.final_loss:.4f}" + (", stopped early" if result.stopped_early else "")))
+        if result.stopped_early:  # the last report was before the last step: the artifact and chart catch up
+            update_progress_artifact(self.artifact, 100.0, description=f"stopped early at step {result.steps}; "
+                                     f"{self.validated}")  # fmt: skip
+            self.chart(result.steps)
+
 
 @task(task_run_name="train-{direction}", persist_result=True)
 def train_adapter_task(config: PipelineConfig, direction: str) -> TrainResult:
     """Fine-tune one direction's LoRA adapter, resuming from the run's latest (published) checkpoint."""
+    quiet_libraries()
     settings = get_settings()
     run_uri = config.run_uri()
     options = settings.storage_options_for(run_uri)
     manifest = load_manifest(run_uri, options)
     if manifest is None:
         raise RuntimeError(f"{run_uri}: no finished ingestion (manifest.json) to train on")
-    report = _TrainingReport(config, direction)
-    return train_adapter(
+    out_dir = local_run_dir(config, settings) / ADAPTERS_DIR / direction
+    watch = _TrainingWatch(config, direction, out_dir)
+    result = train_adapter(
         config=config,
         direction=direction,
         shard_paths=shard_uris(manifest, run_uri, direction),
-        out_dir=str(local_run_dir(config, settings) / ADAPTERS_DIR / direction),
-        on_progress=report.progress,
-        progress_every=report.every,
-        on_validation=report.validation,
+        preference_paths=preference_uris(manifest, run_uri, direction),
+        out_dir=str(out_dir),
+        on_report=watch.report,
+        progress_every=report_every(config.training),
+        on_validation=watch.validation,
         storage_options=options,
         settings=settings,
         # On an object store the run URI, not this machine's disk, holds checkpoints and the adapter.
         publish_to=direction_uri(config, direction) if is_remote(run_uri, options) else None,
     )
+    watch.finish(result)
+    return result

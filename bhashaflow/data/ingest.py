@@ -310,13 +310,19 @@ def summary(manifest: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
         "manifest": manifest_uri,
         "manifest_sha256": manifest_sha256(manifest),
         "pairs": {d: _pair_counts(v) for d, v in manifest["directions"].items()},
-        "sources": {
-            name: {**{k: s[k] for k in keys}, "skipped_by_reason": s.get("skipped_by_reason", {})}
-            for name, s in manifest["sources"].items()
-        },
+        "sources": {name: {k: s[k] for k in keys} for name, s in manifest["sources"].items()},
         "rejected_by_reason": manifest["rejected_by_reason"],
+        "skipped_by_reason": _skipped_by_reason(manifest),
         "quarantine": manifest["quarantine"],
     }
+
+
+def _skipped_by_reason(manifest: dict[str, Any]) -> dict[str, int]:
+    """Every source's skipped rows by reason (unconfigured_direction, no_correction, untrusted_client, ...)."""
+    total: Counter[str] = Counter()
+    for s in manifest["sources"].values():
+        total.update(s.get("skipped_by_reason", {}))
+    return dict(sorted(total.items()))
 
 
 def _pair_counts(entry: dict[str, Any]) -> dict[str, int]:

@@ -1,12 +1,16 @@
-"""The pipeline's report: one row per direction, a markdown summary and a chrF++ bar chart."""
+"""The pipeline's report: one row per direction, a markdown summary, a chrF++ bar chart and the loss curves."""
 
 from __future__ import annotations
 
-import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bhashaflow.core.fsio import join, write_bytes_atomic
 from bhashaflow.evaluation.evaluate import DirectionScores
+from bhashaflow.pipeline.charts import render_png
+from bhashaflow.pipeline.curves import LOSS_CHART, loss_chart_png, read_run_curves
 from bhashaflow.registry.promotion import PromotionOutcome
 from bhashaflow.training.loop import TrainResult
 
@@ -50,50 +54,74 @@ def direction_result(trained: TrainResult, scores: DirectionScores, promotion: P
         "reason": promotion.reason,
         "version": promotion.version,
         "adapter_uri": promotion.adapter_uri,
+        "objective": trained.objective,
+        # The held-out corrections yardstick (None when the run has no rl_logs source).
+        "corrections_sentences": scores.candidate_corrections.n if scores.candidate_corrections else None,
+        **{f"{who}_corrections_chrf_pp": round(score.chrf_pp, 2) if score else None for who, score in
+           (("base", scores.base_corrections), ("incumbent", scores.incumbent_corrections),
+            ("candidate", scores.candidate_corrections))},
     }
 
 
+# The held-out corrections yardstick (runs with an rl_logs source): in the tables only when a direction has it.
+CORRECTIONS_COLUMNS = ("base_corrections_chrf_pp", "incumbent_corrections_chrf_pp", "candidate_corrections_chrf_pp")
+
+
+def _has_corrections(directions: dict[str, dict[str, Any]]) -> bool:
+    return any(r.get("candidate_corrections_chrf_pp") is not None for r in directions.values())
+
+
 def table_rows(directions: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"direction": d, **{k: r[k] for k in COLUMNS if k != "direction"}} for d, r in directions.items()]
+    keys = [k for k in COLUMNS if k != "direction"] + (list(CORRECTIONS_COLUMNS) if _has_corrections(directions) else [])
+    return [{"direction": d, **{k: r.get(k) for k in keys}} for d, r in directions.items()]
+
+
+# The terminal table's columns after the direction: (header, width, the cell of a result). One line per column.
+TERMINAL_COLUMNS: list[tuple[str, int, Callable[[dict[str, Any]], str]]] = [
+    ("base", 7, lambda r: f"{r['base_chrf_pp']:.2f}"),
+    ("incumb.", 7, lambda r: _points(r["incumbent_chrf_pp"])),
+    ("cand.", 7, lambda r: f"{r['candidate_chrf_pp']:.2f}"),
+    ("script", 7, lambda r: f"{r['script_valid']:.0%}"),
+    ("decont.", 7, lambda r: str(r["decontaminated"])),
+]
+
+
+def _points(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def format_table(directions: dict[str, dict[str, Any]]) -> str:
     """A fixed-width text table for the terminal."""
-    head = f"{'direction':<20} {'base':>7} {'incumb.':>7} {'cand.':>7} {'script':>7} {'decont.':>7}  promoted"
+    head = f"{'direction':<20} " + " ".join(f"{h:>{w}}" for h, w, _ in TERMINAL_COLUMNS) + "  promoted"
     lines = [head, "chrF++ on FLORES-200 " + "-" * (len(head) - 21)]
     for d, r in directions.items():
-        inc = "-" if r["incumbent_chrf_pp"] is None else f"{r['incumbent_chrf_pp']:.2f}"
         promoted = f"yes ({r['version']})" if r["promoted"] else f"no ({r['version']} kept as a candidate)"
-        lines.append(
-            f"{d:<20} {r['base_chrf_pp']:>7.2f} {inc:>7} {r['candidate_chrf_pp']:>7.2f} "
-            f"{r['script_valid']:>7.0%} {r['decontaminated']:>7}  {promoted}"
-        )
+        cells = " ".join(f"{cell(r):>{w}}" for _, w, cell in TERMINAL_COLUMNS)
+        lines.append(f"{d:<20} {cells}  {promoted}")
+    if _has_corrections(directions):
+        lines.append("chrF++ on held-out corrections " + "-" * (len(head) - 31))
+        for d, r in directions.items():
+            scores = [_points(r.get(k)) for k in CORRECTIONS_COLUMNS]
+            lines.append(f"{d:<20} " + " ".join(f"{v:>7}" for v in scores) + f"  {r.get('corrections_sentences')} sentences")
     return "\n".join(lines)
 
 
 def chart_png(directions: dict[str, dict[str, Any]]) -> bytes:
     """A grouped bar chart of chrF++ per direction for base, incumbent and candidate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(directions)
     series = [("base", "base_chrf_pp"), ("incumbent", "incumbent_chrf_pp"), ("candidate", "candidate_chrf_pp")]
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 * len(names) + 2), 3.2), dpi=100)
     width = 0.27
-    for i, (label, key) in enumerate(series):
-        values = [directions[d][key] or 0.0 for d in names]
-        ax.bar([x + (i - 1) * width for x in range(len(names))], values, width, label=label)
-    ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
-    ax.set_ylabel("chrF++")
-    ax.set_title("chrF++ on FLORES-200")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+
+    def draw(ax: Any) -> None:
+        for i, (label, key) in enumerate(series):
+            values = [directions[d][key] or 0.0 for d in names]
+            ax.bar([x + (i - 1) * width for x in range(len(names))], values, width, label=label)
+        ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
+        ax.set_ylabel("chrF++")
+        ax.set_title("chrF++ on FLORES-200")
+        ax.legend(fontsize=8)
+
+    return render_png(max(4.0, 1.6 * len(names) + 2), 3.2, draw)
 
 
 def _candidate_step(result: dict[str, Any]) -> str:
@@ -104,33 +132,74 @@ def _candidate_step(result: dict[str, Any]) -> str:
     return f"{best} of {steps}" + (", stopped early" if result.get("stopped_early") else "")
 
 
-def markdown_report(run_id: str, directions: dict[str, dict[str, Any]], chart_uri: str) -> str:
+# The markdown table's columns after the direction: (header, alignment row cell, the cell of a result).
+MARKDOWN_COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
+    ("base chrF++", "---:", lambda r: f"{r['base_chrf_pp']:.2f}"),
+    ("incumbent chrF++", "---:", lambda r: _points(r["incumbent_chrf_pp"])),
+    ("candidate chrF++", "---:", lambda r: f"{r['candidate_chrf_pp']:.2f}"),
+    ("script valid", "---:", lambda r: f"{r['script_valid']:.0%}"),
+    ("decontaminated", "---:", lambda r: str(r["decontaminated"])),
+    ("validation pairs", "---:", lambda r: str(r.get("validation_pairs", 0))),
+    ("candidate step", "---:", _candidate_step),
+    ("promoted", "---", lambda r: f"{'yes' if r['promoted'] else 'no'} ({r['version']})"),
+]
+# Added after "candidate step" when the run has held-out corrections.
+MARKDOWN_CORRECTIONS_COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
+    ("corrections chrF++ base / incumbent / candidate", "---",
+     lambda r: " / ".join(_points(r.get(k)) for k in CORRECTIONS_COLUMNS)),
+    ("corrections", "---:", lambda r: str(r.get("corrections_sentences"))),
+]  # fmt: skip
+
+
+def markdown_report(
+    run_id: str, directions: dict[str, dict[str, Any]], chart_uri: str, loss_chart_uri: str | None = None
+) -> str:
+    """The report as markdown: the table, each direction's promotion reason, the signature, the charts' URIs."""
+    columns = MARKDOWN_COLUMNS
+    if _has_corrections(directions):
+        columns = [*MARKDOWN_COLUMNS[:-1], *MARKDOWN_CORRECTIONS_COLUMNS, MARKDOWN_COLUMNS[-1]]
     rows = [
-        "| direction | base chrF++ | incumbent chrF++ | candidate chrF++ | script valid | decontaminated "
-        "| validation pairs | candidate step | promoted |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| direction | " + " | ".join(h for h, _, _ in columns) + " |",
+        "|---|" + "|".join(a for _, a, _ in columns) + "|",
     ]
     for d, r in directions.items():
-        inc = "-" if r["incumbent_chrf_pp"] is None else f"{r['incumbent_chrf_pp']:.2f}"
-        rows.append(
-            f"| {d} | {r['base_chrf_pp']:.2f} | {inc} | {r['candidate_chrf_pp']:.2f} | {r['script_valid']:.0%} "
-            f"| {r['decontaminated']} | {r.get('validation_pairs', 0)} | {_candidate_step(r)} "
-            f"| {'yes' if r['promoted'] else 'no'} ({r['version']}) |"
-        )
+        rows.append(f"| {d} | " + " | ".join(cell(r) for _, _, cell in columns) + " |")
     reasons = [f"- **{d}**: {r['reason']}" for d, r in directions.items()]
     signature = next(iter(directions.values()))["signature"] if directions else ""
+    charts = [f"Chart: `{chart_uri}`"] + ([f"Loss curves: `{loss_chart_uri}`"] if loss_chart_uri else [])
     return "\n".join(
         [f"# adapter-pipeline run `{run_id}`", "", *rows, "", *reasons, "", f"chrF++ signature: `{signature}`", "",
-         f"Chart: `{chart_uri}`", ""]
+         *charts, ""]
     )
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What `write_report` wrote into the run folder."""
+
+    report_uri: str  # report.md
+    chart_uri: str  # chrf.png
+    loss_chart_uri: str | None  # loss.png: every direction's loss curve (None: no train log to draw)
 
 
 def write_report(
     run_uri: str, run_id: str, directions: dict[str, dict[str, Any]], storage_options: dict[str, Any] | None = None
-) -> tuple[str, str]:
-    """Write `report.md` and `chrf.png` into the run folder; returns their URIs."""
+) -> ReportFiles:
+    """Write `chrf.png`, `loss.png` (from the directions' train logs) and `report.md` into the run folder."""
     chart_uri = join(run_uri, "chrf.png")
     write_bytes_atomic(chart_uri, chart_png(directions), storage_options)
+    curves = read_run_curves(run_uri, list(directions), storage_options)
+    loss_chart_uri = join(run_uri, LOSS_CHART) if curves else None
+    if loss_chart_uri is not None:
+        write_bytes_atomic(loss_chart_uri, loss_chart_png(curves), storage_options)
     report_uri = join(run_uri, "report.md")
-    write_bytes_atomic(report_uri, markdown_report(run_id, directions, chart_uri).encode(), storage_options)
-    return report_uri, chart_uri
+    text = markdown_report(run_id, directions, chart_uri, loss_chart_uri)
+    write_bytes_atomic(report_uri, text.encode(), storage_options)
+    return ReportFiles(report_uri, chart_uri, loss_chart_uri)
+
+
+def link_url(uri: str) -> str:
+    """`uri` as a URL a link can hold: an fsspec URL as it is (`s3://...`), a local path as `file:///...`."""
+    if "://" in uri:
+        return uri
+    return Path(uri).expanduser().resolve().as_uri()

@@ -24,11 +24,12 @@ from bhashaflow.core.languages import parse_direction
 from bhashaflow.core.names import ADAPTER_DIR, RNG_STATE, TRAIN_LOG, TRAINER_STATE
 from bhashaflow.core.redact import redact_values
 from bhashaflow.core.schedule import lr_at
-from bhashaflow.core.settings import Settings
+from bhashaflow.core.settings import Settings, get_settings
 from bhashaflow.data.batching import Step, collate, count_tokens, optimizer_steps
 from bhashaflow.data.decontamination import Decontaminator
 from bhashaflow.modeling.loaded import LoadedModel
 from bhashaflow.modeling.loading import load_configured_base
+from bhashaflow.registry.store import Registry
 from bhashaflow.training import TrainingError
 from bhashaflow.training.checkpoints import (
     RunMirror,
@@ -278,9 +279,6 @@ def _open_session(
 
 def _start_from_incumbent(session: _Session, settings: Settings | None) -> None:
     """Load the direction's promoted adapter into the fresh LoRA weights (nothing promoted: from scratch)."""
-    from bhashaflow.core.settings import get_settings
-    from bhashaflow.registry.store import Registry
-
     config = session.config
     settings = settings or get_settings()
     registry = Registry(config.registry, settings.storage_options_for(config.registry))

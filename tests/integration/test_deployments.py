@@ -97,13 +97,14 @@ def test_smoke_deployment_runs_on_the_worker_and_the_notebook_reads_it(tiny_base
         assert sorted(artifacts) == sorted(
             ["adapter-pipeline-smoke-chrf", "adapter-pipeline-smoke-report"]
             + [f"adapter-pipeline-smoke-{d.lower().replace('_', '-')}-train" for d in config.directions]
+            + [f"adapter-pipeline-smoke-{d.lower().replace('_', '-')}-loss" for d in config.directions]
             + [f"adapter-pipeline-smoke-{d.lower().replace('_', '-')}-adapter" for d in promoted]
         )
         assert "data:image/png;base64," in artifacts["adapter-pipeline-smoke-report"].data
         assert artifacts["adapter-pipeline-smoke-eng-latn-hin-deva-train"].data == 100
         for d in promoted:
             link = artifacts[f"adapter-pipeline-smoke-{d.lower().replace('_', '-')}-adapter"].data
-            assert link == f"[{d} v0001]({tmp_path / 'registry' / d / 'versions' / 'v0001'})"
+            assert link == f"[{d} v0001]({(tmp_path / 'registry' / d / 'versions' / 'v0001').resolve().as_uri()})"
         assert states["train-eng_Latn-hin_Deva"] == states["evaluate-eng_Latn-tam_Taml"] == ["Completed"]
 
         # The notebook, top to bottom, against the same server.

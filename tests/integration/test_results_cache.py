@@ -24,30 +24,28 @@ from flows.ingest_corpus import ingest_corpus
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def flores_without(tmp: Path, missing: str) -> Path:
-    """A FLORES-200 folder of links to the real files, less `missing`."""
-    root = tmp / "flores"
-    for split in ("dev", "devtest"):
-        (root / split).mkdir(parents=True)
-        for f in (REPO / "data" / "flores200" / split).iterdir():
-            if f.name != missing:
-                (root / split / f.name).symlink_to(f)
-    return root
+def break_promoted_pointer(registry: Path, direction: str) -> Path:
+    """A PROMOTED pointer at a version the registry does not hold: evaluating `direction` fails, after training
+    (the pipeline's preflight checks only that the registry is writable)."""
+    pointer = registry / direction / "PROMOTED"
+    pointer.parent.mkdir(parents=True)
+    pointer.write_text(json.dumps({"version": "v0009", "manifest_sha256": "0" * 64, "promoted_at": "2026-01-01T00:00:00Z"}))
+    return pointer
 
 
 def test_retried_run_reuses_ingestion_training_and_finished_directions(prefect_api, tiny_base, tmp_path):
-    flores = flores_without(tmp_path, "tam_Taml.devtest")
-    config = smoke_config(tmp_path, tiny_base, [f"sources.flores-dev.uri={flores}", f"evaluation.flores_dir={flores}"])
+    config = smoke_config(tmp_path, tiny_base, [])
+    pointer = break_promoted_pointer(Path(config.registry), "eng_Latn-tam_Taml")
 
     failed = adapter_pipeline(config, return_state=True)
     assert failed.is_failed()
-    assert "tam_Taml.devtest does not exist" in failed.message
+    assert "v0009" in failed.message
     flow_run_id = failed.state_details.flow_run_id
     run_dir = Path(config.run_uri())
     train_logs = {d: (run_dir / "adapters" / d / "train_log.jsonl").read_text() for d in config.directions}
 
-    # The evaluation data arrives; the failed run is retried the way a person does it from the CLI.
-    (flores / "devtest" / "tam_Taml.devtest").symlink_to(REPO / "data/flores200/devtest/tam_Taml.devtest")
+    # The registry is repaired; the failed run is retried the way a person does it from the CLI.
+    pointer.unlink()
     retry = subprocess.run(
         [PREFECT, "flow-run", "retry", str(flow_run_id), "--entrypoint", "flows/adapter_pipeline.py:adapter_pipeline"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
