@@ -106,20 +106,11 @@ def train_step(
     Returns the step's loss as a tensor on `device`: reading it is a host sync, left to the caller.
     """
     scored = max(1, sum(scored_token_count(batch["labels"], family) for batch in micro_batches))
-    total = torch.zeros((), device=device)
-    learned = False
-    for batch in micro_batches:
-        on_device = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        loss = translation_loss_sum(model, on_device, family) / scored
-        if loss.requires_grad:
-            loss.backward()
-            learned = True
-        # else: LayerDrop (on in some bases' configs) skipped every adapted layer; nothing to learn from it.
-        total += loss.detach()
-    if learned:
-        optimizer.step()
-    optimizer.zero_grad()
-    return total
+    losses = (
+        translation_loss_sum(model, {k: v.to(device, non_blocking=True) for k, v in batch.items()}, family) / scored
+        for batch in micro_batches
+    )
+    return optimizer.descend(losses, device)
 
 
 def _fingerprint(config: PipelineConfig, direction: str, lm: LoadedModel) -> dict[str, Any]:

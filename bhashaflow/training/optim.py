@@ -9,6 +9,7 @@ steps them, and copies them back in one fused copy per step (a few MB for a rank
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -65,6 +66,22 @@ class AdapterOptimizer:
             with torch.no_grad():
                 torch._foreach_copy_(self.params, self.masters)
         return norm
+
+    def descend(self, losses: Iterable[torch.Tensor], device: str) -> torch.Tensor:
+        """Back-propagate each micro-batch's loss as it comes (its graph freed before the next is built), then
+        take one step; returns the summed loss on `device` (reading it is a host sync, left to the caller)."""
+        total = torch.zeros((), device=device)
+        learned = False
+        for loss in losses:
+            if loss.requires_grad:
+                loss.backward()
+                learned = True
+            # else: LayerDrop (on in some bases' configs) skipped every adapted layer; nothing to learn from it.
+            total += loss.detach()
+        if learned:
+            self.step()
+        self.zero_grad()
+        return total
 
     def zero_grad(self) -> None:
         for param in self.params:

@@ -118,30 +118,27 @@ def cpo_step(
     model: Any, optimizer: AdapterOptimizer, step: PreferenceStep, pad_id: int, family: str, device: str, cpo: CPOConfig
 ) -> tuple[torch.Tensor, int]:
     """One optimizer step of the CPO loss over the step's micro-batches; (its loss on `device`, tokens processed)."""
-    total = torch.zeros((), device=device)
-    tokens, learned = 0, False
+    tokens = [0]
     parts = len(step.micro)
-    for prefs, plain in step.micro:
-        chosen = _on(collate([p.chosen for p in prefs], pad_id), device)
-        rejected = _on(collate([p.rejected for p in prefs], pad_id), device)
-        logp_chosen, scored = sequence_log_probs(model, chosen, family)
-        logp_rejected, _ = sequence_log_probs(model, rejected, family)
-        prefer = -F.logsigmoid(cpo.beta * (logp_chosen - logp_rejected)).mean()
-        nll = -logp_chosen.sum() / scored.sum().clamp(min=1)
-        loss = (prefer + cpo.nll_weight * nll) / parts
-        tokens += count_tokens(chosen, family) + count_tokens(rejected, family)
-        if plain:
-            batch = _on(collate(plain, pad_id), device)
-            loss = loss + translation_loss_sum(model, batch, family) / max(1, scored_token_count(batch["labels"], family)) / parts
-            tokens += count_tokens(batch, family)
-        if loss.requires_grad:
-            loss.backward()
-            learned = True
-        total += loss.detach()
-    if learned:
-        optimizer.step()
-    optimizer.zero_grad()
-    return total, tokens
+
+    def losses() -> Iterator[torch.Tensor]:
+        for prefs, plain in step.micro:
+            chosen = _on(collate([p.chosen for p in prefs], pad_id), device)
+            rejected = _on(collate([p.rejected for p in prefs], pad_id), device)
+            logp_chosen, scored = sequence_log_probs(model, chosen, family)
+            logp_rejected, _ = sequence_log_probs(model, rejected, family)
+            prefer = -F.logsigmoid(cpo.beta * (logp_chosen - logp_rejected)).mean()
+            nll = -logp_chosen.sum() / scored.sum().clamp(min=1)
+            loss = prefer + cpo.nll_weight * nll
+            tokens[0] += count_tokens(chosen, family) + count_tokens(rejected, family)
+            if plain:
+                batch = _on(collate(plain, pad_id), device)
+                loss = loss + translation_loss_sum(model, batch, family) / max(1, scored_token_count(batch["labels"], family))
+                tokens[0] += count_tokens(batch, family)
+            yield loss / parts
+
+    total = optimizer.descend(losses(), device)
+    return total, tokens[0]
 
 
 def preference_margins(model: Any, lm: LoadedModel, triplets: list[PreferenceExample], batch_size: int = 16) -> list[float]:
