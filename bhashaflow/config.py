@@ -134,6 +134,15 @@ class SourceConfig(_Strict):
         gt=1,
         description="rl_logs: reject a correction more than this many times longer or shorter than its prompt (default 3).",
     )
+    reward_margin: float | None = Field(
+        None,
+        exclude_if=_unset,
+        gt=0,
+        description=(
+            "rl_logs: pair the best-rewarded output of a prompt (chosen) with its worst (rejected) when neither has a "
+            "correction and their rewards differ by at least this (default 1.0; above 2 never: rewards are in [-1, 1])."
+        ),
+    )
     heldout_share: float | None = Field(
         None,
         exclude_if=_unset,
@@ -166,7 +175,7 @@ class SourceConfig(_Strict):
         return self
 
     def _check_rl_logs(self) -> None:
-        rl_only = ("trusted_clients", "max_length_ratio", "heldout_share")
+        rl_only = ("trusted_clients", "max_length_ratio", "heldout_share", "reward_margin")
         for key in rl_only:
             if getattr(self, key) is not None and self.kind != "rl_logs":
                 raise ValueError(f"source {self.name!r}: {key!r} applies to kind rl_logs only")
@@ -182,6 +191,10 @@ class SourceConfig(_Strict):
     @property
     def length_ratio_limit(self) -> float:
         return self.max_length_ratio if self.max_length_ratio is not None else 3.0
+
+    @property
+    def reward_pair_margin(self) -> float:
+        return self.reward_margin if self.reward_margin is not None else 1.0
 
     @property
     def heldout_fraction(self) -> float:

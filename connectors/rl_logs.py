@@ -11,9 +11,14 @@ what the adapter served). Every other episode is counted as skipped with its rea
 - `correction_equals_output`: the correction repeats the served output,
 - `superseded`: a later record of the same episode (feedback replaced, exported again) takes its place.
 
+Rewards without corrections can still make a preference: per direction and prompt, the highest-rewarded output is
+preferred over the lowest when their rewards differ by at least `reward_margin`; the lower episode's record carries
+that pair (src -> the better output, rejected = its own output), the others stay `no_correction` skips.
+
 A line that is not JSON, or a record without a prompt, is rejected by name (`part:line`) into the quarantine.
 Parts are read in name order (their names sort in export order) from a folder, an S3 prefix or any fsspec URL,
-jsonl or parquet, plain or gzip; the position `{part, line}` (or `{part, row}`) resumes inside a part.
+jsonl or parquet, plain or gzip; the position `{part, line}` (or `{part, row}`) resumes inside a part, and its
+`until` (the last part when reading began) keeps a resumed read to the parts the first one saw.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from bhashaflow.config import SourceConfig, SourceRetryConfig
@@ -60,6 +66,7 @@ class RlLogsConnector:
         self.settings = settings
         self.folder = expand_uri(settings, source.uri, source.name).rstrip("/")
         self.trusted = frozenset(source.trusted_clients)
+        self.reward_margin = source.reward_pair_margin
         self.endpoint_url = source.endpoint_url
         self.retry = retry or SourceRetryConfig()
         self.policy = RetryPolicy.from_config(self.retry)
@@ -70,15 +77,17 @@ class RlLogsConnector:
             raise SourceError(f"source {self.name!r}: {start!r} is not a position of an rl_logs source")
         with FileStores(self.name, self.settings, self.retry, self.endpoint_url) as stores:
             store = stores.for_uri(self.folder)
-            listing: list[list[str]] = []
-            latest: dict[int, int] = {}
+            surveyed: list[tuple[list[str], _Survey]] = []
             current = [redact_uri(self.folder)]
 
             def read_from(position: Position | None) -> Iterator[RawRecord]:
-                if not listing:
-                    listing.append(part_names(store, self.folder, self.name))
-                    latest.update(self._latest_feedback(store, listing[0]))
-                yield from mark_last(self._read(store, listing[0], latest, position, current))
+                if not surveyed:
+                    parts = part_names(store, self.folder, self.name)
+                    until = (start or {}).get("until")
+                    if until is not None:  # the parts there were when this source's staging began
+                        parts = [name for name in parts if name <= until]
+                    surveyed.append((parts, self._survey(store, parts)))
+                yield from mark_last(self._read(store, *surveyed[0], position, current))
 
             yield from stream_with_retries(
                 read_from, start, policy=self.policy, is_transient=is_transient,
@@ -86,7 +95,7 @@ class RlLogsConnector:
             )  # fmt: skip
 
     def _read(
-        self, store: FileStore, parts: list[str], latest: dict[int, int], position: Position | None, current: list[str]
+        self, store: FileStore, parts: list[str], survey: _Survey, position: Position | None, current: list[str]
     ) -> Iterator[RawRecord]:
         position = position or {}
         if position.get("done"):
@@ -98,14 +107,14 @@ class RlLogsConnector:
             resume = position if name == after else {}
             current[0] = redact_uri(f"{self.folder}/{name}")
             try:
-                for record in self._part_records(store, name, resume):
-                    yield self._classify(record, latest)
+                for record in self._part_records(store, name, resume, parts[-1]):
+                    yield self._classify(record, survey)
             except FormatError as exc:
                 raise SourceError(f"source {self.name!r}: {current[0]}: {exc}") from None
 
-    def _part_records(self, store: FileStore, name: str, resume: Position) -> Iterator[RawRecord]:
+    def _part_records(self, store: FileStore, name: str, resume: Position, until: str) -> Iterator[RawRecord]:
         uri = f"{self.folder}/{name}"
-        base = {"part": name}
+        base = {"part": name, "until": until}
         if name.lower().endswith(".parquet"):
             data = b"".join(store.chunks(uri, 0))  # a part is at most a few hundred records
             yield from iter_parquet_records(io.BytesIO(data), name, base=base, start_row=resume.get("row", 0))
@@ -117,23 +126,50 @@ class RlLogsConnector:
         gzipped, chunks = sniff_gzip(store.chunks(uri, 0), named_gz=name.lower().endswith(".gz"))
         yield from iter_text_records(chunks, "jsonl", name, base=base, offset=None if gzipped else 0, skip_to_line=line)
 
-    def _latest_feedback(self, store: FileStore, parts: list[str]) -> dict[int, int]:
-        """For episodes exported more than once (feedback-* parts), the highest feedback_seq of each."""
+    def _survey(self, store: FileStore, parts: list[str]) -> _Survey:
+        """One pass over the parts before reading them: superseded records and reward pairs (see _Survey)."""
         seen: dict[int, int] = {}
         repeated: set[int] = set()
+        rated: dict[int, tuple[int, tuple[str, str], float, str]] = {}  # episode -> (seq, (direction, prompt), reward, response)
         for name in parts:
-            if not name.startswith("feedback-"):
-                continue
-            for record in self._part_records(store, name, {}):
+            for record in self._part_records(store, name, {}, parts[-1]):
                 row = record.row
-                if isinstance(row, dict) and isinstance(row.get("episode_id"), int):
-                    episode, seq = row["episode_id"], row.get("feedback_seq") or 0
-                    if episode in seen:
-                        repeated.add(episode)
-                    seen[episode] = max(seq, seen.get(episode, seq))
-        return {episode: seen[episode] for episode in repeated}
+                if not isinstance(row, dict) or not isinstance(row.get("episode_id"), int):
+                    continue
+                episode, seq = row["episode_id"], row.get("feedback_seq") or 0
+                if episode in seen:
+                    repeated.add(episode)
+                seen[episode] = max(seq, seen.get(episode, seq))
+                if self._rated_only(row) and seq >= rated.get(episode, (-1,))[0]:
+                    rated[episode] = (seq, (row["direction"], row["prompt"]), float(row["reward"]), row["response"])
+        return _Survey({e: seen[e] for e in repeated}, self._reward_pairs(rated))
 
-    def _classify(self, record: RawRecord, latest: dict[int, int]) -> RawRecord:
+    def _rated_only(self, row: dict[str, Any]) -> bool:
+        """A trusted reward without a correction, on a served output: material for a reward pair."""
+        reward, correction = row.get("reward"), row.get("correction")
+        return (
+            isinstance(reward, int | float) and not isinstance(reward, bool)
+            and not (isinstance(correction, str) and correction.strip())
+            and isinstance(row.get("response"), str) and bool(row["response"].strip())
+            and isinstance(row.get("prompt"), str) and isinstance(row.get("direction"), str)
+            and self._trusts(row.get("feedback_client"))
+        )  # fmt: skip
+
+    def _reward_pairs(self, rated: dict[int, tuple[int, tuple[str, str], float, str]]) -> dict[int, str]:
+        """Per prompt, the highest-rewarded output preferred over the lowest when their rewards differ by at least
+        `reward_margin`: the lower episode's id -> the preferred output."""
+        groups: dict[tuple[str, str], list[tuple[float, int, str]]] = {}
+        for episode, (_, key, reward, response) in rated.items():
+            groups.setdefault(key, []).append((reward, episode, response))
+        pairs: dict[int, str] = {}
+        for entries in groups.values():
+            best = max(entries, key=lambda e: (e[0], -e[1]))
+            worst = min(entries, key=lambda e: (e[0], e[1]))
+            if best[0] - worst[0] >= self.reward_margin and best[2].strip() != worst[2].strip():
+                pairs[worst[1]] = best[2]
+        return pairs
+
+    def _classify(self, record: RawRecord, survey: _Survey) -> RawRecord:
         """The record as validation takes it: a training row, a counted skip, or a rejection naming the field."""
         row = record.row
         if row is None:
@@ -144,9 +180,12 @@ class RlLogsConnector:
             if not isinstance(row.get(name), str):
                 missing = "missing" if row.get(name) is None else f"not a string ({type(row[name]).__name__})"
                 return _rejected(record, "missing_field", f"{record.ref}: field {name!r} is {missing}")
-        skip = self._skip_reason(row, latest)
+        skip = self._skip_reason(row, survey.latest)
+        chosen = row.get("correction")
+        if skip == "no_correction" and row.get("episode_id") in survey.reward_pairs:
+            skip, chosen = None, survey.reward_pairs[row["episode_id"]]  # a better-rated output of the same prompt
         out = {
-            "src": row["prompt"], "tgt": row.get("correction"), "src_lang": row["src_lang"], "tgt_lang": row["tgt_lang"],
+            "src": row["prompt"], "tgt": chosen, "src_lang": row["src_lang"], "tgt_lang": row["tgt_lang"],
             "rejected": row.get("response"), "reward": row.get("reward"), "adapter_version": row.get("adapter_version"),
             "episode_id": row.get("episode_id"),
         }  # fmt: skip
@@ -171,6 +210,16 @@ class RlLogsConnector:
         if client in self.trusted:
             return True
         return "*" in self.trusted and client != "anonymous"
+
+
+@dataclass(frozen=True)
+class _Survey:
+    """What reading every part first tells: for episodes exported more than once, the highest feedback_seq
+    (older records are `superseded`); and reward pairs: among trusted rewards without a correction, per
+    direction and prompt, the lowest-rewarded episode -> the highest-rewarded output, preferred over it."""
+
+    latest: dict[int, int]
+    reward_pairs: dict[int, str]
 
 
 def _rejected(record: RawRecord, reason: str, error: str) -> RawRecord:

@@ -96,3 +96,26 @@ def test_config_requires_trusted_clients_and_keeps_rl_keys_to_rl_logs(tmp_path: 
         SourceConfig.model_validate({"name": "x", "kind": "s3", "uri": "s3://b/p", "heldout_share": 0.1})
     with pytest.raises(SourceError, match="cannot be listed"):
         rows("http://127.0.0.1:9/rl-logs")
+
+
+def test_a_well_rewarded_output_is_preferred_over_a_badly_rewarded_one_for_the_same_prompt(tmp_path: Path) -> None:
+    def rated(i: int, prompt: int, response: str, reward: float, client: str = "web") -> dict[str, Any]:
+        return {**record(i, correction=None, client=client), "prompt": EN[prompt], "response": response, "reward": reward}
+
+    records = [rated(0, 0, HI[0], 1.0), rated(1, 0, "गलत अनुवाद", -1.0), rated(2, 0, "ठीक", 0.0),  # a pair: +1 over -1
+               rated(3, 1, HI[1], 0.5), rated(4, 1, "कुछ और", 0.0),  # rewards too close: no pair
+               rated(5, 2, HI[2], 1.0), rated(6, 2, "बुरा", -1.0, client="other")]  # an untrusted reward: no pair  # fmt: skip
+    (tmp_path / "episodes-000000000000-000000000006.jsonl").write_bytes(encode_part(records, "jsonl"))
+    got = rows(tmp_path)
+    assert [r.skip for r in got] == ["no_correction", None] + ["no_correction"] * 5
+    assert (got[1].row["tgt"], got[1].row["rejected"], got[1].row["reward"]) == (HI[0], "गलत अनुवाद", -1.0)
+    assert [r.skip for r in rows(tmp_path, reward_margin=2.5)][1] == "no_correction"  # above 2: never paired
+
+
+def test_a_resumed_read_keeps_to_the_parts_there_were_when_it_began(tmp_path: Path) -> None:
+    (tmp_path / "episodes-000000000000-000000000002.jsonl").write_bytes(encode_part([record(i) for i in range(3)], "jsonl"))
+    first = rows(tmp_path)
+    (tmp_path / "episodes-000000000003-000000000004.jsonl").write_bytes(encode_part([record(i) for i in (3, 4)], "jsonl"))
+    # Resumed mid-way: the same parts as before (a newer part waits for the next run), so the counts stay exact.
+    assert [r.row["episode_id"] for r in rows(tmp_path, first[0].position)] == [1, 2]
+    assert [r.row["episode_id"] for r in rows(tmp_path)] == [0, 1, 2, 3, 4]
