@@ -86,7 +86,10 @@ class RlLogsConnector:
                     until = (start or {}).get("until")
                     if until is not None:  # the parts there were when this source's staging began
                         parts = [name for name in parts if name <= until]
-                    surveyed.append((parts, self._survey(store, parts)))
+                    try:
+                        surveyed.append((parts, self._survey(store, parts, current)))
+                    except FormatError as exc:
+                        raise SourceError(f"source {self.name!r}: {current[0]}: {exc}") from None
                 yield from mark_last(self._read(store, *surveyed[0], position, current))
 
             yield from stream_with_retries(
@@ -126,12 +129,13 @@ class RlLogsConnector:
         gzipped, chunks = sniff_gzip(store.chunks(uri, 0), named_gz=name.lower().endswith(".gz"))
         yield from iter_text_records(chunks, "jsonl", name, base=base, offset=None if gzipped else 0, skip_to_line=line)
 
-    def _survey(self, store: FileStore, parts: list[str]) -> _Survey:
+    def _survey(self, store: FileStore, parts: list[str], current: list[str]) -> _Survey:
         """One pass over the parts before reading them: superseded records and reward pairs (see _Survey)."""
         seen: dict[int, int] = {}
         repeated: set[int] = set()
         rated: dict[int, tuple[int, tuple[str, str], float, str]] = {}  # episode -> (seq, (direction, prompt), reward, response)
         for name in parts:
+            current[0] = redact_uri(f"{self.folder}/{name}")
             for record in self._part_records(store, name, {}, parts[-1]):
                 row = record.row
                 if not isinstance(row, dict) or not isinstance(row.get("episode_id"), int):

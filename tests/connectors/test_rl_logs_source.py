@@ -119,3 +119,10 @@ def test_a_resumed_read_keeps_to_the_parts_there_were_when_it_began(tmp_path: Pa
     # Resumed mid-way: the same parts as before (a newer part waits for the next run), so the counts stay exact.
     assert [r.row["episode_id"] for r in rows(tmp_path, first[0].position)] == [1, 2]
     assert [r.row["episode_id"] for r in rows(tmp_path)] == [0, 1, 2, 3, 4]
+
+
+def test_a_corrupt_parquet_part_is_an_error_naming_the_part(tmp_path: Path) -> None:
+    (tmp_path / "episodes-000000000000-000000000002.jsonl").write_bytes(encode_part([record(0)], "jsonl"))
+    (tmp_path / "episodes-000000000003-000000000005.parquet").write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(SourceError, match=r"source 'fb': .*episodes-000000000003-000000000005\.parquet: not a readable Parquet"):
+        rows(tmp_path)
