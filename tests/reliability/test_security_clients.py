@@ -403,6 +403,9 @@ def _flood(http: httpx.Client, server: Server, episode: int, extra: int) -> tupl
     passed = sum(r.status_code == 200 for r in answers)
     limited = [r for r in answers if r.status_code == 429]
     assert passed + len(limited) == len(answers), {r.status_code for r in answers}
+    # The limit holds: beyond the burst and what refilled while flooding, requests were refused (so the checks of
+    # each refusal below have refusals to check).
+    assert limited and passed <= BURST + refill + 1, (passed, len(limited), refill)
     for r in limited:
         assert 1 <= int(r.headers["Retry-After"]) <= math.ceil(60 / RATE_PER_MINUTE), r.headers
         assert "client 'app' is over its feedback rate limit" in r.json()["detail"]
