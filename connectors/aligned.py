@@ -24,21 +24,12 @@ from bhashaflow.core.records import Position, RawRecord
 from bhashaflow.core.redact import redact_uri
 from bhashaflow.core.settings import Settings
 from connectors.base import SourceError
-from connectors.files import GLOB_CHARS, FileStores, file_name, is_transient
+from connectors.files import GLOB_CHARS, FileSource, FileStores, expand_uri, file_name
 from connectors.formats import FormatError, iter_text_records, mark_last, sniff_gzip
 from connectors.langtags import file_suffixes
-from connectors.retry import RetryPolicy, stream_with_retries
 
 DEFAULT_PATTERN = "*.{lang}"
 _SIDES = ("src", "tgt")
-
-
-def expand_uri(settings: Settings, uri: str, source_name: str) -> str:
-    """`uri` with `${NAME}` references filled from the environment (credentials never sit in the config)."""
-    try:
-        return settings.expand_env(uri)
-    except KeyError as exc:
-        raise SourceError(f"source {source_name!r}: its uri names ${{{exc.args[0]}}}, which is not set") from None
 
 
 def _is_absolute(name: str) -> bool:
@@ -51,7 +42,7 @@ def _matches(name: str, pattern: str) -> bool:
     return len(parts) == len(wanted) and all(fnmatchcase(p, w) for p, w in zip(parts, wanted, strict=True))
 
 
-class AlignedConnector:
+class AlignedConnector(FileSource):
     """Rows `{"src", "tgt"}` from two aligned files (their languages are the source's `langs`).
 
     The position is `{"line": lines read of both files}` plus, for each plain (not gzip) file, the byte after
@@ -70,21 +61,17 @@ class AlignedConnector:
         """
         if source.langs is None:
             raise SourceError(f"source {source.name!r}: kind aligned needs 'langs'")
-        self.name = source.name
-        self.settings = settings
+        super().__init__(source, settings, retry)
         self.langs = {"src": source.langs.src, "tgt": source.langs.tgt}
-        self.folder = expand_uri(settings, source.uri, source.name)
+        self.folder = self.uri
         self.pattern = source.pattern or DEFAULT_PATTERN
         self.named = None if source.files is None else self._named_uris(source.files)
-        self.endpoint_url = source.endpoint_url
-        self.retry = retry or SourceRetryConfig()
-        self.policy = RetryPolicy.from_config(self.retry)
 
     def iter_records(self, start: Position | None = None) -> Iterator[RawRecord]:
         """Yield the aligned rows after `start` (from the first line when None), each with its resume position."""
         if start is not None and not isinstance(start.get("line"), int):
             raise SourceError(f"source {self.name!r}: {start!r} is not a position of an aligned source")
-        with FileStores(self.name, self.settings, self.retry, self.endpoint_url) as stores:
+        with self.stores() as stores:
             pair: list[str] = []
             current = [redact_uri(self.folder)]  # what is being read, for the message when retries run out
 
@@ -93,10 +80,7 @@ class AlignedConnector:
                     pair.extend(self._locate(stores))
                 yield from self._read_pair(stores, pair[0], pair[1], position, current)
 
-            yield from stream_with_retries(
-                read_from, start, policy=self.policy, is_transient=is_transient,
-                what=lambda: f"source {self.name!r}: reading {current[0]}",
-            )
+            yield from self.retried(read_from, start, what=lambda: f"source {self.name!r}: reading {current[0]}")
 
     def _named_uris(self, files: AlignedFiles) -> tuple[str, str]:
         """The URIs of files named outright: full paths and URLs as they are, other names under the folder."""

@@ -8,7 +8,7 @@ through the s3 connector's streaming GET, so a file there is read exactly as tho
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import Any, Protocol
@@ -16,13 +16,14 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from bhashaflow.config import SourceRetryConfig
+from bhashaflow.config import SourceConfig, SourceRetryConfig
 from bhashaflow.core.fsio import open_fs
+from bhashaflow.core.records import Position, RawRecord
 from bhashaflow.core.redact import install_log_filter, redact_uri
 from bhashaflow.core.settings import Settings
 from connectors import http, s3
 from connectors.base import SourceError
-from connectors.retry import one_line
+from connectors.retry import RetryPolicy, one_line, stream_with_retries
 
 CHUNK_BYTES = 1 << 20
 GLOB_CHARS = frozenset("*?[")
@@ -235,3 +236,35 @@ class FileStores:
         if kind == "s3":
             return S3Store(self.source_name, self.settings.storage_options(self.endpoint_url), self.timeout_s)
         return FsspecStore(self.source_name, uri, self.settings.storage_options_for(uri))
+
+
+def expand_uri(settings: Settings, uri: str, source_name: str) -> str:
+    """`uri` with `${NAME}` references filled from the environment (credentials never sit in the config)."""
+    try:
+        return settings.expand_env(uri)
+    except KeyError as exc:
+        raise SourceError(f"source {source_name!r}: its uri names ${{{exc.args[0]}}}, which is not set") from None
+
+
+class FileSource:
+    """What the sources that read files through FileStores (aligned, tmx, rl_logs) share: the source's name and
+    expanded uri, its stores, and its reads retried from the last position after each transient failure."""
+
+    def __init__(self, source: SourceConfig, settings: Settings, retry: SourceRetryConfig | None = None) -> None:
+        self.name = source.name
+        self.settings = settings
+        self.uri = expand_uri(settings, source.uri, source.name)
+        self.endpoint_url = source.endpoint_url
+        self.retry = retry or SourceRetryConfig()
+        self.policy = RetryPolicy.from_config(self.retry)
+
+    def stores(self) -> FileStores:
+        """The stores of one read, opened on first use and closed together."""
+        return FileStores(self.name, self.settings, self.retry, self.endpoint_url)
+
+    def retried(
+        self, read_from: Callable[[Position | None], Iterator[RawRecord]], start: Position | None,
+        what: str | Callable[[], str],
+    ) -> Iterator[RawRecord]:  # fmt: skip
+        """`read_from(start)`, reopened at the last yielded position after each transient failure."""
+        return stream_with_retries(read_from, start, policy=self.policy, is_transient=is_transient, what=what)

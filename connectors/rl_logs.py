@@ -33,11 +33,9 @@ from bhashaflow.config import SourceConfig, SourceRetryConfig
 from bhashaflow.core.records import Position, RawRecord
 from bhashaflow.core.redact import redact_uri
 from bhashaflow.core.settings import Settings
-from connectors.aligned import expand_uri
 from connectors.base import SourceError
-from connectors.files import FileStore, FileStores, is_transient
+from connectors.files import FileSource, FileStore
 from connectors.formats import FormatError, iter_parquet_records, iter_text_records, mark_last, sniff_gzip
-from connectors.retry import RetryPolicy, stream_with_retries
 
 _PART_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 # Fields a record must carry to be used; a missing one is a rejection naming the part and line.
@@ -55,27 +53,23 @@ def part_names(store: FileStore, folder: str, source_name: str) -> list[str]:
     return sorted(name for name in listed if name.lower().endswith(_PART_SUFFIXES))
 
 
-class RlLogsConnector:
+class RlLogsConnector(FileSource):
     """Rows of trusted, corrected episodes from exported RL log parts; other episodes are counted skips."""
 
     def __init__(self, source: SourceConfig, settings: Settings, retry: SourceRetryConfig | None = None) -> None:
         """Check the config; nothing is contacted until `iter_records`."""
         if not source.trusted_clients:
             raise SourceError(f"source {source.name!r}: kind rl_logs needs 'trusted_clients'")
-        self.name = source.name
-        self.settings = settings
-        self.folder = expand_uri(settings, source.uri, source.name).rstrip("/")
+        super().__init__(source, settings, retry)
+        self.folder = self.uri.rstrip("/")
         self.trusted = frozenset(source.trusted_clients)
         self.reward_margin = source.reward_pair_margin
-        self.endpoint_url = source.endpoint_url
-        self.retry = retry or SourceRetryConfig()
-        self.policy = RetryPolicy.from_config(self.retry)
 
     def iter_records(self, start: Position | None = None) -> Iterator[RawRecord]:
         """Yield every record after `start` (from the first part when None), each with its resume position."""
         if start is not None and not isinstance(start.get("part"), str):
             raise SourceError(f"source {self.name!r}: {start!r} is not a position of an rl_logs source")
-        with FileStores(self.name, self.settings, self.retry, self.endpoint_url) as stores:
+        with self.stores() as stores:
             store = stores.for_uri(self.folder)
             surveyed: list[tuple[list[str], _Survey]] = []
             current = [redact_uri(self.folder)]
@@ -92,10 +86,7 @@ class RlLogsConnector:
                         raise SourceError(f"source {self.name!r}: {current[0]}: {exc}") from None
                 yield from mark_last(self._read(store, *surveyed[0], position, current))
 
-            yield from stream_with_retries(
-                read_from, start, policy=self.policy, is_transient=is_transient,
-                what=lambda: f"source {self.name!r}: reading {current[0]}",
-            )  # fmt: skip
+            yield from self.retried(read_from, start, what=lambda: f"source {self.name!r}: reading {current[0]}")
 
     def _read(
         self, store: FileStore, parts: list[str], survey: _Survey, position: Position | None, current: list[str]

@@ -27,12 +27,10 @@ from bhashaflow.config import SourceConfig, SourceRetryConfig
 from bhashaflow.core.records import Position, RawRecord
 from bhashaflow.core.redact import redact_uri
 from bhashaflow.core.settings import Settings
-from connectors.aligned import expand_uri
 from connectors.base import SourceError
-from connectors.files import FileStores, file_name, is_transient
+from connectors.files import FileSource, FileStores, file_name
 from connectors.formats import RAW_PREVIEW_CHARS, FormatError, mark_last, sniff_gzip
 from connectors.langtags import flores_code
-from connectors.retry import RetryPolicy, stream_with_retries
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +131,7 @@ class TmxParser:
         )
 
 
-class TmxConnector:
+class TmxConnector(FileSource):
     """Rows `{"src", "tgt"}` (plus `tuid` when the unit has one) from the units of one TMX file.
 
     The position is `{"unit": units read}` (the last adds `"done": True`); a resumed read parses the file again
@@ -151,25 +149,18 @@ class TmxConnector:
         """
         if source.langs is None:
             raise SourceError(f"source {source.name!r}: kind tmx needs 'langs'")
-        self.name = source.name
-        self.settings = settings
+        super().__init__(source, settings, retry)
         self.langs = (source.langs.src, source.langs.tgt)
-        self.uri = expand_uri(settings, source.uri, source.name)
         self.shown = redact_uri(self.uri)
         self.file_name = file_name(self.uri)
-        self.endpoint_url = source.endpoint_url
-        self.retry = retry or SourceRetryConfig()
-        self.policy = RetryPolicy.from_config(self.retry)
 
     def iter_records(self, start: Position | None = None) -> Iterator[RawRecord]:
         """Yield a record per unit after `start` (from the first when None), each with its resume position."""
         if start is not None and not isinstance(start.get("unit"), int):
             raise SourceError(f"source {self.name!r}: {start!r} is not a position of a tmx source")
-        with FileStores(self.name, self.settings, self.retry, self.endpoint_url) as stores:
-            yield from stream_with_retries(
-                lambda position: self._read_from(stores, position), start, policy=self.policy,
-                is_transient=is_transient, what=f"source {self.name!r}: reading {self.shown}",
-            )
+        with self.stores() as stores:
+            yield from self.retried(lambda position: self._read_from(stores, position), start,
+                                    what=f"source {self.name!r}: reading {self.shown}")  # fmt: skip
 
     def _read_from(self, stores: FileStores, position: Position | None) -> Iterator[RawRecord]:
         position = position or {}
