@@ -62,7 +62,7 @@ def test_smoke_deployment_runs_on_the_worker_and_the_notebook_reads_it(tiny_base
         assert "PipelineConfig" in smoke.parameter_openapi_schema["definitions"]  # the UI's run form
         assert smoke.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]
         assert [(s.schedule.cron, s.active) for s in nightly.schedules] == [("0 2 * * *", False)]
-        assert [(s.schedule.interval.total_seconds(), s.active) for s in hourly.schedules] == [(3600.0, True)]
+        assert [(s.schedule.interval.total_seconds(), s.active) for s in hourly.schedules] == [(3600.0, False)]
         assert (pool.type, smoke.work_pool_name) == ("process", "bhashaflow-local")
 
         # The run form, filled in: the smoke config with its paths in this test's folder and a prebuilt base.

@@ -43,8 +43,21 @@ def test_deployments_and_schedules():
     assert deployments["nightly"]["schedules"] == [{"cron": "0 2 * * *", "timezone": "Asia/Kolkata", "active": False}]
     assert deployments["feedback-loop"]["schedules"] == [{"cron": "0 3 * * 0", "timezone": "Asia/Kolkata", "active": False}]
     [hourly] = deployments["hourly"]["schedules"]
-    assert (hourly["interval"], hourly["active"]) == (3600, True)
+    assert (hourly["interval"], hourly["active"]) == (3600, False)
     assert "schedules" not in deployments["smoke"] and "schedules" not in deployments["demo"]
+
+
+def test_nothing_is_scheduled_until_someone_turns_it_on():
+    deployments = prefect_yaml()["deployments"]
+    scheduled = {d["name"]: d for d in deployments if d.get("schedules")}
+    assert sorted(scheduled) == ["feedback-loop", "hourly", "nightly"]
+    for name, d in scheduled.items():
+        assert [s.get("active") for s in d["schedules"]] == [False] * len(d["schedules"]), name
+        flow = load_flow_from_entrypoint(str(REPO / d["entrypoint"])).name
+        # The deployment page shows the description: it says how to turn the schedule on, by UI or CLI.
+        assert "Created inactive" in d["description"] and "Schedules toggle" in d["description"], name
+        assert f"prefect deployment schedule resume {flow}/{name} <schedule-id>" in d["description"], name
+        assert f"prefect deployment schedule ls {flow}/{name}" in d["description"], name
 
 
 @pytest.mark.parametrize("name", ["demo", "smoke", "nightly", "manual", "feedback-loop"])
