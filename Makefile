@@ -56,11 +56,18 @@ soak: install
 clean:
 	rm -rf runs registry .prefect .mypy_cache .ruff_cache .pytest_cache
 
-# --- Prefect on this machine: server (UI on http://$(PREFECT_HOST):$(PREFECT_PORT)), the bhashaflow-local
+# --- Prefect on this machine: server (UI on http://$(PREFECT_PUBLIC_HOST):$(PREFECT_PORT)), the bhashaflow-local
 # process pool, the deployments of prefect.yaml, and a worker. prefect-down stops exactly the processes that
 # prefect-up started, by the pid files it wrote under $(PREFECT_HOME)/up (with their logs).
 PREFECT_HOST ?= 127.0.0.1
 PREFECT_PORT ?= 4200
+# The address a browser reaches the server at: PREFECT_HOST, or this machine's name when the server binds every
+# interface. The UI asks /ui-settings where its API is; Prefect answers PREFECT_UI_API_URL, else PREFECT_API_URL,
+# else its own host and port settings (4200 by default, whatever --port says): so prefect-up sets it. Behind a
+# proxy: make prefect-up PREFECT_UI_API=https://prefect.example.com/api
+PREFECT_PUBLIC_HOST ?= $(if $(filter 0.0.0.0 ::,$(PREFECT_HOST)),$(shell hostname -f 2>/dev/null || hostname),$(PREFECT_HOST))
+PREFECT_UI := http://$(PREFECT_PUBLIC_HOST):$(PREFECT_PORT)
+PREFECT_UI_API ?= $(PREFECT_UI)/api
 PREFECT_POOL := bhashaflow-local
 PREFECT_UP := $(PREFECT_HOME)/up
 PREFECT_API := http://$(PREFECT_HOST):$(PREFECT_PORT)/api
@@ -72,8 +79,9 @@ prefect-up: install
 	@mkdir -p $(PREFECT_UP)
 	@if [ -f $(PREFECT_UP)/server.pid ] && kill -0 $$(cat $(PREFECT_UP)/server.pid) 2>/dev/null; then \
 	  echo "prefect-up: already up (server pid $$(cat $(PREFECT_UP)/server.pid)); run make prefect-down first"; exit 1; fi
-	PREFECT_SERVER_ANALYTICS_ENABLED=false nohup $(BIN)/prefect server start --host $(PREFECT_HOST) \
-	  --port $(PREFECT_PORT) > $(PREFECT_UP)/server.log 2>&1 & echo $$! > $(PREFECT_UP)/server.pid
+	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_API_HOST=$(PREFECT_HOST) PREFECT_SERVER_API_PORT=$(PREFECT_PORT) \
+	  PREFECT_UI_API_URL=$(PREFECT_UI_API) PREFECT_UI_URL=$(PREFECT_UI) nohup $(BIN)/prefect server start \
+	  --host $(PREFECT_HOST) --port $(PREFECT_PORT) > $(PREFECT_UP)/server.log 2>&1 & echo $$! > $(PREFECT_UP)/server.pid
 	@printf "prefect-up: waiting for $(PREFECT_API) "; \
 	for i in $$(seq 1 360); do \
 	  if ! kill -0 $$(cat $(PREFECT_UP)/server.pid) 2>/dev/null; then \
@@ -86,7 +94,7 @@ prefect-up: install
 	$(PREFECT_CLI) --no-prompt deploy --all
 	PREFECT_API_URL=$(PREFECT_API) nohup $(BIN)/prefect worker start --pool $(PREFECT_POOL) \
 	  > $(PREFECT_UP)/worker.log 2>&1 & echo $$! > $(PREFECT_UP)/worker.pid
-	@echo "prefect-up: UI http://$(PREFECT_HOST):$(PREFECT_PORT)  worker pid $$(cat $(PREFECT_UP)/worker.pid)" \
+	@echo "prefect-up: UI $(PREFECT_UI) (its API $(PREFECT_UI_API))  worker pid $$(cat $(PREFECT_UP)/worker.pid)" \
 	  "(log $(PREFECT_UP)/worker.log); try: PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect deployment run adapter-pipeline/smoke"
 
 # A worker turns its first SIGTERM into a graceful SIGINT and only a second one stops it: send one, wait, send

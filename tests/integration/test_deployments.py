@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -37,6 +39,17 @@ def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=400)
 
 
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _post_json(url: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
 def test_smoke_deployment_runs_on_the_worker_and_the_notebook_reads_it(tiny_base: str, tmp_path: Path):
     home = tmp_path / "prefect-home"
     port = free_port()
@@ -50,6 +63,9 @@ def test_smoke_deployment_runs_on_the_worker_and_the_notebook_reads_it(tiny_base
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         assert sorted(pids) == ["server", "worker"] and all(pid_alive(p) for p in pids.values())
         cli_env = {**env, "PREFECT_API_URL": api}
+        # The UI asks /ui-settings where its API is: this server, on this port (not Prefect's default 4200).
+        ui_api = _get_json(f"http://127.0.0.1:{port}/ui-settings")["api_url"]
+        assert ui_api == api
 
         with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
             smoke = client.read_deployment_by_name("adapter-pipeline/smoke")
@@ -80,6 +96,9 @@ def test_smoke_deployment_runs_on_the_worker_and_the_notebook_reads_it(tiny_base
                               capture_output=True, text=True, timeout=120)
         assert read.returncode == 0, read.stderr[-3000:]
         kind, flow_run_id = read.stdout.splitlines()[0].split()
+        # What the UI's Runs page asks of the API it was given: the run is there, completed.
+        listed = {r["id"]: r["state_type"] for r in _post_json(f"{ui_api}/flow_runs/filter", {"limit": 10})}
+        assert listed[flow_run_id] == "COMPLETED"
         rows = json.loads(read.stdout.splitlines()[1])
         assert kind == "table"
         assert [r["direction"] for r in rows] == config.directions
