@@ -7,6 +7,7 @@ sources through the connectors, which the library may not import.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ from bhashaflow.core.redact import redact_uri
 from bhashaflow.core.settings import Settings, get_settings
 from bhashaflow.data.flores import flores_file
 from bhashaflow.data.validation import Skip, Validator
+from bhashaflow.modeling.families import unsupported_reason
 from bhashaflow.modeling.loaded import BUILTIN_PREFIX
 
 FIRST_ROWS = 5  # rows read of each source
@@ -37,6 +39,7 @@ class Check:
     name: str
     ok: bool
     message: str
+    warning: bool = False  # passed, but a person should read it (a base that saw the evaluation split)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,6 +60,9 @@ def preflight(config: PipelineConfig, *, thorough: bool = True, settings: Settin
     """
     settings = settings or get_settings()
     checks = [check_base_model(config, settings, thorough=thorough)]
+    if checks[0].ok and not config.base_model.startswith(BUILTIN_PREFIX):  # built-ins carry every configured tag
+        checks.append(check_language_tags(config, settings))
+    checks += [c for c in [check_contamination(config)] if c is not None]
     checks += [check_flores(config, direction) for direction in config.directions]
     checks += [check_writable("workdir", config.workdir, settings), check_writable("registry", config.registry, settings)]
     checks += [check_source(config, source, settings) for source in config.sources]
@@ -75,7 +81,11 @@ def require_preflight(config: PipelineConfig) -> None:
 def format_checks(checks: list[Check]) -> str:
     """One line per check: `ok  ` or `FAIL`, its name, its message."""
     width = max((len(c.name) for c in checks), default=0)
-    return "\n".join(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<{width}}  {c.message}" for c in checks)
+    return "\n".join(f"{_label(c)}  {c.name:<{width}}  {c.message}" for c in checks)
+
+
+def _label(check: Check) -> str:
+    return "FAIL" if not check.ok else "WARN" if check.warning else "ok  "
 
 
 def _guarded(name: str, check: Callable[[], Check]) -> Check:
@@ -114,6 +124,9 @@ def _base_model(config: PipelineConfig, settings: Settings, thorough: bool) -> C
 def _local_base(base: str, local: Path, config: PipelineConfig, thorough: bool) -> Check:
     if not (local / "config.json").is_file():
         return Check("base model", False, f"base model directory {local} has no config.json")
+    refused = unsupported_reason(base, _read_json(local / "config.json"))
+    if refused:
+        return Check("base model", False, refused)
     if not any(local.glob("*.safetensors")) and not any(local.glob("*.safetensors.index.json")):
         return Check("base model", False, f"base model directory {local} has no safetensors weights")
     if thorough:
@@ -125,12 +138,18 @@ def _local_base(base: str, local: Path, config: PipelineConfig, thorough: bool) 
 
 def _hub_base(config: PipelineConfig, settings: Settings, thorough: bool) -> Check:
     base = config.base_model
+    refused = unsupported_reason(base)
+    if refused:
+        return Check("base model", False, refused)
     if settings.hf_hub_offline:
         from huggingface_hub import try_to_load_from_cache
 
         found = try_to_load_from_cache(base, "config.json", revision=config.base_revision)
         if not isinstance(found, str):
             return Check("base model", False, f"hub model {base!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+        refused = unsupported_reason(base, _read_json(Path(found)))
+        if refused:
+            return Check("base model", False, refused)
         return Check("base model", True, f"hub model {base!r}: in the Hugging Face cache")
     if not thorough:
         return Check("base model", True, f"hub model {base!r}: downloaded on first use")
@@ -139,6 +158,51 @@ def _hub_base(config: PipelineConfig, settings: Settings, thorough: bool) -> Che
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     HfApi(endpoint=settings.hf_endpoint, token=token).model_info(base, revision=config.base_revision, timeout=10)
     return Check("base model", True, f"hub model {base!r}: found on {settings.hf_endpoint}")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def check_language_tags(config: PipelineConfig, settings: Settings) -> Check:
+    """Every configured language has the tag the base names it by (loads the tokenizer, never the weights)."""
+    return _guarded("language tags", lambda: _language_tags(config, settings))
+
+
+def _language_tags(config: PipelineConfig, settings: Settings) -> Check:
+    from bhashaflow.modeling.encoding import LanguageTagError, language_notes, tag_style
+    from bhashaflow.modeling.loading import load_config_and_tokenizer
+
+    base_config, tokenizer = load_config_and_tokenizer(config.base_model, revision=config.base_revision,
+                                                       trust_remote_code=config.trust_remote_code, settings=settings)  # fmt: skip
+    family = "seq2seq" if getattr(base_config, "is_encoder_decoder", False) else "causal"
+    model_type = str(getattr(base_config, "model_type", ""))
+    try:
+        notes = language_notes(tokenizer, family=family, model_type=model_type, base=config.base_model,
+                               directions=config.directions)  # fmt: skip
+    except LanguageTagError as exc:
+        return Check("language tags", False, str(exc))
+    if family == "causal":
+        return Check("language tags", True, "decoder-only base: languages are named in the prompt, no tags needed")
+    style = tag_style(tokenizer)
+    kind = {"flores": "FLORES-200 codes", "m2m100": "__xx__ tokens", "mbart": "xx_XX tokens",
+            "marian": ">>xxx<< target tokens", "none": "none (the base is not told the languages)"}[style]  # fmt: skip
+    aliased = f"; aliases: {'; '.join(notes)}" if notes else ""
+    return Check("language tags", True, f"{type(tokenizer).__name__}, tags: {kind}; every configured language has one{aliased}")
+
+
+def check_contamination(config: PipelineConfig) -> Check | None:
+    """A warning when the base is known to have seen the evaluation split in training (None otherwise)."""
+    from bhashaflow.evaluation.contamination import contamination_for
+
+    known = contamination_for(config.base_model, "FLORES-200", config.evaluation.split)
+    if known is None:
+        return None
+    return Check("evaluation set", True, known.message(config.base_model, config.evaluation.split), warning=True)
 
 
 def check_flores(config: PipelineConfig, direction: str) -> Check:

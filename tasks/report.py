@@ -11,7 +11,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.fsio import open_fs
 from bhashaflow.core.settings import get_settings
-from bhashaflow.pipeline.report import link_url, markdown_report, table_rows, write_report
+from bhashaflow.pipeline.report import base_notes, link_url, markdown_report, table_rows, write_report
 from tasks.rundirs import artifact_key
 
 
@@ -31,13 +31,14 @@ def publish_report_task(config: PipelineConfig, directions: dict[str, dict[str, 
     run_uri = config.run_uri()
     run_id = config.resolved_run_id()
     options = get_settings().storage_options_for(run_uri)
-    files = write_report(run_uri, run_id, directions, options)
+    notes = base_notes(config, get_settings())  # a base that saw the evaluation split; languages named by alias
+    files = write_report(run_uri, run_id, directions, options, notes)
     charts = [embedded_png(_read(files.chart_uri, options), "chrF++ per direction")]
     if files.loss_chart_uri is not None:  # beside the chrF++ chart: images on one line sit side by side
         charts.append(embedded_png(_read(files.loss_chart_uri, options), "training loss per direction"))
     create_table_artifact(table_rows(directions), key=artifact_key("adapter-pipeline", config.run_name, "chrf"),
                           description=f"chrF++ on FLORES-200, run {run_id}")
-    create_markdown_artifact(markdown_report(run_id, directions, files.chart_uri, files.loss_chart_uri) + "\n"
+    create_markdown_artifact(markdown_report(run_id, directions, files.chart_uri, files.loss_chart_uri, notes) + "\n"
                              + " ".join(charts) + "\n",
                              key=artifact_key("adapter-pipeline", config.run_name, "report"))  # fmt: skip
     for direction, result in directions.items():

@@ -98,6 +98,17 @@ LANGUAGES: dict[str, str] = {
 }
 
 
+# ISO 639-1 codes of the FLORES-200 languages that have one.
+ISO_639_1: dict[str, str] = {
+    "eng_Latn": "en", "asm_Beng": "as", "ben_Beng": "bn", "guj_Gujr": "gu", "hin_Deva": "hi", "kan_Knda": "kn",
+    "kas_Arab": "ks", "mal_Mlym": "ml", "mar_Deva": "mr", "npi_Deva": "ne", "ory_Orya": "or", "pan_Guru": "pa",
+    "san_Deva": "sa", "sin_Sinh": "si", "snd_Arab": "sd", "tam_Taml": "ta", "tel_Telu": "te", "urd_Arab": "ur",
+    "bod_Tibt": "bo", "pbt_Arab": "ps", "pes_Arab": "fa", "arb_Arab": "ar", "fra_Latn": "fr", "deu_Latn": "de",
+    "spa_Latn": "es", "por_Latn": "pt", "ita_Latn": "it", "nld_Latn": "nl", "ind_Latn": "id", "zsm_Latn": "ms",
+    "vie_Latn": "vi", "tur_Latn": "tr", "swh_Latn": "sw", "rus_Cyrl": "ru", "ukr_Cyrl": "uk", "ell_Grek": "el",
+    "heb_Hebr": "he", "tha_Thai": "th", "zho_Hans": "zh", "jpn_Jpan": "ja", "kor_Hang": "ko",
+}  # fmt: skip
+
 def script_of(code: str) -> str:
     """The script part of a FLORES-200 code (`hin_Deva` -> `Deva`)."""
     return code.rsplit("_", 1)[-1]

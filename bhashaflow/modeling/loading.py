@@ -15,6 +15,7 @@ from bhashaflow.core.hashing import sha256_dir
 from bhashaflow.core.names import BASE_MANIFEST
 from bhashaflow.core.settings import Settings
 from bhashaflow.modeling.builtin import ensure_builtin
+from bhashaflow.modeling.families import unsupported_reason
 from bhashaflow.modeling.loaded import BUILTIN_PREFIX, BaseModelError, Family, LoadedModel, pickles_in
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,9 @@ def load_base(
         prefer_expandable_segments()
     path = resolve_base(base_model, languages=languages, settings=settings, flores_dir=flores_dir)
     is_local = Path(path).is_dir()
+    refused = unsupported_reason(base_model, _local_config(Path(path)) if is_local else None)
+    if refused:
+        raise BaseModelError(refused)
     if is_local:
         _check_local_weights(Path(path))
     hub_kwargs = _hub_kwargs(is_local, revision, trust_remote_code, settings)
@@ -147,6 +151,27 @@ def load_configured_base(config: PipelineConfig, settings: Settings | None = Non
     )
 
 
+def load_config_and_tokenizer(
+    base_model: str, *, revision: str | None = None, trust_remote_code: bool = False, settings: Settings | None = None
+) -> tuple[Any, Any]:
+    """A hub or local base's config and tokenizer, without its weights (preflight, reports).
+
+    Args:
+        base_model: a hub id or a local directory (built-in bases are built first: use `load_base`).
+        revision: hub revision.
+        trust_remote_code: run Python code the model ships.
+        settings: hub token and offline mode.
+    """
+    settings = settings or Settings()
+    local = Path(base_model).expanduser()
+    is_local = local.is_dir()
+    path = str(local.resolve()) if is_local else base_model
+    refused = unsupported_reason(base_model, _local_config(local) if is_local else None)
+    if refused:
+        raise BaseModelError(refused)
+    return _load_config_and_tokenizer(base_model, path, _hub_kwargs(is_local, revision, trust_remote_code, settings), settings)
+
+
 def _hub_kwargs(is_local: bool, revision: str | None, trust_remote_code: bool, settings: Settings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if not is_local:
@@ -165,6 +190,11 @@ def _load_config_and_tokenizer(base_model: str, path: str, hub_kwargs: dict[str,
     except OSError as exc:
         hint = " (HF_HUB_OFFLINE is set: the model must already be in the Hugging Face cache)" if settings.hf_hub_offline else ""
         raise BaseModelError(f"cannot load base model {base_model!r}{hint}: {exc}") from exc
+    except ImportError as exc:  # the base's own code (auto_map) imports what this transformers lacks
+        raise BaseModelError(
+            f"base model {base_model!r}: its own Python code cannot be imported with transformers "
+            f"{_transformers_version()}: {type(exc).__name__}: {exc}"
+        ) from exc
     except ValueError as exc:
         if "trust_remote_code" not in str(exc):
             raise
@@ -205,6 +235,21 @@ def _prepare_tokenizer(tokenizer: Any, family: Family) -> None:
         tokenizer.pad_token = tokenizer.eos_token
     if family == "causal":
         tokenizer.padding_side = "left"
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)
+
+
+def _local_config(folder: Path) -> dict[str, Any] | None:
+    """A local base's config.json, when it is readable JSON."""
+    try:
+        loaded = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
 
 
 def _content_revision(path: str) -> str:

@@ -7,8 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bhashaflow.config import PipelineConfig
 from bhashaflow.core.fsio import join, write_bytes_atomic
+from bhashaflow.core.settings import Settings
+from bhashaflow.evaluation.contamination import contamination_for
 from bhashaflow.evaluation.evaluate import DirectionScores
+from bhashaflow.modeling.encoding import language_notes
+from bhashaflow.modeling.loaded import BUILTIN_PREFIX
+from bhashaflow.modeling.loading import load_config_and_tokenizer
 from bhashaflow.pipeline.charts import render_png
 from bhashaflow.pipeline.curves import LOSS_CHART, loss_chart_png, read_run_curves
 from bhashaflow.registry.promotion import PromotionOutcome
@@ -151,10 +157,29 @@ MARKDOWN_CORRECTIONS_COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], st
 ]  # fmt: skip
 
 
+def base_notes(config: PipelineConfig, settings: Settings | None = None) -> list[str]:
+    """What the report must say about the base: a known contamination of the evaluation split, and each language
+    the base names by an alias (NLLB's sat_Beng for FLORES-200's sat_Olck)."""
+    notes = []
+    known = contamination_for(config.base_model, "FLORES-200", config.evaluation.split)
+    if known is not None:
+        notes.append(known.message(config.base_model, config.evaluation.split))
+    if not config.base_model.startswith(BUILTIN_PREFIX):
+        base_config, tokenizer = load_config_and_tokenizer(config.base_model, revision=config.base_revision,
+                                                           trust_remote_code=config.trust_remote_code, settings=settings)  # fmt: skip
+        family = "seq2seq" if getattr(base_config, "is_encoder_decoder", False) else "causal"
+        aliases = language_notes(tokenizer, family=family, model_type=str(getattr(base_config, "model_type", "")),
+                                 base=config.base_model, directions=config.directions)  # fmt: skip
+        notes += [f"language tag: {note}" for note in aliases]
+    return notes
+
+
 def markdown_report(
-    run_id: str, directions: dict[str, dict[str, Any]], chart_uri: str, loss_chart_uri: str | None = None
+    run_id: str, directions: dict[str, dict[str, Any]], chart_uri: str, loss_chart_uri: str | None = None,
+    notes: list[str] | None = None,
 ) -> str:
-    """The report as markdown: the table, each direction's promotion reason, the signature, the charts' URIs."""
+    """The report as markdown: the base's notes (contamination, tag aliases), the table, each direction's
+    promotion reason, the signature, the charts' URIs."""
     columns = MARKDOWN_COLUMNS
     if _has_corrections(directions):
         columns = [*MARKDOWN_COLUMNS[:-1], *MARKDOWN_CORRECTIONS_COLUMNS, MARKDOWN_COLUMNS[-1]]
@@ -168,7 +193,8 @@ def markdown_report(
     signature = next(iter(directions.values()))["signature"] if directions else ""
     charts = [f"Chart: `{chart_uri}`"] + ([f"Loss curves: `{loss_chart_uri}`"] if loss_chart_uri else [])
     return "\n".join(
-        [f"# adapter-pipeline run `{run_id}`", "", *rows, "", *reasons, "", f"chrF++ signature: `{signature}`", "",
+        [f"# adapter-pipeline run `{run_id}`", "", *[f"> **Note:** {n}" for n in notes or []], *([""] if notes else []),
+         *rows, "", *reasons, "", f"chrF++ signature: `{signature}`", "",
          *charts, ""]
     )
 
@@ -183,7 +209,8 @@ class ReportFiles:
 
 
 def write_report(
-    run_uri: str, run_id: str, directions: dict[str, dict[str, Any]], storage_options: dict[str, Any] | None = None
+    run_uri: str, run_id: str, directions: dict[str, dict[str, Any]], storage_options: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
 ) -> ReportFiles:
     """Write `chrf.png`, `loss.png` (from the directions' train logs) and `report.md` into the run folder."""
     chart_uri = join(run_uri, "chrf.png")
@@ -193,7 +220,7 @@ def write_report(
     if loss_chart_uri is not None:
         write_bytes_atomic(loss_chart_uri, loss_chart_png(curves), storage_options)
     report_uri = join(run_uri, "report.md")
-    text = markdown_report(run_id, directions, chart_uri, loss_chart_uri)
+    text = markdown_report(run_id, directions, chart_uri, loss_chart_uri, notes)
     write_bytes_atomic(report_uri, text.encode(), storage_options)
     return ReportFiles(report_uri, chart_uri, loss_chart_uri)
 
