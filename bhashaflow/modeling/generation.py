@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from bhashaflow.core.memory import in_halving_batches
 from bhashaflow.modeling.encoding import encode_source, forced_bos_id
 from bhashaflow.modeling.loaded import LoadedModel
 
@@ -94,7 +95,7 @@ def translate(
         src_lang: FLORES-200 code of the texts.
         tgt_lang: FLORES-200 code to translate into.
         adapter: name of a loaded adapter; None runs the base with every adapter disabled.
-        batch_size: sentences per generate call.
+        batch_size: sentences per generate call (halved for the rest of the call if a batch runs out of memory).
         num_beams: beam width (1 is greedy).
         max_new_tokens: longest translation in tokens.
         max_source_tokens: sources are cut to this many tokens.
@@ -107,12 +108,17 @@ def translate(
     # Longest first: the largest batch runs first, so running out of memory shows at once.
     order = sorted(encoded, key=lambda i: -len(encoded[i]))
     done = len(texts) - len(order)
+
+    def run(start: int, stop: int) -> None:
+        nonlocal done
+        idx = order[start:stop]
+        for i, text in zip(idx, _generate(lm, [encoded[i] for i in idx], tgt_lang, num_beams, max_new_tokens), strict=True):
+            outputs[i] = text
+        done += len(idx)
+        if on_batch is not None:
+            on_batch(done, len(texts))
+
     with adapter_selected(lm, adapter), torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            for i, text in zip(idx, _generate(lm, [encoded[i] for i in idx], tgt_lang, num_beams, max_new_tokens), strict=True):
-                outputs[i] = text
-            done += len(idx)
-            if on_batch is not None:
-                on_batch(done, len(texts))
+        # A batch that runs out of memory is retried at half the size; only a single text that does not fit raises.
+        in_halving_batches(len(order), batch_size, run, what=f"translating {src_lang}->{tgt_lang}")
     return outputs

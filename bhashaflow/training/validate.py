@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from bhashaflow.config import EvaluationConfig, PipelineConfig
+from bhashaflow.core.memory import in_halving_batches
 from bhashaflow.data.batching import collate
 from bhashaflow.data.holdout import Holdout, select_holdout
 from bhashaflow.evaluation.chrf import score_chrf
@@ -57,12 +58,17 @@ class Validator:
         pad_id = int(lm.tokenizer.pad_token_id)
         total = torch.zeros((), device=lm.device)
         scored = 0
+
+        def run(start: int, stop: int) -> None:
+            nonlocal total, scored
+            batch = collate(examples[start:stop], pad_id)
+            on_device = {k: v.to(lm.device) for k, v in batch.items()}
+            total = total + translation_loss_sum(lm.model, on_device, lm.family)  # counted only once it fits
+            scored += scored_token_count(batch["labels"], lm.family)
+
         with torch.no_grad():
-            for start in range(0, len(examples), self.evaluation.batch_size):
-                batch = collate(examples[start : start + self.evaluation.batch_size], pad_id)
-                scored += scored_token_count(batch["labels"], lm.family)
-                on_device = {k: v.to(lm.device) for k, v in batch.items()}
-                total += translation_loss_sum(lm.model, on_device, lm.family)
+            # A batch that runs out of memory is retried at half the size (the sum over tokens is the same).
+            in_halving_batches(len(examples), self.evaluation.batch_size, run, what=f"validation loss {self.langs}")
         return float(total) / max(1, scored)
 
 

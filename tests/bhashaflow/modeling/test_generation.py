@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_models import dev_lines, save_tiny_bloom, save_tiny_m2m100, write_shard
 
 from bhashaflow.config import config_from_dict
@@ -69,3 +70,25 @@ def test_causal_generation_returns_only_the_translation(tmp_path: Path) -> None:
     assert out == [tgt, tgt]
     plain = translate(lm, [src], src_lang="eng_Latn", tgt_lang="hin_Deva", max_new_tokens=8)
     assert plain != [tgt] and "Translate from" not in plain[0]
+
+
+def test_a_batch_that_runs_out_of_memory_is_halved_and_gives_the_same_translations(m2m: LoadedModel) -> None:
+    from bhashaflow.core.memory import AllocationCap
+
+    kwargs = {"src_lang": "eng_Latn", "tgt_lang": "hin_Deva", "max_new_tokens": 10}
+    with AllocationCap(None) as free:
+        expected = translate(m2m, TEXTS, batch_size=8, **kwargs)  # type: ignore[arg-type]
+    with AllocationCap(free.largest // 3) as cap:  # 8 texts do not fit, nor 4; 2 do
+        seen: list[tuple[int, int]] = []
+        got = translate(m2m, TEXTS, batch_size=8, on_batch=lambda done, total: seen.append((done, total)), **kwargs)  # type: ignore[arg-type]
+    assert got == expected
+    assert cap.raised == 2  # at 8, then at 4
+    assert seen[-1] == (10, 10) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_a_single_text_that_runs_out_of_memory_alone_raises(m2m: LoadedModel) -> None:
+    from bhashaflow.core.memory import AllocationCap
+
+    with AllocationCap(1000) as cap, pytest.raises(torch.OutOfMemoryError):
+        translate(m2m, TEXTS, src_lang="eng_Latn", tgt_lang="hin_Deva", batch_size=4, max_new_tokens=4)
+    assert cap.raised == 3  # at 4, 2 and 1

@@ -123,3 +123,27 @@ def test_a_kill_between_validations_resumes_with_the_same_best_step_and_adapter(
     a = (Path(resumed.adapter_dir) / "adapter_model.safetensors").read_bytes()
     b = (Path(straight.adapter_dir) / "adapter_model.safetensors").read_bytes()
     assert a == b
+
+
+def test_a_validation_batch_that_runs_out_of_memory_is_halved_with_the_same_scores(bases: dict[str, Path],
+                                                                                   caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    from bhashaflow.core.memory import AllocationCap
+    from bhashaflow.training.lora import prepare_lora_model
+    from bhashaflow.training.validate import make_validator
+
+    config = validated_config(bases["seq2seq"])
+    config = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"batch_size": 8})})
+    pairs = list(zip(dev_lines("eng_Latn", 64), dev_lines("hin_Deva", 64), strict=True))
+    validator = make_validator(config, ("eng_Latn", "hin_Deva"), pairs, DIRECTION)
+    assert validator is not None and len(validator.holdout.pairs) == 8
+    lm = load_base(str(bases["seq2seq"]), languages=[])
+    lm.model, _ = prepare_lora_model(lm, config)
+    with AllocationCap(None) as free:
+        expected = validator.run(lm)
+    with AllocationCap(free.largest // 3) as cap:  # the loss's and the translations' batches of 8 do not fit
+        got = validator.run(lm)
+    assert cap.raised >= 2
+    halved = [r.getMessage() for r in caplog.records if "out of memory at 8 per batch" in r.getMessage()]
+    assert any(m.startswith("validation loss") for m in halved) and any(m.startswith("translating") for m in halved)
+    assert got["val_chrf_pp"] == expected["val_chrf_pp"] and got["val_chrf"] == expected["val_chrf"]
+    assert got["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-5)
