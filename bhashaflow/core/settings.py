@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,16 @@ class Settings(BaseSettings):
     cache_dir: str = Field(
         "~/.cache/bhashaflow", validation_alias=AliasChoices("BHASHAFLOW_CACHE_DIR"),
         description="Where built-in base models are built and cached.",
+    )
+    host: str = Field(
+        default_factory=socket.gethostname, validation_alias=AliasChoices("BHASHAFLOW_HOST"),
+        description="This machine's name in a run's record of who trained, evaluated and promoted a direction "
+        "(the pipeline JSON's produced_by); default: the hostname (a pod's name on Kubernetes).",
+    )
+    artifact_link_ttl_s: int = Field(
+        7 * 24 * 3600, ge=0, le=7 * 24 * 3600, validation_alias=AliasChoices("BHASHAFLOW_ARTIFACT_LINK_TTL_S"),
+        description="How long the presigned S3 links in Prefect artifacts (adapters, charts) stay valid, in seconds "
+        "(at most 7 days, S3's limit); 0 writes s3:// locations as text instead of signing links.",
     )
 
     @field_validator("aws_secret_access_key", "aws_session_token", "hf_token", "qdrant_api_key", "api_token")
