@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from servers import FaultyHTTPServer, S3Server
+# Hub ids (facebook/nllb-200-distilled-600M, ...) resolve offline to the stand-ins of tests/standins.py. Set before
+# anything imports huggingface_hub, which reads HF_HUB_CACHE once, at import; subprocesses inherit it.
+HF_STANDINS_CACHE = Path(os.environ.get("BHASHAFLOW_CACHE_DIR") or "~/.cache/bhashaflow").expanduser() / "hf-standins" / "hub"
+os.environ["HF_HUB_CACHE"] = str(HF_STANDINS_CACHE)
+os.environ["HF_HUB_OFFLINE"] = "1"
 
-from bhashaflow.core.hashing import sha256_bytes
+import pytest  # noqa: E402
+from servers import FaultyHTTPServer, S3Server  # noqa: E402
+
+from bhashaflow.core.hashing import sha256_bytes  # noqa: E402
 
 
 @pytest.fixture
@@ -78,6 +85,17 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     build_builtin(name, languages=["eng_Latn", "hin_Deva", "tam_Taml"], flores_dir=str(root / "data/flores200"),
                   out_dir=out, recipe=recipe)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def hf_standins() -> Path:
+    """The Hugging Face hub cache (HF_HUB_CACHE) holding the stand-ins of every base in standins.HUB_IDS.
+
+    Built once per machine into BHASHAFLOW_CACHE_DIR (about a minute), then placed in milliseconds.
+    """
+    from standins import ensure_hf_cache
+
+    return ensure_hf_cache(HF_STANDINS_CACHE)
 
 
 # Three aligned lines per language: a FLORES-layout folder small enough to reason about line by line.

@@ -1,0 +1,310 @@
+"""Stand-ins of the real hub bases users load, placed in a local Hugging Face cache so configs run by hub id offline.
+
+A stand-in carries what a hub download carries that our code can see: the tokenizer class and files, the special
+tokens and language codes at the real ids, the real vocabulary size and the config fields (model type,
+architectures, special ids, decoder start, tied embeddings, embedding scale, generation config). Only the layers are
+tiny (d_model 16, one layer per stack) and random. Tokenizers are trained on FLORES-200 dev text; the vocabulary is
+filled to the real size with pieces that never occur (two or three code points of the private use area, or of the
+byte-level alphabet, that no merge and no text produces), so every real id exists and means what it means on the hub.
+
+Figures checked against the real repositories are stated where they are used; the ones taken from memory of the
+hub files, that could not be checked offline, say so. /tmp/readme/20-standins.md (merged into the README) lists them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+FLORES_DEV = Path(__file__).resolve().parents[1] / "data" / "flores200" / "dev"
+RECIPE_VERSION = 1  # bump whenever a builder below changes what it writes: cached stand-ins are keyed by it
+
+NLLB = "facebook/nllb-200-distilled-600M"
+M2M100 = "facebook/m2m100_418M"
+MARIAN_EN_HI = "Helsinki-NLP/opus-mt-en-hi"
+BLOOMZ = "bigscience/bloomz-560m"
+INDICTRANS2 = "ai4bharat/indictrans2-en-indic-dist-200M"
+HUB_IDS: tuple[str, ...] = (NLLB, M2M100, MARIAN_EN_HI, BLOOMZ, INDICTRANS2)
+
+TINY = {"d_model": 16, "heads": 2, "ffn": 32}
+TRAINED_PIECES = 8000  # pieces learnt from the dev text; the rest of the real vocabulary never occurs
+_DONE = "standin.json"  # written last into a built stand-in: its files' blob digests and its commit hash
+
+
+# ---------------------------------------------------------------------------------------------- text and pieces
+
+
+def dev_text(langs: Iterable[str] | None = None) -> list[str]:
+    """FLORES-200 dev sentences of `langs` (all of data/flores200/dev when None), interleaved by line."""
+    files = sorted(FLORES_DEV.glob("*.dev")) if langs is None else [FLORES_DEV / f"{lang}.dev" for lang in langs]
+    per_lang = [f.read_text(encoding="utf-8").splitlines() for f in files]
+    return [line for group in zip(*per_lang, strict=False) for line in group]
+
+
+def _never_occurring(n: int, taken: set[str], alphabet: list[str], width: int) -> Iterator[str]:
+    """`n` strings of `width` characters of `alphabet` that are not in `taken` (and so never a piece of real text)."""
+    size, made, i = len(alphabet), 0, 0
+    while made < n:
+        piece = "".join(alphabet[(i // size**k) % size] for k in reversed(range(width)))
+        i += 1
+        if piece not in taken:
+            made += 1
+            yield piece
+
+
+def private_use(first: int = 0) -> list[str]:
+    """Code points of the BMP private use area from `first` on: no FLORES text uses them."""
+    return [chr(c) for c in range(0xE000 + first, 0xF900)]
+
+
+def train_spm(lines: list[str], model_type: str, pieces: int, total: int, filler_start: int = 0) -> Any:
+    """A SentencePiece ModelProto trained on `lines` with `pieces` pieces, then filled to `total` pieces.
+
+    The filler pieces have scores below every trained piece and are two private-use code points each, whose single
+    code points are not pieces: neither the BPE merges nor a unigram segmentation can ever produce them.
+    """
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, vocab_size=pieces, model_type=model_type,
+        character_coverage=1.0, num_threads=2, minloglevel=2, input_sentence_size=0, shuffle_input_sentence=False,
+    )  # fmt: skip
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(buf.getvalue())
+    lowest = min(p.score for p in proto.pieces)
+    taken = {p.piece for p in proto.pieces}
+    for i, piece in enumerate(_never_occurring(total - len(proto.pieces), taken, private_use(filler_start), 2)):
+        new = proto.pieces.add()
+        new.piece, new.score = piece, lowest - 1.0 - i
+    return proto
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _save_model(model: Any, out_dir: Path, config_extra: dict[str, Any], generation: dict[str, Any]) -> None:
+    """Weights as model.safetensors; config.json with the hub's extra fields; the hub's generation_config.json."""
+    model.save_pretrained(str(out_dir))
+    config = json.loads((out_dir / "config.json").read_text())
+    _write_json(out_dir / "config.json", {**config, **config_extra})
+    _write_json(out_dir / "generation_config.json", {"_from_model_config": True, **generation})
+
+
+# ------------------------------------------------------------------------------------------------------- NLLB-200
+
+# NLLB: fairseq's dictionary puts <s> <pad> </s> <unk> at 0-3, the 255,997 SentencePiece pieces after the
+# SentencePiece specials at 4..256000 (fairseq_offset 1), the 202 language codes at 256001..256202 (eng_Latn
+# 256047) and <mask> at 256203: len(tokenizer) 256,204; the checkpoint's embedding has 256,206 rows.
+# Checked: the code list and the offsets in transformers' NllbTokenizer/NllbConverter; eng_Latn = 256047 and
+# 256,206 embedding rows as published for the 600M model.
+NLLB_SPM_PIECES = 256_000
+NLLB_EMBEDDINGS = 256_206
+
+
+def build_nllb(out_dir: Path) -> None:
+    from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizer
+    from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
+
+    proto = train_spm(dev_text(), "bpe", TRAINED_PIECES, NLLB_SPM_PIECES)
+    (out_dir / "sentencepiece.bpe.model").write_bytes(proto.SerializeToString())
+    codes = list(FAIRSEQ_LANGUAGE_CODES)
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>",
+                "pad_token": "<pad>"}  # fmt: skip
+    mask = {"content": "<mask>", "lstrip": True, "normalized": True, "rstrip": False, "single_word": False}
+    _write_json(out_dir / "special_tokens_map.json", {**specials, "mask_token": mask, "additional_special_tokens": codes})
+    _write_json(out_dir / "tokenizer_config.json", {
+        **specials, "mask_token": mask, "additional_special_tokens": codes, "legacy_behaviour": False,
+        "model_max_length": 1024, "sp_model_kwargs": {}, "src_lang": None, "tgt_lang": None,
+        "clean_up_tokenization_spaces": True, "tokenizer_class": "NllbTokenizer",
+    })  # fmt: skip
+    # Converted from the SentencePiece model by transformers itself; it adds <mask> before the language codes, so
+    # the added tokens get the hub's ids (codes first, <mask> last) before tokenizer.json is written.
+    converted = NllbTokenizer.from_pretrained(str(out_dir))
+    ids = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{c: 256_001 + i for i, c in enumerate(codes)}, "<mask>": 256_203}
+    backend = json.loads(converted.backend_tokenizer.to_str())
+    backend["added_tokens"] = sorted(
+        ({**t, "id": ids[t["content"]]} for t in backend["added_tokens"]), key=lambda t: t["id"]
+    )
+    for token in backend["post_processor"]["special_tokens"].values():
+        token["ids"] = [ids[token["id"]]]
+    _write_json(out_dir / "tokenizer.json", backend)
+
+    config = M2M100Config(
+        vocab_size=NLLB_EMBEDDINGS, d_model=TINY["d_model"], encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=TINY["heads"], decoder_attention_heads=TINY["heads"], encoder_ffn_dim=TINY["ffn"],
+        decoder_ffn_dim=TINY["ffn"], max_position_embeddings=1024, activation_function="relu", dropout=0.1,
+        attention_dropout=0.1, activation_dropout=0.0, encoder_layerdrop=0.0, decoder_layerdrop=0.0, init_std=0.02,
+        scale_embedding=True, bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
+    )  # fmt: skip
+    _save_model(_seeded(M2M100ForConditionalGeneration, config), out_dir, {"tokenizer_class": "NllbTokenizer"},
+                {"bos_token_id": 0, "decoder_start_token_id": 2, "eos_token_id": 2, "max_length": 200, "pad_token_id": 1})
+
+
+def _seeded(cls: Any, config: Any) -> Any:
+    import torch
+
+    torch.manual_seed(0)
+    return cls(config)
+
+
+# -------------------------------------------------------------------------------------------------- BLOOMZ-560m
+
+# BLOOM's byte-level BPE: <unk> <s> </s> <pad> at 0-3, 250,680 entries (len(tokenizer)); the embedding has
+# 250,880 rows (padded for tensor parallelism). Checked: 250,880 and the special ids in transformers' BloomConfig
+# defaults and the published config; 250,680 and the pre-tokenizer's split pattern are from the hub's
+# tokenizer.json as remembered, not checked offline.
+BLOOM_TOKENS = 250_680
+BLOOM_EMBEDDINGS = 250_880
+BLOOM_SPLIT = " ?[^(\\s|[.,!?…。，、।۔،])]+"
+
+
+def build_bloomz(out_dir: Path) -> None:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import BloomConfig, BloomForCausalLM
+
+    specials = ["<unk>", "<s>", "</s>", "<pad>"]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(BLOOM_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
+    core.post_processor = processors.ByteLevel(trim_offsets=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TRAINED_PIECES, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    core.train_from_iterator(dev_text(), trainer)
+    backend = json.loads(core.to_str())
+    vocab: dict[str, int] = backend["model"]["vocab"]
+    # Three byte-level characters no merge makes: decodable bytes, never produced by encoding.
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    for piece in _never_occurring(BLOOM_TOKENS - len(vocab), set(vocab), alphabet, 3):
+        vocab[piece] = len(vocab)
+    _write_json(out_dir / "tokenizer.json", backend)
+    named = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+    _write_json(out_dir / "special_tokens_map.json", named)
+    _write_json(out_dir / "tokenizer_config.json", {
+        **named, "add_prefix_space": False, "model_max_length": 1_000_000_000_000_000_019_884_624_838_656,
+        "padding_side": "left", "tokenizer_class": "BloomTokenizerFast",
+    })  # fmt: skip
+
+    config = BloomConfig(
+        vocab_size=BLOOM_EMBEDDINGS, hidden_size=TINY["d_model"], n_layer=2, n_head=TINY["heads"],
+        bos_token_id=1, eos_token_id=2, pad_token_id=3, unk_token_id=0, hidden_dropout=0.0, attention_dropout=0.0,
+        layer_norm_epsilon=1e-5, initializer_range=0.02, apply_residual_connection_post_layernorm=False,
+        slow_but_exact=False, pretraining_tp=1,
+    )  # fmt: skip
+    _save_model(_seeded(BloomForCausalLM, config), out_dir, {},
+                {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3})
+
+
+# ------------------------------------------------------------------------------------------------ build and cache
+
+BUILDERS: dict[str, Callable[[Path], None]] = {
+    NLLB: build_nllb,
+    BLOOMZ: build_bloomz,
+}
+
+
+def build_standin(hub_id: str, out_dir: Path) -> Path:
+    """Build the stand-in of `hub_id` into `out_dir` (created; must not hold another model) and return it."""
+    if hub_id not in BUILDERS:
+        raise KeyError(f"no stand-in for {hub_id!r}; stand-ins exist for {sorted(BUILDERS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    BUILDERS[hub_id](out_dir)
+    return out_dir
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("BHASHAFLOW_CACHE_DIR") or "~/.cache/bhashaflow").expanduser() / "standins"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def built_standin(hub_id: str) -> Path:
+    """The stand-in of `hub_id` in the cross-session cache, built once (one builder at a time, across processes)."""
+    target = _cache_root() / f"v{RECIPE_VERSION}" / hub_id.replace("/", "--")
+    if (target / _DONE).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / _DONE).is_file():
+            return target
+        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        build_standin(hub_id, partial)
+        blobs = {p.name: _sha256(p) for p in sorted(partial.iterdir()) if p.is_file()}
+        commit = hashlib.sha1(json.dumps([hub_id, RECIPE_VERSION, blobs]).encode()).hexdigest()
+        _write_json(partial / _DONE, {"hub_id": hub_id, "recipe_version": RECIPE_VERSION, "commit": commit,
+                                      "blobs": blobs})  # fmt: skip
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(partial, target)
+    return target
+
+
+def _place(built: Path, repo_dir: Path) -> None:
+    """Lay `built` out as huggingface_hub does: blobs by digest, snapshots/<commit>/ linking to them, refs/main."""
+    manifest = json.loads((built / _DONE).read_text())
+    commit = manifest["commit"]
+    refs = repo_dir / "refs" / "main"
+    if refs.is_file() and refs.read_text() == commit and (repo_dir / "snapshots" / commit).is_dir():
+        return
+    (repo_dir / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot = repo_dir / "snapshots" / commit
+    partial = snapshot.with_name(f"{commit}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for name, digest in manifest["blobs"].items():
+        blob = repo_dir / "blobs" / digest
+        if not blob.is_file():
+            tmp = blob.with_name(f"{digest}.incomplete-{os.getpid()}")
+            try:
+                os.link(built / name, tmp)
+            except OSError:  # another file system: copy
+                shutil.copyfile(built / name, tmp)
+            os.replace(tmp, blob)
+        (partial / name).symlink_to(Path("..", "..", "blobs", digest))
+    shutil.rmtree(snapshot, ignore_errors=True)
+    os.replace(partial, snapshot)
+    refs.parent.mkdir(parents=True, exist_ok=True)
+    refs.write_text(commit)  # no newline, like huggingface_hub
+
+
+def ensure_hf_cache(hub_cache: Path, hub_ids: Iterable[str] = HUB_IDS) -> Path:
+    """Place the stand-ins of `hub_ids` in the Hugging Face hub cache `hub_cache` (HF_HUB_CACHE) and return it.
+
+    Each stand-in is built once into BHASHAFLOW_CACHE_DIR/standins/v<RECIPE_VERSION>/ and reused by every later
+    session; placing it is idempotent and takes milliseconds once built.
+
+    Args:
+        hub_cache: the hub cache folder (holding models--<org>--<name>/).
+        hub_ids: which stand-ins to place; all of HUB_IDS by default.
+    """
+    hub_cache = Path(hub_cache)
+    hub_cache.mkdir(parents=True, exist_ok=True)
+    for hub_id in hub_ids:
+        if hub_id not in BUILDERS:  # TODO(issue 20): M2M100, Marian and IndicTrans2 stand-ins come next
+            continue
+        built = built_standin(hub_id)
+        repo = "models--" + hub_id.replace("/", "--")
+        (hub_cache / ".locks").mkdir(exist_ok=True)
+        with open(hub_cache / ".locks" / f"{repo}.standin.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _place(built, hub_cache / repo)
+    return hub_cache
