@@ -31,6 +31,10 @@ _LOG_FILTERS = (
     ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community",
      ("offline mode", "publisher trust")),
     ("kernels._internals.hf_hub", "Skipping publisher trust check", ("offline mode",)),
+    # bitsandbytes' Linear8bitLt quantizes its inputs in fp16 and says so on every forward of a bf16 model (no
+    # once-only guard): hundreds of lines a step. The cast is the kernel's design; fp16 bases (training.precision)
+    # do not cast at all.
+    ("bitsandbytes.autograd._functions", "MatMul8bitLt: inputs will be cast from", ("to float16 during quantization",)),
 )
 _done = False
 
