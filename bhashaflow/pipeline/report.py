@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from bhashaflow.config import PipelineConfig
@@ -20,20 +19,16 @@ from bhashaflow.pipeline.curves import LOSS_CHART, loss_chart_png, read_run_curv
 from bhashaflow.registry.promotion import PromotionOutcome
 from bhashaflow.training.loop import TrainResult
 
-COLUMNS = (
-    "direction",
-    "base_chrf",
-    "base_chrf_pp",
-    "incumbent_chrf_pp",
-    "candidate_chrf",
-    "candidate_chrf_pp",
-    "script_valid",
-    "decontaminated",
-    "validation_pairs",
-    "best_step",
-    "promoted",
-    "version",
-)
+# The chrF++ table (the `-chrf` table artifact): (header, the cell of a result), human words and formatted numbers,
+# few enough columns to read without scrolling sideways in the Prefect UI. The rest is in the report's second table.
+TABLE_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+    ("base chrF++", lambda r: _score(r["base_chrf_pp"])),
+    ("incumbent chrF++", lambda r: _score(r["incumbent_chrf_pp"], none="none yet")),
+    ("incumbent version", lambda r: r.get("incumbent_version") or "none yet"),
+    ("candidate chrF++", lambda r: _score(r["candidate_chrf_pp"])),
+    ("script valid", lambda r: _share(r["script_valid"])),
+    ("promoted", lambda r: f"yes, {r['version']}" if r["promoted"] else f"no ({r['version']} kept as a candidate)"),
+]
 
 
 def direction_result(trained: TrainResult, scores: DirectionScores, promotion: PromotionOutcome) -> dict[str, Any]:
@@ -77,9 +72,18 @@ def _has_corrections(directions: dict[str, dict[str, Any]]) -> bool:
     return any(r.get("candidate_corrections_chrf_pp") is not None for r in directions.values())
 
 
-def table_rows(directions: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    keys = [k for k in COLUMNS if k != "direction"] + (list(CORRECTIONS_COLUMNS) if _has_corrections(directions) else [])
-    return [{"direction": d, **{k: r.get(k) for k in keys}} for d, r in directions.items()]
+def table_rows(directions: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """The chrF++ table artifact's rows: human headers, chrF++ to one decimal, shares as percents, every cell text."""
+    return [{"direction": d, **{h: cell(r) for h, cell in TABLE_COLUMNS}} for d, r in directions.items()]
+
+
+def _score(value: float | None, none: str = "-") -> str:
+    """A chrF++ score as the tables show it: one decimal."""
+    return none if value is None else f"{value:.1f}"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 # The terminal table's columns after the direction: (header, width, the cell of a result). One line per column.
@@ -138,23 +142,40 @@ def _candidate_step(result: dict[str, Any]) -> str:
     return f"{best} of {steps}" + (", stopped early" if result.get("stopped_early") else "")
 
 
-# The markdown table's columns after the direction: (header, alignment row cell, the cell of a result).
-MARKDOWN_COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
-    ("base chrF++", "---:", lambda r: f"{r['base_chrf_pp']:.2f}"),
-    ("incumbent chrF++", "---:", lambda r: _points(r["incumbent_chrf_pp"])),
-    ("candidate chrF++", "---:", lambda r: f"{r['candidate_chrf_pp']:.2f}"),
-    ("script valid", "---:", lambda r: f"{r['script_valid']:.0%}"),
-    ("decontaminated", "---:", lambda r: str(r["decontaminated"])),
-    ("validation pairs", "---:", lambda r: str(r.get("validation_pairs", 0))),
-    ("candidate step", "---:", _candidate_step),
-    ("promoted", "---", lambda r: f"{'yes' if r['promoted'] else 'no'} ({r['version']})"),
+# The report's tables after the direction column: (header, alignment row cell, the cell of a result). Each fits the
+# Prefect UI's artifact pane (about 1,000 px in a 1,600 px window); what does not fit goes to the next table.
+Columns = list[tuple[str, str, Callable[[dict[str, Any]], str]]]
+MARKDOWN_COLUMNS: Columns = [
+    ("base chrF++", "---:", lambda r: _score(r["base_chrf_pp"])),
+    ("incumbent chrF++", "---:", lambda r: _score(r["incumbent_chrf_pp"], none="none yet")),
+    ("candidate chrF++", "---:", lambda r: _score(r["candidate_chrf_pp"])),
+    ("script valid", "---:", lambda r: _share(r["script_valid"])),
+    ("promoted", "---", lambda r: f"yes, {r['version']}" if r["promoted"] else f"no ({r['version']} kept)"),
 ]
-# Added after "candidate step" when the run has held-out corrections.
-MARKDOWN_CORRECTIONS_COLUMNS: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
-    ("corrections chrF++ base / incumbent / candidate", "---",
-     lambda r: " / ".join(_points(r.get(k)) for k in CORRECTIONS_COLUMNS)),
-    ("corrections", "---:", lambda r: str(r.get("corrections_sentences"))),
-]  # fmt: skip
+# The training details, in a second table below the first.
+MARKDOWN_TRAINING_COLUMNS: Columns = [
+    ("candidate step", "---:", _candidate_step),
+    ("validation pairs", "---:", lambda r: str(r.get("validation_pairs", 0))),
+    ("decontaminated", "---:", lambda r: str(r["decontaminated"])),
+    ("incumbent", "---", lambda r: r.get("incumbent_version") or "none yet"),
+]
+# The held-out corrections yardstick, a third table when the run has it.
+MARKDOWN_CORRECTIONS_COLUMNS: Columns = [
+    ("sentences", "---:", lambda r: str(r.get("corrections_sentences"))),
+    ("base chrF++", "---:", lambda r: _score(r.get("base_corrections_chrf_pp"))),
+    ("incumbent chrF++", "---:", lambda r: _score(r.get("incumbent_corrections_chrf_pp"), none="none yet")),
+    ("candidate chrF++", "---:", lambda r: _score(r.get("candidate_corrections_chrf_pp"))),
+]
+
+
+def markdown_table(directions: dict[str, dict[str, Any]], columns: Columns) -> list[str]:
+    """A markdown table of one row per direction: the direction, then `columns`."""
+    rows = ["| direction | " + " | ".join(h for h, _, _ in columns) + " |", "|---|" + "|".join(a for _, a, _ in columns) + "|"]
+    return rows + [f"| {d} | " + " | ".join(cell(r) for _, _, cell in columns) + " |" for d, r in directions.items()]
+
+
+def _code(uri: str) -> str:
+    return f"`{uri}`"
 
 
 def base_notes(config: PipelineConfig, settings: Settings | None = None) -> list[str]:
@@ -176,26 +197,25 @@ def base_notes(config: PipelineConfig, settings: Settings | None = None) -> list
 
 def markdown_report(
     run_id: str, directions: dict[str, dict[str, Any]], chart_uri: str, loss_chart_uri: str | None = None,
-    notes: list[str] | None = None,
+    notes: list[str] | None = None, locate: Callable[[str], str] = _code,
 ) -> str:
-    """The report as markdown: the base's notes (contamination, tag aliases), the table, each direction's
-    promotion reason, the signature, the charts' URIs."""
-    columns = MARKDOWN_COLUMNS
-    if _has_corrections(directions):
-        columns = [*MARKDOWN_COLUMNS[:-1], *MARKDOWN_CORRECTIONS_COLUMNS, MARKDOWN_COLUMNS[-1]]
-    rows = [
-        "| direction | " + " | ".join(h for h, _, _ in columns) + " |",
-        "|---|" + "|".join(a for _, a, _ in columns) + "|",
-    ]
-    for d, r in directions.items():
-        rows.append(f"| {d} | " + " | ".join(cell(r) for _, _, cell in columns) + " |")
+    """The report as markdown: the base's notes (contamination, tag aliases), the chrF++ table, each direction's
+    promotion reason, the training details, the held-out corrections (if any), the signature, the charts' files.
+
+    Args:
+        locate: how a file's location is written (its URI as code by default; the Prefect artifact passes
+            `bhashaflow.pipeline.links.Locator.file`, which writes links a browser can follow).
+    """
+    corrections = (["", "chrF++ on the held-out corrections:", "",
+                    *markdown_table(directions, MARKDOWN_CORRECTIONS_COLUMNS)] if _has_corrections(directions) else [])  # fmt: skip
     reasons = [f"- **{d}**: {r['reason']}" for d, r in directions.items()]
     signature = next(iter(directions.values()))["signature"] if directions else ""
-    charts = [f"Chart: `{chart_uri}`"] + ([f"Loss curves: `{loss_chart_uri}`"] if loss_chart_uri else [])
+    charts = [f"Chart: {locate(chart_uri)}"] + ([f"Loss curves: {locate(loss_chart_uri)}"] if loss_chart_uri else [])
     return "\n".join(
         [f"# adapter-pipeline run `{run_id}`", "", *[f"> **Note:** {n}" for n in notes or []], *([""] if notes else []),
-         *rows, "", *reasons, "", f"chrF++ signature: `{signature}`", "",
-         *charts, ""]
+         "chrF++ on FLORES-200:", "", *markdown_table(directions, MARKDOWN_COLUMNS), "", *reasons, "",
+         "Training:", "", *markdown_table(directions, MARKDOWN_TRAINING_COLUMNS), *corrections, "",
+         f"chrF++ signature: `{signature}`", "", *charts, ""]
     )
 
 
@@ -224,9 +244,3 @@ def write_report(
     write_bytes_atomic(report_uri, text.encode(), storage_options)
     return ReportFiles(report_uri, chart_uri, loss_chart_uri)
 
-
-def link_url(uri: str) -> str:
-    """`uri` as a URL a link can hold: an fsspec URL as it is (`s3://...`), a local path as `file:///...`."""
-    if "://" in uri:
-        return uri
-    return Path(uri).expanduser().resolve().as_uri()

@@ -9,7 +9,7 @@ from test_report import result
 
 from bhashaflow.core.fsio import join, open_fs, write_bytes_atomic
 from bhashaflow.pipeline.curves import loss_chart_png, parse_train_log, read_loss_curve
-from bhashaflow.pipeline.report import link_url, markdown_report, write_report
+from bhashaflow.pipeline.report import markdown_report, write_report
 
 LOG = "".join(
     json.dumps(entry) + "\n"
@@ -56,8 +56,3 @@ def test_a_run_without_train_logs_has_no_loss_chart() -> None:
     assert files.loss_chart_uri is None
     assert "Loss curves" not in markdown_report("run-2", {"eng_Latn-hin_Deva": result()}, "x/chrf.png")
 
-
-def test_links_are_urls(tmp_path) -> None:
-    assert link_url("s3://registry/eng_Latn-hin_Deva/v0001") == "s3://registry/eng_Latn-hin_Deva/v0001"
-    assert link_url(str(tmp_path / "registry" / "v0001")) == f"file://{tmp_path}/registry/v0001"
-    assert link_url("registry/v0001").startswith("file:///") and link_url("registry/v0001").endswith("/registry/v0001")

@@ -34,9 +34,36 @@ def test_markdown_and_table_rows_show_the_validation_pairs_and_the_candidate_ste
     directions = {"eng_Latn-hin_Deva": result(validation_pairs=50, best_step=350, stopped_early=True),
                   "eng_Latn-tam_Taml": result()}  # fmt: skip
     text = markdown_report("demo-1", directions, "runs/chrf.png")
-    assert "| validation pairs | candidate step |" in text
-    assert "| 50 | 350 of 500, stopped early |" in text
-    assert "| 0 | 500 (last) |" in text
-    rows = table_rows(directions)
-    assert [(r["validation_pairs"], r["best_step"]) for r in rows] == [(50, 350), (0, None)]
+    assert "| direction | candidate step | validation pairs | decontaminated | incumbent |" in text
+    assert "| eng_Latn-hin_Deva | 350 of 500, stopped early | 50 | 2 | none yet |" in text
+    assert "| eng_Latn-tam_Taml | 500 (last) | 0 | 2 | none yet |" in text
     assert "eng_Latn-hin_Deva" in format_table(directions)
+
+
+def test_the_tables_read_as_words_and_fit_the_ui() -> None:
+    """Human headers, chrF++ to one decimal, shares as percents, the incumbent named; few columns per table."""
+    directions = {"eng_Latn-hin_Deva": result(), "eng_Latn-tam_Taml": result()}
+    directions["eng_Latn-tam_Taml"].update(incumbent_chrf_pp=17.25, incumbent_version="v0003", promoted=False,
+                                           script_valid=0.875)  # fmt: skip
+    rows = table_rows(directions)
+    assert rows[0] == {"direction": "eng_Latn-hin_Deva", "base chrF++": "4.0", "incumbent chrF++": "none yet",
+                       "incumbent version": "none yet", "candidate chrF++": "18.5", "script valid": "100%",
+                       "promoted": "yes, v0001"}  # fmt: skip
+    assert rows[1]["incumbent chrF++"] == "17.2" and rows[1]["incumbent version"] == "v0003"  # 17.25 rounds half-even
+    assert (rows[1]["script valid"], rows[1]["promoted"]) == ("88%", "no (v0001 kept as a candidate)")
+    text = markdown_report("demo-1", directions, "runs/chrf.png")
+    assert "| direction | base chrF++ | incumbent chrF++ | candidate chrF++ | script valid | promoted |" in text
+    assert "| eng_Latn-hin_Deva | 4.0 | none yet | 18.5 | 100% | yes, v0001 |" in text
+    assert "| eng_Latn-tam_Taml | 4.0 | 17.2 | 18.5 | 88% | no (v0001 kept) |" in text
+    tables = [line for line in text.splitlines() if line.startswith("| direction |")]
+    assert len(tables) == 2 and all(line.count("|") <= 7 for line in tables)  # direction + at most 5 columns each
+    assert "held-out corrections" not in text
+
+
+def test_the_held_out_corrections_are_a_table_of_their_own() -> None:
+    directions = {"eng_Latn-hin_Deva": result()}
+    directions["eng_Latn-hin_Deva"].update(corrections_sentences=40, base_corrections_chrf_pp=30.04,
+                                           candidate_corrections_chrf_pp=35.56)  # fmt: skip
+    text = markdown_report("loop-1", directions, "runs/chrf.png")
+    assert "chrF++ on the held-out corrections:\n\n| direction | sentences | base chrF++ | incumbent chrF++ | " \
+           "candidate chrF++ |\n|---|---:|---:|---:|---:|\n| eng_Latn-hin_Deva | 40 | 30.0 | none yet | 35.6 |" in text
