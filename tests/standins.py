@@ -59,17 +59,13 @@ def _never_occurring(n: int, taken: set[str], alphabet: list[str], width: int) -
             yield piece
 
 
-def private_use(first: int = 0) -> list[str]:
-    """Code points of the BMP private use area from `first` on: no FLORES text uses them."""
-    return [chr(c) for c in range(0xE000 + first, 0xF900)]
+def private_use() -> list[str]:
+    """The 6,400 code points of the BMP private use area: no FLORES text uses them."""
+    return [chr(c) for c in range(0xE000, 0xF900)]
 
 
-def train_spm(lines: list[str], model_type: str, pieces: int, total: int, filler_start: int = 0) -> Any:
-    """A SentencePiece ModelProto trained on `lines` with `pieces` pieces, then filled to `total` pieces.
-
-    The filler pieces have scores below every trained piece and are two private-use code points each, whose single
-    code points are not pieces: neither the BPE merges nor a unigram segmentation can ever produce them.
-    """
+def train_spm(lines: list[str], model_type: str, pieces: int) -> Any:
+    """A SentencePiece ModelProto (`model_type` "bpe" or "unigram") with `pieces` pieces learnt from `lines`."""
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2
 
@@ -80,12 +76,28 @@ def train_spm(lines: list[str], model_type: str, pieces: int, total: int, filler
     )  # fmt: skip
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(buf.getvalue())
+    return proto
+
+
+def fill_spm(proto: Any, total: int, fillers: Iterable[str]) -> Any:
+    """`proto` filled to `total` pieces from `fillers`, scored below every learnt piece.
+
+    Fillers are two private-use code points whose single code points are not pieces: neither BPE merges nor a
+    unigram segmentation can ever produce them, so the learnt pieces tokenize text exactly as before.
+    """
     lowest = min(p.score for p in proto.pieces)
     taken = {p.piece for p in proto.pieces}
-    for i, piece in enumerate(_never_occurring(total - len(proto.pieces), taken, private_use(filler_start), 2)):
+    fresh = (piece for piece in fillers if piece not in taken)
+    for i in range(total - len(proto.pieces)):
         new = proto.pieces.add()
-        new.piece, new.score = piece, lowest - 1.0 - i
+        new.piece, new.score = next(fresh), lowest - 1.0 - i
     return proto
+
+
+def spm_fillers(band: int = 0) -> Iterator[str]:
+    """Two private-use code points, the first among the band's 100 (bands 0-63 draw disjoint fillers, 640,000 each)."""
+    area = private_use()
+    return (area[100 * band + i // len(area)] + area[i % len(area)] for i in range(100 * len(area)))
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -115,7 +127,7 @@ def build_nllb(out_dir: Path) -> None:
     from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizer
     from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
 
-    proto = train_spm(dev_text(), "bpe", TRAINED_PIECES, NLLB_SPM_PIECES)
+    proto = fill_spm(train_spm(dev_text(), "bpe", TRAINED_PIECES), NLLB_SPM_PIECES, spm_fillers())
     (out_dir / "sentencepiece.bpe.model").write_bytes(proto.SerializeToString())
     codes = list(FAIRSEQ_LANGUAGE_CODES)
     specials = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>",
@@ -207,11 +219,154 @@ def build_bloomz(out_dir: Path) -> None:
                 {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3})
 
 
+# ------------------------------------------------------------------------------------------------- M2M100 418M
+
+# M2M100: vocab.json is fairseq's dictionary (<s> <pad> </s> <unk> at 0-3, then the pieces): 128,004 entries;
+# the 100 language tokens __af__..__zu__ follow at 128004 + their index (__en__ 128022, __hi__ 128036); the
+# embedding has 128,112 rows (8 "madeup words" after the codes). Checked: the code list, the id rule and the
+# madeup words in transformers' M2M100Tokenizer; __en__ = 128022 and 128,112 as published. The SentencePiece
+# model's own size (128,000 here) is not visible through the tokenizer and was not checked.
+M2M100_SPM_PIECES = 128_000
+M2M100_VOCAB = 128_004
+M2M100_EMBEDDINGS = 128_112
+
+
+def build_m2m100(out_dir: Path) -> None:
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
+    from transformers.models.m2m_100.tokenization_m2m_100 import FAIRSEQ_LANGUAGE_CODES
+
+    proto = fill_spm(train_spm(dev_text(), "bpe", TRAINED_PIECES), M2M100_SPM_PIECES, spm_fillers(1))
+    (out_dir / "sentencepiece.bpe.model").write_bytes(proto.SerializeToString())
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for piece in [p.piece for p in proto.pieces[3:]] + list(_never_occurring(3, set(), private_use(), 3)):
+        vocab[piece] = len(vocab)
+    assert len(vocab) == M2M100_VOCAB
+    _write_json(out_dir / "vocab.json", vocab)
+    lang_tokens = [f"__{code}__" for code in FAIRSEQ_LANGUAGE_CODES["m2m100"]]
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    _write_json(out_dir / "special_tokens_map.json", {**specials, "additional_special_tokens": lang_tokens})
+    _write_json(out_dir / "tokenizer_config.json", {
+        **specials, "src_lang": None, "tgt_lang": None, "language_codes": "m2m100", "num_madeup_words": 8,
+        "model_max_length": 1024, "sp_model_kwargs": {}, "tokenizer_class": "M2M100Tokenizer",
+    })  # fmt: skip
+
+    config = M2M100Config(
+        vocab_size=M2M100_EMBEDDINGS, d_model=TINY["d_model"], encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=TINY["heads"], decoder_attention_heads=TINY["heads"], encoder_ffn_dim=TINY["ffn"],
+        decoder_ffn_dim=TINY["ffn"], max_position_embeddings=1024, activation_function="relu", dropout=0.1,
+        attention_dropout=0.1, activation_dropout=0.0, encoder_layerdrop=0.05, decoder_layerdrop=0.05, init_std=0.02,
+        scale_embedding=True, bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
+    )  # fmt: skip
+    generation = {"bos_token_id": 0, "decoder_start_token_id": 2, "early_stopping": True, "eos_token_id": 2,
+                  "max_length": 200, "num_beams": 5, "pad_token_id": 1}  # fmt: skip
+    _save_model(_seeded(M2M100ForConditionalGeneration, config), out_dir, {}, generation)
+
+
+# --------------------------------------------------------------------------------------------- opus-mt-en-hi
+
+# Marian: one vocabulary shared by both sides (</s> 0, <unk> 1, the pieces of both SentencePiece models, <pad>
+# last), 61,950 entries; pad = decoder_start = 61949, eos = 0. source.spm is English, target.spm Hindi, each a
+# 32,000-piece unigram model ("spm32k" in the model card). Checked: the file names and the vocabulary's layout in
+# transformers' MarianTokenizer and its converter (convert_marian_to_pytorch adds <pad> last). 61,950 and the
+# source_lang/target_lang values are from the hub files as remembered, not checked offline.
+MARIAN_SPM_PIECES = 32_000
+MARIAN_VOCAB = 61_950
+
+
+def build_marian_en_hi(out_dir: Path) -> None:
+    from transformers import MarianConfig, MarianMTModel
+
+    learnt = 2000  # about as many as unigram training finds in 997 sentences of one language
+    source = train_spm(dev_text(["eng_Latn"]), "unigram", learnt)
+    target = train_spm(dev_text(["hin_Deva"]), "unigram", learnt)
+    learnt_overlap = len({p.piece for p in source.pieces[3:]} & {p.piece for p in target.pieces[3:]})
+    fill_spm(source, MARIAN_SPM_PIECES, spm_fillers(2))
+    # Both models' pieces share the vocabulary: the target model reuses as many of the source model's fillers as
+    # make the joint vocabulary exactly the real size.
+    reused = 2 + 2 * (MARIAN_SPM_PIECES - 3) + 1 - MARIAN_VOCAB - learnt_overlap
+    fill_spm(target, MARIAN_SPM_PIECES, [*(p.piece for p in source.pieces[learnt : learnt + reused]), *spm_fillers(3)])
+    (out_dir / "source.spm").write_bytes(source.SerializeToString())
+    (out_dir / "target.spm").write_bytes(target.SerializeToString())
+    vocab = {"</s>": 0, "<unk>": 1}
+    for piece in [p.piece for p in source.pieces[3:]] + [p.piece for p in target.pieces[3:]]:
+        vocab.setdefault(piece, len(vocab))
+    vocab["<pad>"] = len(vocab)
+    assert len(vocab) == MARIAN_VOCAB
+    _write_json(out_dir / "vocab.json", vocab)
+    _write_json(out_dir / "special_tokens_map.json", {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"})
+    _write_json(out_dir / "tokenizer_config.json", {"target_lang": "hi", "source_lang": "en"})
+
+    pad = MARIAN_VOCAB - 1
+    config = MarianConfig(
+        vocab_size=MARIAN_VOCAB, decoder_vocab_size=MARIAN_VOCAB, d_model=TINY["d_model"], encoder_layers=1,
+        decoder_layers=1, encoder_attention_heads=TINY["heads"], decoder_attention_heads=TINY["heads"],
+        encoder_ffn_dim=TINY["ffn"], decoder_ffn_dim=TINY["ffn"], max_position_embeddings=512,
+        activation_function="swish", dropout=0.1, attention_dropout=0.0, activation_dropout=0.0, init_std=0.02,
+        scale_embedding=True, share_encoder_decoder_embeddings=True, tie_word_embeddings=True, bos_token_id=0,
+        eos_token_id=0, pad_token_id=pad, decoder_start_token_id=pad, forced_eos_token_id=0,
+    )  # fmt: skip
+    generation = {"bad_words_ids": [[pad]], "bos_token_id": 0, "decoder_start_token_id": pad, "eos_token_id": 0,
+                  "forced_eos_token_id": 0, "max_length": 512, "num_beams": 4, "pad_token_id": pad}  # fmt: skip
+    _save_model(_seeded(MarianMTModel, config), out_dir, {}, generation)
+
+
+# -------------------------------------------------------------------------------------- IndicTrans2 (detection)
+
+# IndicTrans2 runs only with its own remote code (trust_remote_code), which bhashaflow does not run: the stand-in
+# has just what detecting it takes, its config.json and tokenizer_config.json, with the remote-code auto_map (and,
+# like the hub repo without its .py files, AutoConfig refuses it offline). Checked: model_type "IndicTrans" in
+# AI4Bharat/IndicTrans2 huggingface_interface/configuration_indictrans.py, whose module names the auto_map uses;
+# the tokenizer's auto_map and file names as code loading the hub repo uses them. The sizes are from the hub's
+# config.json as remembered, not checked (the hub repos are gated).
+INDICTRANS2_CONFIG = {
+    "architectures": ["IndicTransForConditionalGeneration"],
+    "auto_map": {
+        "AutoConfig": "configuration_indictrans.IndicTransConfig",
+        "AutoModelForSeq2SeqLM": "modeling_indictrans.IndicTransForConditionalGeneration",
+    },
+    "model_type": "IndicTrans",
+    "is_encoder_decoder": True,
+    "encoder_vocab_size": 32322,
+    "decoder_vocab_size": 122672,
+    "encoder_embed_dim": 512,
+    "decoder_embed_dim": 512,
+    "encoder_layers": 18,
+    "decoder_layers": 18,
+    "bos_token_id": 0,
+    "pad_token_id": 1,
+    "eos_token_id": 2,
+    "decoder_start_token_id": 2,
+    "scale_embedding": True,
+    "tokenizer_class": "IndicTransTokenizer",
+}
+INDICTRANS2_TOKENIZER_CONFIG = {
+    "auto_map": {"AutoTokenizer": ["tokenization_indictrans.IndicTransTokenizer", None]},
+    "tokenizer_class": "IndicTransTokenizer",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "pad_token": "<pad>",
+    "unk_token": "<unk>",
+    "src_vocab_file": "dict.SRC.json",
+    "tgt_vocab_file": "dict.TGT.json",
+    "src_spm_file": "model.SRC",
+    "tgt_spm_file": "model.TGT",
+    "model_max_length": 256,
+}
+
+
+def build_indictrans2(out_dir: Path) -> None:
+    _write_json(out_dir / "config.json", INDICTRANS2_CONFIG)
+    _write_json(out_dir / "tokenizer_config.json", INDICTRANS2_TOKENIZER_CONFIG)
+
+
 # ------------------------------------------------------------------------------------------------ build and cache
 
 BUILDERS: dict[str, Callable[[Path], None]] = {
     NLLB: build_nllb,
+    M2M100: build_m2m100,
+    MARIAN_EN_HI: build_marian_en_hi,
     BLOOMZ: build_bloomz,
+    INDICTRANS2: build_indictrans2,
 }
 
 
@@ -299,8 +454,6 @@ def ensure_hf_cache(hub_cache: Path, hub_ids: Iterable[str] = HUB_IDS) -> Path:
     hub_cache = Path(hub_cache)
     hub_cache.mkdir(parents=True, exist_ok=True)
     for hub_id in hub_ids:
-        if hub_id not in BUILDERS:  # TODO(issue 20): M2M100, Marian and IndicTrans2 stand-ins come next
-            continue
         built = built_standin(hub_id)
         repo = "models--" + hub_id.replace("/", "--")
         (hub_cache / ".locks").mkdir(exist_ok=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from standins import BLOOMZ, NLLB, ensure_hf_cache
+from standins import BLOOMZ, INDICTRANS2, M2M100, MARIAN_EN_HI, NLLB, ensure_hf_cache
 
 
 def _tokenizer(hub_id: str) -> Any:
@@ -107,3 +108,71 @@ def test_bloomz_config_and_model_are_the_real_ones_made_tiny(hf_standins: Path) 
     assert config.tie_word_embeddings and config.n_layer <= 2
     model = AutoModelForCausalLM.from_pretrained(BLOOMZ, local_files_only=True)
     assert model(input_ids=torch.tensor([[1, 5, 6]])).logits.shape == (1, 3, 250_880)
+
+
+def test_m2m100_tokenizer_has_the_real_ids(hf_standins: Path) -> None:
+    m2m = _tokenizer(M2M100)
+    assert type(m2m).__name__ == "M2M100Tokenizer"
+    assert (m2m.vocab_size, len(m2m)) == (128_004, 128_104)
+    assert (m2m.bos_token_id, m2m.pad_token_id, m2m.eos_token_id, m2m.unk_token_id) == (0, 1, 2, 3)
+    tokens = {"__af__": 128_004, "__en__": 128_022, "__hi__": 128_036, "__ta__": 128_089, "__zu__": 128_103}
+    assert {token: m2m.convert_tokens_to_ids(token) for token in tokens} == tokens
+    assert m2m.convert_tokens_to_ids("__te__") == m2m.convert_tokens_to_ids("__as__") == m2m.unk_token_id
+    m2m.src_lang, m2m.tgt_lang = "en", "hi"
+    encoded = m2m("India is a country.", text_target="भारत एक देश है।")
+    assert encoded.input_ids[0] == 128_022 and encoded.labels[0] == 128_036 and encoded.labels[-1] == 2
+    assert m2m.decode(encoded.labels, skip_special_tokens=True) == "भारत एक देश है।"
+
+
+def test_m2m100_config_and_model_are_the_real_ones_made_tiny(hf_standins: Path) -> None:
+    from transformers import AutoModelForSeq2SeqLM
+
+    config = _config(M2M100)
+    assert (config.model_type, config.architectures) == ("m2m_100", ["M2M100ForConditionalGeneration"])
+    assert (config.vocab_size, config.decoder_start_token_id, config.pad_token_id) == (128_112, 2, 1)
+    assert config.scale_embedding and config.tie_word_embeddings
+    model = AutoModelForSeq2SeqLM.from_pretrained(M2M100, local_files_only=True).eval()
+    out = model(input_ids=torch.tensor([[128_022, 5, 2]]), decoder_input_ids=torch.tensor([[2, 128_036]]))
+    assert out.logits.shape == (1, 2, 128_112)
+
+
+def test_marian_tokenizer_has_two_sentencepiece_models_and_one_vocabulary(hf_standins: Path) -> None:
+    from huggingface_hub import try_to_load_from_cache
+
+    marian = _tokenizer(MARIAN_EN_HI)
+    assert type(marian).__name__ == "MarianTokenizer"
+    assert len(marian) == 61_950
+    assert (marian.eos_token_id, marian.unk_token_id, marian.pad_token_id) == (0, 1, 61_949)
+    assert (marian.source_lang, marian.target_lang) == ("en", "hi")
+    source, target = (Path(str(try_to_load_from_cache(MARIAN_EN_HI, name))) for name in ("source.spm", "target.spm"))
+    assert source.read_bytes() != target.read_bytes()
+    encoded = marian("India is a country.", text_target="भारत एक देश है।")
+    assert marian.unk_token_id not in encoded.input_ids + encoded.labels
+    assert marian.decode(encoded.input_ids, skip_special_tokens=True) == "India is a country."
+    assert marian.decode(encoded.labels, skip_special_tokens=True) == "भारत एक देश है।"
+
+
+def test_marian_config_and_model_are_the_real_ones_made_tiny(hf_standins: Path) -> None:
+    from transformers import AutoModelForSeq2SeqLM
+
+    config = _config(MARIAN_EN_HI)
+    assert (config.model_type, config.architectures) == ("marian", ["MarianMTModel"])
+    assert (config.vocab_size, config.decoder_vocab_size) == (61_950, 61_950)
+    assert (config.pad_token_id, config.decoder_start_token_id, config.eos_token_id) == (61_949, 61_949, 0)
+    assert config.share_encoder_decoder_embeddings and config.tie_word_embeddings and config.scale_embedding
+    model = AutoModelForSeq2SeqLM.from_pretrained(MARIAN_EN_HI, local_files_only=True).eval()
+    assert model.generation_config.bad_words_ids == [[61_949]]
+    out = model(input_ids=torch.tensor([[5, 6, 0]]), decoder_input_ids=torch.tensor([[61_949, 7]]))
+    assert out.logits.shape == (1, 2, 61_950)
+
+
+def test_indictrans2_is_there_to_be_detected_not_loaded(hf_standins: Path) -> None:
+    from huggingface_hub import try_to_load_from_cache
+
+    config = json.loads(Path(str(try_to_load_from_cache(INDICTRANS2, "config.json"))).read_text())
+    assert config["model_type"] == "IndicTrans"
+    assert config["architectures"] == ["IndicTransForConditionalGeneration"]
+    assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling_indictrans.IndicTransForConditionalGeneration"
+    tokenizer_config = json.loads(Path(str(try_to_load_from_cache(INDICTRANS2, "tokenizer_config.json"))).read_text())
+    assert tokenizer_config["auto_map"]["AutoTokenizer"][0] == "tokenization_indictrans.IndicTransTokenizer"
+    assert try_to_load_from_cache(INDICTRANS2, "model.safetensors") is None
