@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from bhashaflow.core.memory import is_out_of_memory, release_memory
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -38,6 +40,14 @@ class DeadlineExceeded(Exception):
 
 class BatcherStopped(Exception):
     """The batcher is shutting down or its worker died."""
+
+
+class OutOfMemory(Exception):
+    """A text of the request ran out of device memory even in a batch of its own."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"out of device memory translating a text of this request, even alone; retry in {retry_after_s}s")
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(eq=False)
@@ -89,6 +99,9 @@ class Batcher:
         max_wait_ms: longest a text waits for others to fill its batch.
         queue_limit: most texts waiting (not yet in a batch); more are refused with QueueFull.
         on_batch: told the size of every batch run (for metrics); runs in the worker thread.
+        on_out_of_memory: told `split` when a batch ran out of memory and is split in two, `refused` when a text
+            ran out of memory alone and its request fails with OutOfMemory (for metrics); runs in the worker thread.
+        workers: worker threads (1: every batch and control call in one thread, one at a time).
     """
 
     def __init__(
@@ -99,12 +112,14 @@ class Batcher:
         max_wait_ms: float,
         queue_limit: int,
         on_batch: Callable[[int], None] | None = None,
+        on_out_of_memory: Callable[[str], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.queue_limit = queue_limit
         self._on_batch = on_batch
+        self._on_out_of_memory = on_out_of_memory
         self._cond = threading.Condition()
         # Per-key queues, least recently served first.
         self._queues: OrderedDict[str, deque[_Slot]] = OrderedDict()
@@ -253,14 +268,18 @@ class Batcher:
             if len(outputs) != len(slots):
                 raise RuntimeError(f"run_batch returned {len(outputs)} outputs for {len(slots)} texts")
         except Exception as exc:  # noqa: BLE001 - the batch's requests fail, the worker lives on
-            log.exception("batch of %d texts for %s failed", len(slots), key)
-            for job in {s.job for s in slots}:
-                self._abandon(job)  # its other texts need not be translated
-                _settle(job, exc)
-            return
+            if is_out_of_memory(exc):
+                outputs = None  # split below, outside this block: its traceback holds the failed batch's tensors
+            else:
+                log.exception("batch of %d texts for %s failed", len(slots), key)
+                self._fail(slots, exc)
+                return
         finally:
             elapsed = time.monotonic() - started
             self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+        if outputs is None:
+            self._out_of_memory(key, slots)
+            return
         if self._on_batch is not None:
             self._on_batch(len(slots))
         for slot, out in zip(slots, outputs, strict=True):
@@ -269,6 +288,31 @@ class Batcher:
             job.remaining -= 1
             if job.remaining == 0 and not job.abandoned:
                 _settle(job, [r if r is not None else "" for r in job.results])
+
+    def _out_of_memory(self, key: str, slots: list[_Slot]) -> None:
+        """Split a batch that ran out of memory and run both halves; a text that runs out alone fails its request."""
+        release_memory()
+        if len(slots) == 1:
+            log.warning("a text of %d characters for %s ran out of memory alone", len(slots[0].job.texts[slots[0].index]), key)
+            with self._cond:
+                retry_after = self._retry_after_locked(0)
+            self._fail(slots, OutOfMemory(retry_after))
+            self._tell_out_of_memory("refused")
+            return
+        log.warning("a batch of %d texts for %s ran out of memory: splitting it", len(slots), key)
+        self._tell_out_of_memory("split")
+        half = len(slots) // 2
+        self._run(key, slots[:half])
+        self._run(key, slots[half:])  # _run drops the slots of requests the first half failed
+
+    def _tell_out_of_memory(self, outcome: str) -> None:
+        if self._on_out_of_memory is not None:
+            self._on_out_of_memory(outcome)
+
+    def _fail(self, slots: list[_Slot], exc: BaseException) -> None:
+        for job in {s.job for s in slots}:
+            self._abandon(job)  # its other texts need not be translated
+            _settle(job, exc)
 
 
 def _settle(job: _Job, outcome: list[str] | BaseException) -> None:

@@ -74,6 +74,7 @@ class Engine:
             max_wait_ms=serving.max_wait_ms,
             queue_limit=serving.queue_limit,
             on_batch=metrics.batch_size.observe,
+            on_out_of_memory=lambda outcome: metrics.out_of_memory.labels(outcome).inc(),
         )
         self.registry = Registry(config.registry, settings.storage_options_for(config.registry))
         self.state: EngineState = "loading"

@@ -32,6 +32,10 @@ class ServingMetrics:
         )
         # The owner points it at the batcher: queue_depth.set_function(...).
         self.queue_depth = Gauge("bhashaflow_queue_depth", "Texts waiting for a batch.", registry=self.registry)
+        self.out_of_memory = Counter(
+            "bhashaflow_out_of_memory", "Batches that ran out of device memory: split (split in two and run again) or "
+            "refused (a text that ran out alone; its request answered 503).", ["outcome"], registry=self.registry,
+        )
         self.texts = Counter(
             "bhashaflow_texts_translated", "Texts translated, by direction and adapter version.",
             ["direction", "version"], registry=self.registry,

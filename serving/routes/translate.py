@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bhashaflow.core.languages import in_script
 from bhashaflow.episodes.store import NewEpisode
-from serving.batcher import BatcherStopped, DeadlineExceeded, QueueFull
+from serving.batcher import BatcherStopped, DeadlineExceeded, OutOfMemory, QueueFull
 from serving.deps import ServiceDep, TranslateClient
 from serving.engine import NoAdapter
 from serving.schemas import AdapterRef, TranslateRequest, TranslateResponse, error_responses
@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1", tags=["translate"])
             404: "No adapter is served for the direction.",
             413: "Too many texts, a text too long, or a body over serving.max_body_bytes.",
             422: None,
-            503: "Loading, or the queue is full (see Retry-After).",
+            503: "Loading, the queue is full, or a text ran out of device memory alone (see Retry-After).",
             504: "Not translated within serving.request_timeout_s.",
         }
     ),
@@ -59,6 +59,8 @@ async def translate_texts(body: TranslateRequest, service: ServiceDep, client: T
         raise HTTPException(504, str(exc)) from None
     except BatcherStopped as exc:
         raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
+    except OutOfMemory as exc:  # the rest of its batch was answered; this text does not fit the device alone
+        raise HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
     finally:
         engine.release(slot)
     latency_ms = (time.monotonic() - started) * 1000.0

@@ -474,3 +474,37 @@ def test_service_stays_ready_after_the_app_stops_and_starts_again(tmp_path: Path
         with TestClient(create_app(config, Settings())) as client:
             wait_ready(client)
             assert client.post("/v1/translate", json=_body("again")).json()["episode_ids"] == [expected_id]
+
+
+def test_a_batch_that_runs_out_of_memory_is_split_and_only_the_text_that_fails_alone_gets_503(serve: Serve) -> None:
+    from bhashaflow.core.memory import AllocationCap
+
+    client = serve(max_batch_size=8, max_wait_ms=0)
+    batcher = _service(client).engine.batcher
+    cap = AllocationCap(None)
+    batcher.call_in_worker(cap.__enter__).result(10)  # dispatch modes act in the thread that entered them
+    try:
+        long_text = " ".join(["The committee will meet again next week to discuss the budget."] * 12)
+        assert client.post("/v1/translate", json=_body(long_text)).status_code == 200
+        long_alone, cap.largest = cap.largest, 0
+        assert client.post("/v1/translate", json=_body("Hello world.", "How are you?")).status_code == 200
+        assert cap.largest * 3 < long_alone
+        cap.max_bytes = long_alone - 1  # the long text does not fit even alone; the short ones fit together
+
+        release = _hold_worker(client)
+        shorts = [_body("Hello world.", "How are you?"), _body("Good morning."), _body("See you soon.")]
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(client.post, "/v1/translate", json=body) for body in shorts]
+            futures.insert(1, pool.submit(client.post, "/v1/translate", json=_body(long_text)))
+            _wait_for(lambda: batcher.queue_depth == 5)
+            release.set()
+            responses = [f.result(60) for f in futures]
+    finally:
+        batcher.call_in_worker(lambda: cap.__exit__(None, None, None)).result(10)
+    assert [r.status_code for r in responses] == [200, 503, 200, 200]
+    assert int(responses[1].headers["Retry-After"]) >= 1 and "out of device memory" in responses[1].json()["detail"]
+    assert [len(r.json()["translations"]) for r in responses if r.status_code == 200] == [2, 1, 1]
+    samples = _metric_samples(client)["bhashaflow_out_of_memory"]
+    counted = {s.labels["outcome"]: s.value for s in samples if s.name == "bhashaflow_out_of_memory_total"}
+    assert counted["refused"] == 1 and counted["split"] >= 1
+    assert client.post("/v1/translate", json=_body("Hello world.")).status_code == 200  # the service goes on

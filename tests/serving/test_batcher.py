@@ -223,3 +223,39 @@ def test_calls_in_the_worker_run_between_batches_in_its_thread() -> None:
         failing.result(5)
     assert _run(lambda: batcher.submit("a", ["still works"], 5)) == ["STILL WORKS"]
     batcher.stop()
+
+
+def test_a_batch_that_runs_out_of_memory_is_split_and_only_a_text_that_fails_alone_is_refused() -> None:
+    import torch
+
+    from serving.batcher import OutOfMemory
+
+    batches: list[list[str]] = []
+    outcomes: list[str] = []
+
+    def small_device(key: str, texts: list[str]) -> list[str]:  # room for 6 characters at a time
+        batches.append(list(texts))
+        if sum(len(t) for t in texts) > 6:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [t.upper() for t in texts]
+
+    batcher = Batcher(small_device, max_batch_size=8, max_wait_ms=0, queue_limit=64, on_out_of_memory=outcomes.append)
+    batcher.start()
+
+    async def scenario() -> list[list[str] | BaseException]:
+        release = _hold(batcher)
+        requests = [batcher.submit("k", texts, 10) for texts in (["aa", "bb"], ["a-much-longer-text", "c"], ["dd"])]
+        tasks = [asyncio.ensure_future(r) for r in requests]
+        await _until(lambda: batcher.queue_depth == 5)
+        release.set()
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    try:
+        first, too_long, third = _run(scenario)
+    finally:
+        batcher.stop()
+    assert first == ["AA", "BB"] and third == ["DD"]
+    assert isinstance(too_long, OutOfMemory) and too_long.retry_after_s >= 1
+    assert batches[0] == ["aa", "bb", "a-much-longer-text", "c", "dd"]
+    assert ["a-much-longer-text"] in batches and ["c"] not in batches  # its request failed: "c" is not run for nothing
+    assert outcomes.count("refused") == 1 and outcomes.count("split") >= 1
