@@ -42,7 +42,7 @@ from bhashaflow.training.checkpoints import (
     write_adapter_dir,
 )
 from bhashaflow.training.lora import prepare_lora_model
-from bhashaflow.training.loss import scored_token_count, translation_loss_sum
+from bhashaflow.training.loss import on_device, scored_token_count, translation_loss_sum
 from bhashaflow.training.optim import AdapterOptimizer
 from bhashaflow.training.preference import PreferenceStep, cpo_step, load_triplets, preference_steps
 from bhashaflow.training.stream import ExampleStream, eval_sentences, iter_shard_pairs
@@ -106,11 +106,13 @@ def train_step(
     Returns the step's loss as a tensor on `device`: reading it is a host sync, left to the caller.
     """
     scored = max(1, sum(scored_token_count(batch["labels"], family) for batch in micro_batches))
-    losses = (
-        translation_loss_sum(model, {k: v.to(device, non_blocking=True) for k, v in batch.items()}, family) / scored
-        for batch in micro_batches
-    )
-    return optimizer.descend(losses, device)
+
+    def losses() -> Iterator[torch.Tensor]:
+        for batch in micro_batches:
+            on, tokens = on_device(batch, family, device)  # the scored tokens are found on the host: no sync
+            yield translation_loss_sum(model, on, family, scored=tokens) / scored
+
+    return optimizer.descend(losses(), device)
 
 
 def _fingerprint(config: PipelineConfig, direction: str, lm: LoadedModel) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -93,16 +94,51 @@ def _find_final_logits_bias(model: Any) -> torch.Tensor | None:
     return None
 
 
-def scored_positions(hidden: torch.Tensor, labels: torch.Tensor, family: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hidden states, targets) of the scored positions only: (n x hidden), (n).
+@dataclass(frozen=True)
+class ScoredTokens:
+    """Where a collated batch's scored tokens are, found from its labels while they are still on the host.
 
-    Seq2seq: decoder position t predicts labels[t]. Causal: position t predicts labels[t + 1], so the
-    last position is dropped and so is every prompt position (its label is -100).
+    Selecting them on the device with a boolean mask (`hidden[labels != -100]`) makes the host wait for the
+    device to count them, once per micro-batch; positions computed on the host travel with the batch instead.
     """
-    if family == "causal":
-        hidden, labels = hidden[:, :-1], labels[:, 1:]
-    keep = labels != IGNORE_INDEX
-    return hidden[keep], labels[keep]
+
+    index: torch.Tensor  # flat positions into the batch x positions hidden states whose outputs are scored
+    targets: torch.Tensor  # the token each of them is scored against
+    owners: torch.Tensor  # the sequence (row) each belongs to
+    counts: torch.Tensor  # scored tokens per sequence
+
+    def to(self, device: str | torch.device) -> ScoredTokens:
+        moved = (t.to(device, non_blocking=True) for t in (self.index, self.targets, self.owners, self.counts))
+        return ScoredTokens(*moved)
+
+
+def scored_tokens(labels: torch.Tensor, family: str) -> ScoredTokens:
+    """The scored tokens of `labels` (batch x positions, -100 where nothing is scored); call it on the host.
+
+    Seq2seq: decoder position t predicts labels[t]. Causal: position t predicts labels[t + 1], so the last
+    position is never scored and neither is any prompt position (its label is -100).
+    """
+    width = labels.shape[1]
+    shifted = labels[:, 1:] if family == "causal" else labels
+    keep = shifted != IGNORE_INDEX
+    owners, positions = keep.nonzero(as_tuple=True)
+    return ScoredTokens(owners * width + positions, shifted[owners, positions], owners, keep.sum(1))
+
+
+def on_device(batch: dict[str, torch.Tensor], family: str, device: str) -> tuple[dict[str, torch.Tensor], ScoredTokens]:
+    """A collated host batch moved to `device`, with its scored tokens located before it leaves the host."""
+    scored = scored_tokens(batch["labels"], family)
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}, scored.to(device)
+
+
+def _select(hidden: torch.Tensor, scored: ScoredTokens) -> torch.Tensor:
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, scored.index)
+
+
+def scored_positions(hidden: torch.Tensor, labels: torch.Tensor, family: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states, targets) of the scored positions only: (n x hidden), (n); see `scored_tokens`."""
+    scored = scored_tokens(labels, family).to(hidden.device)
+    return _select(hidden, scored), scored.targets
 
 
 def scored_token_count(labels: torch.Tensor, family: str) -> int:
@@ -117,6 +153,7 @@ def translation_loss_sum(
     batch: dict[str, torch.Tensor],
     family: str,
     *,
+    scored: ScoredTokens | None = None,
     chunk_rows: int | None = None,
     use_torch: bool | None = None,
 ) -> torch.Tensor:
@@ -126,14 +163,18 @@ def translation_loss_sum(
         model: a transformers model (or a peft model around one) of `family`.
         batch: input_ids, attention_mask and labels (-100 where nothing is scored), on the model's device.
         family: seq2seq or causal.
+        scored: the batch's scored tokens, located on the host (`on_device`); default: found from the labels
+            where they are (on a GPU that is a host sync).
         chunk_rows: rows of logits at once (default: about CHUNK_ELEMENTS logits).
         use_torch: see `linear_cross_entropy`.
     """
+    scored = scored or scored_tokens(batch["labels"], family)
     hidden = head_inputs(model, batch)
-    rows, targets = scored_positions(hidden, batch["labels"], family)
     weight, bias = output_projection(model)
     chunk = chunk_rows or chunk_rows_for(weight.shape[0])
-    return linear_cross_entropy(rows, weight, targets, bias=bias, chunk_rows=chunk, use_torch=use_torch)
+    scored = scored.to(hidden.device)
+    rows = _select(hidden, scored)
+    return linear_cross_entropy(rows, weight, scored.targets, bias=bias, chunk_rows=chunk, use_torch=use_torch)
 
 
 def linear_cross_entropy(
@@ -227,27 +268,25 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
 
 def sequence_log_probs(
-    model: Any, batch: dict[str, torch.Tensor], family: str, *, chunk_rows: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+    model: Any, batch: dict[str, torch.Tensor], family: str, *, scored: ScoredTokens | None = None,
+    chunk_rows: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Per sequence of `batch`: the summed log-probability of its scored tokens (fp32, differentiable) and
     how many tokens were scored, without materialising the batch's logits.
 
     Preference objectives need one number per sequence: the per-token cross-entropies are computed chunk by
-    chunk (their logits recomputed in the backward pass, never stored) and summed per row.
+    chunk (their logits recomputed in the backward pass, never stored) and summed per row. `scored` as in
+    `translation_loss_sum`.
     """
+    scored = scored or scored_tokens(batch["labels"], family)
     hidden = head_inputs(model, batch)
-    labels = batch["labels"]
-    rows_of = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels)
-    if family == "causal":
-        hidden, labels, rows_of = hidden[:, :-1], labels[:, 1:], rows_of[:, 1:]
-    keep = labels != IGNORE_INDEX
-    rows, targets, owners = hidden[keep], labels[keep], rows_of[keep]
+    scored = scored.to(hidden.device)
     weight, bias = output_projection(model)
     chunk = chunk_rows or chunk_rows_for(weight.shape[0])
-    per_token: torch.Tensor = _PerTokenLinearCrossEntropy.apply(rows, weight, bias, targets, chunk)
-    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=per_token.device).index_add(0, owners, -per_token)
-    counts = torch.bincount(owners, minlength=labels.shape[0])
-    return sums, counts
+    rows = _select(hidden, scored)
+    per_token: torch.Tensor = _PerTokenLinearCrossEntropy.apply(rows, weight, bias, scored.targets, chunk)
+    sums = torch.zeros(hidden.shape[0], dtype=torch.float32, device=per_token.device)
+    return sums.index_add(0, scored.owners, -per_token), scored.counts
 
 
 class _PerTokenLinearCrossEntropy(torch.autograd.Function):

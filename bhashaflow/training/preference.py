@@ -29,7 +29,7 @@ from bhashaflow.data.holdout import Holdout
 from bhashaflow.modeling.encoding import encode_pair
 from bhashaflow.modeling.loaded import LoadedModel
 from bhashaflow.training import TrainingError
-from bhashaflow.training.loss import scored_token_count, sequence_log_probs, translation_loss_sum
+from bhashaflow.training.loss import on_device, scored_token_count, sequence_log_probs, translation_loss_sum
 from bhashaflow.training.optim import AdapterOptimizer
 
 Triplet = tuple[str, str, str]  # (source, chosen, rejected)
@@ -123,17 +123,20 @@ def cpo_step(
 
     def losses() -> Iterator[torch.Tensor]:
         for prefs, plain in step.micro:
-            chosen = _on(collate([p.chosen for p in prefs], pad_id), device)
-            rejected = _on(collate([p.rejected for p in prefs], pad_id), device)
-            logp_chosen, scored = sequence_log_probs(model, chosen, family)
-            logp_rejected, _ = sequence_log_probs(model, rejected, family)
+            # Counted and located on the host, before the batches move: nothing here waits for the device.
+            chosen = collate([p.chosen for p in prefs], pad_id)
+            rejected = collate([p.rejected for p in prefs], pad_id)
+            logp_chosen, scored = _log_probs(model, chosen, family, device)
+            logp_rejected, _ = _log_probs(model, rejected, family, device)
             prefer = -F.logsigmoid(cpo.beta * (logp_chosen - logp_rejected)).mean()
             nll = -logp_chosen.sum() / scored.sum().clamp(min=1)
             loss = prefer + cpo.nll_weight * nll
             tokens[0] += count_tokens(chosen, family) + count_tokens(rejected, family)
             if plain:
-                batch = _on(collate(plain, pad_id), device)
-                loss = loss + translation_loss_sum(model, batch, family) / max(1, scored_token_count(batch["labels"], family))
+                batch = collate(plain, pad_id)
+                moved, located = on_device(batch, family, device)
+                plain_loss = translation_loss_sum(model, moved, family, scored=located)
+                loss = loss + plain_loss / max(1, scored_token_count(batch["labels"], family))
                 tokens[0] += count_tokens(batch, family)
             yield loss / parts
 
@@ -150,12 +153,14 @@ def preference_margins(model: Any, lm: LoadedModel, triplets: list[PreferenceExa
     with torch.no_grad():
         for start in range(0, len(triplets), batch_size):
             chunk = triplets[start : start + batch_size]
-            chosen, _ = sequence_log_probs(model, _on(collate([t.chosen for t in chunk], pad_id), lm.device), lm.family)
-            rejected, _ = sequence_log_probs(model, _on(collate([t.rejected for t in chunk], pad_id), lm.device), lm.family)
+            chosen, _ = _log_probs(model, collate([t.chosen for t in chunk], pad_id), lm.family, lm.device)
+            rejected, _ = _log_probs(model, collate([t.rejected for t in chunk], pad_id), lm.family, lm.device)
             margins.extend((chosen - rejected).tolist())
     model.train(was_training)
     return margins
 
 
-def _on(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def _log_probs(model: Any, batch: dict[str, torch.Tensor], family: str, device: str) -> tuple[torch.Tensor, ...]:
+    """sequence_log_probs of a host batch, moved to `device` with its scored tokens located on the host."""
+    moved, scored = on_device(batch, family, device)
+    return sequence_log_probs(model, moved, family, scored=scored)

@@ -213,3 +213,50 @@ def test_a_bf16_step_runs_no_fp32_matmul_and_no_cast_inside_lora_layers(
     assert dict(mode.lora_casts) == {}
     assert mode.in_lora == 0
     assert {p.dtype for p in lora_params} == {torch.bfloat16}  # the fp32 masters were copied back, not swapped in
+
+
+# Ops that make the host wait for the device: a boolean mask's count (nonzero, masked_select, index with a mask),
+# reading a value (item), or a size that depends on values (bincount, unique).
+_SYNCS = {"nonzero", "masked_select", "_local_scalar_dense", "bincount", "unique", "_unique2", "repeat_interleave"}
+
+
+class _HostSyncs(TorchDispatchMode):
+    """The ops of the loss (the model's own forward, transformers' code, left out) that would sync a GPU's host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        import traceback
+
+        name = func.overloadpacket.__name__
+        masks = name in {"index", "index_put", "index_put_"} and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else []) or []
+        )
+        if (name in _SYNCS or masks) and not any("/transformers/" in f.filename for f in traceback.extract_stack()):
+            self.found[f"{name}{' (bool mask)' if masks else ''}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("use_torch", IMPLEMENTATIONS)
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
+def test_the_losses_never_wait_for_the_device(tiny_bases: dict[str, Path], family: str, use_torch: bool) -> None:
+    from bhashaflow.training.loss import on_device, sequence_log_probs
+
+    lm = lora_model(tiny_bases[family])
+    moved, scored = on_device(batch_of(lm), family, "cpu")  # on the host, before the batch would reach a GPU
+
+    syncs = _HostSyncs()
+    with syncs:
+        translation_loss_sum(lm.model, moved, family, scored=scored, use_torch=use_torch).backward()
+        sums, counts = sequence_log_probs(lm.model, moved, family, scored=scored)
+        sums.sum().backward()
+    assert dict(syncs.found) == {}
+    labels = moved["labels"][:, 1:] if family == "causal" else moved["labels"]
+    assert counts.tolist() == (labels != -100).sum(1).tolist()
+
+    unlocated = _HostSyncs()  # the check sees a sync where there is one: the labels' mask taken on the "device"
+    with unlocated:
+        translation_loss_sum(lm.model, moved, family, use_torch=use_torch)
+    assert unlocated.found["nonzero"] >= 1
