@@ -8,7 +8,7 @@ from png_check import assert_png
 from test_report import result
 
 from bhashaflow.core.fsio import join, open_fs, write_bytes_atomic
-from bhashaflow.pipeline.curves import loss_chart_png, parse_train_log, read_loss_curve
+from bhashaflow.pipeline.curves import loss_chart_png, moving_average, parse_train_log, read_loss_curve
 from bhashaflow.pipeline.report import markdown_report, write_report
 
 LOG = "".join(
@@ -25,15 +25,26 @@ LOG = "".join(
 def test_a_train_log_gives_the_loss_and_validation_curves() -> None:
     curve = parse_train_log(LOG + "\n")
     assert (curve.steps, curve.losses) == ([10, 20, 30], [6.1, 5.2, 4.4])
-    assert (curve.val_steps, curve.val_losses) == ([20], [5.5])
+    assert (curve.val_steps, curve.val_losses, curve.val_chrf_pp) == ([20], [5.5], [9.0])
     assert curve.last == (30, 4.4)
+    assert (curve.best_step, curve.chosen_step) == (20, 20)  # the candidate is the best validated step
+    unvalidated = parse_train_log(LOG.splitlines()[0] + "\n" + LOG.splitlines()[1])
+    assert (unvalidated.best_step, unvalidated.chosen_step) == (None, 20)  # else the last
     assert read_loss_curve("memory://curves/none/train_log.jsonl") is None
 
 
-def test_the_loss_chart_is_a_png() -> None:
+def test_the_loss_chart_is_a_png_with_one_panel_per_direction() -> None:
     curve = parse_train_log(LOG)
-    width, height = assert_png(loss_chart_png({"eng_Latn-hin_Deva": curve, "eng_Latn-tam_Taml": curve}))
-    assert (width, height) == (600, 320)
+    # Two panels side by side (500 px each) over a legend line: it fits the Prefect UI's ~1,000 px artifact pane.
+    assert assert_png(loss_chart_png({"eng_Latn-hin_Deva": curve, "eng_Latn-tam_Taml": curve})) == (1000, 352)
+    assert assert_png(loss_chart_png({"eng_Latn-hin_Deva": curve})) == (500, 374)  # its legend on two lines
+    three = {d: curve for d in ("eng_Latn-hin_Deva", "eng_Latn-tam_Taml", "eng_Latn-ben_Beng")}
+    assert assert_png(loss_chart_png(three)) == (1000, 672)  # two to a row
+
+
+def test_the_moving_average_trails_over_the_window() -> None:
+    assert moving_average([4.0, 2.0, 6.0, 0.0], 2) == [4.0, 3.0, 4.0, 3.0]
+    assert moving_average([4.0, 2.0], 1) == [4.0, 2.0]
 
 
 def test_the_report_draws_every_direction_curve_on_any_fsspec_url() -> None:
