@@ -440,6 +440,23 @@ class ServingConfig(_Strict):
         60.0, ge=0, description="Feedback requests each client may make per minute (0: no limit); 429 beyond."
     )
     feedback_burst: int = Field(30, gt=0, description="Feedback requests a client may make at once before the rate applies.")
+    engine: Literal["torch", "ctranslate2"] = Field(
+        "torch",
+        description=(
+            "What generates: torch (transformers' generate, adapters attached to one base) or ctranslate2 (each "
+            "promoted adapter merged into the base and converted when first served, cached by its manifest hash; "
+            "a base CTranslate2 cannot convert falls back to torch)."
+        ),
+    )
+    compute_type: Literal[
+        "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32"
+    ] | None = Field(
+        None, description="CTranslate2 engine: weights' and compute type (None: int8 on CPU, int8_float16 on CUDA)."
+    )
+    max_batch_tokens: int = Field(
+        4096, gt=0,
+        description="CTranslate2 engine: most source tokens in one length-sorted sub-batch of a batch.",
+    )
 
     @model_validator(mode="after")
     def _anonymous_or_auth(self) -> ServingConfig:

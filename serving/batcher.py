@@ -91,7 +91,8 @@ class Batcher:
 
     A key's queue is ready when it holds `max_batch_size` texts or its oldest text has waited
     `max_wait_ms`; ready keys are served least-recently-served first, so a busy adapter cannot
-    starve a quiet one.
+    starve a quiet one. With several workers, batches of different keys run at once and a key's
+    batches one after another (a key's next batch fills while its current one runs).
 
     Args:
         run_batch: translates texts with the adapter named by the key; runs in the worker thread.
@@ -113,6 +114,7 @@ class Batcher:
         queue_limit: int,
         on_batch: Callable[[int], None] | None = None,
         on_out_of_memory: Callable[[str], None] | None = None,
+        workers: int = 1,
     ) -> None:
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -127,14 +129,20 @@ class Batcher:
         self._depth = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self.workers = max(1, workers)
+        self._running: set[str] = set()  # keys with a batch in a worker
         self._batch_seconds = 0.5  # running mean of a batch's duration, for Retry-After
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the worker thread."""
-        self._thread = threading.Thread(target=self._work, name="bhashaflow-generate", daemon=True)
-        self._thread.start()
+        names = ["bhashaflow-generate"] if self.workers == 1 else [f"bhashaflow-generate-{i}" for i in range(self.workers)]
+        self._threads = [threading.Thread(target=self._work, name=name, daemon=True) for name in names]
+        self._thread = self._threads[0]
+        for thread in self._threads:
+            thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop taking work, fail what is still queued, and wait for the running batch to end."""
@@ -150,8 +158,9 @@ class Batcher:
             _settle(job, BatcherStopped("the service is shutting down"))
         for control in controls:
             control.future.set_exception(BatcherStopped("the service is shutting down"))
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout_s)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout_s)
 
     @property
     def alive(self) -> bool:
@@ -236,10 +245,13 @@ class Batcher:
                 now = time.monotonic()
                 wake_at: float | None = None
                 for key, queue in self._queues.items():
+                    if key in self._running:
+                        continue  # its running batch ends with a notify
                     ready_at = queue[0].enqueued_at + self.max_wait_s
                     if len(queue) >= self.max_batch_size or ready_at <= now:
                         slots = [queue.popleft() for _ in range(min(self.max_batch_size, len(queue)))]
                         self._depth -= len(slots)
+                        self._running.add(key)
                         if queue:
                             self._queues.move_to_end(key)  # served: to the back of the round
                         else:
@@ -251,7 +263,12 @@ class Batcher:
     def _work(self) -> None:
         while (work := self._next_work()) is not None:
             if isinstance(work, _Batch):
-                self._run(work.key, work.slots)
+                try:
+                    self._run(work.key, work.slots)
+                finally:
+                    with self._cond:
+                        self._running.discard(work.key)
+                        self._cond.notify_all()
             elif work.future.set_running_or_notify_cancel():
                 try:
                     work.future.set_result(work.fn())

@@ -1,7 +1,10 @@
 """The base model with one promoted adapter per direction, and their hot swap.
 
-All model work runs in the batcher's worker thread: loading the base, attaching or removing an
-adapter, generating. A reload downloads the new version elsewhere, attaches it between two batches,
+Two engines generate (serving.engine). torch: every adapter attached to the one base, and all model work in the
+batcher's single worker thread. ctranslate2: each adapter version merged into the base and converted
+(serving/ct2.py), one worker per direction so that one direction's batch never waits for another's; the torch base
+stays loaded for the tokenizer and for the directions CTranslate2 cannot serve, and every torch call holds
+`_torch_lock`. A reload downloads (and converts) the new version elsewhere, attaches it between two batches,
 points new requests at it, and removes the old version once the requests holding it have finished.
 """
 
@@ -21,6 +24,15 @@ from bhashaflow.core.settings import Settings
 from bhashaflow.episodes.store import utc_now
 from bhashaflow.registry.store import Registry, RegistryError, VersionInfo
 from serving.batcher import Batcher
+from serving.ct2 import (
+    MAX_SOURCE_TOKENS,
+    ConversionUnsupported,
+    CT2Model,
+    Decoding,
+    check_convertible,
+    converted_model,
+    default_compute_type,
+)
 from serving.metrics import ServingMetrics
 
 log = logging.getLogger(__name__)
@@ -46,12 +58,26 @@ class AdapterSlot:
     pending: int = 0
     retired: bool = False
     unloading: bool = False
+    ct2: CT2Model | None = None  # the converted version (ctranslate2 engine); None: a peft adapter on the torch base
+
+    @property
+    def engine(self) -> Literal["torch", "ctranslate2"]:
+        return "torch" if self.ct2 is None else "ctranslate2"
 
 
 def adapter_name(direction: str, version: str) -> str:
     """The peft adapter name of a version (peft names may not hold dots)."""
     src, tgt = parse_direction(direction)
     return f"{src}__{tgt}__{version}"
+
+
+def bounded_new_tokens(longest_source: int, configured: int) -> int:
+    """A batch's generation limit: twice its longest source plus 10 tokens, never above the configured limit.
+
+    A translation is rarely twice its source's length; a sequence that loops would otherwise hold its whole
+    batch until `max_new_tokens`.
+    """
+    return max(1, min(configured, 2 * longest_source + 10))
 
 
 class Engine:
@@ -75,6 +101,8 @@ class Engine:
             queue_limit=serving.queue_limit,
             on_batch=metrics.batch_size.observe,
             on_out_of_memory=lambda outcome: metrics.out_of_memory.labels(outcome).inc(),
+            # CTranslate2 releases the GIL: one worker per direction runs directions' batches side by side.
+            workers=len(config.directions) if serving.engine == "ctranslate2" else 1,
         )
         self.registry = Registry(config.registry, settings.storage_options_for(config.registry))
         self.state: EngineState = "loading"
@@ -82,6 +110,8 @@ class Engine:
         self.device: str | None = None
         self.lm: Any = None  # bhashaflow.modeling.loading.LoadedModel once loaded
         self._lock = threading.Lock()
+        self._torch_lock = threading.RLock()  # the torch base and its adapters: one user at a time
+        self._fallbacks: set[str] = set()  # directions the ctranslate2 engine serves with torch (logged once)
         self._current: dict[str, AdapterSlot] = {}  # direction -> the version new requests get
         self._loaded: dict[str, AdapterSlot] = {}  # peft name -> every attached version, retired ones too
         self._problems: dict[str, str] = {}  # direction -> why it has no (newer) adapter
@@ -123,13 +153,15 @@ class Engine:
                 if fetched is None:
                     self._problems[direction] = "no promoted adapter in the registry"
                     continue
-                self._attach(*fetched)
+                info, path = fetched
+                self._attach(info, path, self._prepare(info, path))
             except Exception as exc:  # noqa: BLE001 - one bad direction must not keep the others down
                 log.exception("could not load the promoted adapter of %s", direction)
                 self._problems[direction] = str(exc)
                 self.metrics.refusals.labels(direction).inc()
         self.state = "ready"
-        log.info("ready: base %s on %s, adapters %s", config.base_model, self.device, self.served())
+        log.info("ready: base %s on %s (%s engine), adapters %s", config.base_model, self.device,
+                 config.serving.engine, self.served())
 
     # --- adapters -----------------------------------------------------------------------------------
 
@@ -146,8 +178,40 @@ class Engine:
                 f"but the service runs {served!r}"
             )
 
-    def _attach(self, info: VersionInfo, path: str) -> AdapterSlot:
-        """Attach a version and make it the one new requests get (worker thread only)."""
+    def _prepare(self, info: VersionInfo, path: str) -> CT2Model | None:
+        """The ctranslate2 engine's converted version (converting it if not cached); None where torch serves it.
+
+        Runs outside the worker on a reload (a conversion takes a while; batches go on meanwhile). A base or
+        adapter CTranslate2 cannot convert is served by torch, said once per direction in the log.
+        """
+        serving = self.config.serving
+        if serving.engine != "ctranslate2":
+            return None
+        self._check_base(info)
+        src, tgt = parse_direction(info.direction)
+        compute_type = default_compute_type(self.lm.device, serving.compute_type)
+        try:
+            check_convertible(self.lm)
+            folder = converted_model(self.config, self.settings, info, path, base_revision=self.lm.revision,
+                                     compute_type=compute_type)
+            import torch
+
+            return CT2Model(folder, self.lm, src, tgt, device=self.lm.device, compute_type=compute_type,
+                            threads=torch.get_num_threads())
+        except ConversionUnsupported as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a conversion that fails any other way: torch still serves
+            log.debug("CTranslate2 conversion of %s/%s failed", info.direction, info.version, exc_info=True)
+            reason = f"CTranslate2 conversion failed: {_first_line(exc)}"
+        with self._lock:
+            first = info.direction not in self._fallbacks
+            self._fallbacks.add(info.direction)
+        if first:
+            log.warning("%s is served by the torch engine: %s", info.direction, reason)
+        return None
+
+    def _attach(self, info: VersionInfo, path: str, ct2: CT2Model | None = None) -> AdapterSlot:
+        """Attach a version (converted, or as a peft adapter) and make it the one new requests get (worker only)."""
         from bhashaflow.modeling.adapters import load_adapter
 
         self._check_base(info)
@@ -157,13 +221,17 @@ class Engine:
         if slot is not None and slot.unloading:
             self._detach(slot)  # promoted again while on its way out: start afresh
             slot = None
+        if slot is not None and ct2 is not None:
+            ct2.unload()  # the same version is still loaded: the new copy is not needed
         if slot is None:
-            try:
-                load_adapter(self.lm, path, name)
-            except Exception as exc:  # noqa: BLE001 - intact files whose weights do not fit their config
-                raise RegistryError(f"{info.direction}/{info.version}: refused at load: {_first_line(exc)}") from exc
+            if ct2 is None:
+                try:
+                    with self._torch_lock:
+                        load_adapter(self.lm, path, name)
+                except Exception as exc:  # noqa: BLE001 - intact files whose weights do not fit their config
+                    raise RegistryError(f"{info.direction}/{info.version}: refused at load: {_first_line(exc)}") from exc
             src, tgt = parse_direction(info.direction)
-            slot = AdapterSlot(info.direction, src, tgt, info.version, name, info.manifest_sha256, utc_now())
+            slot = AdapterSlot(info.direction, src, tgt, info.version, name, info.manifest_sha256, utc_now(), ct2=ct2)
         with self._lock:
             slot.retired = False
             old = self._current.get(info.direction)
@@ -191,7 +259,11 @@ class Engine:
             if self._loaded.get(slot.name) is not slot:
                 return  # already removed
         try:
-            unload_adapter(self.lm, slot.name)
+            if slot.ct2 is not None:
+                slot.ct2.unload()
+            else:
+                with self._torch_lock:
+                    unload_adapter(self.lm, slot.name)
         except Exception:  # noqa: BLE001 - a leftover adapter costs memory, not correctness
             log.exception("could not unload adapter %s", slot.name)
         with self._lock:
@@ -216,6 +288,11 @@ class Engine:
         if drop:
             self.batcher.call_in_worker(lambda: self._detach(slot))
 
+    def loaded(self) -> list[str]:
+        """Names of every loaded version (peft adapters or converted models), retired ones not yet removed too."""
+        with self._lock:
+            return sorted(self._loaded)
+
     def served(self) -> dict[str, str]:
         """direction -> the version new requests get."""
         with self._lock:
@@ -235,6 +312,7 @@ class Engine:
                         "manifest_sha256": slot.manifest_sha256 if slot else None,
                         "loaded_at": slot.loaded_at if slot else None,
                         "in_flight": in_flight,
+                        "engine": slot.engine if slot else None,
                         "error": self._problems.get(direction),
                     }
                 )
@@ -280,27 +358,38 @@ class Engine:
             return None
         info, path = fetched
         self._check_base(info)
-        slot = await asyncio.wrap_future(self.batcher.call_in_worker(lambda: self._attach(info, path)))
+        ct2 = await asyncio.to_thread(self._prepare, info, path)
+        slot = await asyncio.wrap_future(self.batcher.call_in_worker(lambda: self._attach(info, path, ct2)))
         log.info("swapped %s: %s -> %s", direction, current.version if current else None, slot.version)
         return {"direction": direction, "previous": current.version if current else None, "version": slot.version}
 
     # --- generation (worker thread) -----------------------------------------------------------------
 
     def _run_batch(self, name: str, texts: list[str]) -> list[str]:
+        from bhashaflow.modeling.encoding import encode_source
         from bhashaflow.modeling.generation import translate
 
-        slot = self._loaded[name]
+        with self._lock:
+            slot = self._loaded[name]
         evaluation = self.config.evaluation
-        return translate(
-            self.lm,
-            texts,
-            src_lang=slot.src_lang,
-            tgt_lang=slot.tgt_lang,
-            adapter=name,
-            batch_size=len(texts),
-            num_beams=evaluation.num_beams,
-            max_new_tokens=evaluation.max_new_tokens,
-        )
+        longest = max((len(encode_source(self.lm, t, slot.src_lang, slot.tgt_lang, MAX_SOURCE_TOKENS))
+                       for t in texts if t.strip()), default=0)
+        max_new_tokens = bounded_new_tokens(longest, evaluation.max_new_tokens)
+        if slot.ct2 is not None:
+            decoding = Decoding.of(self.lm, evaluation.num_beams, max_new_tokens)
+            return slot.ct2.translate(texts, decoding, self.config.serving.max_batch_tokens)
+        with self._torch_lock:
+            return translate(
+                self.lm,
+                texts,
+                src_lang=slot.src_lang,
+                tgt_lang=slot.tgt_lang,
+                adapter=name,
+                batch_size=len(texts),
+                num_beams=evaluation.num_beams,
+                max_new_tokens=max_new_tokens,
+                max_source_tokens=MAX_SOURCE_TOKENS,
+            )
 
 
 def _first_line(exc: BaseException, limit: int = 300) -> str:

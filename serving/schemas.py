@@ -143,6 +143,9 @@ class AdapterPublic(BaseModel):
     manifest_sha256: str | None = None
     loaded_at: str | None = None
     in_flight: int = Field(0, description="Requests being translated by this version.")
+    engine: Literal["torch", "ctranslate2"] | None = Field(
+        None, description="What generates with the served version: ctranslate2, or torch (configured, or a fallback)."
+    )
     error: str | None = Field(None, description="Why no (or no newer) version could be loaded.")
 
 

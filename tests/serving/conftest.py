@@ -52,12 +52,30 @@ def registry(tmp_path: Path, tiny_base: str, adapters: dict[str, Path]) -> str:
 
 
 @pytest.fixture
-def serve(tmp_path: Path, tiny_base: str, registry: str) -> Iterator[Serve]:
+def engine() -> str:
+    """The serving engine; the tests where it matters run on both (`@ENGINES`)."""
+    return "torch"
+
+
+@pytest.fixture(scope="session")
+def _ct2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def cache_dir(_ct2_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """BHASHAFLOW_CACHE_DIR for the session: converted CTranslate2 models are cached there, not in the home folder."""
+    monkeypatch.setenv("BHASHAFLOW_CACHE_DIR", str(_ct2_cache))
+    return _ct2_cache
+
+
+@pytest.fixture
+def serve(tmp_path: Path, tiny_base: str, registry: str, engine: str, cache_dir: Path) -> Iterator[Serve]:
     """Start the app (lifespan included) with serving overrides, wait until it is ready, stop it afterwards."""
     clients = Clients()
 
     def start(*, token: str | None = TOKEN, **serving: Any) -> TestClient:
-        config = serving_config(tmp_path, tiny_base, registry, **serving)
+        config = serving_config(tmp_path, tiny_base, registry, **{"engine": engine, **serving})
         return clients.start(config, Settings(api_token=token))  # type: ignore[call-arg]
 
     yield start

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from bhashaflow.config import PipelineConfig, config_from_dict
@@ -20,6 +21,8 @@ EN_HI = "eng_Latn-hin_Deva"
 HI_EN = "hin_Deva-eng_Latn"
 EN_BN = "eng_Latn-ben_Beng"  # configured, never promoted
 TOKEN = "s3cret-token"
+# Runs a test on both serving engines (it takes the `engine` fixture's place).
+ENGINES = pytest.mark.parametrize("engine", ["torch", "ctranslate2"])
 
 
 def make_adapter(base: str, out: Path, seed: int) -> Path:

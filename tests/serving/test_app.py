@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
-from serving_helpers import EN_BN, EN_HI, HI_EN, TOKEN, Serve, register, serving_config, wait_ready
+from serving_helpers import EN_BN, EN_HI, ENGINES, HI_EN, TOKEN, Serve, register, serving_config, wait_ready
 
 from bhashaflow.core.settings import Settings
 from bhashaflow.episodes.store import EpisodeStore
@@ -35,9 +35,11 @@ def _service(client: TestClient) -> Service:
 
 
 def _hold_worker(client: TestClient) -> threading.Event:
-    """Keep the generation thread busy until the event is set, so requests pile up in the queue."""
+    """Keep the generation threads busy until the event is set, so requests pile up in the queue."""
     release = threading.Event()
-    _service(client).engine.batcher.call_in_worker(lambda: release.wait(30))
+    batcher = _service(client).engine.batcher
+    for _ in range(batcher.workers):  # a worker busy with one of these takes no other work
+        batcher.call_in_worker(lambda: release.wait(30))
     return release
 
 
@@ -53,6 +55,7 @@ def _metric_samples(client: TestClient) -> dict[str, list[Any]]:
     return {fam.name: fam.samples for fam in text_string_to_metric_families(text)}
 
 
+@ENGINES
 def test_translate_returns_translations_episodes_and_script_checks(serve: Serve, tmp_path: Path) -> None:
     client = serve()
     resp = client.post("/v1/translate", json=_body("Hello world.", "How are you?", ""))
@@ -76,7 +79,8 @@ def test_translate_returns_translations_episodes_and_script_checks(serve: Serve,
     assert other["adapter"] == {"direction": HI_EN, "version": "v0001"} and other["episode_ids"] == [4]
 
 
-def test_health_and_adapters_describe_what_is_served(serve: Serve) -> None:
+@ENGINES
+def test_health_and_adapters_describe_what_is_served(serve: Serve, engine: str) -> None:
     client = serve()
     health = client.get("/health")
     assert health.status_code == 200
@@ -88,6 +92,7 @@ def test_health_and_adapters_describe_what_is_served(serve: Serve) -> None:
     adapters = client.get("/v1/adapters").json()["adapters"]
     assert [a["direction"] for a in adapters] == [EN_HI, HI_EN, EN_BN]
     assert adapters[2]["error"] == "no promoted adapter in the registry"
+    assert [a["engine"] for a in adapters] == [engine, engine, None]
 
 
 def test_feedback_round_trip(serve: Serve, tmp_path: Path) -> None:
@@ -227,6 +232,7 @@ def test_a_request_past_its_deadline_gets_504_and_frees_its_slot(serve: Serve) -
     assert client.get("/health").json()["adapters"][0]["in_flight"] == 0
 
 
+@ENGINES
 def test_concurrent_requests_are_batched(serve: Serve) -> None:
     client = serve(max_batch_size=8, max_wait_ms=0)
     release = _hold_worker(client)
@@ -307,6 +313,7 @@ def test_require_auth_without_a_token_is_a_config_error(tmp_path: Path, tiny_bas
         create_app(config, Settings(api_token=None))  # type: ignore[call-arg]
 
 
+@ENGINES
 def test_reload_under_load_loses_no_request(serve: Serve, registry: str, tiny_base: str, adapters: dict[str, Path]) -> None:
     client = serve(max_batch_size=4, max_wait_ms=2)
     stop = threading.Event()
@@ -334,12 +341,14 @@ def test_reload_under_load_loses_no_request(serve: Serve, registry: str, tiny_ba
     assert versions[0] == "v0001" and versions[-1] == "v0002"
     assert client.post("/v1/translate", json=_body("after")).json()["adapter"]["version"] == "v0002"
     engine = _service(client).engine
-    _wait_for(lambda: "eng_Latn__hin_Deva__v0001" not in engine.lm.adapters)  # the old version was removed
-    assert sorted(engine.lm.adapters) == ["eng_Latn__hin_Deva__v0002", "hin_Deva__eng_Latn__v0001"]
+    _wait_for(lambda: "eng_Latn__hin_Deva__v0001" not in engine.loaded())  # the old version was removed
+    assert engine.loaded() == ["eng_Latn__hin_Deva__v0002", "hin_Deva__eng_Latn__v0001"]
+    assert sorted(engine.lm.adapters) == (engine.loaded() if engine.config.serving.engine == "torch" else [])
 
 
+@ENGINES
 def test_a_tampered_promoted_version_is_refused_with_409_and_the_served_one_stays(
-    serve: Serve, registry: str, tiny_base: str, adapters: dict[str, Path]
+    serve: Serve, registry: str, tiny_base: str, adapters: dict[str, Path], engine: str
 ) -> None:
     client = serve()
     version = register(registry, EN_HI, adapters["b"], tiny_base)
@@ -352,7 +361,7 @@ def test_a_tampered_promoted_version_is_refused_with_409_and_the_served_one_stay
     assert client.post("/v1/translate", json=_body("still")).json()["adapter"]["version"] == "v0001"
     assert client.get("/health").json()["adapters"][0] | {"loaded_at": None} == {
         "direction": EN_HI, "version": "v0001", "manifest_sha256": Registry(registry).verify(EN_HI, "v0001").manifest_sha256,
-        "loaded_at": None, "in_flight": 0, "error": error,
+        "loaded_at": None, "in_flight": 0, "engine": engine, "error": error,
     }
     refusals = _metric_samples(client)["bhashaflow_adapter_refusals"]
     assert [(s.labels["direction"], s.value) for s in refusals if s.name.endswith("_total")] == [(EN_HI, 1.0)]
@@ -377,6 +386,7 @@ def test_the_openapi_schema_documents_error_bodies_and_this_deployments_limits(s
     assert set(schema["paths"]["/v1/adapters/reload"]["post"]["responses"]) >= {"200", "401", "409", "503"}
 
 
+@ENGINES
 def test_the_registry_is_polled_for_newly_promoted_adapters(
     serve: Serve, registry: str, tiny_base: str, adapters: dict[str, Path]
 ) -> None:
