@@ -30,7 +30,7 @@ from serving.engine import Engine
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.middleware import BodyLimitMiddleware
 from serving.ratelimit import RateLimiter
-from serving.routes import adapters, feedback, ops, translate
+from serving.routes import adapters, feedback, libretranslate, ops, translate
 from serving.schemas import error_responses
 
 log = logging.getLogger(__name__)
@@ -148,12 +148,13 @@ def create_app(config: PipelineConfig, settings: Settings | None = None) -> Fast
         version=__version__,
         summary="LoRA translation adapters for Indic languages, served with dynamic batching.",
         lifespan=lifespan,
-        dependencies=[Depends(identify_client)],
     )
     app.state.service = service
     unauthorized = error_responses({401: None})  # every endpoint: an unknown key, or none under require_auth
     for router in (translate.router, feedback.router, adapters.router, ops.router):
-        app.include_router(router, responses=unauthorized)
+        app.include_router(router, dependencies=[Depends(identify_client)], responses=unauthorized)
+    # LibreTranslate's API: its clients send the key in the body too, and read errors as {"error": ...}.
+    app.include_router(libretranslate.router)
     _document_limits(app, config.serving)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)

@@ -77,39 +77,62 @@ def identify_key(keys: KeyRing, key: str) -> Client | None:
     return found
 
 
-def identify_client(request: Request, service: ServiceDep) -> Client:
-    """Every endpoint: the client whose key the request carries; 401 for a key that is no client's.
+def client_for_key(service: Service, key: str | None, how: str = "Authorization: Bearer <key>") -> Client:
+    """The client whose key `key` is (None: no key was sent); 401 for a key that is no client's.
 
-    A request without one is `anonymous` on a service without serving.require_auth, and 401 on one with it.
-    The key itself is never logged, stored or answered: only the client's name goes further.
+    No key is `anonymous` on a service without serving.require_auth, and 401 on one with it. The key itself is
+    never logged, stored or answered: only the client's name goes further.
+
+    Args:
+        service: the running service (its keys and serving.require_auth).
+        key: the key the request carries, or None.
+        how: how a client sends its key, for the 401's message.
     """
-    header = request.headers.get("authorization", "")
-    if not header.strip():
+    if key is None:
         if service.config.serving.require_auth:
             raise _unauthorized(service, "this service")
         return ANONYMOUS
     if not service.keys.configured:
         raise _unauthorized(service, "this service")
-    scheme, _, given = header.partition(" ")
-    client = identify_key(service.keys, given.strip()) if scheme.lower() == "bearer" else None
+    client = identify_key(service.keys, key.strip())
     if client is None:
-        raise HTTPException(401, "missing or unknown API key (send it as Authorization: Bearer <key>)",
+        raise HTTPException(401, f"missing or unknown API key (send it as {how})",
                             headers={"WWW-Authenticate": "Bearer"})
     return client
 
 
+def bearer_key(request: Request) -> str | None:
+    """The key of the request's `Authorization: Bearer` header; "" for another scheme (no client's key), None
+    without the header."""
+    header = request.headers.get("authorization", "")
+    if not header.strip():
+        return None
+    scheme, _, given = header.partition(" ")
+    return given if scheme.lower() == "bearer" else ""
+
+
+def identify_client(request: Request, service: ServiceDep) -> Client:
+    """Every endpoint of the API: the client whose key the request's bearer token is (see `client_for_key`)."""
+    return client_for_key(service, bearer_key(request))
+
+
 ClientDep = Annotated[Client, Depends(identify_client)]
+
+
+def check_scope(service: Service, client: Client, scope: Scope, what: str) -> Client:
+    """`client` when it holds `scope`; else 401 for an anonymous client, 403 (MissingScope) for a known one."""
+    if client.can(scope):
+        return client
+    if client.anonymous:
+        raise _unauthorized(service, what)
+    raise MissingScope(scope, f"client {client.name!r} lacks the {scope!r} scope, which {what} needs")
 
 
 def require_scope(scope: Scope, what: str) -> Callable[..., Client]:
     """A dependency that lets through clients holding `scope` (401 for anonymous ones, 403 for others)."""
 
     def check(client: ClientDep, service: ServiceDep) -> Client:
-        if client.can(scope):
-            return client
-        if client.anonymous:
-            raise _unauthorized(service, what)
-        raise MissingScope(scope, f"client {client.name!r} lacks the {scope!r} scope, which {what} needs")
+        return check_scope(service, client, scope, what)
 
     check.__name__ = f"require_{scope}"
     return check

@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS episodes (
     feedback_client TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS episodes_feedback_seq ON episodes (feedback_seq);
+-- latest_episode: a suggestion names its text, not an episode id
+CREATE INDEX IF NOT EXISTS episodes_input ON episodes (input);
 CREATE TABLE IF NOT EXISTS export_watermarks (
     target TEXT NOT NULL,
     mode TEXT NOT NULL,
@@ -242,6 +244,16 @@ class EpisodeStore:
         if row is None:
             raise UnknownEpisode(episode_id)
         return Episode._from_row(row)
+
+    def latest_episode(self, client: str, direction: str, text: str) -> Episode | None:
+        """The newest episode in which `client` had `text` translated in `direction`, or None."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM episodes WHERE input = ? AND client = ? AND direction = ? "
+                "ORDER BY id DESC LIMIT 1",
+                (text, client, direction),
+            ).fetchone()
+        return Episode._from_row(row) if row else None
 
     def attach_feedback(
         self,

@@ -25,7 +25,7 @@ def parse_episode_id(raw: int | str) -> int:
     return int(text)
 
 
-def _within_rate_limit(service: Service, client: Client) -> None:
+def within_feedback_limit(service: Service, client: Client) -> None:
     """429 with Retry-After when the client is over serving.feedback_per_minute (counted in /metrics)."""
     wait_s = service.feedback_limit.take(client.name)
     if wait_s > 0:
@@ -57,7 +57,7 @@ async def give_feedback(body: FeedbackRequest, service: ServiceDep, client: Feed
     if body.correction is not None and len(body.correction) > max_chars:
         raise HTTPException(413, f"correction has {len(body.correction)} characters; at most {max_chars} are allowed")
     store = service.episodes()
-    _within_rate_limit(service, client)
+    within_feedback_limit(service, client)
     owner = None if client.can("admin") else client.name
     try:
         episode = await run_in_threadpool(
