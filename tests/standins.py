@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 FLORES_DEV = Path(__file__).resolve().parents[1] / "data" / "flores200" / "dev"
-RECIPE_VERSION = 1  # bump whenever a builder below changes what it writes: cached stand-ins are keyed by it
+RECIPE_VERSION = 2  # bump whenever a builder below changes what it writes: cached stand-ins are keyed by it
 
 NLLB = "facebook/nllb-200-distilled-600M"
 M2M100 = "facebook/m2m100_418M"
@@ -72,7 +72,7 @@ def train_spm(lines: list[str], model_type: str, pieces: int) -> Any:
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines), model_writer=buf, vocab_size=pieces, model_type=model_type,
-        character_coverage=1.0, num_threads=2, minloglevel=2, input_sentence_size=0, shuffle_input_sentence=False,
+        character_coverage=1.0, num_threads=1, minloglevel=2, input_sentence_size=0, shuffle_input_sentence=False,
     )  # fmt: skip
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(buf.getvalue())
