@@ -176,3 +176,26 @@ def test_indictrans2_is_there_to_be_detected_not_loaded(hf_standins: Path) -> No
     tokenizer_config = json.loads(Path(str(try_to_load_from_cache(INDICTRANS2, "tokenizer_config.json"))).read_text())
     assert tokenizer_config["auto_map"]["AutoTokenizer"][0] == "tokenization_indictrans.IndicTransTokenizer"
     assert try_to_load_from_cache(INDICTRANS2, "model.safetensors") is None
+
+
+def test_two_processes_building_and_placing_at_once_both_get_one_valid_copy(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    place = (
+        "import sys; from pathlib import Path; sys.path.insert(0, sys.argv[1]); import standins;"
+        "standins.ensure_hf_cache(Path(sys.argv[2]), [standins.INDICTRANS2])"
+    )
+    env = {**os.environ, "BHASHAFLOW_CACHE_DIR": str(tmp_path / "cache")}
+    tests_dir, hub = str(Path(__file__).parent), str(tmp_path / "hub")
+    procs = [subprocess.Popen([sys.executable, "-c", place, tests_dir, hub], env=env) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert sorted(p.name for p in (tmp_path / "cache" / "standins").rglob("*") if p.parent.name.startswith("v")) == [
+        "ai4bharat--indictrans2-en-indic-dist-200M", "ai4bharat--indictrans2-en-indic-dist-200M.lock",
+    ]  # fmt: skip
+    repo = tmp_path / "hub" / "models--ai4bharat--indictrans2-en-indic-dist-200M"
+    assert [p.name for p in (repo / "snapshots").iterdir()] == [(repo / "refs" / "main").read_text()]
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(INDICTRANS2, "config.json", cache_dir=str(tmp_path / "hub"))
+    assert json.loads(Path(str(config)).read_text())["model_type"] == "IndicTrans"
