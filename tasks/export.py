@@ -9,6 +9,7 @@ from bhashaflow.config import RLExportFlowConfig
 from bhashaflow.core.fsio import join
 from bhashaflow.core.settings import get_settings
 from bhashaflow.episodes.export import ExportSummary, export_rl_logs
+from bhashaflow.pipeline.links import Locator
 from connectors.sinks import open_sink
 from tasks.rundirs import artifact_key
 
@@ -19,7 +20,18 @@ def export_rl_logs_task(config: RLExportFlowConfig) -> ExportSummary:
     settings = get_settings()
     result = export_rl_logs(config, settings, sink=open_sink(config.rl_export.target, settings))
     if result["parts"]:
-        lines = [f"# RL log export to `{result['target']}`", "", f"{result['exported']} episodes in these parts:", ""]
-        lines += [f"- [{part}]({join(result['target'], part)})" for part in result["parts"]]
-        create_markdown_artifact("\n".join(lines), key=artifact_key("export-rl-logs", config.run_name, "parts"))
+        create_markdown_artifact(parts_markdown(result, Locator(settings)),
+                                 key=artifact_key("export-rl-logs", config.run_name, "parts"),
+                                 description=f"RL log export of {config.run_name}'s episodes: the "
+                                 f"{len(result['parts'])} parts this run wrote to {result['target']}")  # fmt: skip
     return result
+
+
+def parts_markdown(result: ExportSummary, locator: Locator) -> str:
+    """The parts an export wrote: on this disk, the folder and the parts' names; on S3, a (presigned) link each."""
+    target = result["target"]
+    local = locator.local_path(target) is not None
+    lines = [f"# RL log export to `{target}`", "", f"{result['exported']} episodes in these parts"
+             + (f", in {locator.folder(target)}:" if local else ":"), ""]  # fmt: skip
+    lines += [f"- `{part}`" if local else f"- {locator.file(join(target, part))}" for part in result["parts"]]
+    return "\n".join(lines) + "\n"

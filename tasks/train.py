@@ -7,7 +7,7 @@ from typing import Any, cast
 from uuid import UUID
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.logging import get_run_logger
 
 from bhashaflow.config import PipelineConfig, TrainingConfig
@@ -19,7 +19,9 @@ from bhashaflow.core.quiet import quiet_libraries
 from bhashaflow.core.settings import get_settings
 from bhashaflow.data.ingest import load_manifest, preference_uris, shard_uris
 from bhashaflow.pipeline.curves import LOSS_CHART, loss_chart_png, read_loss_curve
+from bhashaflow.pipeline.links import Locator
 from bhashaflow.training.loop import ProgressReport, TrainResult, train_adapter
+from tasks.artifacts import MarkdownCard
 from tasks.report import embedded_png
 from tasks.rundirs import artifact_key, direction_uri, local_run_dir
 
@@ -33,26 +35,32 @@ def report_every(training: TrainingConfig) -> int:
 
 class _TrainingWatch:
     """What a person watching one direction's training sees: the progress artifact, the log lines every
-    `training.log_every` steps, the loss-curve chart at each checkpoint, and the CLI's progress bar."""
+    `training.log_every` steps, the loss chart at each checkpoint (one artifact, rewritten in place), and the CLI's
+    progress bar. Every artifact's description says what it is, and which run and direction."""
 
     def __init__(self, config: PipelineConfig, direction: str, run_dir: Path) -> None:
         self.direction, self.logger, self.training = direction, get_run_logger(), config.training
-        self.key = artifact_key("adapter-pipeline", config.run_name, direction, "loss")
+        self.run_id = config.resolved_run_id()
+        self.card = MarkdownCard(artifact_key("adapter-pipeline", config.run_name, direction, "loss"))
         self.artifact = cast(UUID, create_progress_artifact(  # sync here: a UUID, not a coroutine
             0.0, key=artifact_key("adapter-pipeline", config.run_name, direction, "train"),
-            description=f"{direction}: loading the base model",
+            description=self._describe("loading the base model"),
         ))  # fmt: skip
         self.log_path = run_dir / TRAIN_LOG  # the loop's local train log: written before each report
         self.chart_uri = join(direction_uri(config, direction), LOSS_CHART)
-        self.options = get_settings().storage_options_for(self.chart_uri)
+        self.settings = get_settings()
+        self.options = self.settings.storage_options_for(self.chart_uri)
         self.validated = ""
         publish(PhaseProgress("train", direction, 0, self.training.max_steps, "steps", note="loading the base model"))
 
+    def _describe(self, status: str) -> str:
+        return f"{self.direction} training, run {self.run_id}: {status}"
+
     def report(self, r: ProgressReport) -> None:
         figures = f"loss {r.loss:.4f}, {r.tokens_per_s:,.0f} tokens/s"
-        description = f"step {r.step}/{r.max_steps}: {figures}, ETA {format_duration(r.eta_s)}"
+        status = f"step {r.step}/{r.max_steps}: {figures}, ETA {format_duration(r.eta_s)}"
         update_progress_artifact(self.artifact, 100.0 * r.fraction,
-                                 description=description + (f"; {self.validated}" if self.validated else ""))  # fmt: skip
+                                 description=self._describe(status + (f"; {self.validated}" if self.validated else "")))  # fmt: skip
         publish(PhaseProgress("train", self.direction, r.step, r.max_steps, "steps", note=figures))
         last = r.step == r.max_steps
         if r.step % self.training.log_every == 0 or last:
@@ -67,23 +75,30 @@ class _TrainingWatch:
         self.logger.info("%s %s", self.direction, self.validated)
 
     def chart(self, step: int) -> None:
-        """The loss curve so far as a PNG in the direction's run folder, and as a markdown artifact."""
+        """The loss chart so far as a PNG in the direction's run folder, and as the direction's one chart artifact."""
         curve = read_loss_curve(str(self.log_path))
         if curve is None or not curve.steps:
             return
         png = loss_chart_png({self.direction: curve})
         write_bytes_atomic(self.chart_uri, png, self.options)
-        image = embedded_png(png, f"{self.direction} training loss")
-        create_markdown_artifact(f"### {self.direction}: training loss at step {step}\n\n{image}\n\n"
-                                 f"Chart: `{self.chart_uri}`\n", key=self.key)  # fmt: skip
+        image = embedded_png(png, f"{self.direction} training loss and validation chrF++")
+        chosen = "" if curve.best_step is None else f"; best validated step {curve.best_step}"
+        self.card.write(f"### {self.direction}: training loss and validation chrF++ at step {step}{chosen}\n\n"
+                        f"{image}\n\nChart file: {Locator(self.settings).file(self.chart_uri)}\n",
+                        self._describe(f"loss chart at step {step}: training loss (moving average) and validation "
+                                       "chrF++, redrawn at each checkpoint"))  # fmt: skip
 
     def finish(self, result: TrainResult) -> None:
         publish(PhaseProgress("train", self.direction, result.steps, result.steps, "steps", finished=True,
                               note=f"loss {result.final_loss:.4f}" + (", stopped early" if result.stopped_early else "")))
-        if result.stopped_early:  # the last report was before the last step: the artifact and chart catch up
-            update_progress_artifact(self.artifact, 100.0, description=f"stopped early at step {result.steps}; "
-                                     f"{self.validated}")  # fmt: skip
+        if result.stopped_early:  # the last report was before the last step: the chart catches up
             self.chart(result.steps)
+        # The candidate is the best validated step's adapter, else the last step's.
+        best = result.best_step if result.best_step is not None else result.steps
+        how = "patience ran out, " if result.stopped_early else ""
+        unvalidated = ", no validation" if result.best_step is None else ""
+        update_progress_artifact(self.artifact, 100.0, description=self._describe(
+            f"final loss {result.final_loss:.4f}{unvalidated}; {how}finished at step {result.steps} (best step {best})"))  # fmt: skip
 
 
 @task(task_run_name="train-{direction}", persist_result=True)

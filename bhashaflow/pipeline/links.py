@@ -45,7 +45,7 @@ class Locator:
         """One file: a link where a browser can follow one, else its location and the command that opens it."""
         if uri.startswith(("http://", "https://")):
             return f"[{_name(uri)}]({uri})"
-        local = self._local_path(uri)
+        local = self.local_path(uri)
         if local is not None:
             return f"{_code(local)} on host {_code(self.host)} (open: {_code('xdg-open ' + shlex.quote(local))})"
         signed = self.presigned(uri)
@@ -57,7 +57,7 @@ class Locator:
         """A folder: on S3 one presigned link per file (when signing works); else where it is and how to open it."""
         if uri.startswith(("http://", "https://")):
             return f"[{_name(uri)}]({uri})"
-        local = self._local_path(uri)
+        local = self.local_path(uri)
         if local is not None:
             return f"{_code(local)} on host {_code(self.host)} (open: {_code('ls -l ' + shlex.quote(local))})"
         where = self._command(uri, "cp", "--recursive", uri.replace("s3a://", "s3://").rstrip("/") + "/", _name(uri))
@@ -92,7 +92,8 @@ class Locator:
         more = f" and {len(files) - MAX_FOLDER_LINKS} more" if len(files) > MAX_FOLDER_LINKS else ""
         return " · ".join(links) + more
 
-    def _local_path(self, uri: str) -> str | None:
+    def local_path(self, uri: str) -> str | None:
+        """The absolute path of a local `uri` (this machine's disk), else None."""
         protocol, path = fsspec.core.split_protocol(uri)
         return str(Path(path).expanduser().resolve()) if protocol in (None, "file", "local") else None
 
