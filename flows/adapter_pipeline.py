@@ -18,6 +18,7 @@ from flows.runners import configured_run, task_resources
 from tasks.evaluate import evaluate_direction_task
 from tasks.promote import promote_adapter_task
 from tasks.report import publish_report_task
+from tasks.reuse import REPORT_CACHE, reused
 from tasks.train import train_adapter_task
 
 
@@ -36,16 +37,22 @@ def adapter_pipeline(config: PipelineConfig) -> dict[str, Any]:
             training = {d: train_adapter_task.submit(config, d) for d in config.directions}
         trained: dict[str, TrainResult] = {}
         evaluating = {}
+        handed_on: dict[str, bool] = {}  # finished work found at the run URI (tasks/reuse.py), per direction
         for direction, future in training.items():
             trained[direction] = future.result()
+            handed_on[direction] = reused(direction, "training", future.state, trained[direction])
             with task_resources(config, "evaluate"):  # tasks hand each other run URIs: any worker can evaluate
                 evaluating[direction] = evaluate_direction_task.submit(config, direction, trained[direction].adapter_uri)
         directions: dict[str, dict[str, Any]] = {}
         for direction, future in evaluating.items():
             scores = future.result()
-            promotion = promote_adapter_task(config, direction, trained[direction], scores, ingested.manifest_sha256)
-            directions[direction] = direction_result(trained[direction], scores, promotion)
-        report = publish_report_task(config, directions)
+            handed_on[direction] |= reused(direction, "evaluation", future.state, scores)
+            state = promote_adapter_task(config, direction, trained[direction], scores, ingested.manifest_sha256,
+                                         return_state=True)  # fmt: skip
+            promotion = state.result()
+            handed_on[direction] |= reused(direction, "promotion", state, promotion)
+            directions[direction] = direction_result(trained[direction], scores, promotion, handed_on[direction])
+        report = publish_report_task.with_options(cache_policy=REPORT_CACHE, persist_result=True)(config, directions)
     return {"run_id": config.resolved_run_id(), "report": report, "directions": directions}
 
 

@@ -26,6 +26,7 @@ from bhashaflow.modeling.adapters import load_adapter
 from bhashaflow.modeling.loaded import LoadedModel
 from bhashaflow.modeling.loading import load_configured_base
 from bhashaflow.registry.store import Registry
+from tasks.reuse import EVALUATE_CACHE
 from tasks.rundirs import fetch_adapter, fetch_dir
 
 
@@ -44,7 +45,7 @@ def translation_progress(direction: str, model: str) -> Callable[[int, int], Non
     return on_batch
 
 
-@task(task_run_name="evaluate-{direction}", persist_result=True)
+@task(task_run_name="evaluate-{direction}", persist_result=True, cache_policy=EVALUATE_CACHE)
 def evaluate_direction_task(config: PipelineConfig, direction: str, candidate_uri: str) -> DirectionScores:
     """Score the base, the promoted incumbent and the candidate (fetched from the run URI) with the same settings."""
     quiet_libraries()
@@ -71,7 +72,7 @@ def evaluate_direction_task(config: PipelineConfig, direction: str, candidate_ur
     candidate = score("candidate", "candidate")
     corrections = _score_corrections(config, direction, lm, incumbent is not None, options)
     return DirectionScores(direction, base=base, candidate=candidate, incumbent=incumbent,
-                           incumbent_version=version, **corrections)  # fmt: skip
+                           incumbent_version=version, host=settings.host, **corrections)  # fmt: skip
 
 
 def _score_corrections(

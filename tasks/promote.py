@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prefect import task
 from prefect.logging import get_run_logger
 
@@ -9,15 +11,17 @@ from bhashaflow.config import PipelineConfig
 from bhashaflow.core.redact import redact_values
 from bhashaflow.core.settings import get_settings
 from bhashaflow.evaluation.evaluate import DirectionScores
+from bhashaflow.pipeline.reuse import promoted_outcome
 from bhashaflow.registry.promotion import PromotionOutcome, decide_promotion, gate_corrections, promote_adapter
 from bhashaflow.registry.store import Registry
 from bhashaflow.training.loop import TrainResult
+from tasks.reuse import PROMOTE_CACHE
 from tasks.rundirs import fetch_adapter
 
 _FLORES = ("candidate", "base", "incumbent")  # always in the registry's metrics; the corrections only when scored
 
 
-@task(task_run_name="promote-{direction}", persist_result=True)
+@task(task_run_name="promote-{direction}", persist_result=True, cache_policy=PROMOTE_CACHE)
 def promote_adapter_task(
     config: PipelineConfig, direction: str, trained: TrainResult, scores: DirectionScores, data_manifest_sha256: str
 ) -> PromotionOutcome:
@@ -32,10 +36,15 @@ def promote_adapter_task(
             name = "incumbent" if scores.incumbent_corrections is not None else "base"
             decision = gate_corrections(decision, scores.candidate_corrections.chrf_pp, against.chrf_pp, name,
                                         config.promotion.max_regression)  # fmt: skip
+    adapter_dir = fetch_adapter(config, settings, direction, trained.adapter_uri)  # the very bytes the evaluation scored
+    served = promoted_outcome(registry, direction, adapter_dir)
+    if served is not None:  # promoted already, but Prefect's record of it is missing: never registered twice
+        get_run_logger().info("%s %s: %s", direction, served.version, served.reason)
+        return served
     outcome = promote_adapter(
         registry,
         direction,
-        fetch_adapter(config, settings, direction, trained.adapter_uri),  # the very bytes the evaluation scored
+        adapter_dir,
         decision,
         judged_against=scores.incumbent_version,
         base_model=trained.base_model,
@@ -48,4 +57,4 @@ def promote_adapter_task(
                   ("incumbent_corrections", scores.incumbent_corrections)) if k in _FLORES or v is not None},
     )  # fmt: skip
     get_run_logger().info("%s %s: %s", direction, outcome.version, outcome.reason)
-    return outcome
+    return replace(outcome, host=settings.host)

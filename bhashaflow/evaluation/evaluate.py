@@ -29,6 +29,7 @@ class DirectionScores:
     base_corrections: ChrfScore | None = None
     candidate_corrections: ChrfScore | None = None
     incumbent_corrections: ChrfScore | None = None
+    host: str = ""  # the machine that scored them (the pipeline's task fills it in)
 
 
 @dataclass(frozen=True)

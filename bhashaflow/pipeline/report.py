@@ -31,8 +31,13 @@ TABLE_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
 ]
 
 
-def direction_result(trained: TrainResult, scores: DirectionScores, promotion: PromotionOutcome) -> dict[str, Any]:
-    """The public per-direction result of a pipeline run (the `--json` contract)."""
+def direction_result(
+    trained: TrainResult, scores: DirectionScores, promotion: PromotionOutcome, reused: bool = False
+) -> dict[str, Any]:
+    """The public per-direction result of a pipeline run (the `--json` contract).
+
+    `reused`: some step of it was handed on from an earlier (or the retried) flow run instead of done again.
+    """
     base, candidate, incumbent = scores.base, scores.candidate, scores.incumbent
     return {
         "base_chrf": round(base.chrf, 2),
@@ -61,6 +66,9 @@ def direction_result(trained: TrainResult, scores: DirectionScores, promotion: P
         **{f"{who}_corrections_chrf_pp": round(score.chrf_pp, 2) if score else None for who, score in
            (("base", scores.base_corrections), ("incumbent", scores.incumbent_corrections),
             ("candidate", scores.candidate_corrections))},
+        "reused": reused,
+        # The host that trained, evaluated and promoted it: the same in a re-run that reused them (None: not known).
+        "produced_by": {"train": trained.host or None, "evaluate": scores.host or None, "promote": promotion.host or None},
     }
 
 

@@ -105,6 +105,7 @@ class PromotionOutcome:
     promoted: bool
     reason: str
     adapter_uri: str = field(default="", compare=False)  # the version's folder: derived from the version
+    host: str = field(default="", compare=False)  # the machine that promoted it (the pipeline's task fills it in)
 
 
 def promote_adapter(

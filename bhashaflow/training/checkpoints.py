@@ -301,10 +301,13 @@ class RunMirror:
             write_bytes_atomic(join(self.uri, TRAIN_LOG), log.read_bytes(), self.storage_options)
 
     def push_adapter(self, folder: Path) -> str:
-        """Publish the adapter folder; returns its URI (the local folder when there is no run URI)."""
+        """Publish the adapter folder, then unpublish the checkpoints; returns its URI (the local folder when there
+        is no run URI). Until the adapter is published a session elsewhere resumes from them; after, it reuses it."""
         if self.uri is None:
             return str(folder)
         uri = join(self.uri, ADAPTER_DIR)
         publish_folder(folder, uri, self.storage_options)
         self.push_log()
+        for step in self.published_steps():
+            remove_published(self._checkpoint_uri(step), self.storage_options)
         return uri

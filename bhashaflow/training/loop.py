@@ -96,6 +96,8 @@ class TrainResult:
     base_revision: str | None = None  # hub revision, or the content hash of a local or built-in base
     objective: str = "sft"  # training.objective
     initialized_from: str | None = None  # the incumbent version training started from (training.init_from)
+    host: str = ""  # the machine that trained it (the pipeline's task fills it in)
+    reused: bool = False  # handed on from the adapter published at the run URI instead of trained again
 
 
 def train_step(
