@@ -117,8 +117,9 @@ def _save_model(model: Any, out_dir: Path, config_extra: dict[str, Any], generat
 # NLLB: fairseq's dictionary puts <s> <pad> </s> <unk> at 0-3, the 255,997 SentencePiece pieces after the
 # SentencePiece specials at 4..256000 (fairseq_offset 1), the 202 language codes at 256001..256202 (eng_Latn
 # 256047) and <mask> at 256203: len(tokenizer) 256,204; the checkpoint's embedding has 256,206 rows.
-# Checked: the code list and the offsets in transformers' NllbTokenizer/NllbConverter; eng_Latn = 256047 and
-# 256,206 embedding rows as published for the 600M model.
+# Checked: the code list and the offsets in transformers' NllbTokenizer/NllbConverter; eng_Latn 256047, fra_Latn
+# 256057, ron_Latn 256145, <mask> 256203 and len 256,204 in transformers' tests of the real tokenizer; 256,206 rows
+# in published printouts of the model. The hub's tokenizer_config.json fields are as remembered.
 NLLB_SPM_PIECES = 256_000
 NLLB_EMBEDDINGS = 256_206
 
@@ -133,7 +134,9 @@ def build_nllb(out_dir: Path) -> None:
     specials = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>",
                 "pad_token": "<pad>"}  # fmt: skip
     mask = {"content": "<mask>", "lstrip": True, "normalized": True, "rstrip": False, "single_word": False}
-    _write_json(out_dir / "special_tokens_map.json", {**specials, "mask_token": mask, "additional_special_tokens": codes})
+    _write_json(
+        out_dir / "special_tokens_map.json", {**specials, "mask_token": mask, "additional_special_tokens": codes}
+    )
     _write_json(out_dir / "tokenizer_config.json", {
         **specials, "mask_token": mask, "additional_special_tokens": codes, "legacy_behaviour": False,
         "model_max_length": 1024, "sp_model_kwargs": {}, "src_lang": None, "tgt_lang": None,
@@ -142,7 +145,14 @@ def build_nllb(out_dir: Path) -> None:
     # Converted from the SentencePiece model by transformers itself; it adds <mask> before the language codes, so
     # the added tokens get the hub's ids (codes first, <mask> last) before tokenizer.json is written.
     converted = NllbTokenizer.from_pretrained(str(out_dir))
-    ids = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, **{c: 256_001 + i for i, c in enumerate(codes)}, "<mask>": 256_203}
+    ids = {
+        "<s>": 0,
+        "<pad>": 1,
+        "</s>": 2,
+        "<unk>": 3,
+        **{c: 256_001 + i for i, c in enumerate(codes)},
+        "<mask>": 256_203,
+    }
     backend = json.loads(converted.backend_tokenizer.to_str())
     backend["added_tokens"] = sorted(
         ({**t, "id": ids[t["content"]]} for t in backend["added_tokens"]), key=lambda t: t["id"]
@@ -158,8 +168,12 @@ def build_nllb(out_dir: Path) -> None:
         attention_dropout=0.1, activation_dropout=0.0, encoder_layerdrop=0.0, decoder_layerdrop=0.0, init_std=0.02,
         scale_embedding=True, bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
     )  # fmt: skip
-    _save_model(_seeded(M2M100ForConditionalGeneration, config), out_dir, {"tokenizer_class": "NllbTokenizer"},
-                {"bos_token_id": 0, "decoder_start_token_id": 2, "eos_token_id": 2, "max_length": 200, "pad_token_id": 1})
+    _save_model(
+        _seeded(M2M100ForConditionalGeneration, config),
+        out_dir,
+        {"tokenizer_class": "NllbTokenizer"},
+        {"bos_token_id": 0, "decoder_start_token_id": 2, "eos_token_id": 2, "max_length": 200, "pad_token_id": 1},
+    )
 
 
 def _seeded(cls: Any, config: Any) -> Any:
@@ -171,10 +185,11 @@ def _seeded(cls: Any, config: Any) -> Any:
 
 # -------------------------------------------------------------------------------------------------- BLOOMZ-560m
 
-# BLOOM's byte-level BPE: <unk> <s> </s> <pad> at 0-3, 250,680 entries (len(tokenizer)); the embedding has
-# 250,880 rows (padded for tensor parallelism). Checked: 250,880 and the special ids in transformers' BloomConfig
-# defaults and the published config; 250,680 and the pre-tokenizer's split pattern are from the hub's
-# tokenizer.json as remembered, not checked offline.
+# BLOOM's byte-level BPE: <unk> <s> </s> <pad> at 0-3, 250,680 entries (len(tokenizer), as the BLOOM paper gives
+# it); the embedding has 250,880 rows (padded for tensor parallelism). Checked: 250,880, bos 1 and eos 2 in
+# transformers' BloomConfig defaults; the pre-tokenizer (the split pattern, then ByteLevel without prefix space or
+# regex) in several reimplementations of BLOOM's tokenizer. <unk> 0, <pad> 3 and tokenizer_config.json are as
+# remembered.
 BLOOM_TOKENS = 250_680
 BLOOM_EMBEDDINGS = 250_880
 BLOOM_SPLIT = " ?[^(\\s|[.,!?…。，、।۔،])]+"
@@ -215,8 +230,9 @@ def build_bloomz(out_dir: Path) -> None:
         layer_norm_epsilon=1e-5, initializer_range=0.02, apply_residual_connection_post_layernorm=False,
         slow_but_exact=False, pretraining_tp=1,
     )  # fmt: skip
-    _save_model(_seeded(BloomForCausalLM, config), out_dir, {},
-                {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3})
+    _save_model(
+        _seeded(BloomForCausalLM, config), out_dir, {}, {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}
+    )
 
 
 # ------------------------------------------------------------------------------------------------- M2M100 418M
@@ -224,8 +240,10 @@ def build_bloomz(out_dir: Path) -> None:
 # M2M100: vocab.json is fairseq's dictionary (<s> <pad> </s> <unk> at 0-3, then the pieces): 128,004 entries;
 # the 100 language tokens __af__..__zu__ follow at 128004 + their index (__en__ 128022, __hi__ 128036); the
 # embedding has 128,112 rows (8 "madeup words" after the codes). Checked: the code list, the id rule and the
-# madeup words in transformers' M2M100Tokenizer; __en__ = 128022 and 128,112 as published. The SentencePiece
-# model's own size (128,000 here) is not visible through the tokenizer and was not checked.
+# madeup words in transformers' M2M100Tokenizer; __ar__ 128006, __en__ 128022, __fr__ 128028, __mr__ 128063 and
+# __ro__ 128076 in transformers' tests of the real tokenizer (so vocab.json has 128,004 entries). 128,112 and the
+# generation settings are from the hub config as remembered; the SentencePiece model's own size (128,000 here) is
+# not visible through the tokenizer and was not checked.
 M2M100_SPM_PIECES = 128_000
 M2M100_VOCAB = 128_004
 M2M100_EMBEDDINGS = 128_112
@@ -243,7 +261,13 @@ def build_m2m100(out_dir: Path) -> None:
     assert len(vocab) == M2M100_VOCAB
     _write_json(out_dir / "vocab.json", vocab)
     lang_tokens = [f"__{code}__" for code in FAIRSEQ_LANGUAGE_CODES["m2m100"]]
-    specials = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    specials = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+    }
     _write_json(out_dir / "special_tokens_map.json", {**specials, "additional_special_tokens": lang_tokens})
     _write_json(out_dir / "tokenizer_config.json", {
         **specials, "src_lang": None, "tgt_lang": None, "language_codes": "m2m100", "num_madeup_words": 8,
