@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 FLORES_DEV = Path(__file__).resolve().parents[1] / "data" / "flores200" / "dev"
-RECIPE_VERSION = 2  # bump whenever a builder below changes what it writes: cached stand-ins are keyed by it
+RECIPE_VERSION = 3  # bump whenever a builder below changes what it writes: cached stand-ins are keyed by it
 
 NLLB = "facebook/nllb-200-distilled-600M"
 M2M100 = "facebook/m2m100_418M"
@@ -105,7 +105,11 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _save_model(model: Any, out_dir: Path, config_extra: dict[str, Any], generation: dict[str, Any]) -> None:
-    """Weights as model.safetensors; config.json with the hub's extra fields; the hub's generation_config.json."""
+    """Weights as model.safetensors; config.json with the hub's extra fields; the hub's generation_config.json.
+
+    Older hub configs also carry generation settings (max_length, num_beams) in config.json: transformers 5 reads
+    them into the model's generation config as it does the hub's, and generation_config.json takes precedence.
+    """
     model.save_pretrained(str(out_dir))
     config = json.loads((out_dir / "config.json").read_text())
     _write_json(out_dir / "config.json", {**config, **config_extra})
@@ -171,7 +175,7 @@ def build_nllb(out_dir: Path) -> None:
     _save_model(
         _seeded(M2M100ForConditionalGeneration, config),
         out_dir,
-        {"tokenizer_class": "NllbTokenizer"},
+        {"tokenizer_class": "NllbTokenizer", "max_length": 200},
         {"bos_token_id": 0, "decoder_start_token_id": 2, "eos_token_id": 2, "max_length": 200, "pad_token_id": 1},
     )
 
@@ -283,7 +287,8 @@ def build_m2m100(out_dir: Path) -> None:
     )  # fmt: skip
     generation = {"bos_token_id": 0, "decoder_start_token_id": 2, "early_stopping": True, "eos_token_id": 2,
                   "max_length": 200, "num_beams": 5, "pad_token_id": 1}  # fmt: skip
-    _save_model(_seeded(M2M100ForConditionalGeneration, config), out_dir, {}, generation)
+    legacy = {k: generation[k] for k in ("early_stopping", "max_length", "num_beams")}  # also in the hub's config.json
+    _save_model(_seeded(M2M100ForConditionalGeneration, config), out_dir, legacy, generation)
 
 
 # --------------------------------------------------------------------------------------------- opus-mt-en-hi
@@ -291,8 +296,9 @@ def build_m2m100(out_dir: Path) -> None:
 # Marian: one vocabulary shared by both sides (</s> 0, <unk> 1, the pieces of both SentencePiece models, <pad>
 # last), 61,950 entries; pad = decoder_start = 61949, eos = 0. source.spm is English, target.spm Hindi, each a
 # 32,000-piece unigram model ("spm32k" in the model card). Checked: the file names and the vocabulary's layout in
-# transformers' MarianTokenizer and its converter (convert_marian_to_pytorch adds <pad> last). 61,950 and the
-# source_lang/target_lang values are from the hub files as remembered, not checked offline.
+# transformers' MarianTokenizer, and the config the converter (convert_marian_to_pytorch) writes: <pad> last,
+# pad = decoder_start, bos = eos = 0, bad_words_ids [[pad]], max_length 512, positions = d_model 512, scaled
+# embeddings. 61,950, swish, 4 beams and the source_lang/target_lang values are from the hub files as remembered.
 MARIAN_SPM_PIECES = 32_000
 MARIAN_VOCAB = 61_950
 
@@ -331,7 +337,9 @@ def build_marian_en_hi(out_dir: Path) -> None:
     )  # fmt: skip
     generation = {"bad_words_ids": [[pad]], "bos_token_id": 0, "decoder_start_token_id": pad, "eos_token_id": 0,
                   "forced_eos_token_id": 0, "max_length": 512, "num_beams": 4, "pad_token_id": pad}  # fmt: skip
-    _save_model(_seeded(MarianMTModel, config), out_dir, {}, generation)
+    # The converter (convert_marian_to_pytorch) wrote these into config.json; generation_config.json came later.
+    legacy = {k: generation[k] for k in ("bad_words_ids", "max_length", "num_beams")}
+    _save_model(_seeded(MarianMTModel, config), out_dir, {**legacy, "static_position_embeddings": True}, generation)
 
 
 # -------------------------------------------------------------------------------------- IndicTrans2 (detection)
