@@ -8,7 +8,9 @@ from pathlib import Path
 
 # Hub ids (facebook/nllb-200-distilled-600M, ...) resolve offline to the stand-ins of tests/standins.py. Set before
 # anything imports huggingface_hub, which reads HF_HUB_CACHE once, at import; subprocesses inherit it.
-HF_STANDINS_CACHE = Path(os.environ.get("BHASHAFLOW_CACHE_DIR") or "~/.cache/bhashaflow").expanduser() / "hf-standins" / "hub"
+# Read once here: tests that point BHASHAFLOW_CACHE_DIR at a scratch folder must not rebuild the stand-ins.
+STANDINS_CACHE_DIR = Path(os.environ.get("BHASHAFLOW_CACHE_DIR") or "~/.cache/bhashaflow").expanduser()
+HF_STANDINS_CACHE = STANDINS_CACHE_DIR / "hf-standins" / "hub"
 os.environ["HF_HUB_CACHE"] = str(HF_STANDINS_CACHE)
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -91,11 +93,11 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
 def hf_standins() -> Path:
     """The Hugging Face hub cache (HF_HUB_CACHE) holding the stand-ins of every base in standins.HUB_IDS.
 
-    Built once per machine into BHASHAFLOW_CACHE_DIR (about a minute), then placed in milliseconds.
+    Built once per machine into BHASHAFLOW_CACHE_DIR/standins (under a minute), then placed in milliseconds.
     """
     from standins import ensure_hf_cache
 
-    return ensure_hf_cache(HF_STANDINS_CACHE)
+    return ensure_hf_cache(HF_STANDINS_CACHE, cache_dir=STANDINS_CACHE_DIR)
 
 
 # Three aligned lines per language: a FLORES-layout folder small enough to reason about line by line.

@@ -411,8 +411,9 @@ def build_standin(hub_id: str, out_dir: Path) -> Path:
     return out_dir
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("BHASHAFLOW_CACHE_DIR") or "~/.cache/bhashaflow").expanduser() / "standins"
+def default_cache_dir() -> Path:
+    """BHASHAFLOW_CACHE_DIR (default ~/.cache/bhashaflow), as the library's Settings.cache_dir defaults it."""
+    return Path(os.environ.get("BHASHAFLOW_CACHE_DIR") or "~/.cache/bhashaflow").expanduser()
 
 
 def _sha256(path: Path) -> str:
@@ -423,9 +424,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def built_standin(hub_id: str) -> Path:
-    """The stand-in of `hub_id` in the cross-session cache, built once (one builder at a time, across processes)."""
-    target = _cache_root() / f"v{RECIPE_VERSION}" / hub_id.replace("/", "--")
+def built_standin(hub_id: str, cache_dir: Path | None = None) -> Path:
+    """The stand-in of `hub_id` under `cache_dir`/standins/, built once (one builder at a time, across processes)."""
+    target = (cache_dir or default_cache_dir()) / "standins" / f"v{RECIPE_VERSION}" / hub_id.replace("/", "--")
     if (target / _DONE).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -473,20 +474,22 @@ def _place(built: Path, repo_dir: Path) -> None:
     refs.write_text(commit)  # no newline, like huggingface_hub
 
 
-def ensure_hf_cache(hub_cache: Path, hub_ids: Iterable[str] = HUB_IDS) -> Path:
+def ensure_hf_cache(hub_cache: Path, hub_ids: Iterable[str] = HUB_IDS, *, cache_dir: Path | None = None) -> Path:
     """Place the stand-ins of `hub_ids` in the Hugging Face hub cache `hub_cache` (HF_HUB_CACHE) and return it.
 
-    Each stand-in is built once into BHASHAFLOW_CACHE_DIR/standins/v<RECIPE_VERSION>/ and reused by every later
-    session; placing it is idempotent and takes milliseconds once built.
+    Each stand-in is built once into <cache_dir>/standins/v<RECIPE_VERSION>/ and reused by every later session;
+    placing it is idempotent and takes milliseconds once built.
 
     Args:
         hub_cache: the hub cache folder (holding models--<org>--<name>/).
         hub_ids: which stand-ins to place; all of HUB_IDS by default.
+        cache_dir: where built stand-ins are kept across sessions; BHASHAFLOW_CACHE_DIR (default
+            ~/.cache/bhashaflow) when None, read at call time.
     """
     hub_cache = Path(hub_cache)
     hub_cache.mkdir(parents=True, exist_ok=True)
     for hub_id in hub_ids:
-        built = built_standin(hub_id)
+        built = built_standin(hub_id, cache_dir)
         repo = "models--" + hub_id.replace("/", "--")
         (hub_cache / ".locks").mkdir(exist_ok=True)
         with open(hub_cache / ".locks" / f"{repo}.standin.lock", "w") as lock:
