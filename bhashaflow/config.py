@@ -353,6 +353,15 @@ class TrainingConfig(_Strict):
         exclude_if=lambda v: v == "scratch",
         description="scratch: a new LoRA adapter; incumbent: start from the direction's promoted adapter (if any).",
     )
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto",
+        exclude_if=lambda v: v == "auto",
+        description=(
+            "dtype of the base's weights, its activations and the LoRA weights (fp32 masters and gradient sums stay "
+            "fp32). auto: bf16 on GPUs with native bf16 (Ampere on), fp16 with loss scaling on older ones (a T4), "
+            "fp32 on the CPU; bf16 and fp32 are honoured on the CPU too. Checkpoints resume in any precision."
+        ),
+    )
 
     @model_validator(mode="after")
     def _validation_settings(self) -> TrainingConfig:

@@ -55,9 +55,27 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+PRECISIONS: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
 def default_dtype(device: str) -> torch.dtype:
-    """bf16 on CUDA (weights, activations and LoRA alike), fp32 on CPU."""
-    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    """What `device` computes fastest in (weights, activations and LoRA alike): bf16 on GPUs with native bf16
+    (compute capability 8 on, or ROCm), fp16 on older ones (a T4 emulates bf16 slowly), fp32 on the CPU."""
+    if not device.startswith("cuda"):
+        return torch.float32
+    prefer_expandable_segments()  # asking the card starts CUDA: the allocator's setting must come first
+    with torch.cuda.device(torch.device(device)):
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native else torch.float16
+
+
+def precision_dtype(precision: str, device: str) -> torch.dtype:
+    """The dtype of `training.precision` (auto, bf16, fp16, fp32) on `device`."""
+    if precision == "auto":
+        return default_dtype(device)
+    if precision not in PRECISIONS:
+        raise BaseModelError(f"unknown precision {precision!r}: use auto, bf16, fp16 or fp32")
+    return PRECISIONS[precision]
 
 
 def prefer_expandable_segments() -> None:
@@ -106,13 +124,13 @@ def load_base(
         settings: hub token, offline mode and the built-in cache directory.
         device: cpu or cuda[:n]; default cuda when available.
         flores_dir: FLORES-200 directory for building built-in bases.
-        dtype: weights' dtype; default float32 on CPU and bfloat16 on CUDA.
+        dtype: weights' dtype; default `default_dtype(device)` (fp32 on the CPU, bf16 or fp16 on CUDA).
     """
     settings = settings or Settings()
     device = pick_device(device)
-    dtype = dtype or default_dtype(device)
     if device.startswith("cuda"):
         prefer_expandable_segments()
+    dtype = dtype or default_dtype(device)
     path = resolve_base(base_model, languages=languages, settings=settings, flores_dir=flores_dir)
     is_local = Path(path).is_dir()
     refused = unsupported_reason(base_model, _local_config(Path(path)) if is_local else None)
@@ -135,10 +153,12 @@ def load_configured_base(config: PipelineConfig, settings: Settings | None = Non
     """The configured base, loaded the one way every task, the fit check and the service load it.
 
     Args:
-        config: the pipeline config (base_model, base_revision, trust_remote_code, training.quantization).
+        config: the pipeline config (base_model, base_revision, trust_remote_code, training.quantization and
+            training.precision).
         settings: hub token, offline mode and the built-in cache directory.
         device: cpu or cuda[:n]; default cuda when available.
     """
+    device = pick_device(device)
     return load_base(
         config.base_model,
         languages=config.languages,
@@ -148,6 +168,7 @@ def load_configured_base(config: PipelineConfig, settings: Settings | None = Non
         settings=settings,
         device=device,
         flores_dir=config.evaluation.flores_dir,
+        dtype=precision_dtype(config.training.precision, device),
     )
 
 

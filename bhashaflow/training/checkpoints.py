@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from bhashaflow.core.names import (
     TRAINING_CONFIG,
 )
 from bhashaflow.training import TrainingError
+from bhashaflow.training.optim import AdapterOptimizer
 
 _STEP_DIR = re.compile(r"step-(\d+)")
 _UNFINISHED = re.compile(r"\.(step-\d+|adapter)\.(partial|old)-\d+|adapter\.partial-\d+")
@@ -79,7 +81,8 @@ def save_optimizer(optimizer: Any, folder: Path) -> None:
     (folder / OPTIMIZER_SKELETON).write_text(json.dumps(skeleton))
 
 
-def load_optimizer(optimizer: Any, folder: Path) -> None:
+def load_optimizer(optimizer: AdapterOptimizer, folder: Path) -> None:
+    """Restore the optimizer state of a checkpoint whose weights are already set (`load_adapter_weights`)."""
     from safetensors.torch import load_file
 
     tensors = load_file(str(folder / OPTIMIZER_STATE))
@@ -181,11 +184,15 @@ def save_adapter(model: Any, folder: Path) -> None:
     (folder / "README.md").unlink(missing_ok=True)  # peft's empty model card
 
 
-def load_adapter_weights(model: Any, folder: Path) -> None:
+def load_adapter_weights(model: Any, folder: Path, optimizer: AdapterOptimizer | None = None) -> None:
+    """Set the LoRA weights from `folder`'s adapter (a checkpoint, the incumbent, the best step): the one way
+    weights are set, so that an optimizer's fp32 masters take the same values (a later step starts from them)."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
+    weights = load_file(str(folder / ADAPTER_WEIGHTS))
+    with optimizer.setting_weights() if optimizer is not None else nullcontext():
+        set_peft_model_state_dict(model, weights)
 
 
 def write_adapter_dir(

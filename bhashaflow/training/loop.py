@@ -118,11 +118,12 @@ def train_step(
 
 
 def _fingerprint(config: PipelineConfig, direction: str, lm: LoadedModel) -> dict[str, Any]:
+    # Neither the precision nor the device: a checkpoint resumes in another precision, on another kind of machine.
     return {
         "direction": direction,
         "base_model": config.base_model,
         "base_revision": lm.revision,
-        "training": config.training.model_dump(mode="json"),
+        "training": config.training.model_dump(mode="json", exclude={"precision"}),
     }
 
 
@@ -282,7 +283,7 @@ def _start_from_incumbent(session: _Session, settings: Settings | None) -> None:
         log.info("%s: training.init_from incumbent, but nothing is promoted: starting from scratch", session.direction)
         return
     try:
-        load_adapter_weights(session.model, Path(found[1]))
+        load_adapter_weights(session.model, Path(found[1]), session.optimizer)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise TrainingError(
             f"{session.direction}: the incumbent {found[0].version} does not fit this run's LoRA shape "
@@ -305,7 +306,7 @@ def _resume(session: _Session) -> None:
         )
     from safetensors.torch import load_file
 
-    load_adapter_weights(session.model, checkpoint)
+    load_adapter_weights(session.model, checkpoint, session.optimizer)
     load_optimizer(session.optimizer, checkpoint)
     rng = load_file(str(checkpoint / RNG_STATE))
     torch.set_rng_state(rng["cpu"])
@@ -443,7 +444,7 @@ def _finish(session: _Session, decontaminated: int, validator: Validator | None)
         best_dir = session.mirror.pull(state["best_step"])  # on another machine the best may be only at the run URI
         if not (best_dir / TRAINER_STATE).is_file():
             raise TrainingError(f"the best validated checkpoint {best_dir} is missing; delete the run's checkpoints to retrain")
-        load_adapter_weights(session.model, best_dir)  # the candidate is the best step, in memory too
+        load_adapter_weights(session.model, best_dir, session.optimizer)  # the candidate: the best step, in memory too
     adapter_dir = session.run_dir / ADAPTER_DIR
     validation_pairs = len(validator.holdout.pairs) if validator else 0
     summary = {

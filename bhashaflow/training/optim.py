@@ -9,7 +9,8 @@ steps them, and copies them back in one fused copy per step (a few MB for a rank
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -18,6 +19,8 @@ log = logging.getLogger(__name__)
 
 MAX_GRAD_NORM = 1.0
 _HALF = (torch.float16, torch.bfloat16)
+# The keys of a saved optimizer state (checkpoints/step-N/optimizer.json and .safetensors).
+OPTIMIZER_KEY, MASTERS_KEY, LOSS_SCALE_KEY = "optimizer", "master_params", "loss_scale"
 
 
 def make_torch_optimizer(name: str, params: list[torch.Tensor], lr: float, device: str) -> torch.optim.Optimizer:
@@ -35,8 +38,15 @@ def make_torch_optimizer(name: str, params: list[torch.Tensor], lr: float, devic
 class AdapterOptimizer:
     """Clips, steps and zeroes the trainable parameters; fp32 masters stand in for half-precision ones.
 
-    Its `state_dict` holds the inner optimizer's state (and the masters, when there are any), so a resumed
-    run continues from exactly the same numbers.
+    Gradients are summed in fp32 across a step's micro-batches (in the masters' gradients, each micro-batch's
+    half-precision gradient added as it comes). fp16 weights (training.precision fp16, GPUs without fast bf16)
+    also get loss scaling: their gradients would underflow otherwise, and a step whose scaled gradients overflow
+    is skipped while the scale backs off.
+
+    Whatever sets the weights (a fresh adapter, the incumbent, a checkpoint) sets them inside `setting_weights`,
+    so the masters take the same values at full precision. `state_dict` always holds the inner optimizer's state,
+    the masters and the loss scale, whatever the precision, so a checkpoint resumes in any other precision and
+    on any device; the two forms older checkpoints have are read too.
     """
 
     def __init__(self, name: str, params: list[torch.nn.Parameter], lr: float, device: str) -> None:
@@ -46,6 +56,8 @@ class AdapterOptimizer:
             [p.detach().float().clone().requires_grad_(True) for p in params] if self.mixed else list(params)
         )
         self.inner = make_torch_optimizer(name, self.masters, lr, device)
+        fp16 = any(p.dtype == torch.float16 for p in params)
+        self.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=fp16)
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -55,13 +67,44 @@ class AdapterOptimizer:
         for group in self.inner.param_groups:
             group["lr"] = lr
 
+    @contextmanager
+    def setting_weights(self) -> Iterator[None]:
+        """Weights copied into the parameters inside this block land in the fp32 masters unrounded (the masters
+        stand in for the parameters' storage), and are rounded into the half-precision parameters after it."""
+        if not self.mixed:
+            yield
+            return
+        halves = [p.data for p in self.params]
+        for param, master in zip(self.params, self.masters, strict=True):
+            param.data = master.data
+        try:
+            yield
+        finally:
+            for param, half in zip(self.params, halves, strict=True):
+                param.data = half
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, self.masters)
+
+    def accumulate(self) -> None:
+        """Add the parameters' gradients of the last backward pass into the fp32 masters' (mixed precision)."""
+        if not self.mixed:
+            return
+        for master, param in zip(self.masters, self.params, strict=True):
+            if param.grad is None:
+                continue
+            if master.grad is None:
+                master.grad = param.grad.float()
+            else:
+                master.grad.add_(param.grad)
+            param.grad = None
+
     def step(self) -> torch.Tensor:
         """Clip the gradients to norm 1 and update; returns the gradient norm before clipping (a tensor)."""
-        if self.mixed:
-            for master, param in zip(self.masters, self.params, strict=True):
-                master.grad = None if param.grad is None else param.grad.float()
+        self.accumulate()
+        self.scaler.unscale_(self.inner)
         norm = torch.nn.utils.clip_grad_norm_(self.masters, MAX_GRAD_NORM)
-        self.inner.step()
+        self.scaler.step(self.inner)  # skipped when the scaled gradients overflowed (fp16 only)
+        self.scaler.update()
         if self.mixed:
             with torch.no_grad():
                 torch._foreach_copy_(self.params, self.masters)
@@ -74,7 +117,8 @@ class AdapterOptimizer:
         learned = False
         for loss in losses:
             if loss.requires_grad:
-                loss.backward()
+                self.scaler.scale(loss).backward()
+                self.accumulate()
                 learned = True
             # else: LayerDrop (on in some bases' configs) skipped every adapted layer; nothing to learn from it.
             total += loss.detach()
@@ -91,17 +135,22 @@ class AdapterOptimizer:
                 master.grad = None
 
     def state_dict(self) -> dict[str, Any]:
-        state = self.inner.state_dict()
-        if not self.mixed:
-            return state
-        return {"optimizer": state, "master_params": [m.detach() for m in self.masters]}
+        """The inner optimizer's state, the fp32 masters and the loss scale: one form for every precision."""
+        return {
+            OPTIMIZER_KEY: self.inner.state_dict(),
+            MASTERS_KEY: [m.detach() for m in self.masters],
+            LOSS_SCALE_KEY: self.scaler.state_dict(),  # empty unless fp16
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not self.mixed:
+        """Restore a state of any precision; the weights must already be set (`setting_weights`)."""
+        if "param_groups" in state:
+            # Written by fp32 training before the masters were always saved: the weights are the masters.
             self.inner.load_state_dict(state)
             return
-        self.inner.load_state_dict(state["optimizer"])
-        with torch.no_grad():
-            for master, saved in zip(self.masters, state["master_params"], strict=True):
-                master.copy_(saved)
-            torch._foreach_copy_(self.params, self.masters)
+        self.inner.load_state_dict(state[OPTIMIZER_KEY])
+        with self.setting_weights(), torch.no_grad():
+            for param, saved in zip(self.params, state[MASTERS_KEY], strict=True):
+                param.copy_(saved)
+        if self.scaler.is_enabled() and state.get(LOSS_SCALE_KEY):
+            self.scaler.load_state_dict(state[LOSS_SCALE_KEY])

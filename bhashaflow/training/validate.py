@@ -18,7 +18,7 @@ from bhashaflow.modeling.generation import translate
 from bhashaflow.modeling.loaded import LoadedModel
 from bhashaflow.training import TrainingError
 from bhashaflow.training.lora import ADAPTER_NAME
-from bhashaflow.training.loss import scored_token_count, translation_loss_sum
+from bhashaflow.training.loss import on_device, scored_token_count, translation_loss_sum
 
 ValidationCallback = Callable[[int, dict[str, Any]], None]
 
@@ -62,8 +62,8 @@ class Validator:
         def run(start: int, stop: int) -> None:
             nonlocal total, scored
             batch = collate(examples[start:stop], pad_id)
-            on_device = {k: v.to(lm.device) for k, v in batch.items()}
-            total = total + translation_loss_sum(lm.model, on_device, lm.family)  # counted only once it fits
+            moved, tokens = on_device(batch, lm.family, lm.device)  # the scored tokens found on the host: no sync
+            total = total + translation_loss_sum(lm.model, moved, lm.family, scored=tokens)  # counted only once it fits
             scored += scored_token_count(batch["labels"], lm.family)
 
         with torch.no_grad():

@@ -48,3 +48,28 @@ def test_eight_and_four_bit_bases_load_quantized_linears_and_generate(m2m: Path)
     assert type(nf4.model.model.encoder.layers[0].fc1).__name__ == "Linear4bit"
     with pytest.raises(BaseModelError, match="unknown quantization '3bit'"):
         load_base(str(m2m), languages=[], quantization="3bit")
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("auto", torch.float32), ("bf16", torch.bfloat16),
+                                                  ("fp16", torch.float16), ("fp32", torch.float32)])  # fmt: skip
+def test_training_precision_is_the_dtype_the_base_loads_in(m2m: Path, precision: str, dtype: torch.dtype) -> None:
+    from bhashaflow.config import config_from_dict
+    from bhashaflow.modeling.loading import load_configured_base
+
+    config = config_from_dict({"directions": ["eng_Latn-hin_Deva"], "base_model": str(m2m),
+                               "training": {"precision": precision}})  # fmt: skip
+    lm = load_configured_base(config, device="cpu")  # auto: fp32 on the CPU; the others honoured there too
+    assert {p.dtype for p in lm.model.parameters()} == {dtype} and lm.compute_dtype == dtype
+    # The default is left out of the config's dump: fingerprints and caches of earlier runs still match.
+    assert ("precision" in config.training.model_dump(mode="json")) is (precision != "auto")
+
+
+def test_an_unknown_precision_is_refused_by_name() -> None:
+    from bhashaflow.config import ConfigError, config_from_dict
+    from bhashaflow.modeling.loading import default_dtype, precision_dtype
+
+    with pytest.raises(ConfigError, match="training.precision"):
+        config_from_dict({"directions": ["eng_Latn-hin_Deva"], "training": {"precision": "int8"}})
+    with pytest.raises(BaseModelError, match="unknown precision 'tf32': use auto, bf16, fp16 or fp32"):
+        precision_dtype("tf32", "cpu")
+    assert default_dtype("cpu") == torch.float32 and precision_dtype("auto", "cpu") == torch.float32

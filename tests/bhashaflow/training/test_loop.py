@@ -18,6 +18,7 @@ from training_helpers import (
     listing,
     make_config,
     no_pickles,
+    validated_config,
 )
 
 from bhashaflow.data.batching import collate
@@ -234,3 +235,142 @@ def test_a_non_finite_loss_stops_training_before_any_checkpoint_holds_it(bases: 
         train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={},
                       log_every=100)  # fmt: skip
     assert latest_checkpoint(tmp_path) is None
+
+
+# Mixed precision on the CPU (torch runs bf16 there too): the weights, their fp32 masters and the checkpoints.
+
+
+def adapter_weights(result_dir: str | Path) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(result_dir) / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("rate", [1e-30, 1e-3], ids=["vanishing-rate", "normal-rate"])
+def test_a_bf16_run_from_the_incumbent_starts_from_its_weights(bases: dict[str, Path], shard: str, tmp_path: Path,
+                                                               rate: float) -> None:  # fmt: skip
+    from bhashaflow.registry.store import Registry
+
+    first = train_adapter(config=make_config(bases["seq2seq"], precision="bf16", learning_rate=1e-2), direction=DIRECTION,
+                          shard_paths=[shard], out_dir=str(tmp_path / "first"), eval_texts={})  # fmt: skip
+    incumbent = adapter_weights(first.adapter_dir)
+    registry = Registry(str(tmp_path / "registry"))
+    info = registry.register(DIRECTION, first.adapter_dir, base_model=str(bases["seq2seq"]), base_revision=None,
+                             data_manifest_sha256="0" * 64, config={}, metrics={"candidate": {"chrf_pp": 1.0}})  # fmt: skip
+    registry.promote(DIRECTION, info.version)
+
+    config = make_config(bases["seq2seq"], precision="bf16", init_from="incumbent", learning_rate=rate, max_steps=1)
+    config = config.model_copy(update={"registry": str(tmp_path / "registry")})
+    result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path / "second"),
+                           eval_texts={})  # fmt: skip
+
+    assert result.initialized_from == info.version
+    after = adapter_weights(result.adapter_dir)
+    assert after.keys() == incumbent.keys()
+    assert {w.dtype for w in after.values()} == {torch.bfloat16}
+    assert max(float(w.abs().max()) for k, w in incumbent.items() if "lora_B" in k) > 5e-3  # far from a fresh B (0)
+    for key, want in incumbent.items():
+        if rate < 1e-20:
+            assert torch.equal(after[key], want), key  # a step that changes nothing ends where it started
+        else:  # one AdamW step moves each weight by about the rate (plus bf16's rounding), from the incumbent's
+            drift = (after[key].float() - want.float()).abs()
+            assert bool((drift <= 1.5 * rate + want.float().abs() / 128).all()), (key, float(drift.max()))
+    if rate > 1e-20:
+        assert any(not torch.equal(after[k], incumbent[k]) for k in incumbent)  # and it did learn
+
+
+@pytest.mark.parametrize(("first", "then"), [("bf16", "fp32"), ("fp32", "bf16")])
+def test_a_checkpoint_resumes_in_another_precision_with_its_validation_history(
+    bases: dict[str, Path], shard: str, tmp_path: Path, first: str, then: str
+) -> None:
+    # The run URI exists so that a trainer rescheduled on another kind of machine goes on where the first stopped.
+    config = validated_config(bases["seq2seq"], max_steps=4, precision=first)
+    out = tmp_path / "run"
+    straight = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={})
+    assert [v["step"] for v in straight.validation] == [2, 4]
+    shutil.rmtree(out / "checkpoints" / "step-4")  # as if stopped after the checkpoint of step 2
+    shutil.rmtree(out / "adapter")
+
+    elsewhere = config.model_copy(update={"training": config.training.model_copy(update={"precision": then})})
+    resumed = train_adapter(config=elsewhere, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={})
+
+    assert resumed.resumed_from == 2 and resumed.steps == 4
+    assert [v["step"] for v in resumed.validation] == [2, 4]
+    assert resumed.validation[0] == straight.validation[0]  # the history before the checkpoint, intact
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in logged if "val_chrf_pp" in entry] == [2, 4]
+    got, want = adapter_weights(resumed.adapter_dir), adapter_weights(straight.adapter_dir)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[then]
+    assert got.keys() == want.keys() and {w.dtype for w in got.values()} == {dtype}
+    for key in want:  # the same two steps from the same fp32 numbers, in another precision
+        torch.testing.assert_close(got[key].float(), want[key].float(), rtol=0.05, atol=2e-3)
+
+
+class _Captured:
+    """What load_optimizer hands an optimizer: the saved state, as it is on disk."""
+
+    state: dict[str, object]
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.state = state
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_checkpoint_in_either_older_state_form_still_resumes_exactly(
+    bases: dict[str, Path], shard: str, tmp_path: Path, precision: str
+) -> None:
+    from types import SimpleNamespace
+
+    from bhashaflow.training.checkpoints import load_optimizer, save_optimizer
+
+    config = make_config(bases["seq2seq"], max_steps=4, checkpoint_every=2, precision=precision)
+    out = tmp_path / "run"
+    straight = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={})
+    expected = adapter_weights(straight.adapter_dir)
+    shutil.rmtree(out / "checkpoints" / "step-4")
+    shutil.rmtree(out / "adapter")
+    # Step 2's optimizer state rewritten as runs before the one form wrote it: torch's own state in fp32, the inner
+    # state and the masters (no loss scale) in mixed precision.
+    step2 = out / "checkpoints" / "step-2"
+    captured = _Captured()
+    load_optimizer(captured, step2)  # type: ignore[arg-type]
+    state = captured.state
+    mixed = {"optimizer": state["optimizer"], "master_params": state["master_params"]}
+    legacy = state["optimizer"] if precision == "fp32" else mixed
+    save_optimizer(SimpleNamespace(state_dict=lambda: legacy), step2)
+    fingerprint = json.loads((step2 / "trainer_state.json").read_text())["fingerprint"]
+    assert "precision" not in fingerprint["training"]  # as older runs wrote it
+
+    resumed = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={})
+
+    assert resumed.resumed_from == 2 and resumed.steps == 4
+    got = adapter_weights(resumed.adapter_dir)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
+def test_a_step_that_runs_out_of_memory_stops_at_the_last_checkpoint_with_what_to_lower(
+    bases: dict[str, Path], shard: str, tmp_path: Path
+) -> None:
+    from bhashaflow.core.memory import AllocationCap
+    from bhashaflow.training import TrainingOutOfMemory
+
+    config = make_config(bases["seq2seq"], max_steps=4, checkpoint_every=2, batch_tokens=192, grad_accum_steps=2)
+    cap = AllocationCap(None)
+
+    def shrink_the_device(step: int, max_steps: int, loss: float) -> None:
+        if step == 2:  # step 2's checkpoint is still written; step 3 does not fit
+            cap.max_bytes = 16 * 1024
+
+    with cap, pytest.raises(TrainingOutOfMemory) as raised:
+        train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={},
+                      on_progress=shrink_the_device)  # fmt: skip
+    message = str(raised.value)
+    assert "\n" not in message and cap.raised == 1
+    assert message.startswith(f"{DIRECTION}: out of memory at step 3 on cpu (a micro-batch of ")
+    assert "step-2 is kept and a rerun resumes from it" in message
+    assert "training.batch_tokens (now 192) or max_length (now 48), or raise grad_accum_steps (now 2)" in message
+    assert "`bhashaflow fit CONFIG` finds the largest training.batch_tokens that fits this device" in message
+    assert listing(tmp_path / "checkpoints") == ["step-2"] and not (tmp_path / "adapter").exists()
+    assert listing(tmp_path / "checkpoints" / "step-2") == CHECKPOINT_FILES
+
+    result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={})
+    assert result.resumed_from == 2 and result.steps == 4  # the rerun on a device it fits goes on from there
