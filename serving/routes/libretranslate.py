@@ -198,8 +198,11 @@ def libre_code(code: str) -> str:
     return code
 
 
+_TAG = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")  # en, hi-IN, zh-Hant, hin_Deva
+
+
 def _language(tag: Any, name: str) -> str:
-    code = flores_code(tag) if isinstance(tag, str) else None
+    code = flores_code(tag) if isinstance(tag, str) and _TAG.fullmatch(tag) else None
     if code is None:
         raise _bad(f"{str(tag)[:40]} is not supported" if isinstance(tag, str) else f"Invalid request: {name} must be a string")
     return code

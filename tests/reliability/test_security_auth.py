@@ -97,6 +97,14 @@ def _admin_endpoints() -> list[Endpoint]:
     return sorted(out)
 
 
+# The LibreTranslate endpoints' bodies (serving/routes/libretranslate.py).
+LIBRE_BODIES: dict[str, dict[str, str]] = {
+    "/translate": {"q": "hi", "source": "en", "target": "hi"},
+    "/suggest": {"q": "hi", "s": "नमस्ते", "source": "en", "target": "hi"},
+    "/detect": {"q": "hi"},
+}
+
+
 def _call(client: TestClient, endpoint: Endpoint, headers: dict[str, str], query: str = "") -> Any:
     method, path = endpoint
     body = None
@@ -104,6 +112,7 @@ def _call(client: TestClient, endpoint: Endpoint, headers: dict[str, str], query
         body = {"texts": ["hi"], "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"} if "translate" in path else (
             {"episode_id": 1, "reward": 0.5} if "feedback" in path else None
         )
+        body = LIBRE_BODIES.get(path, body)
     return client.request(method, path + query, json=body, headers=headers)
 
 
@@ -386,6 +395,8 @@ def test_paths_in_requests_never_reach_outside_the_registry(start: Start, tmp_pa
             ("POST", "/v1/translate", {"texts": ["hi"], "src_lang": "eng_Latn", "tgt_lang": "hin_Deva",
                                        rng.choice(["adapter", "version", "direction", "path"]): evil}),
             ("POST", "/v1/feedback", {"episode_id": evil, "reward": 0.5}),
+            ("POST", "/translate", {"q": "hi", "source": evil, "target": "hi"}),
+            ("POST", "/suggest", {"q": "hi", "s": "x", "source": "en", "target": evil}),
             ("GET", "/v1/adapters/" + quote(evil, safe="/%"), None),
             ("POST", "/v1/adapters/reload/" + quote(evil, safe="/%"), None),
             ("GET", "/" + quote(evil.lstrip("/"), safe="/%"), None),

@@ -59,6 +59,15 @@ NEEDS: dict[Endpoint, str | None] = {
     ("POST", "/v1/translate"): "translate", ("POST", "/v1/feedback"): "feedback",
     ("POST", "/v1/adapters/reload"): "admin", ("GET", "/health"): None, ("GET", "/v1/adapters"): None,
     ("GET", "/metrics"): None,
+    # LibreTranslate's API (serving/routes/libretranslate.py)
+    ("POST", "/translate"): "translate", ("POST", "/suggest"): "feedback", ("POST", "/detect"): None,
+    ("GET", "/languages"): None, ("GET", "/frontend/settings"): None,
+}
+LIBRE_PATHS = {"/translate", "/suggest", "/detect", "/languages", "/frontend/settings"}  # errors: {"error": ...}
+LIBRE_BODIES: dict[str, dict[str, str]] = {
+    "/translate": {"q": "hi", "source": "en", "target": "hi"},
+    "/suggest": {"q": "hello", "s": "नमस्ते", "source": "en", "target": "hi"},  # on the client's episode of hello
+    "/detect": {"q": "hello"},
 }
 RATE_PER_MINUTE, BURST = 30, 5
 
@@ -181,6 +190,7 @@ def _call(http: httpx.Client, endpoint: Endpoint, headers: dict[str, str], episo
         body = {"texts": ["hi"], "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}
     elif path == "/v1/feedback":
         body = {"episode_id": episode, "reward": 0.5}
+    body = LIBRE_BODIES.get(path, body)
     return http.request(method, path + query, json=body, headers=headers)
 
 
@@ -221,11 +231,12 @@ def _expect(resp: httpx.Response, kind: str, scope: str | None, client: str | No
     if kind == "with the scope":
         return resp.status_code == 200
     body = resp.json()
+    message = "error" if resp.request.url.path in LIBRE_PATHS else "detail"
     if kind in ("no key", "unknown key"):
-        return resp.status_code == 401 and resp.headers.get("WWW-Authenticate") == "Bearer" and set(body) == {"detail"}
+        return resp.status_code == 401 and resp.headers.get("WWW-Authenticate") == "Bearer" and set(body) == {message}
     if kind == "without the scope":
-        return (resp.status_code == 403 and body.get("missing_scope") == scope and f"'{scope}'" in body["detail"]
-                and f"'{client}'" in body["detail"])
+        return (resp.status_code == 403 and body.get("missing_scope") == scope and f"'{scope}'" in body[message]
+                and f"'{client}'" in body[message])
     raise AssertionError(kind)
 
 
@@ -257,9 +268,10 @@ def test_every_endpoint_refuses_what_the_key_does_not_allow(keyed: Server, seed:
                 tally.check(_expect(resp, kind, scope, client),
                             f"seed {seed}: {endpoint} {kind} ({client}): {resp.status_code} {resp.text[:300]}")
                 assert all(key not in resp.text for key in KEYS.values())
-        # Nothing refused ran: one episode more (the translate "with"), one feedback (app's, on its own episode).
+        # Nothing refused ran: two episodes more (the translates "with", /v1 and LibreTranslate's), one feedback
+        # (app's, on its own episode: its suggestion, then replaced by its /v1/feedback).
         with EpisodeStore(keyed.db) as store:
-            assert store.count() == episodes_before + 1
+            assert store.count() == episodes_before + 2
             assert [store.get(e).feedback_client for e in own.values()] == [None, "app"]
     assert _metric(keyed, "bhashaflow_requests_total", route="/v1/adapters/reload", status="200") == reloads_before + 1
     record("API clients: every endpoint x {no key, unknown key, key without the scope, key with it} (real server)",

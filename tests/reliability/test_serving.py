@@ -197,7 +197,8 @@ SCHEMA_CHECKS = [
 ST_CONFIG = {"checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "404", "409", "413", "422"]}}}
 CALL_TIMEOUT_S = 10.0  # "no hang": every call answers within this (request_timeout_s is 5)
 FUZZ_WEIGHTS = {"/v1/translate": 3, "/v1/feedback": 2, "/v1/adapters/reload": 1, "/v1/adapters": 1, "/health": 1,
-                "/metrics": 1}
+                "/metrics": 1, "/translate": 2, "/suggest": 1, "/detect": 1, "/languages": 1, "/frontend/settings": 1}
+LIBRE_SERVED = [("en", "hi"), ("hi", "en")]  # SERVED in LibreTranslate's codes
 
 # Header values a client could send: printable latin-1 (what HTTP carries), no leading whitespace (requests
 # refuses that, the no-break space included).
@@ -262,6 +263,8 @@ def _fuzz_operation(
                 case.body["src_lang"], case.body["tgt_lang"] = SERVED[steer % 2]
             elif path == "/v1/feedback":
                 case.body["episode_id"] = episode if steer == 2 else str(episode)
+            elif path in ("/translate", "/suggest"):
+                case.body["source"], case.body["target"] = LIBRE_SERVED[steer % 2]
         started = time.perf_counter()
         try:
             resp = case.call(base_url=url, session=session, headers=auth, params=query or None,
@@ -321,6 +324,7 @@ def test_fuzzing_every_endpoint_from_the_openapi_schema(
     record(
         "OpenAPI fuzz of every endpoint (schemathesis; open and require_auth, with/without token)", area="serving",
         tried=tally.cases, lost=sum(server_errors.values()), operations=len(FUZZ_WEIGHTS), translated=translated,
+        libre_translated=tally.statuses[("/translate", 200)], libre_suggested=tally.statuses[("/suggest", 200)],
         refused_401=sum(refused_auth.values()), p99_ms=round(_p(tally.latencies, 0.99) * 1000, 1),
         max_ms=round(max(tally.latencies) * 1000, 1),
     )
