@@ -59,7 +59,7 @@ def in_halving_batches(count: int, batch_size: int, run: Callable[[int, int], No
 
 
 class AllocationCap(TorchDispatchMode):
-    """Raise `torch.OutOfMemoryError` when an op's output would take more than `max_bytes` (None: no cap).
+    """Raise `torch.OutOfMemoryError` when an op's new output storage would take more than `max_bytes` (None: no cap).
 
     A stand-in for a card too small for a batch: activations grow with the batch, so a cap on the largest
     single allocation fails large batches and passes small ones, deterministically. `max_bytes` may be changed
@@ -77,8 +77,11 @@ class AllocationCap(TorchDispatchMode):
     def __torch_dispatch__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
-        out = func(*args, **(kwargs or {}))
-        sizes = [leaf.numel() * leaf.element_size() for leaf in tree_leaves(out) if isinstance(leaf, torch.Tensor)]
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        inputs = {_storage(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        # Views and in-place results share an input's storage: only new storage is an allocation.
+        sizes = [t.untyped_storage().nbytes() for t in tree_leaves(out) if isinstance(t, torch.Tensor) and _storage(t) not in inputs]
         size = max(sizes, default=0)
         if self.max_bytes is not None and size > self.max_bytes:
             self.raised += 1
@@ -87,3 +90,10 @@ class AllocationCap(TorchDispatchMode):
             )
         self.largest = max(self.largest, size)
         return out
+
+
+def _storage(tensor: torch.Tensor) -> int:
+    try:
+        return int(tensor.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):  # a tensor without storage (meta, sparse): never an allocation here
+        return 0

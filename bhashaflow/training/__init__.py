@@ -13,3 +13,8 @@
 
 class TrainingError(RuntimeError):
     """Training cannot start or go on; the message says why."""
+
+
+class TrainingOutOfMemory(TrainingError):
+    """A training step ran out of device memory: training stopped at its last checkpoint; the message names what
+    to lower."""

@@ -21,6 +21,7 @@ import torch
 
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.languages import parse_direction
+from bhashaflow.core.memory import is_out_of_memory
 from bhashaflow.core.names import ADAPTER_DIR, RNG_STATE, TRAIN_LOG, TRAINER_STATE
 from bhashaflow.core.redact import redact_values
 from bhashaflow.core.schedule import lr_at
@@ -30,7 +31,7 @@ from bhashaflow.data.decontamination import Decontaminator
 from bhashaflow.modeling.loaded import LoadedModel
 from bhashaflow.modeling.loading import load_configured_base
 from bhashaflow.registry.store import Registry
-from bhashaflow.training import TrainingError
+from bhashaflow.training import TrainingError, TrainingOutOfMemory
 from bhashaflow.training.checkpoints import (
     RunMirror,
     latest_checkpoint,
@@ -330,7 +331,13 @@ def _fit(session: _Session, steps: Iterator[Step | PreferenceStep], hooks: _Hook
     while state["step"] < train_cfg.max_steps and not state["stopped_early"]:
         lr = lr_at(state["step"], peak=train_cfg.learning_rate, warmup=train_cfg.warmup_steps, max_steps=train_cfg.max_steps)
         session.optimizer.set_lr(lr)
-        loss, tokens = _run_step(session, next(steps), pad_id)
+        step = next(steps)
+        try:
+            loss, tokens = _run_step(session, step, pad_id)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise _out_of_memory(session, step) from None  # one line; the last checkpoint stays as it is
         pending.append(loss)
         state["step"] += 1
         state["tokens"] += tokens
@@ -358,6 +365,27 @@ def _fit(session: _Session, steps: Iterator[Step | PreferenceStep], hooks: _Hook
             folder = save_checkpoint(session.model, session.optimizer, state, session.run_dir, hooks.keep_checkpoints)
             session.mirror.push_checkpoint(folder, state)
         window.open(time.perf_counter(), state["step"], state["tokens"])
+
+
+def _out_of_memory(session: _Session, step: Step | PreferenceStep) -> TrainingOutOfMemory:
+    """Why training stopped, what to lower, and where a rerun goes on from."""
+    cfg, lm = session.config.training, session.lm
+    checkpoint = latest_checkpoint(session.run_dir)
+    kept = f"{checkpoint.name} is kept and a rerun resumes from it" if checkpoint else "no checkpoint was written yet"
+    if isinstance(step, PreferenceStep):
+        what = "a preference step"
+    else:
+        micro = max(step, key=len)
+        tokens = sum(len(src) + (len(tgt) if lm.family == "seq2seq" else 0) for src, tgt in micro)
+        what = f"a micro-batch of {len(micro)} pairs, {tokens} tokens"
+    budget = (f"training.batch_tokens (now {cfg.batch_tokens}) or max_length (now {cfg.max_length}), or raise "
+              f"grad_accum_steps (now {cfg.grad_accum_steps})") if cfg.batch_tokens else (
+              f"training.batch_size (now {cfg.batch_size}) or max_length (now {cfg.max_length}); raise grad_accum_steps "
+              "to keep the step's size, or set training.batch_tokens")  # fmt: skip
+    return TrainingOutOfMemory(
+        f"{session.direction}: out of memory at step {session.state['step'] + 1} on {lm.device} ({what}); {kept}. "
+        f"Lower {budget}; `bhashaflow fit CONFIG` finds the largest training.batch_tokens that fits this device"
+    )
 
 
 def _run_step(session: _Session, step: Step | PreferenceStep, pad_id: int) -> tuple[torch.Tensor, int]:
