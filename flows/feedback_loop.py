@@ -8,6 +8,7 @@ corrections) -> promote (the FLORES gate, and no loss beyond `promotion.max_regr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow
@@ -17,7 +18,7 @@ from prefect.context import FlowRunContext
 from bhashaflow.config import PipelineConfig, RLExportFlowConfig
 from bhashaflow.core.settings import get_settings
 from bhashaflow.data.ingest import load_manifest
-from bhashaflow.pipeline.report import format_table
+from bhashaflow.pipeline.report import MARKDOWN_COLUMNS, MARKDOWN_CORRECTIONS_COLUMNS, format_table, markdown_table
 from flows.adapter_pipeline import adapter_pipeline
 from flows.export_rl_logs import export_rl_logs_flow
 from tasks.rundirs import artifact_key
@@ -43,7 +44,9 @@ def feedback_loop(config: PipelineConfig) -> dict[str, Any]:
     manifest = load_manifest(run_uri, get_settings().storage_options_for(run_uri)) or {}
     counts = feedback_counts(manifest, feedback_sources)
     create_markdown_artifact(loop_markdown(result["run_id"], exported, counts, result["directions"]),
-                             key=artifact_key("feedback-loop", config.run_name, "loop"))  # fmt: skip
+                             key=artifact_key("feedback-loop", config.run_name, "loop"),
+                             description=f"Feedback loop, run {result['run_id']}, every direction: episodes exported, "
+                             "what they became, chrF++ on FLORES-200 and on the held-out corrections, the gate's word")  # fmt: skip
     return {"export": exported, "feedback": counts, **result}
 
 
@@ -68,7 +71,8 @@ def feedback_counts(manifest: dict[str, Any], sources: list[str]) -> dict[str, A
 
 
 def loop_markdown(run_id: str, exported: Any, counts: dict[str, Any], directions: dict[str, dict[str, Any]]) -> str:
-    """The loop's artifact: what was exported, what became data, both yardsticks and the gate's word."""
+    """The loop's artifact: what was exported, what became data, both yardsticks and the gate's word (a table each,
+    narrow enough for the Prefect UI)."""
     lines = [f"# Feedback loop, run {run_id}", "",
              f"Exported {exported['exported']} episodes in {len(exported['parts'])} parts to `{exported['target']}`.", ""]  # fmt: skip
     for name, s in counts["sources"].items():
@@ -76,19 +80,16 @@ def loop_markdown(run_id: str, exported: Any, counts: dict[str, Any], directions
         rejected = ", ".join(f"{k} {v}" for k, v in (s["rejected_by_reason"] or {}).items()) or "none"
         lines.append(f"- `{name}`: {s['read']} episodes read, {s['accepted']} corrections kept "
                      f"({s['duplicates']} duplicates), skipped: {skipped}; rejected: {rejected}")  # fmt: skip
-    lines += ["", "| direction | pairs | preference triplets | held out | FLORES chrF++ base / incumbent / candidate "
-              "| corrections chrF++ base / incumbent / candidate | promoted |", "|---|---:|---:|---:|---|---|---|"]  # fmt: skip
-    for d, r in directions.items():
-        c = counts["directions"].get(d, {"pairs": 0, "preferences": 0, "heldout": 0})
-        flores = " / ".join(_num(r.get(f"{w}_chrf_pp")) for w in ("base", "incumbent", "candidate"))
-        held = " / ".join(_num(r.get(f"{w}_corrections_chrf_pp")) for w in ("base", "incumbent", "candidate"))
-        lines.append(f"| {d} | {c['pairs']} | {c['preferences']} | {c['heldout']} | {flores} | {held} | "
-                     f"{'yes' if r['promoted'] else 'no'}: {r['reason']} |")  # fmt: skip
+    became: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
+        (header, "---:", lambda r, k=key: str(counts["directions"].get(r["direction"], {}).get(k, 0)))
+        for header, key in (("training pairs", "pairs"), ("preference triplets", "preferences"), ("held out", "heldout"))
+    ]
+    rows = {d: {**r, "direction": d} for d, r in directions.items()}
+    lines += ["", "What the feedback became:", "", *markdown_table(rows, became),
+              "", "chrF++ on FLORES-200:", "", *markdown_table(rows, MARKDOWN_COLUMNS),
+              "", "chrF++ on the held-out corrections:", "", *markdown_table(rows, MARKDOWN_CORRECTIONS_COLUMNS),
+              "", *[f"- **{d}**: {'promoted' if r['promoted'] else 'not promoted'}: {r['reason']}" for d, r in directions.items()]]  # fmt: skip
     return "\n".join(lines) + "\n"
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def loop_table(result: dict[str, Any]) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -20,12 +19,10 @@ from bhashaflow.core.quiet import quiet_libraries
 from bhashaflow.core.settings import get_settings
 from bhashaflow.data.ingest import load_manifest, preference_uris, shard_uris
 from bhashaflow.pipeline.curves import LOSS_CHART, loss_chart_png, read_loss_curve
-from bhashaflow.pipeline.reuse import published_training
 from bhashaflow.pipeline.links import Locator
 from bhashaflow.training.loop import ProgressReport, TrainResult, train_adapter
 from tasks.artifacts import MarkdownCard
 from tasks.report import embedded_png
-from tasks.reuse import TRAIN_CACHE
 from tasks.rundirs import artifact_key, direction_uri, local_run_dir
 
 
@@ -47,7 +44,7 @@ class _TrainingWatch:
         self.card = MarkdownCard(artifact_key("adapter-pipeline", config.run_name, direction, "loss"))
         self.artifact = cast(UUID, create_progress_artifact(  # sync here: a UUID, not a coroutine
             0.0, key=artifact_key("adapter-pipeline", config.run_name, direction, "train"),
-            description=self._describe("loading the base model"),
+            description=self._describe("training progress", "loading the base model"),
         ))  # fmt: skip
         self.log_path = run_dir / TRAIN_LOG  # the loop's local train log: written before each report
         self.chart_uri = join(direction_uri(config, direction), LOSS_CHART)
@@ -56,14 +53,14 @@ class _TrainingWatch:
         self.validated = ""
         publish(PhaseProgress("train", direction, 0, self.training.max_steps, "steps", note="loading the base model"))
 
-    def _describe(self, status: str) -> str:
-        return f"{self.direction} training, run {self.run_id}: {status}"
+    def _describe(self, what: str, status: str) -> str:
+        return f"{self.direction} {what}, run {self.run_id}: {status}"
 
     def report(self, r: ProgressReport) -> None:
         figures = f"loss {r.loss:.4f}, {r.tokens_per_s:,.0f} tokens/s"
         status = f"step {r.step}/{r.max_steps}: {figures}, ETA {format_duration(r.eta_s)}"
         update_progress_artifact(self.artifact, 100.0 * r.fraction,
-                                 description=self._describe(status + (f"; {self.validated}" if self.validated else "")))  # fmt: skip
+                                 description=self._describe("training progress", status + (f"; {self.validated}" if self.validated else "")))  # fmt: skip
         publish(PhaseProgress("train", self.direction, r.step, r.max_steps, "steps", note=figures))
         last = r.step == r.max_steps
         if r.step % self.training.log_every == 0 or last:
@@ -88,8 +85,8 @@ class _TrainingWatch:
         chosen = "" if curve.best_step is None else f"; best validated step {curve.best_step}"
         self.card.write(f"### {self.direction}: training loss and validation chrF++ at step {step}{chosen}\n\n"
                         f"{image}\n\nChart file: {Locator(self.settings).file(self.chart_uri)}\n",
-                        self._describe(f"loss chart at step {step}: training loss (moving average) and validation "
-                                       "chrF++, redrawn at each checkpoint"))  # fmt: skip
+                        self._describe("loss chart", f"training loss (moving average) and validation chrF++ at step "
+                                       f"{step}, redrawn at each checkpoint"))  # fmt: skip
 
     def finish(self, result: TrainResult) -> None:
         publish(PhaseProgress("train", self.direction, result.steps, result.steps, "steps", finished=True,
@@ -100,20 +97,17 @@ class _TrainingWatch:
         best = result.best_step if result.best_step is not None else result.steps
         how = "patience ran out, " if result.stopped_early else ""
         unvalidated = ", no validation" if result.best_step is None else ""
-        update_progress_artifact(self.artifact, 100.0, description=self._describe(
+        update_progress_artifact(self.artifact, 100.0, description=self._describe("training progress",
             f"final loss {result.final_loss:.4f}{unvalidated}; {how}finished at step {result.steps} (best step {best})"))  # fmt: skip
 
 
-@task(task_run_name="train-{direction}", persist_result=True, cache_policy=TRAIN_CACHE)
+@task(task_run_name="train-{direction}", persist_result=True)
 def train_adapter_task(config: PipelineConfig, direction: str) -> TrainResult:
     """Fine-tune one direction's LoRA adapter, resuming from the run's latest (published) checkpoint."""
     quiet_libraries()
     settings = get_settings()
     run_uri = config.run_uri()
     options = settings.storage_options_for(run_uri)
-    finished = published_training(config, direction, direction_uri(config, direction), options)
-    if finished is not None:  # published, but Prefect's record of it is missing (a kill in between, or deleted)
-        return finished
     manifest = load_manifest(run_uri, options)
     if manifest is None:
         raise RuntimeError(f"{run_uri}: no finished ingestion (manifest.json) to train on")
@@ -134,4 +128,4 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> TrainResult:
         publish_to=direction_uri(config, direction) if is_remote(run_uri, options) else None,
     )
     watch.finish(result)
-    return replace(result, host=settings.host)
+    return result

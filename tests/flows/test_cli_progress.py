@@ -215,11 +215,11 @@ def _embedded_pngs(markdown: str) -> list[bytes]:
 def test_the_artifacts_carry_progress_and_the_loss_curves(piped: Run) -> None:
     progress = _artifact(artifact_key("adapter-pipeline", "watch-pipe", DIRECTION, "train"))
     assert progress["data"] == 100.0
-    assert re.fullmatch(rf"{DIRECTION} training, run watch-pipe-\S+: final loss \d+\.\d{{4}}, no validation; "
+    assert re.fullmatch(rf"{DIRECTION} training progress, run watch-pipe-\S+: final loss \d+\.\d{{4}}, no validation; "
                         r"finished at step 12 \(best step 12\)", str(progress["description"]))  # fmt: skip
     curve = _artifact(artifact_key("adapter-pipeline", "watch-pipe", DIRECTION, "loss"))  # drawn at steps 6 and 12
     assert str(curve["data"]).startswith(f"### {DIRECTION}: training loss and validation chrF++ at step 12\n")
-    assert re.fullmatch(rf"{DIRECTION} training, run watch-pipe-\S+: loss chart at step 12: .*", str(curve["description"]))
+    assert re.fullmatch(rf"{DIRECTION} loss chart, run watch-pipe-\S+: .* at step 12, .*", str(curve["description"]))
     [png] = _embedded_pngs(str(curve["data"]))
     assert_png(png)
     report = str(_artifact(artifact_key("adapter-pipeline", "watch-pipe", "report"))["data"])

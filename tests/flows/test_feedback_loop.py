@@ -85,3 +85,20 @@ def test_a_second_loop_exports_nothing_new_and_judges_against_the_incumbent(loop
     row = second["directions"][DIRECTION]
     assert row["incumbent_version"] == first["version"]
     assert row["incumbent_corrections_chrf_pp"] == first["candidate_corrections_chrf_pp"]
+
+
+def test_every_artifact_of_the_loop_says_what_it_is_and_no_link_is_dead(loop: dict[str, Any]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="-loop-")))
+    keys = {a.key for a in artifacts}
+    assert {"feedback-loop-loop-loop", "export-rl-logs-loop-parts", "adapter-pipeline-loop-report"} <= keys
+    for artifact in artifacts:
+        assert artifact.description and "file://" not in str(artifact.data), artifact.key
+    [card] = [a for a in artifacts if a.key == "feedback-loop-loop-loop" and loop["result"]["run_id"] in a.data]
+    assert "| direction | training pairs | preference triplets | held out |" in card.data
+    assert "chrF++ on the held-out corrections:" in card.data and f"- **{DIRECTION}**: promoted: " in card.data
+    [parts] = [a for a in artifacts if a.key == "export-rl-logs-loop-parts"]  # the second loop exported nothing
+    assert f"in `{loop['root'] / 'rl-logs'}` on host `" in parts.data
