@@ -218,7 +218,8 @@ def markdown_report(
                     *markdown_table(directions, MARKDOWN_CORRECTIONS_COLUMNS)] if _has_corrections(directions) else [])  # fmt: skip
     reasons = [f"- **{d}**: {r['reason']}" for d, r in directions.items()]
     signature = next(iter(directions.values()))["signature"] if directions else ""
-    charts = [f"Chart: {locate(chart_uri)}"] + ([f"Loss curves: {locate(loss_chart_uri)}"] if loss_chart_uri else [])
+    # A paragraph each: Prefect's newer UI joins lines that a single newline separates.
+    charts = [f"Chart: {locate(chart_uri)}"] + (["", f"Loss curves: {locate(loss_chart_uri)}"] if loss_chart_uri else [])
     return "\n".join(
         [f"# adapter-pipeline run `{run_id}`", "", *[f"> **Note:** {n}" for n in notes or []], *([""] if notes else []),
          "chrF++ on FLORES-200:", "", *markdown_table(directions, MARKDOWN_COLUMNS), "", *reasons, "",

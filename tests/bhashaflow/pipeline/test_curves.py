@@ -59,7 +59,7 @@ def test_the_report_draws_every_direction_curve_on_any_fsspec_url() -> None:
     assert_png(fs.cat_file(f"{run}/loss.png"))
     assert_png(fs.cat_file(f"{run}/chrf.png"))
     text = fs.cat_file(f"{run}/report.md").decode()
-    assert f"Chart: `{run}/chrf.png`\nLoss curves: `{run}/loss.png`" in text
+    assert f"Chart: `{run}/chrf.png`\n\nLoss curves: `{run}/loss.png`" in text
 
 
 def test_a_run_without_train_logs_has_no_loss_chart() -> None:
