@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from standins import BLOOMZ, INDICTRANS2, M2M100, MARIAN_EN_HI, NLLB, ensure_hf_cache
+from standins import BLOOMZ, HUB_IDS, INDICTRANS2, M2M100, MARIAN_EN_HI, NLLB, ensure_hf_cache
 
 
 def _tokenizer(hub_id: str) -> Any:
@@ -51,9 +51,15 @@ def test_the_cache_is_huggingface_hubs_layout_and_resolves_offline(hf_standins: 
 
 
 def test_placing_again_changes_nothing(hf_standins: Path) -> None:
-    before = {p: p.stat().st_mtime_ns for p in hf_standins.rglob("*") if "/.locks" not in str(p)}
+    def placed() -> dict[Path, int]:
+        repos = [hf_standins / f"models--{hub_id.replace('/', '--')}" for hub_id in HUB_IDS]
+        snapshots = [repo / "snapshots" / (repo / "refs" / "main").read_text() for repo in repos]
+        files = [repo / "refs" / "main" for repo in repos] + [f for s in snapshots for f in s.iterdir()]
+        return {f: f.lstat().st_mtime_ns for f in files}
+
+    before = placed()
     assert ensure_hf_cache(hf_standins) == hf_standins
-    assert {p: p.stat().st_mtime_ns for p in hf_standins.rglob("*") if "/.locks" not in str(p)} == before
+    assert placed() == before
 
 
 def test_nllb_tokenizer_has_the_real_ids(nllb: Any) -> None:
