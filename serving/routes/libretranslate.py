@@ -115,15 +115,17 @@ _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 async def read_params(request: Request) -> dict[str, Any]:
     """The request's parameters, as LibreTranslate reads them: a JSON body's object, or else the form fields
-    and the query string (the first value of each name)."""
+    and the query string. An empty body is no parameters, whatever its type (Mastodon's GET /languages says
+    application/json and sends none)."""
     cached: dict[str, Any] | None = getattr(request.state, "libre_params", None)
     if cached is not None:
         return cached
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     params: dict[str, Any]
-    if media == "application/json" or media.endswith("+json"):
+    raw = await request.body()
+    if (media == "application/json" or media.endswith("+json")) and raw.strip():
         try:
-            params = json.loads(await request.body())
+            params = json.loads(raw)
         except (UnicodeDecodeError, ValueError):
             raise _bad("Invalid JSON format") from None
         if not isinstance(params, dict):

@@ -310,7 +310,7 @@ def test_a_suggestion_corrects_the_clients_latest_episode_of_that_text_or_a_new_
     assert (bad.status_code, bad.json()) == (400, {"error": "Invalid request: missing s parameter"})
 
 
-def test_suggestions_are_rate_limited_and_an_open_service_takes_them_anonymously(serve: Serve) -> None:
+def test_suggestions_are_rate_limited_and_an_open_service_serves_mastodons_calls_anonymously(serve: Serve) -> None:
     client = serve(token=None, feedback_per_minute=1, feedback_burst=1)
     body = {"q": "Good morning.", "s": HI[0], "source": "en", "target": "hi"}
     first = client.post("/suggest", json=body)
@@ -320,6 +320,14 @@ def test_suggestions_are_rate_limited_and_an_open_service_takes_them_anonymously
     assert "feedback rate limit" in second.json()["error"] and int(second.headers["Retry-After"]) >= 1
     translated = client.post("/translate", data={"q": "Good morning.", "source": "en", "target": "hi"})
     assert translated.status_code == 200 and isinstance(translated.json()["translatedText"], str)
+    # Mastodon's calls: GET /languages saying application/json with no body; html texts as a list, api_key null.
+    languages = client.get("/languages", headers={"Content-Type": "application/json"})
+    assert languages.status_code == 200 and [lang["code"] for lang in languages.json()] == ["en", "hi"]
+    toots = client.post("/translate", json={"q": ["<p>Good morning.</p>", "<p>Hello <a href='#'>there</a></p>"],
+                                            "source": "auto", "target": "hi", "format": "html", "api_key": None})
+    assert toots.status_code == 200, toots.text
+    assert [re.sub(r">[^<]*<", "><", t) for t in toots.json()["translatedText"]] == ["<p></p>", "<p><a href='#'></a></p>"]
+    assert toots.json()["detectedLanguage"] == [{"confidence": 100.0, "language": "en"}] * 2
 
 
 def test_a_suggestion_arrives_as_a_correction_in_an_rl_log_export_and_is_counted_by_rl_logs(
