@@ -247,6 +247,10 @@ def _load_weights(
     if quantization == "none":
         model.to(device)
     model.eval()
+    if getattr(model, "generation_config", None) is not None:
+        # Every generate call passes max_new_tokens; a hub generation config's max_length (NLLB's 200) would only
+        # make transformers warn on every call that both are set.
+        model.generation_config.max_length = None
     return model
 
 
