@@ -117,16 +117,13 @@ async def read_params(request: Request) -> dict[str, Any]:
     """The request's parameters, as LibreTranslate reads them: a JSON body's object, or else the form fields
     and the query string. An empty body is no parameters, whatever its type (Mastodon's GET /languages says
     application/json and sends none)."""
-    cached: dict[str, Any] | None = getattr(request.state, "libre_params", None)
-    if cached is not None:
-        return cached
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     params: dict[str, Any]
     raw = await request.body()
     if (media == "application/json" or media.endswith("+json")) and raw.strip():
         try:
             params = json.loads(raw)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             raise _bad("Invalid JSON format") from None
         if not isinstance(params, dict):
             raise _bad("Invalid JSON format: the body must be a JSON object")
@@ -142,7 +139,6 @@ async def read_params(request: Request) -> dict[str, Any]:
                 if not isinstance(value, str):
                     raise _bad(f"Invalid request: {name[:40]} must be text, not a file")
                 params[name] = value
-    request.state.libre_params = params
     return params
 
 
@@ -386,6 +382,8 @@ async def libre_translate(request: Request, service: ServiceDep, client: LibreCl
     detected = None
     if body.source == "auto":
         sources = [s for s, t in _served_pairs(service) if t == tgt]
+        if not sources:
+            raise _bad(f"{LANGUAGES[tgt]} ({libre_code(tgt)}) is not available as a target language")
         src, confidence = detect_by_script("\n".join(texts), sources)
         detected = {"confidence": confidence, "language": libre_code(src)}
     else:

@@ -210,6 +210,9 @@ def test_html_pieces_and_language_codes() -> None:
         ({"q": "x", "source": "en", "target": "en"}, False,
          "English (en) is not available as a target language from English (en)"),
         ({"q": "x", "source": "en", "target": "hi", "format": "pdf"}, False, "Invalid request: format"),
+        ({"q": "x", "source": "auto", "target": "ta"}, False, "Tamil (ta) is not available as a target language"),
+        ({"q": "x", "source": "en", "target": "../../hi"}, False, "../../hi is not supported"),
+        ({"q": "x", "source": "en", "target": "hin_Deva/.."}, False, "hin_Deva/.. is not supported"),
         ({"q": "x", "source": "en", "target": "hi", "alternatives": "many"}, True, "Invalid request: alternatives"),
         ({"q": ["a", 5], "source": "en", "target": "hi"}, False, "Invalid request: q"),
         ({"q": "x" * 301, "source": "en", "target": "hi"}, False, "Invalid request: request (301) exceeds text limit (300)"),
@@ -230,6 +233,8 @@ def test_malformed_bodies_and_keys_are_answered_in_libretranslates_form(libre: L
         surrogate = http.post("/translate", content=b'{"q": "\\ud800", "source": "en", "target": "hi"}',
                               headers={**_bearer("web"), "Content-Type": "application/json"})  # fmt: skip
         assert surrogate.status_code == 400 and "lone surrogate" in surrogate.json()["error"], surrogate.text
+        nested = http.post("/translate", content=b"[" * 100_000, headers={**_bearer("web"), "Content-Type": "application/json"})
+        assert (nested.status_code, nested.json()) == (400, {"error": "Invalid JSON format"})
         listed = http.post("/translate", json=["q"], headers=_bearer("web"))
         assert listed.status_code == 400 and listed.json()["error"].startswith("Invalid JSON format")
         body = {"q": "x", "source": "en", "target": "hi"}
