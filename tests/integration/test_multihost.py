@@ -142,7 +142,7 @@ def test_training_and_evaluation_on_different_hosts_hand_over_through_the_bucket
     assert "adapter_model.safetensors" in trained
     # Published as it trained (test_rerun_reuse.py resumes from them), unpublished once the adapter was published.
     assert not keys(s3_server, f"{run}checkpoints/")
-    assert [json.loads(line)["step"] for line in objects(s3_server, run)["train_log.jsonl"].splitlines()] == [1, 2, 3, 4, 5, 6]
+    assert json.loads(objects(s3_server, run)["train_log.jsonl"].splitlines()[-1])["step"] == 6
     # Neither host kept anything the other needed: the trainer's disk holds no evaluation, the evaluator's no checkpoint.
     assert not list((trainer.root / "cache").rglob("eval")) and not list((evaluator.root / "cache").rglob("checkpoints"))
 
