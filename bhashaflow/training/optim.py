@@ -89,14 +89,18 @@ class AdapterOptimizer:
         """Add the parameters' gradients of the last backward pass into the fp32 masters' (mixed precision)."""
         if not self.mixed:
             return
+        sums: list[torch.Tensor] = []
+        grads: list[torch.Tensor] = []
         for master, param in zip(self.masters, self.params, strict=True):
             if param.grad is None:
                 continue
             if master.grad is None:
-                master.grad = param.grad.float()
-            else:
-                master.grad.add_(param.grad)
+                master.grad = torch.zeros_like(master)
+            sums.append(master.grad)
+            grads.append(param.grad)
             param.grad = None
+        if grads:
+            torch._foreach_add_(sums, grads)  # a few fused kernels, not one per LoRA matrix
 
     def step(self) -> torch.Tensor:
         """Clip the gradients to norm 1 and update; returns the gradient norm before clipping (a tensor)."""
