@@ -169,3 +169,61 @@ def test_pipeline_fails_before_ingesting_with_the_same_message(cli_env, tmp_path
     assert errors == [f"bhashaflow pipeline: error: preflight failed: base model: base model directory {missing} "
                       "does not exist"]  # fmt: skip
     assert not list((tmp_path / "runs").rglob("staging")) and not list((tmp_path / "runs").rglob("manifest.json"))
+
+
+# --- The real bases' checks, on their stand-ins by hub id (tests/standins.py) ----------------------------------
+
+
+def test_a_language_the_base_has_no_tag_for_fails_the_check_naming_base_direction_and_tag(tmp_path, hf_standins):
+    checks, _ = checked(make_config(tmp_path, base_model="facebook/m2m100_418M",
+                                    directions=["eng_Latn-hin_Deva", "eng_Latn-tel_Telu"]))  # fmt: skip
+    assert checks["base model"].ok
+    tags = checks["language tags"]
+    assert not tags.ok
+    assert "'facebook/m2m100_418M'" in tags.message and "eng_Latn-tel_Telu" in tags.message
+    assert "tel_Telu" in tags.message and "'__te__'" in tags.message
+
+
+def test_a_pipeline_on_a_base_without_the_tag_stops_before_ingesting(tmp_path, hf_standins):
+    config = make_config(tmp_path, base_model="facebook/m2m100_418M", directions=["eng_Latn-asm_Beng"])
+    with pytest.raises(PreflightError) as raised:
+        require_preflight(config)
+    assert "language tags: base model 'facebook/m2m100_418M'" in str(raised.value) and "asm_Beng" in str(raised.value)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_alias_is_said(tmp_path, hf_standins):
+    checks, _ = checked(make_config(tmp_path, base_model="facebook/nllb-200-distilled-600M",
+                                    directions=["eng_Latn-hin_Deva", "eng_Latn-sat_Olck"]))  # fmt: skip
+    tags = checks["language tags"]
+    assert tags.ok and "NllbTokenizer" in tags.message and "sat_Olck as sat_Beng" in tags.message
+
+
+def test_indictrans2_is_refused_in_one_line(tmp_path, hf_standins):
+    checks, seconds = checked(make_config(tmp_path, base_model="ai4bharat/indictrans2-en-indic-dist-200M"))
+    base = checks["base model"]
+    assert not base.ok and "IndicTrans2 is not supported" in base.message and "\n" not in base.message
+    assert "language tags" not in checks and seconds < 20
+
+
+def test_a_local_copy_of_indictrans2_is_known_by_its_config(tmp_path, hf_standins):
+    local = tmp_path / "my-translator"
+    local.mkdir()
+    snapshot = next((hf_standins / "models--ai4bharat--indictrans2-en-indic-dist-200M" / "snapshots").iterdir())
+    (local / "config.json").write_bytes((snapshot / "config.json").read_bytes())
+    checks, _ = checked(make_config(tmp_path, base_model=str(local)))
+    assert not checks["base model"].ok and "IndicTrans2 is not supported" in checks["base model"].message
+
+
+def test_a_base_that_saw_devtest_is_a_warning_not_a_failure(tmp_path, hf_standins):
+    checks, _ = checked(make_config(tmp_path, base_model="bigscience/bloomz-560m"))
+    seen = checks["evaluation set"]
+    assert seen.ok and seen.warning
+    assert "FLORES-200 dev and devtest" in seen.message and "measure memory, not translation" in seen.message
+    assert checks["language tags"].ok and "decoder-only" in checks["language tags"].message
+    checks, _ = checked(make_config(tmp_path, base_model="bigscience/bloomz-560m", evaluation={"flores_dir": FLORES,
+                                                                                             "split": "dev"}))  # fmt: skip
+    assert checks["evaluation set"].warning  # dev too: BLOOMZ saw both
+    from flows.preflight import format_checks
+
+    assert any(line.startswith("WARN  evaluation set") for line in format_checks(list(checks.values())).splitlines())
