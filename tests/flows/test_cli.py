@@ -97,7 +97,7 @@ def test_pipeline_and_evaluate_json_and_files(cli_env, tiny_base, tmp_path):
         assert scores["n"] == 6 and scores["signature_chrf_pp"].startswith("nrefs:1|")
         assert len((run / "eval" / "eng_Latn-hin_Deva" / label / "hypotheses.txt").read_text().splitlines()) == 6
     assert (run / "report.md").is_file() and (run / "chrf.png").read_bytes()[:4] == b"\x89PNG"
-    assert f"| 4 | {d['best_step']} of 3 |" in (run / "report.md").read_text()  # validation pairs, candidate step
+    assert f"| {d['best_step']} of 3 | 4 |" in (run / "report.md").read_text()  # candidate step, validation pairs
     logged = [json.loads(line) for line in (run / "adapters" / "eng_Latn-hin_Deva" / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in logged if "val_chrf_pp" in e] == [2, 3]
     manifest = json.loads((tmp_path / "registry" / "eng_Latn-hin_Deva" / "versions" / "v0001" / "manifest.json").read_text())
