@@ -230,7 +230,11 @@ def detect_by_script(text: str, candidates: Iterable[str]) -> tuple[str, float]:
 
 
 def _served_pairs(service: Service) -> list[tuple[str, str]]:
-    return [parse_direction(direction) for direction in service.engine.served()]
+    """The (source, target) of every direction served now; 503 while the service is loading."""
+    engine = service.engine
+    if not engine.ready:
+        raise HTTPException(503, f"the service is {engine.state}", headers={"Retry-After": "5"})
+    return [parse_direction(direction) for direction in engine.served()]
 
 
 # --- HTML: translate the text between tags, keep the tags ---------------------------------------------------------
@@ -399,7 +403,7 @@ async def libre_translate(request: Request, service: ServiceDep, client: LibreCl
 
 async def _translate(service: Service, client: Client, texts: list[str], src: str, tgt: str, fmt: str) -> list[str]:
     """Each text translated (html: the text between its tags), every translated piece recorded as an episode."""
-    if f"{src}-{tgt}" not in service.engine.served():
+    if (src, tgt) not in _served_pairs(service):
         raise _unavailable(src, tgt)
     documents = [html_pieces(t) if fmt == "html" else [(bool(t.strip()), t)] for t in texts]
     wanted: list[str] = []  # what the model translates: plain texts whole, html text stripped of its spaces
@@ -431,7 +435,7 @@ async def _translate(service: Service, client: Client, texts: list[str], src: st
 @router.get(
     "/languages",
     response_model=list[LibreLanguage],
-    responses=_responses(_AUTH_ERRORS),
+    responses=_responses({**_AUTH_ERRORS, 503: "Loading (see Retry-After)."}),
 )
 async def libre_languages(service: ServiceDep, client: LibreClient) -> list[LibreLanguage]:
     """The languages of the served directions, each with the codes it is translated into."""
@@ -450,7 +454,7 @@ async def libre_languages(service: ServiceDep, client: LibreClient) -> list[Libr
     response_model=list[DetectedLanguage],
     openapi_extra=_body_doc(LibreDetectRequest),
     responses=_responses({**_AUTH_ERRORS, 400: "Invalid request, or no single served language writes the text's "
-                          "script (the error names the candidates)."}),  # fmt: skip
+                          "script (the error names the candidates).", 503: "Loading (see Retry-After)."}),  # fmt: skip
 )
 async def libre_detect(service: ServiceDep, client: LibreClient, params: Params) -> list[DetectedLanguage]:
     """The language of a text among the served ones, by its script: only where exactly one is written in it."""
@@ -500,7 +504,7 @@ async def libre_suggest(request: Request, service: ServiceDep, client: LibreClie
     if episode is not None:
         episode_id, output = episode.id, episode.output
     else:
-        if direction not in service.engine.served():
+        if (src, tgt) not in _served_pairs(service):
             raise _unavailable(src, tgt)
         try:
             served = await translate_and_record(service, client, [q], src, tgt)

@@ -19,6 +19,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 import uvicorn
+from fastapi.testclient import TestClient
 from libretranslatepy import LibreTranslateAPI
 from serving_helpers import EN_HI, HI_EN, Serve, register, serving_config
 from tiny_models import dev_lines
@@ -373,3 +374,18 @@ def test_a_suggestion_arrives_as_a_correction_in_an_rl_log_export_and_is_counted
         table = pq.read_table(run / shard["path"])
         triplets += list(zip(*(table.column(c).to_pylist() for c in ("src", "tgt", "rejected")), strict=True))
     assert (q, HI[11], served) in triplets
+
+
+def test_a_service_that_is_not_ready_answers_503_with_retry_after(tmp_path: Path, registry: str) -> None:
+    config = serving_config(tmp_path, str(tmp_path / "no-such-base"), registry)
+    with TestClient(create_app(config, Settings()), raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/health").json()["status"] == "loading":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for resp in (client.post("/translate", json={"q": "hi", "source": "en", "target": "hi"}),
+                     client.post("/translate", data={"q": "hi", "source": "auto", "target": "hi"}),
+                     client.get("/languages"), client.post("/detect", data={"q": "hi"}),
+                     client.post("/suggest", json={"q": "hi", "s": "x", "source": "en", "target": "hi"})):  # fmt: skip
+            assert resp.status_code == 503 and resp.headers["Retry-After"] == "5", resp.text
+            assert resp.json() == {"error": "the service is failed"}
