@@ -30,8 +30,8 @@ def export_rl_logs_task(config: RLExportFlowConfig) -> ExportSummary:
 def parts_markdown(result: ExportSummary, locator: Locator) -> str:
     """The parts an export wrote: on this disk, the folder and the parts' names; on S3, a (presigned) link each."""
     target = result["target"]
-    local = locator.local_path(target) is not None
-    lines = [f"# RL log export to `{target}`", "", f"{result['exported']} episodes in these parts"
+    local = locator.local_path(target)
+    lines = [f"# RL log export to `{local or target}`", "", f"{result['exported']} episodes in these parts"
              + (f", in {locator.folder(target)}:" if local else ":"), ""]  # fmt: skip
     lines += [f"- `{part}`" if local else f"- {locator.file(join(target, part))}" for part in result["parts"]]
     return "\n".join(lines) + "\n"
