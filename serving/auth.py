@@ -5,9 +5,9 @@ A client is configured by its name, its scopes and the sha256 of its key, never 
 makes a key and its entry). `BHASHAFLOW_API_TOKEN` is the client `token`, with every scope. Keys are
 random (32 bytes from `secrets`), so a plain sha256 is enough: there is nothing to guess a dictionary of.
 
-Scopes: `translate` (POST /v1/translate), `feedback` (POST /v1/feedback on the client's own episodes),
-`admin` (POST /v1/adapters/reload; with `feedback`, feedback on any episode). Reading endpoints need
-no scope.
+Scopes: `translate` (POST /v1/translate, LibreTranslate's POST /translate), `feedback` (POST /v1/feedback on the
+client's own episodes, LibreTranslate's POST /suggest), `admin` (POST /v1/adapters/reload; with `feedback`,
+feedback on any episode). Reading endpoints need no scope.
 """
 
 from __future__ import annotations

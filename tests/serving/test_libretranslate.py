@@ -125,6 +125,8 @@ def test_translate_a_string_and_a_list_with_json_and_form_bodies_and_the_key_in_
         form = http.post("/translate", data={"q": EN[3], "source": "en", "target": "hi", "api_key": _key("reader")})
         assert form.status_code == 200, form.text
         assert form.json() == {"translatedText": _v1_translation(libre, EN[3])}
+        query = http.post(f"/translate?api_key={_key('reader')}", data={"q": EN[3], "source": "en", "target": "hi"})
+        assert query.json() == form.json()  # the key in the query string, as LibreTranslate reads it too
         back = http.post("/translate", data={"q": HI[0], "source": "hi", "target": "en"}, headers=_bearer("reader"))
         assert back.status_code == 200 and isinstance(back.json()["translatedText"], str)
 
