@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -20,9 +21,11 @@ from bhashaflow.core.settings import get_settings
 from bhashaflow.data.ingest import load_manifest, preference_uris, shard_uris
 from bhashaflow.pipeline.curves import LOSS_CHART, loss_chart_png, read_loss_curve
 from bhashaflow.pipeline.links import Locator
+from bhashaflow.pipeline.reuse import published_training
 from bhashaflow.training.loop import ProgressReport, TrainResult, train_adapter
 from tasks.artifacts import MarkdownCard
 from tasks.report import embedded_png
+from tasks.reuse import TRAIN_CACHE
 from tasks.rundirs import artifact_key, direction_uri, local_run_dir
 
 
@@ -101,13 +104,16 @@ class _TrainingWatch:
             f"final loss {result.final_loss:.4f}{unvalidated}; {how}finished at step {result.steps} (best step {best})"))  # fmt: skip
 
 
-@task(task_run_name="train-{direction}", persist_result=True)
+@task(task_run_name="train-{direction}", persist_result=True, cache_policy=TRAIN_CACHE)
 def train_adapter_task(config: PipelineConfig, direction: str) -> TrainResult:
     """Fine-tune one direction's LoRA adapter, resuming from the run's latest (published) checkpoint."""
     quiet_libraries()
     settings = get_settings()
     run_uri = config.run_uri()
     options = settings.storage_options_for(run_uri)
+    finished = published_training(config, direction, direction_uri(config, direction), options)
+    if finished is not None:  # published, but Prefect's record of it is missing (a kill in between, or deleted)
+        return finished
     manifest = load_manifest(run_uri, options)
     if manifest is None:
         raise RuntimeError(f"{run_uri}: no finished ingestion (manifest.json) to train on")
@@ -128,4 +134,4 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> TrainResult:
         publish_to=direction_uri(config, direction) if is_remote(run_uri, options) else None,
     )
     watch.finish(result)
-    return result
+    return replace(result, host=settings.host)
