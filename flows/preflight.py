@@ -303,13 +303,20 @@ def check_device(config: PipelineConfig) -> Check:
 def _device(config: PipelineConfig) -> Check:
     import torch
 
-    if not torch.cuda.is_available():
-        return Check("device", True, "cpu (no CUDA device): training runs on the CPU")
+    from bhashaflow.modeling.loading import precision_dtype
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # training.precision as this device resolves it (auto: bf16, or fp16 on a card without native bf16); asked
+    # first, as that also makes the allocator setting training uses before CUDA starts.
+    dtype = str(precision_dtype(config.training.precision, device)).removeprefix("torch.")
+    dtype = f"{dtype} ({config.training.precision})"
+    if device == "cpu":
+        return Check("device", True, f"cpu (no CUDA device): training runs on the CPU in {dtype}")
     free, total = torch.cuda.mem_get_info()
     gib = 1024**3
     name = torch.cuda.get_device_name()
     weights = _local_weight_bytes(config.base_model)
-    figures = f"cuda ({name}): {free / gib:.1f} GiB free of {total / gib:.1f} GiB"
+    figures = f"cuda ({name}, {dtype}): {free / gib:.1f} GiB free of {total / gib:.1f} GiB"
     if weights is None:
         return Check("device", True, f"{figures}; `bhashaflow fit` measures what training needs")
     if config.training.quantization == "none" and weights > free:

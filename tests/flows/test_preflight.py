@@ -149,6 +149,7 @@ def test_check_command_exits_non_zero_with_named_lines_and_json(tmp_path, tiny_b
     result = json.loads(good.stdout)  # stdout is the JSON alone
     assert result["ok"] is True
     assert [c["name"] for c in result["checks"]][-1] == "device"
+    assert result["checks"][-1]["message"] == "cpu (no CUDA device): training runs on the CPU in float32 (auto)"
     assert any(line.startswith("ok    base model") for line in good.stderr.splitlines())
 
     bad = run_cli("check", "configs/smoke.yaml", *sets, "--set",
