@@ -35,6 +35,10 @@ class ConversionUnsupported(RuntimeError):
     """The base (or this adapter on it) cannot be served by CTranslate2; the torch engine serves it instead."""
 
 
+class AdapterRefused(RuntimeError):
+    """The adapter does not load onto the base (its cause says why): refused, as the torch engine refuses it."""
+
+
 def default_compute_type(device: str, configured: str | None) -> str:
     """serving.compute_type, else int8 on CPU and int8_float16 on CUDA."""
     if configured:
@@ -87,7 +91,10 @@ def converted_model(
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bhashaflow-merge-", dir=root) as tmp:
         merged = Path(tmp) / "merged"
-        _merge(config, settings, adapter_dir, merged)
+        try:
+            _merge(config, settings, adapter_dir, merged)
+        except Exception as exc:  # noqa: BLE001 - the files are intact (verified) but do not load: a refusal
+            raise AdapterRefused(str(exc)) from exc
         partial = Path(tmp) / "converted"
         _convert(merged, partial, compute_type)
         if not (target / MODEL_FILE).is_file():  # another process may have finished the same conversion meanwhile
@@ -98,10 +105,14 @@ def converted_model(
 
 
 def _merge(config: PipelineConfig, settings: Settings, adapter_dir: str, out: Path) -> None:
-    """A fresh float32 copy of the base with the adapter merged in, saved with its tokenizer."""
-    import torch
-    from peft import PeftModel
+    """A fresh float32 copy of the base with the adapter merged in, saved with its tokenizer.
 
+    The adapter is attached through `load_adapter`, so it passes the torch engine's checks (safetensors only, no
+    pickle beside them) before anything of it is read.
+    """
+    import torch
+
+    from bhashaflow.modeling.adapters import load_adapter
     from bhashaflow.modeling.loading import load_base
 
     base = load_base(
@@ -109,7 +120,7 @@ def _merge(config: PipelineConfig, settings: Settings, adapter_dir: str, out: Pa
         trust_remote_code=config.trust_remote_code, settings=settings, device="cpu",
         flores_dir=config.evaluation.flores_dir, dtype=torch.float32,
     )  # fmt: skip
-    merged = PeftModel.from_pretrained(base.model, adapter_dir, is_trainable=False).merge_and_unload()
+    merged = load_adapter(base, adapter_dir, "merged").model.merge_and_unload()
     merged.save_pretrained(str(out), safe_serialization=True)
     base.tokenizer.save_pretrained(str(out))
 

@@ -26,6 +26,7 @@ from bhashaflow.registry.store import Registry, RegistryError, VersionInfo
 from serving.batcher import Batcher
 from serving.ct2 import (
     MAX_SOURCE_TOKENS,
+    AdapterRefused,
     ConversionUnsupported,
     CT2Model,
     Decoding,
@@ -198,6 +199,9 @@ class Engine:
 
             return CT2Model(folder, self.lm, src, tgt, device=self.lm.device, compute_type=compute_type,
                             threads=torch.get_num_threads())
+        except AdapterRefused as exc:
+            cause = exc.__cause__ or exc
+            raise RegistryError(f"{info.direction}/{info.version}: refused at load: {_first_line(cause)}") from exc
         except ConversionUnsupported as exc:
             reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - a conversion that fails any other way: torch still serves

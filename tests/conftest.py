@@ -64,6 +64,18 @@ def s3_server(_s3_session: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 
 @pytest.fixture(scope="session")
+def _cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def cache_dir(_cache_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """BHASHAFLOW_CACHE_DIR for the session: what is cached (converted CTranslate2 models) stays out of the home folder."""
+    monkeypatch.setenv("BHASHAFLOW_CACHE_DIR", str(_cache_root))
+    return _cache_root
+
+
+@pytest.fixture(scope="session")
 def tiny_bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Random tiny models of both families the real bases have: M2M100 (NLLB's layout) and BLOOM."""
     from tiny_models import save_tiny_bloom, save_tiny_m2m100

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from _knobs import count
 from fastapi.testclient import TestClient
-from serving_helpers import EN_HI, Clients, make_adapter, register, serving_config
+from serving_helpers import EN_HI, ENGINES, Clients, make_adapter, register, serving_config
 
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.settings import Settings
@@ -212,16 +212,18 @@ def _atime_works(tmp_path: Path) -> bool:
 
 
 @pytest.fixture
-def service(tmp_path: Path, tiny_base: str) -> Iterator[Callable[[str], TestClient]]:
+def service(tmp_path: Path, tiny_base: str, engine: str, cache_dir: Path) -> Iterator[Callable[[str], TestClient]]:
     clients = Clients()
 
     def start(registry: str) -> TestClient:
-        return clients.start(serving_config(tmp_path, tiny_base, registry), Settings(api_token=TOKEN))  # type: ignore[call-arg]
+        config = serving_config(tmp_path, tiny_base, registry, engine=engine)
+        return clients.start(config, Settings(api_token=TOKEN))  # type: ignore[call-arg]
 
     yield start
     clients.close()
 
 
+@ENGINES
 def test_registry_files_cannot_point_outside_the_registry(
     pristine: Path, tmp_path: Path, service: Callable[[str], TestClient], seed: int, record: Any
 ) -> None:

@@ -44,7 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from schemathesis import GenerationMode
 from schemathesis import checks as st_checks
 from schemathesis.config import SchemathesisConfig
-from serving_helpers import EN_HI, HI_EN, REPO, TOKEN, make_adapter, register
+from serving_helpers import EN_HI, ENGINES, HI_EN, REPO, TOKEN, make_adapter, register
 
 from bhashaflow.config import PipelineConfig, config_from_dict
 from bhashaflow.core.settings import Settings
@@ -488,12 +488,13 @@ class Call:
     version: str
 
 
+@ENGINES
 def test_reloads_under_load_fail_no_request(
-    tmp_path: Path, tiny_base: str, adapters: dict[str, Path], seed: int, record: Any
+    tmp_path: Path, tiny_base: str, adapters: dict[str, Path], seed: int, record: Any, engine: str, cache_dir: Path
 ) -> None:
     rounds = count("reload_rounds", 3, 20)
     registry = _registry(tmp_path, tiny_base, adapters)
-    config = _config(tmp_path, tiny_base, registry, max_batch_size=4, max_wait_ms=2)
+    config = _config(tmp_path, tiny_base, registry, max_batch_size=4, max_wait_ms=2, engine=engine)
     calls: list[Call] = []
     failures: list[str] = []
     stop = threading.Event()
@@ -537,14 +538,13 @@ def test_reloads_under_load_fail_no_request(
             stop.set()
             for worker in workers:
                 worker.join(60)
-        engine = service.engine
         last = swaps[-1][1]
         # Retired versions leave the model once their last request is done.
-        _wait_for(lambda: sorted(engine.lm.adapters) == sorted([adapter_name(EN_HI, last), adapter_name(HI_EN, "v0001")]),
+        _wait_for(lambda: service.engine.loaded() == sorted([adapter_name(EN_HI, last), adapter_name(HI_EN, "v0001")]),
                   what="only the served versions loaded")
     statuses = Counter(c.status for c in calls)
     record(
-        "adapter reload while 4 clients translate", area="serving", tried=len(calls),
+        f"adapter reload while 4 clients translate ({engine})", area="serving", tried=len(calls),
         lost=len(calls) - statuses[200] + len(failures), reloads=rounds,
         p99_ms=round(_p([c.ended - c.started for c in calls], 0.99) * 1000, 1),
     )
@@ -613,18 +613,18 @@ def _refusals(url: str) -> float:
     return sum(s.value for s in samples if s.name == "bhashaflow_adapter_refusals_total" and s.labels["direction"] == EN_HI)
 
 
+@ENGINES
 def test_a_corrupted_adapter_is_refused_and_the_previous_version_keeps_serving(
     tmp_path: Path, tiny_base: str, adapters: dict[str, Path], seed: int, record: Any,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, engine: str, cache_dir: Path,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="serving.engine")
     registry = _registry(tmp_path, tiny_base, adapters)
     reg = Registry(registry)
     served: list[tuple[str, int, str]] = []  # (corruption, status, version) of requests while it was refused
     refusals = 0
-    with live_server(_config(tmp_path, tiny_base, registry)) as (url, service):
-        engine = service.engine
-        loaded = sorted(engine.lm.adapters)
+    with live_server(_config(tmp_path, tiny_base, registry, engine=engine)) as (url, service):
+        loaded = service.engine.loaded()
         for i, (name, (source, corrupt, needle)) in enumerate(CORRUPTIONS.items()):
             version = register(registry, EN_HI, adapters[source], tiny_base)  # and promoted
             if corrupt is not None:
@@ -649,7 +649,7 @@ def test_a_corrupted_adapter_is_refused_and_the_previous_version_keeps_serving(
             assert (entry["version"], entry["error"]) == ("v0001", error), (name, entry)
             assert _refusals(url) == before + 2, name
             assert any(f"{EN_HI}/{version}" in r.getMessage() for r in caplog.records if "refused" in r.getMessage())
-            assert sorted(engine.lm.adapters) == loaded, f"{name}: the refused version left {engine.lm.adapters}"
+            assert service.engine.loaded() == loaded, f"{name}: the refused version left {service.engine.loaded()}"
 
         # Promoting the served version again clears the refusal; a sound new version then swaps in.
         reg.promote(EN_HI, "v0001")
@@ -664,17 +664,17 @@ def test_a_corrupted_adapter_is_refused_and_the_previous_version_keeps_serving(
 
     # At start-up there is no previous version: that direction is refused, the others serve from a clean model.
     register(registry, EN_HI, adapters["misfit"], tiny_base)
-    with live_server(_config(tmp_path, tiny_base, registry)) as (url, service):
+    with live_server(_config(tmp_path, tiny_base, registry, engine=engine)) as (url, service):
         entry = httpx.get(f"{url}/health", timeout=10).json()["adapters"][0]
         assert entry["version"] is None and "refused at load" in entry["error"], entry
         assert httpx.post(f"{url}/v1/translate", json=_translate_body(["x"]), timeout=30).status_code == 404
         other = httpx.post(f"{url}/v1/translate", json=_translate_body(["नमस्ते"], "hin_Deva", "eng_Latn"), timeout=30)
         assert other.status_code == 200, other.text
-        assert service.engine.lm.adapters == [adapter_name(HI_EN, "v0001")]
+        assert service.engine.loaded() == [adapter_name(HI_EN, "v0001")]
         assert _refusals(url) == 1
     lost = [s for s in served if s[1:] != (200, "v0001")]
     record(
-        "corrupted promoted adapter: reload refused, previous serves", area="serving", tried=refusals,
+        f"corrupted promoted adapter: reload refused, previous serves ({engine})", area="serving", tried=refusals,
         lost=len(lost), corruptions=len(CORRUPTIONS), requests_while_refused=len(served),
     )
     assert not lost, lost

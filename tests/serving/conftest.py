@@ -57,18 +57,6 @@ def engine() -> str:
     return "torch"
 
 
-@pytest.fixture(scope="session")
-def _ct2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture
-def cache_dir(_ct2_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """BHASHAFLOW_CACHE_DIR for the session: converted CTranslate2 models are cached there, not in the home folder."""
-    monkeypatch.setenv("BHASHAFLOW_CACHE_DIR", str(_ct2_cache))
-    return _ct2_cache
-
-
 @pytest.fixture
 def serve(tmp_path: Path, tiny_base: str, registry: str, engine: str, cache_dir: Path) -> Iterator[Serve]:
     """Start the app (lifespan included) with serving overrides, wait until it is ready, stop it afterwards."""

@@ -1,0 +1,180 @@
+"""The ctranslate2 engine against the torch engine: the same translations, conversions cached by manifest, fallback."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from serving_helpers import EN_HI, REPO, TOKEN, Clients, make_adapter, register
+
+from bhashaflow.config import PipelineConfig, config_from_dict
+from bhashaflow.core.settings import Settings
+from bhashaflow.data.flores import read_flores
+from bhashaflow.evaluation.chrf import score_chrf
+from bhashaflow.modeling.builtin import build_builtin, small_recipe
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FLORES = str(REPO / "data/flores200")
+
+
+def _config(tmp_path: Path, base: str, registry: str, *, max_new_tokens: int = 6, **serving: Any) -> PipelineConfig:
+    return config_from_dict(
+        {
+            "directions": [EN_HI],
+            "base_model": base,
+            "registry": registry,
+            "evaluation": {"max_new_tokens": max_new_tokens, "flores_dir": FLORES},
+            "serving": {"episodes_db": str(tmp_path / "episodes.db"), **serving},
+        }
+    )
+
+
+def _translate(client: TestClient, texts: list[str], per_request: int = 32) -> list[str]:
+    out: list[str] = []
+    for start in range(0, len(texts), per_request):
+        body = {"texts": texts[start : start + per_request], "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}
+        resp = client.post("/v1/translate", json=body, headers=AUTH)
+        assert resp.status_code == 200, resp.text
+        out.extend(resp.json()["translations"])
+    return out
+
+
+def _engines(client: TestClient) -> dict[str, str | None]:
+    return {a["direction"]: a["engine"] for a in client.get("/v1/adapters").json()["adapters"]}
+
+
+@pytest.fixture
+def clients(cache_dir: Path) -> Any:
+    started = Clients()
+    yield lambda config: started.start(config, Settings(api_token=TOKEN))  # type: ignore[call-arg]
+    started.close()
+
+
+@pytest.fixture(scope="module")
+def demo_base(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """builtin:tiny-seq2seq as the demo builds it (its shape, tokenizer and generation config), pre-trained briefly."""
+    name = "builtin:tiny-seq2seq"
+    out = tmp_path_factory.mktemp("demo-base")
+    build_builtin(name, languages=["eng_Latn", "hin_Deva"], flores_dir=FLORES, out_dir=out,
+                  recipe=small_recipe(name, steps=150))
+    return str(out)
+
+
+@pytest.mark.slow
+def test_float32_gives_the_torch_engines_translations_and_int8_its_chrf(
+    tmp_path: Path, demo_base: str, clients: Any
+) -> None:
+    registry = str(tmp_path / "registry")
+    register(registry, EN_HI, make_adapter(demo_base, tmp_path / "adapter", seed=1), demo_base)
+    sources = read_flores(FLORES, "eng_Latn", "devtest")[:200]
+    references = read_flores(FLORES, "hin_Deva", "devtest")[:200]
+    outputs: dict[str, list[str]] = {}
+    for label, serving in (
+        ("torch", {"engine": "torch"}),
+        ("float32", {"engine": "ctranslate2", "compute_type": "float32"}),
+        ("int8", {"engine": "ctranslate2", "compute_type": "int8"}),
+    ):
+        client = clients(_config(tmp_path, demo_base, registry, max_new_tokens=128, max_batch_size=32, **serving))
+        assert _engines(client) == {EN_HI: serving["engine"]}
+        outputs[label] = _translate(client, sources)
+    same = sum(a == b for a, b in zip(outputs["torch"], outputs["float32"], strict=True))
+    assert same >= 190, f"{same} of 200 float32 translations are the torch engine's"
+    torch_chrf = score_chrf(outputs["torch"], references, "hin_Deva").chrf_pp
+    int8_chrf = score_chrf(outputs["int8"], references, "hin_Deva").chrf_pp
+    assert abs(int8_chrf - torch_chrf) <= 1.0, (int8_chrf, torch_chrf)
+
+
+def test_a_version_is_converted_once_and_cached_by_its_manifest(
+    tmp_path: Path, tiny_base: str, adapters: dict[str, Path], clients: Any, cache_dir: Path
+) -> None:
+    registry = str(tmp_path / "registry")
+    register(registry, EN_HI, adapters["a"], tiny_base)
+    config = _config(tmp_path, tiny_base, registry, engine="ctranslate2")
+    converted = cache_dir / "ctranslate2"
+    before = {p.name for p in converted.glob(f"{EN_HI}-*")} if converted.is_dir() else set()
+    first = clients(config)
+    assert _engines(first) == {EN_HI: "ctranslate2"}
+    ours = {p.name for p in converted.glob(f"{EN_HI}-*")} - before
+    assert len(ours) == 1 and (converted / next(iter(ours)) / "model.bin").is_file()
+    stamp = (converted / next(iter(ours)) / "model.bin").stat().st_mtime_ns
+    expected = _translate(first, ["Hello world.", "How are you?"])
+
+    again = clients(_config(tmp_path, tiny_base, registry, engine="ctranslate2"))
+    assert _translate(again, ["Hello world.", "How are you?"]) == expected
+    assert (converted / next(iter(ours)) / "model.bin").stat().st_mtime_ns == stamp  # not converted again
+
+    # A new promoted version is converted beside the served one and swapped in.
+    version = register(registry, EN_HI, adapters["b"], tiny_base)
+    reload = again.post("/v1/adapters/reload", headers=AUTH)
+    assert reload.json()["swapped"] == [{"direction": EN_HI, "previous": "v0001", "version": version}]
+    assert len({p.name for p in converted.glob(f"{EN_HI}-*")} - before) == 2
+    assert _engines(again) == {EN_HI: "ctranslate2"}
+
+
+def _causal_adapter(base: str, out: Path, target_modules: list[str]) -> Path:
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from bhashaflow.modeling.loading import load_base
+
+    lm = load_base(base, languages=["eng_Latn", "hin_Deva"], device="cpu")
+    torch.manual_seed(3)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=target_modules, task_type=TaskType.CAUSAL_LM,
+                      init_lora_weights=False)
+    get_peft_model(lm.model, lora).save_pretrained(str(out), safe_serialization=True)
+    (out / "README.md").unlink(missing_ok=True)
+    return out
+
+
+def test_a_decoder_only_base_runs_on_the_generator_with_the_torch_engines_output(
+    tmp_path: Path, tiny_bases: dict[str, Path], clients: Any
+) -> None:
+    base = str(tiny_bases["causal"])
+    registry = str(tmp_path / "registry")
+    register(registry, EN_HI, _causal_adapter(base, tmp_path / "adapter", ["query_key_value"]), base)
+    sources = read_flores(FLORES, "eng_Latn", "devtest")[:12]
+    outputs = {}
+    for engine, extra in (("torch", {}), ("ctranslate2", {"compute_type": "float32"})):
+        client = clients(_config(tmp_path, base, registry, max_new_tokens=8, engine=engine, **extra))
+        assert _engines(client) == {EN_HI: engine}
+        outputs[engine] = _translate(client, sources)
+    assert outputs["ctranslate2"] == outputs["torch"]
+    assert any(outputs["torch"]) and all("\n" not in t for t in outputs["torch"])
+
+
+def _save_tiny_gpt_neo(path: Path) -> Path:
+    """A 2-layer GPT-Neo: a decoder-only family CTranslate2's converter has no loader for."""
+    import torch
+    from tiny_models import tiny_tokenizer
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    tok = tiny_tokenizer("causal")
+    config = GPTNeoConfig(
+        vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=2, attention_types=[[["global"], 2]],
+        max_position_embeddings=256, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    GPTNeoForCausalLM(config).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path
+
+
+def test_a_base_ctranslate2_cannot_convert_is_served_by_torch_said_once_per_direction(
+    tmp_path: Path, clients: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = str(_save_tiny_gpt_neo(tmp_path / "gpt-neo"))
+    registry = str(tmp_path / "registry")
+    register(registry, EN_HI, _causal_adapter(base, tmp_path / "a", ["q_proj", "v_proj"]), base)
+    with caplog.at_level(logging.WARNING, logger="serving.engine"):
+        client = clients(_config(tmp_path, base, registry, engine="ctranslate2"))
+        assert _engines(client) == {EN_HI: "torch"}
+        assert len(_translate(client, ["Hello world."])) == 1
+        register(registry, EN_HI, _causal_adapter(base, tmp_path / "b", ["q_proj", "v_proj"]), base)
+        assert client.post("/v1/adapters/reload", headers=AUTH).json()["swapped"][0]["version"] == "v0002"
+    lines = [r.getMessage() for r in caplog.records if "served by the torch engine" in r.getMessage()]
+    assert lines == [f"{EN_HI} is served by the torch engine: CTranslate2 cannot convert GPTNeo models"]
+    assert _engines(client) == {EN_HI: "torch"}
