@@ -237,8 +237,7 @@ def encode_source(lm: LoadedModel, text: str, src_lang: str, tgt_lang: str, max_
     tok = lm.tokenizer
     if lm.family == "seq2seq":
         src_tag, tgt_tag = direction_tags(lm, src_lang, tgt_lang)
-        head = tgt_tag if _is_marian(lm) else src_tag
-        return _tagged(tok, _text_ids(tok, text), head, max_length)
+        return _tagged(tok, _text_ids(tok, text), tgt_tag if _is_marian(lm) else src_tag, max_length)
     # Prompts keep the instruction: it is the source text that is cut when too long.
     head, tail = format_prompt("\x00", src_lang, tgt_lang).split("\x00")
     prefix = list(tok(head.rstrip(" "), add_special_tokens=True)["input_ids"])
