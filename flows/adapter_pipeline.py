@@ -44,9 +44,9 @@ def adapter_pipeline(config: PipelineConfig) -> dict[str, Any]:
             with task_resources(config, "evaluate"):  # tasks hand each other run URIs: any worker can evaluate
                 evaluating[direction] = evaluate_direction_task.submit(config, direction, trained[direction].adapter_uri)
         directions: dict[str, dict[str, Any]] = {}
-        for direction, future in evaluating.items():
-            scores = future.result()
-            handed_on[direction] |= reused(direction, "evaluation", future.state, scores)
+        for direction, scoring in evaluating.items():
+            scores = scoring.result()
+            handed_on[direction] |= reused(direction, "evaluation", scoring.state, scores)
             state = promote_adapter_task(config, direction, trained[direction], scores, ingested.manifest_sha256,
                                          return_state=True)  # fmt: skip
             promotion = state.result()
