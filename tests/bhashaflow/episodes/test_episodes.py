@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,17 @@ def test_an_old_database_is_migrated_in_place_once_even_when_opened_at_once(tmp_
 
 def _fields(ep: NewEpisode) -> dict[str, object]:
     return {name: getattr(ep, name) for name in NewEpisode.__dataclass_fields__}
+
+
+def test_latest_episode_is_the_newest_of_that_client_direction_and_text(store: EpisodeStore) -> None:
+    web = replace(_episode("hello"), client="web")
+    first, second = store.record([web, web])
+    others = store.record([replace(web, client="app"), replace(web, input="hello!"),
+                           replace(web, direction="hin_Deva-eng_Latn", src_lang="hin_Deva", tgt_lang="eng_Latn")])
+    latest = store.latest_episode("web", "eng_Latn-hin_Deva", "hello")
+    assert latest is not None and (latest.id, latest.client, latest.input) == (second, "web", "hello") and first < second
+    assert [store.latest_episode(*key).id for key in (("app", "eng_Latn-hin_Deva", "hello"),  # type: ignore[union-attr]
+                                                      ("web", "eng_Latn-hin_Deva", "hello!"),
+                                                      ("web", "hin_Deva-eng_Latn", "hello"))] == others
+    assert store.latest_episode("web", "eng_Latn-hin_Deva", "Hello") is None  # the text exactly
+    assert store.latest_episode("nobody", "eng_Latn-hin_Deva", "hello") is None
