@@ -58,16 +58,17 @@ class Row:
     steady_ms: str = "-"
     tokens_per_s: str = "-"
     device_over_wall: str = "-"
+    wall_s: str = "-"  # the whole check's seconds, for the checks that are not a training step
     result: str = ""
 
     def line(self) -> str:
         cells = [self.check, self.device, self.peak_allocated, self.peak_reserved, self.first_step_s, self.steady_ms,
-                 self.tokens_per_s, self.device_over_wall, self.result]  # fmt: skip
+                 self.tokens_per_s, self.device_over_wall, self.wall_s, self.result]  # fmt: skip
         return "| " + " | ".join(cells) + " |"
 
 
 HEADER = ("| check | device | peak allocated GiB | peak reserved GiB | first step s | steady step ms | tokens/s "
-          "| device time / wall | result |\n|---|---|---:|---:|---:|---:|---:|---:|---|")  # fmt: skip
+          "| device time / wall | wall s | result |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|")  # fmt: skip
 
 
 def _gib(value: float) -> str:
@@ -197,7 +198,7 @@ def incumbent_row(base: Path, args: argparse.Namespace, work: Path) -> Row:
     )
     dtypes = sorted({str(w.dtype).removeprefix("torch.") for w in got.values()})
     return memory.fill(Row(
-        "init from the incumbent, bf16", _device(), first_step_s=f"{wall:.2f}", tokens_per_s=f"{second.tokens_per_s:,.0f}",
+        "init from the incumbent, bf16", _device(), wall_s=f"{wall:.2f}", tokens_per_s=f"{second.tokens_per_s:,.0f}",
         result=f"starts from {second.initialized_from}'s weights: {'yes' if same else 'NO'} ({'/'.join(dtypes)})",
     ))  # fmt: skip
 
@@ -220,7 +221,7 @@ def out_of_memory_rows(base: Path, args: argparse.Namespace) -> list[Row]:
         got = translate(lm, texts, **kwargs)
     wall = time.perf_counter() - started
     rows = [memory.fill(Row(
-        "out of memory: translation batch halved", lm.device, first_step_s=f"{wall:.2f}",
+        "out of memory: translation batch halved", lm.device, wall_s=f"{wall:.2f}",
         result=f"{cap.raised} halvings, same translations: {'yes' if got == expected else 'NO'}",
     ))]  # fmt: skip
     if lm.device.startswith("cuda"):
@@ -277,7 +278,7 @@ def evaluation_row(base: Path, args: argparse.Namespace) -> Row:
     score = evaluate_chrf(lm, eval_set, evaluation)
     wall = time.perf_counter() - started
     return memory.fill(Row(
-        f"evaluation, {n} sentences, beam 4", lm.device, first_step_s=f"{wall:.2f}",
+        f"evaluation, {n} sentences, beam 4", lm.device, wall_s=f"{wall:.2f}",
         result=f"{n / wall:.1f} sentences/s; chrF++ {score.chrf_pp:.2f} (random weights)",
     ))  # fmt: skip
 
