@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from bhashaflow.core.languages import in_script
 from bhashaflow.episodes.store import NewEpisode
+from bhashaflow.modeling.encoding import LanguageTagError
 from serving.auth import Client
 from serving.batcher import BatcherStopped, DeadlineExceeded, OutOfMemory, QueueFull
 from serving.deps import Service, ServiceDep, TranslateClient
@@ -90,6 +91,8 @@ async def translate_and_record(service: Service, client: Client, texts: list[str
         raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
     except OutOfMemory as exc:  # the rest of its batch was answered; this text does not fit the device alone
         raise HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
+    except LanguageTagError as exc:  # the base cannot be told the language: no translation to give, ever
+        raise HTTPException(422, str(exc)) from None
     finally:
         engine.release(slot)
     latency_ms = (time.monotonic() - started) * 1000.0

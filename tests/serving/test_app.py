@@ -518,3 +518,25 @@ def test_a_batch_that_runs_out_of_memory_is_split_and_only_the_text_that_fails_a
     counted = {s.labels["outcome"]: s.value for s in samples if s.name == "bhashaflow_out_of_memory_total"}
     assert counted["refused"] == 1 and counted["split"] >= 1
     assert client.post("/v1/translate", json=_body("Hello world.")).status_code == 200  # the service goes on
+
+
+def test_a_direction_the_base_has_no_tag_for_is_a_clear_422(
+    tmp_path: Path, tiny_base: str, registry: str, adapters: dict[str, Path], cache_dir: Path
+) -> None:
+    """The base was built without Tamil: an adapter promoted for en-ta cannot be told its target, never a 500."""
+    from serving_helpers import Clients
+
+    from bhashaflow.core.settings import Settings
+
+    register(registry, "eng_Latn-tam_Taml", adapters["b"], tiny_base)
+    config = serving_config(tmp_path, tiny_base, registry)
+    config = config.model_copy(update={"directions": [*config.directions, "eng_Latn-tam_Taml"]})
+    clients = Clients()
+    try:
+        client = clients.start(config, Settings(api_token=TOKEN))  # type: ignore[call-arg]
+        resp = client.post("/v1/translate", json=_body("hello", tgt="tam_Taml"), headers=AUTH)
+        assert resp.status_code == 422, resp.text
+        assert "no tag for tam_Taml" in resp.text and "eng_Latn-tam_Taml" in resp.text
+        assert client.post("/v1/translate", json=_body("hello"), headers=AUTH).status_code == 200
+    finally:
+        clients.close()
