@@ -45,6 +45,9 @@ def start(hosts: Hosts, client: Client, name: str, monkeypatch: pytest.MonkeyPat
 
 
 def logged(flow_run_id: Any) -> str:
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all()  # an in-process flow's log lines are sent in batches: all of them first
     with get_client(sync_client=True) as client:
         logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
     return "\n".join(log.message for log in logs)
