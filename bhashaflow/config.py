@@ -450,7 +450,7 @@ class ServingConfig(_Strict):
     )
     feedback_burst: int = Field(30, gt=0, description="Feedback requests a client may make at once before the rate applies.")
     engine: Literal["torch", "ctranslate2"] = Field(
-        "ctranslate2",
+        "torch",
         description=(
             "What generates: torch (transformers' generate, adapters attached to one base) or ctranslate2 (each "
             "promoted adapter merged into the base and converted when first served, cached by its manifest hash; "
