@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from servers import S3Server
 from training_helpers import ADAPTER_FILES, DIRECTION, listing, make_config
@@ -73,24 +74,27 @@ def test_a_log_line_cut_short_does_not_stop_the_resume(bases: dict[str, Path], s
 def test_a_session_on_another_machine_resumes_from_the_checkpoint_published_to_s3(
     bases: dict[str, Path], shard: str, tmp_path: Path, s3_server: S3Server
 ) -> None:
-    from bhashaflow.core.folders import fetch_folder, published_names, remove_published
+    from bhashaflow.core.folders import fetch_folder, published_names
     from bhashaflow.core.settings import Settings
 
     s3_server.create_bucket("runs")
     remote = "s3://runs/demo/run-1/adapters/eng_Latn-hin_Deva"
     options = Settings().storage_options_for(remote)
     config = make_config(bases["seq2seq"], max_steps=6, checkpoint_every=2)
-    first = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path / "host-a"),
-                          eval_texts={}, publish_to=remote, storage_options=options, log_every=1)  # fmt: skip
 
-    assert first.adapter_uri == f"{remote}/adapter"
-    assert published_names(f"{remote}/checkpoints", options) == ["step-4", "step-6"]  # pruned like the local copy
-    trained = fetch_folder(first.adapter_uri, tmp_path / "fetched", options)
-    assert trained is not None and listing(trained) == ADAPTER_FILES
-    assert (trained / "adapter_model.safetensors").read_bytes() == (Path(first.adapter_dir) / "adapter_model.safetensors").read_bytes()
-    # As if host A died after publishing step 4: the later checkpoint and the adapter never reached the bucket.
-    remove_published(f"{remote}/checkpoints/step-6", options)
-    remove_published(f"{remote}/adapter", options)
+    class HostDied(Exception):
+        pass
+
+    def die_in_step_5(step: int, total: int, loss: float) -> None:
+        if step == 5:  # host A dies after publishing step 4: step 6 and the adapter never reach the bucket
+            raise HostDied
+
+    with pytest.raises(HostDied):
+        train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path / "host-a"),
+                      eval_texts={}, publish_to=remote, storage_options=options, log_every=1,
+                      on_progress=die_in_step_5)  # fmt: skip
+    assert published_names(f"{remote}/checkpoints", options) == ["step-2", "step-4"]
+    assert fetch_folder(f"{remote}/adapter", tmp_path / "none", options) is None
 
     steps: list[int] = []
     second = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path / "host-b"),
@@ -98,8 +102,14 @@ def test_a_session_on_another_machine_resumes_from_the_checkpoint_published_to_s
                            on_progress=lambda s, t, loss: steps.append(s))  # fmt: skip
 
     assert second.resumed_from == 4 and steps == [5, 6]
+    assert second.adapter_uri == f"{remote}/adapter"
     logged = [json.loads(line)["step"] for line in (tmp_path / "host-b" / "train_log.jsonl").read_text().splitlines()]
     assert logged == [1, 2, 3, 4, 5, 6]  # host A's history up to its checkpoint travelled with it
+    # Once the adapter is published its checkpoints are unpublished: a finished direction is its adapter (#24).
+    assert published_names(f"{remote}/checkpoints", options) == []
     again = fetch_folder(second.adapter_uri, tmp_path / "fetched-again", options)
-    assert again is not None
-    assert (again / "adapter_model.safetensors").read_bytes() == (trained / "adapter_model.safetensors").read_bytes()
+    assert again is not None and listing(again) == ADAPTER_FILES
+    straight = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path / "host-c"),
+                             eval_texts={}, log_every=1)  # fmt: skip
+    uninterrupted = (Path(straight.adapter_dir) / "adapter_model.safetensors").read_bytes()
+    assert (again / "adapter_model.safetensors").read_bytes() == uninterrupted
