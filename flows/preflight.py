@@ -7,7 +7,6 @@ sources through the connectors, which the library may not import.
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,7 +24,7 @@ from bhashaflow.core.redact import redact_uri
 from bhashaflow.core.settings import Settings, get_settings
 from bhashaflow.data.flores import flores_file
 from bhashaflow.data.validation import Skip, Validator
-from bhashaflow.modeling.families import unsupported_reason
+from bhashaflow.modeling.families import read_config_json, unsupported_reason
 from bhashaflow.modeling.loaded import BUILTIN_PREFIX
 
 FIRST_ROWS = 5  # rows read of each source
@@ -124,7 +123,7 @@ def _base_model(config: PipelineConfig, settings: Settings, thorough: bool) -> C
 def _local_base(base: str, local: Path, config: PipelineConfig, thorough: bool) -> Check:
     if not (local / "config.json").is_file():
         return Check("base model", False, f"base model directory {local} has no config.json")
-    refused = unsupported_reason(base, _read_json(local / "config.json"))
+    refused = unsupported_reason(base, read_config_json(local / "config.json"))
     if refused:
         return Check("base model", False, refused)
     if not any(local.glob("*.safetensors")) and not any(local.glob("*.safetensors.index.json")):
@@ -147,7 +146,7 @@ def _hub_base(config: PipelineConfig, settings: Settings, thorough: bool) -> Che
         found = try_to_load_from_cache(base, "config.json", revision=config.base_revision)
         if not isinstance(found, str):
             return Check("base model", False, f"hub model {base!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
-        refused = unsupported_reason(base, _read_json(Path(found)))
+        refused = unsupported_reason(base, read_config_json(Path(found)))
         if refused:
             return Check("base model", False, refused)
         return Check("base model", True, f"hub model {base!r}: in the Hugging Face cache")
@@ -158,14 +157,6 @@ def _hub_base(config: PipelineConfig, settings: Settings, thorough: bool) -> Che
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     HfApi(endpoint=settings.hf_endpoint, token=token).model_info(base, revision=config.base_revision, timeout=10)
     return Check("base model", True, f"hub model {base!r}: found on {settings.hf_endpoint}")
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return loaded if isinstance(loaded, dict) else None
 
 
 def check_language_tags(config: PipelineConfig, settings: Settings) -> Check:

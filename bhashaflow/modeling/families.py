@@ -9,7 +9,10 @@ decoder-only bases such as BLOOMZ (a prompt template). IndicTrans2 is refused: s
 from __future__ import annotations
 
 import fnmatch
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -54,3 +57,12 @@ def unsupported_reason(base_model: str, config: dict[str, object] | None = None)
         if by_id or model_type in family.model_types or set(architectures) & set(family.architectures):
             return f"base model {base_model!r}: {family.reason}"
     return None
+
+
+def read_config_json(path: Path) -> dict[str, Any] | None:
+    """A base's config.json as a dict, None when it is missing or not a JSON object (checks read it, never run it)."""
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None

@@ -15,7 +15,7 @@ from bhashaflow.core.hashing import sha256_dir
 from bhashaflow.core.names import BASE_MANIFEST
 from bhashaflow.core.settings import Settings
 from bhashaflow.modeling.builtin import ensure_builtin
-from bhashaflow.modeling.families import unsupported_reason
+from bhashaflow.modeling.families import read_config_json, unsupported_reason
 from bhashaflow.modeling.loaded import BUILTIN_PREFIX, BaseModelError, Family, LoadedModel, pickles_in
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def load_base(
     dtype = dtype or default_dtype(device)
     path = resolve_base(base_model, languages=languages, settings=settings, flores_dir=flores_dir)
     is_local = Path(path).is_dir()
-    refused = unsupported_reason(base_model, _local_config(Path(path)) if is_local else None)
+    refused = unsupported_reason(base_model, read_config_json(Path(path) / "config.json") if is_local else None)
     if refused:
         raise BaseModelError(refused)
     if is_local:
@@ -187,7 +187,7 @@ def load_config_and_tokenizer(
     local = Path(base_model).expanduser()
     is_local = local.is_dir()
     path = str(local.resolve()) if is_local else base_model
-    refused = unsupported_reason(base_model, _local_config(local) if is_local else None)
+    refused = unsupported_reason(base_model, read_config_json(local / "config.json") if is_local else None)
     if refused:
         raise BaseModelError(refused)
     return _load_config_and_tokenizer(base_model, path, _hub_kwargs(is_local, revision, trust_remote_code, settings), settings)
@@ -266,15 +266,6 @@ def _transformers_version() -> str:
     import transformers
 
     return str(transformers.__version__)
-
-
-def _local_config(folder: Path) -> dict[str, Any] | None:
-    """A local base's config.json, when it is readable JSON."""
-    try:
-        loaded = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return loaded if isinstance(loaded, dict) else None
 
 
 def _content_revision(path: str) -> str:
