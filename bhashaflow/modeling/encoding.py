@@ -71,21 +71,12 @@ class _TokenizerTags:
 
 
 _CACHE: weakref.WeakKeyDictionary[Any, _TokenizerTags] = weakref.WeakKeyDictionary()
-_UNWEAKABLE: dict[int, tuple[Any, _TokenizerTags]] = {}  # tokenizers that refuse weak references (kept alive)
 
 
 def _tags_of(tokenizer: Any) -> _TokenizerTags:
-    try:
-        entry = _CACHE.get(tokenizer)
-    except TypeError:
-        held = _UNWEAKABLE.get(id(tokenizer))
-        entry = held[1] if held is not None and held[0] is tokenizer else None
-    if entry is None or entry.size != len(tokenizer):
-        entry = _TokenizerTags(tokenizer)
-        try:
-            _CACHE[tokenizer] = entry
-        except TypeError:
-            _UNWEAKABLE[id(tokenizer)] = (tokenizer, entry)
+    entry = _CACHE.get(tokenizer)
+    if entry is None or entry.size != len(tokenizer):  # tokens added since: look again
+        _CACHE[tokenizer] = entry = _TokenizerTags(tokenizer)
     return entry
 
 
@@ -103,8 +94,8 @@ def _is_marian_tokenizer(tokenizer: Any) -> bool:
 def _detect_style(tokenizer: Any) -> TagStyle:
     """How the base names languages: by the tokens it carries (one scan per tokenizer, cached)."""
     if _is_marian_tokenizer(tokenizer):
-        vocab = getattr(tokenizer, "encoder", None) or tokenizer.get_vocab()  # the source side's, where >>hin<< is
-        return "marian" if any(_MARIAN_TAG.match(t) for t in vocab) else "none"
+        # The source vocabulary (a dict it holds), where >>hin<< lives; read once per tokenizer, never built.
+        return "marian" if any(_MARIAN_TAG.match(t) for t in tokenizer.encoder) else "none"
     added = _added_tokens(tokenizer)
     for style, pattern in _STYLE_PATTERNS.items():
         if sum(1 for t in added if pattern.match(t)) >= 2:  # a base with tags has one per language, and several
