@@ -41,6 +41,25 @@ def _codes_by_language() -> dict[str, list[str]]:
     return out
 
 
+def _well_formed(subtags: list[str]) -> bool:
+    """Whether the subtags after the language read as BCP 47's, in its order: at most one script (`Deva`), at most
+    one region (`IN`, `419`), then variants (`valencia`, `1996`); an extension (`u-...`, `x-...`) ends the check.
+    `eng_Latn-hin_Deva`, a direction, is not a language tag."""
+    stage = 0  # 1: script seen, 2: region seen, 3: variants
+    for sub in subtags:
+        if len(sub) == 1 and sub.isalnum():
+            return True
+        if stage < 1 and len(sub) == 4 and sub.isalpha():
+            stage = 1
+        elif stage < 2 and ((len(sub) == 2 and sub.isalpha()) or (len(sub) == 3 and sub.isdigit())):
+            stage = 2
+        elif sub.isalnum() and (5 <= len(sub) <= 8 or (len(sub) == 4 and sub[0].isdigit())):
+            stage = 3
+        else:
+            return False
+    return True
+
+
 @lru_cache(maxsize=4096)  # a memory's tuvs repeat a handful of tags
 def flores_code(tag: str | None) -> str | None:
     """The FLORES-200 code of a language tag (`hi`, `hi-IN`, `hin`, `hin_Deva`, `zh-TW`), None when unknown.
@@ -54,7 +73,7 @@ def flores_code(tag: str | None) -> str | None:
     if tag in LANGUAGES:
         return tag
     parts = [p for p in _SUBTAGS.split(tag) if p]
-    if not parts:
+    if not parts or not _well_formed(parts[1:]):
         return None
     codes = _codes_by_language().get(parts[0].lower())
     if not codes:

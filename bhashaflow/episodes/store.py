@@ -18,7 +18,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +32,23 @@ MAX_EPISODE_ID = 2**63 - 1
 
 # Who requested an episode or gave feedback when the service knows no name: no key, on a service without auth.
 ANONYMOUS_CLIENT = "anonymous"
+
+def _when_unlocked(statement: Callable[[], object], timeout_s: float) -> None:
+    """Run `statement`, again while another connection holds the database. Switching a rollback-journal database
+    to WAL takes an exclusive lock, and SQLite answers "database is locked" at once, without its busy handler,
+    when two connections opening an old database both try."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS episodes (
@@ -165,14 +182,18 @@ class EpisodeStore:
         path: SQLite file; its parent directories are created.
     """
 
+    _TIMEOUT_S = 30.0
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # One connection behind a lock: writes are serialised by SQLite anyway, and reads are short.
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        self._conn = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=self._TIMEOUT_S
+        )
         self._lock = threading.Lock()
         with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            _when_unlocked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"), self._TIMEOUT_S)
             # FULL: a committed episode survives a power cut, not only a crash of the process.
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SCHEMA)

@@ -16,7 +16,11 @@ from connectors.langtags import ISO_639_1, file_suffixes, flores_code
         ("ta-IN", "tam_Taml"), ("ne", "npi_Deva"), ("nep", "npi_Deva"), ("or", "ory_Orya"), ("ori", "ory_Orya"),
         ("ks", "kas_Arab"), ("ks-Deva", "kas_Deva"), ("kas_Deva", "kas_Deva"), ("pa-Guru-IN", "pan_Guru"),
         ("zh", "zho_Hans"), ("zh-CN", "zho_Hans"), ("zh-TW", "zho_Hant"), ("zh-Hant", "zho_Hant"), ("fa-IR", "pes_Arab"),
-        ("iw", "heb_Hebr"), ("sat-Olck", "sat_Olck"),
+        ("iw", "heb_Hebr"), ("sat-Olck", "sat_Olck"), ("es-419", "spa_Latn"), ("en-GB-oxendict", "eng_Latn"),
+        ("en-u-ca-buddhist", "eng_Latn"),
+        # A direction, or subtags out of BCP 47's order, is no language tag (it once read as its first language).
+        ("eng_Latn-hin_Deva", None), ("hin_Deva-eng_Latn", None), ("hi-IN-IN", None), ("en-Latn-Latn", None),
+        ("hi-IN-Deva", None), ("hi/..", None),
         ("hi-Latn", None), ("mni-Mtei", None), ("xx", None), ("x-klingon", None), ("", None), (None, None), ("-", None),
     ],
 )

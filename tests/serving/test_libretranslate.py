@@ -216,6 +216,7 @@ def test_html_pieces_and_language_codes() -> None:
         ({"q": "x", "source": "auto", "target": "ta"}, False, "Tamil (ta) is not available as a target language"),
         ({"q": "x", "source": "en", "target": "../../hi"}, False, "../../hi is not supported"),
         ({"q": "x", "source": "en", "target": "hin_Deva/.."}, False, "hin_Deva/.. is not supported"),
+        ({"q": "x", "source": "eng_Latn-hin_Deva", "target": "hi"}, False, "eng_Latn-hin_Deva is not supported"),
         ({"q": "x", "source": "en", "target": "hi", "alternatives": "many"}, True, "Invalid request: alternatives"),
         ({"q": ["a", 5], "source": "en", "target": "hi"}, False, "Invalid request: q"),
         ({"q": "x" * 301, "source": "en", "target": "hi"}, False, "Invalid request: request (301) exceeds text limit (300)"),
