@@ -30,7 +30,7 @@ lint: install
 	$(BIN)/lint-imports --no-cache
 
 typecheck: install
-	$(BIN)/mypy bhashaflow connectors serving
+	$(BIN)/mypy bhashaflow connectors serving tasks flows
 
 pytest: install
 	$(BIN)/pytest -q

@@ -18,9 +18,16 @@ from prefect.context import FlowRunContext
 from bhashaflow.config import PipelineConfig, RLExportFlowConfig
 from bhashaflow.core.settings import get_settings
 from bhashaflow.data.ingest import load_manifest
-from bhashaflow.pipeline.report import MARKDOWN_COLUMNS, MARKDOWN_CORRECTIONS_COLUMNS, format_table, markdown_table
+from bhashaflow.pipeline.report import (
+    MARKDOWN_COLUMNS,
+    MARKDOWN_CORRECTIONS_COLUMNS,
+    Columns,
+    format_table,
+    markdown_table,
+)
 from flows.adapter_pipeline import adapter_pipeline
 from flows.export_rl_logs import export_rl_logs_flow
+from flows.runners import at_scheduled_start
 from tasks.rundirs import artifact_key
 
 
@@ -35,9 +42,7 @@ def feedback_loop(config: PipelineConfig) -> dict[str, Any]:
     feedback_sources = [s.name for s in config.sources if s.kind == "rl_logs"]
     if not feedback_sources:
         raise ValueError("the feedback loop needs an rl_logs source (one reading rl_export.target)")
-    context = FlowRunContext.get()
-    if context is not None:  # `{datetime}` from this flow run's scheduled start, which its retries share
-        config = config.at(context.flow_run.expected_start_time)
+    config = at_scheduled_start(config, FlowRunContext.get())
     exported = export_rl_logs_flow(RLExportFlowConfig.of(config))
     result = adapter_pipeline(config)
     run_uri = _run_uri(config, result["run_id"])
@@ -80,8 +85,8 @@ def loop_markdown(run_id: str, exported: Any, counts: dict[str, Any], directions
         rejected = ", ".join(f"{k} {v}" for k, v in (s["rejected_by_reason"] or {}).items()) or "none"
         lines.append(f"- `{name}`: {s['read']} episodes read, {s['accepted']} corrections kept "
                      f"({s['duplicates']} duplicates), skipped: {skipped}; rejected: {rejected}")  # fmt: skip
-    became: list[tuple[str, str, Callable[[dict[str, Any]], str]]] = [
-        (header, "---:", lambda r, k=key: str(counts["directions"].get(r["direction"], {}).get(k, 0)))
+    became: Columns = [
+        (header, "---:", _became_cell(counts, key))
         for header, key in (("training pairs", "pairs"), ("preference triplets", "preferences"), ("held out", "heldout"))
     ]
     rows = {d: {**r, "direction": d} for d, r in directions.items()}
@@ -90,6 +95,11 @@ def loop_markdown(run_id: str, exported: Any, counts: dict[str, Any], directions
               "", "chrF++ on the held-out corrections:", "", *markdown_table(rows, MARKDOWN_CORRECTIONS_COLUMNS),
               "", *[f"- **{d}**: {'promoted' if r['promoted'] else 'not promoted'}: {r['reason']}" for d, r in directions.items()]]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _became_cell(counts: dict[str, Any], key: str) -> Callable[[dict[str, Any]], str]:
+    """A cell of the "what the feedback became" table: a direction's count of `key` (0 when it has none)."""
+    return lambda row: str(counts["directions"].get(row["direction"], {}).get(key, 0))
 
 
 def loop_table(result: dict[str, Any]) -> str:

@@ -81,6 +81,14 @@ def task_resources(config: PipelineConfig, step: Literal["train", "evaluate"] = 
     return nullcontext()
 
 
+def at_scheduled_start(config: PipelineConfig, context: FlowRunContext | None) -> PipelineConfig:
+    """`config` with `{date}` / `{datetime}` in `run_id` filled from the flow run's scheduled start, which its
+    retries share; unchanged outside a flow run (or one without a scheduled start)."""
+    flow_run = context.flow_run if context is not None else None
+    started = flow_run.expected_start_time if flow_run is not None else None
+    return config if started is None else config.at(started)
+
+
 @contextmanager
 def configured_run(config: PipelineConfig, *, distribute: bool = True) -> Iterator[PipelineConfig]:
     """Inside a flow: persist task results under the run folder and, with `distribute`, send `.submit()`s to
@@ -94,7 +102,7 @@ def configured_run(config: PipelineConfig, *, distribute: bool = True) -> Iterat
     context = FlowRunContext.get()
     if context is None:
         raise RuntimeError("configured_run() belongs inside a flow")
-    config = config.at(context.flow_run.expected_start_time)
+    config = at_scheduled_start(config, context)
     update: dict[str, Any] = {}
     storage = result_storage(config)
     if storage is not None:
