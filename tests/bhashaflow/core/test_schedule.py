@@ -19,3 +19,22 @@ def test_cosine_decay_ends_at_a_tenth_and_stays_there() -> None:
     assert values[50] == pytest.approx(2e-4 * 0.55)  # half way: the mean of peak and floor
     assert values[100] == pytest.approx(2e-5) and values[120] == pytest.approx(2e-5)
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+@pytest.mark.parametrize(("peak", "warmup", "max_steps"), [(1.0, 4, 20), (2e-4, 0, 100), (5e-4, 50, 1000), (3e-4, 200, 400)])
+def test_it_is_torchs_linear_warm_up_then_cosine_annealing_step_by_step(peak: float, warmup: int, max_steps: int) -> None:
+    """lr_at is the closed form of torch's schedulers for every step a training takes (and the last)."""
+    import torch
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max_steps - warmup, eta_min=peak / 10)
+    scheduler: torch.optim.lr_scheduler.LRScheduler = cosine
+    if warmup:
+        linear = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1 / warmup, total_iters=warmup - 1)
+        scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
+    for step in range(max_steps + 1):
+        assert lr_at(step, peak=peak, warmup=warmup, max_steps=max_steps) == pytest.approx(
+            optimizer.param_groups[0]["lr"], rel=1e-12
+        ), step
+        optimizer.step()
+        scheduler.step()
