@@ -22,7 +22,7 @@ from bhashaflow.config import PipelineConfig
 from bhashaflow.core.languages import parse_direction
 from bhashaflow.core.settings import Settings
 from bhashaflow.episodes.store import utc_now
-from bhashaflow.registry.store import Registry, RegistryError, VersionInfo
+from bhashaflow.registry.store import RegistryError, VersionInfo, registry_for
 from serving.batcher import Batcher
 from serving.ct2 import (
     MAX_SOURCE_TOKENS,
@@ -105,7 +105,7 @@ class Engine:
             # CTranslate2 releases the GIL: one worker per direction runs directions' batches side by side.
             workers=len(config.directions) if serving.engine == "ctranslate2" else 1,
         )
-        self.registry = Registry(config.registry, settings.storage_options_for(config.registry))
+        self.registry = registry_for(config, settings)
         self.state: EngineState = "loading"
         self.error: str | None = None
         self.device: str | None = None

@@ -25,7 +25,7 @@ from bhashaflow.evaluation.evaluate import (
 from bhashaflow.modeling.adapters import load_adapter
 from bhashaflow.modeling.loaded import LoadedModel
 from bhashaflow.modeling.loading import load_configured_base
-from bhashaflow.registry.store import Registry
+from bhashaflow.registry.store import registry_for
 from tasks.reuse import EVALUATE_CACHE
 from tasks.rundirs import fetch_adapter, fetch_dir
 
@@ -62,7 +62,7 @@ def evaluate_direction_task(config: PipelineConfig, direction: str, candidate_ur
                              storage_options=options, on_batch=translation_progress(direction, label))  # fmt: skip
 
     base = score("base", None)
-    registry = Registry(config.registry, settings.storage_options_for(config.registry))
+    registry = registry_for(config, settings)
     found = registry.fetch_promoted(direction, fetch_dir(config, settings, direction, "incumbent"))
     incumbent, version = None, None
     if found is not None:
@@ -101,7 +101,7 @@ def evaluate_adapter_task(config: PipelineConfig, direction: str, adapter: str) 
     """Score one adapter of a direction alone: `promoted`, `none` (the bare base) or a version like v0003."""
     quiet_libraries()
     settings = get_settings()
-    registry = Registry(config.registry, settings.storage_options_for(config.registry))
+    registry = registry_for(config, settings)
     cache = fetch_dir(config, settings, direction, "registry")
     version: str | None = None
     path: str | None = None

@@ -1,4 +1,5 @@
-"""What a registered version is, and what it may hold: manifest and PROMOTED pointer models, and file checks.
+"""What a registered version is, and what it may hold: its manifest (VersionInfo, with the Provenance it records)
+and PROMOTED pointer models, and file checks.
 
 A version's `manifest.json` names each of its files with its sha256. Only safetensors, JSON and tokenizer
 text files are accepted, never pickles, symlinks or subdirectories, and never a directory that holds
@@ -8,13 +9,14 @@ from a store are untrusted: a manifest or pointer that does not parse, or names 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
@@ -36,12 +38,47 @@ class RegistryError(Exception):
 
 
 @dataclass(frozen=True)
-class VersionInfo:
-    """One registered adapter version, as its manifest describes it."""
+class Provenance:
+    """What a registered version was made from and how it scored, as its manifest records it (at the top level)."""
+
+    base_model: str  # the base the adapter was trained on
+    base_revision: str | None  # its revision (None for builtin or local bases)
+    data_manifest_sha256: str  # the training data's manifest, by content (bhashaflow.data.manifest)
+    config: dict[str, Any]  # the run's configuration, JSON-serialisable (credentials redacted by the caller)
+    metrics: dict[str, Any]  # the evaluation's scores, JSON-serialisable
+
+
+class ProvenanceFields(TypedDict, total=False):
+    """A Provenance's fields as keyword arguments (`Registry.register(..., base_model=..., metrics=...)`)."""
+
+    base_model: str
+    base_revision: str | None
+    data_manifest_sha256: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def provenance_of(provenance: Provenance | None, fields: ProvenanceFields | dict[str, Any]) -> Provenance:
+    """`provenance`, or one made of its fields given as keyword arguments: one of the two, not both."""
+    if provenance is None:
+        return Provenance(**fields)
+    if fields:
+        raise TypeError(f"pass a Provenance or its fields, not both (got {', '.join(sorted(fields))} too)")
+    return provenance
+
+
+# What the registry adds to a stored manifest when it reads one: never written into the file.
+_ADDED = frozenset({"uri", "manifest_sha256"})
+
+
+class VersionInfo(BaseModel):
+    """One registered adapter version: its manifest as stored, plus where it is (`uri`) and the digest of the
+    manifest's bytes (`manifest_sha256`), which the registry adds when it reads it."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
     direction: str
     version: str
-    uri: str
     base_model: str
     base_revision: str | None
     data_manifest_sha256: str
@@ -49,36 +86,8 @@ class VersionInfo:
     metrics: dict[str, Any]
     files: dict[str, str]
     created_at: str
-    manifest_sha256: str
-
-    @property
-    def number(self) -> int:
-        return int(self.version[1:])
-
-
-@dataclass(frozen=True)
-class PromotedPointer:
-    """The content of a direction's PROMOTED file (not verified: use it to notice changes only)."""
-
-    version: str
-    manifest_sha256: str
-    promoted_at: str
-
-
-class _Manifest(BaseModel):
-    """A manifest as stored: VersionInfo without what the registry adds (its uri and the manifest's sha256)."""
-
-    model_config = ConfigDict(strict=True, extra="ignore")
-
-    direction: str
-    version: str
-    base_model: str
-    base_revision: str | None
-    data_manifest_sha256: str
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    files: dict[str, str]
-    created_at: str
+    uri: str = ""
+    manifest_sha256: str = ""
 
     @field_validator("files")
     @classmethod
@@ -91,6 +100,33 @@ class _Manifest(BaseModel):
             if not _SHA256_RE.fullmatch(digest):
                 raise ValueError(f"{name}: {digest!r} is not a sha256 hex digest")
         return files
+
+    @classmethod
+    def new(cls, direction: str, version: str, provenance: Provenance, files: dict[str, str], created_at: str) -> VersionInfo:
+        """A version about to be stored (no uri or digest yet)."""
+        return cls(direction=direction, version=version, files=files, created_at=created_at,
+                   **dataclasses.asdict(provenance))  # fmt: skip
+
+    @property
+    def number(self) -> int:
+        return int(self.version[1:])
+
+    @property
+    def provenance(self) -> Provenance:
+        return Provenance(self.base_model, self.base_revision, self.data_manifest_sha256, self.config, self.metrics)
+
+    def stored(self) -> dict[str, Any]:
+        """The manifest's JSON object, as `manifest.json` holds it."""
+        return self.model_dump(exclude=set(_ADDED))
+
+
+@dataclass(frozen=True)
+class PromotedPointer:
+    """The content of a direction's PROMOTED file (not verified: use it to notice changes only)."""
+
+    version: str
+    manifest_sha256: str
+    promoted_at: str
 
 
 class _Pointer(BaseModel):
@@ -119,12 +155,12 @@ def parse_manifest(direction: str, version: str, uri: str, data: bytes) -> Versi
     """The version that manifest bytes `data` describe, refused unless it names `direction`/`version`."""
     where = f"{direction}/{version}"
     try:
-        m = _Manifest.model_validate_json(data)
+        m = VersionInfo.model_validate_json(data)
     except ValidationError as exc:
         raise RegistryError(f"{where}: malformed manifest: {exc.errors()[0]['msg']}") from None
     if (m.direction, m.version) != (direction, version):
         raise RegistryError(f"{where}: manifest names {m.direction}/{m.version}")
-    return VersionInfo(uri=uri, manifest_sha256=sha256_bytes(data), **m.model_dump())
+    return m.model_copy(update={"uri": uri, "manifest_sha256": sha256_bytes(data)})
 
 
 def parse_pointer(direction: str, data: bytes) -> PromotedPointer:

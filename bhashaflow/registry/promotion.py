@@ -15,8 +15,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Unpack
 
+from bhashaflow.registry.manifest import Provenance, ProvenanceFields, provenance_of
 from bhashaflow.registry.store import PromotionConflict, Registry
 
 _TOLERANCE = 1e-9
@@ -113,13 +114,10 @@ def promote_adapter(
     direction: str,
     adapter_dir: str | Path,
     decision: PromotionDecision,
+    provenance: Provenance | None = None,
     *,
     judged_against: str | None,
-    base_model: str,
-    base_revision: str | None,
-    data_manifest_sha256: str,
-    config: dict[str, Any],
-    metrics: dict[str, Any],
+    **fields: Unpack[ProvenanceFields],
 ) -> PromotionOutcome:
     """Register the candidate, then promote it if `decision` says so and `judged_against` is still promoted.
 
@@ -131,17 +129,11 @@ def promote_adapter(
         direction: `src-tgt` FLORES-200 codes.
         adapter_dir: The trained adapter directory.
         decision: The promotion rule's verdict (`decide_promotion`).
+        provenance: What the version's manifest records: base model and revision, the training data manifest's
+            sha256, the config and the metrics (or its fields as keyword arguments, as `Registry.register` takes).
         judged_against: The incumbent version the candidate was evaluated against (None: none was promoted).
-        base_model: Base model the adapter was trained on.
-        base_revision: Revision of the base model.
-        data_manifest_sha256: sha256 of the training data manifest.
-        config: Training configuration to record.
-        metrics: Evaluation metrics to record.
     """
-    info = registry.register(
-        direction, adapter_dir, base_model=base_model, base_revision=base_revision,
-        data_manifest_sha256=data_manifest_sha256, config=config, metrics=metrics, reuse=True,
-    )
+    info = registry.register(direction, adapter_dir, provenance_of(provenance, fields), reuse=True)
     uri = registry.adapter_uri(direction, info.version)
     if not decision.promote:
         return PromotionOutcome(info.version, False, decision.reason, uri)

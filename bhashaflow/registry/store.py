@@ -18,6 +18,7 @@ after the candidate was judged against another.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,16 +27,20 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
+from bhashaflow.config import PipelineConfig
 from bhashaflow.core import fsio
 from bhashaflow.core.hashing import sha256_bytes, sha256_file
 from bhashaflow.core.languages import parse_direction
 from bhashaflow.core.names import PROMOTED, VERSION_MANIFEST
+from bhashaflow.core.settings import Settings, get_settings
 from bhashaflow.registry.local_disk import LocalDisk, folder_entries
 from bhashaflow.registry.manifest import (
     VERSION_RE,
     PromotedPointer,
+    Provenance,
+    ProvenanceFields,
     RegistryError,
     VersionInfo,
     adapter_files,
@@ -44,6 +49,7 @@ from bhashaflow.registry.manifest import (
     compare_files,
     parse_manifest,
     parse_pointer,
+    provenance_of,
 )
 from bhashaflow.registry.object_store import ObjectStore
 
@@ -51,11 +57,13 @@ from bhashaflow.registry.object_store import ObjectStore
 __all__ = [
     "PromotedPointer",
     "PromotionConflict",
+    "Provenance",
     "Registry",
     "RegistryError",
     "Storage",
     "VersionInfo",
     "open_storage",
+    "registry_for",
 ]
 
 MAX_CLAIM_ATTEMPTS = 1000
@@ -116,12 +124,13 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def _json_fields(config: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-    """`config` and `metrics` as they read back from a manifest, refused unless JSON-serialisable."""
+def _json_fields(provenance: Provenance) -> Provenance:
+    """`provenance` as it reads back from a manifest, refused unless its config and metrics are JSON-serialisable."""
     try:
-        return dict(json.loads(fsio.dumps_json({"config": config, "metrics": metrics})))
+        fields = json.loads(fsio.dumps_json({"config": provenance.config, "metrics": provenance.metrics}))
     except (TypeError, ValueError) as exc:
         raise RegistryError(f"config and metrics must be JSON-serialisable: {exc}") from None
+    return dataclasses.replace(provenance, config=fields["config"], metrics=fields["metrics"])
 
 
 def _local_copy_ok(target: Path, info: VersionInfo, manifest_bytes: bytes) -> bool:
@@ -180,61 +189,42 @@ class Registry:
         self,
         direction: str,
         adapter_dir: str | Path,
+        provenance: Provenance | None = None,
         *,
-        base_model: str,
-        base_revision: str | None,
-        data_manifest_sha256: str,
-        config: dict[str, Any],
-        metrics: dict[str, Any],
         reuse: bool = False,
+        **fields: Unpack[ProvenanceFields],
     ) -> VersionInfo:
         """Copy an adapter directory into a new version; its manifest is written last.
 
         Args:
             direction: `src-tgt` FLORES-200 codes.
             adapter_dir: Local directory with adapter_config.json, adapter_model.safetensors and tokenizer files.
-            base_model: Base model the adapter was trained on.
-            base_revision: Revision of the base model (None for builtin or local bases).
-            data_manifest_sha256: sha256 of the training data manifest.
-            config: Training configuration (JSON-serialisable).
-            metrics: Evaluation metrics (JSON-serialisable), e.g. chrF and chrF++.
+            provenance: What the adapter was made from and how it scored (base model and revision, the training
+                data manifest's sha256, the config and the metrics, JSON-serialisable); or give its fields as
+                keyword arguments instead (`base_model=..., base_revision=..., ..., metrics=...`).
             reuse: Return an intact version that already holds these very files and fields instead of
                 copying them again (a re-run of a promotion that crashed after registering).
         """
+        made_of = provenance_of(provenance, fields)
         check_direction(direction)
         files = adapter_files(Path(adapter_dir))
-        fields = _json_fields(config, metrics)
+        stored = _json_fields(made_of)
         self._refuse_escape(direction, direction)
-        provenance = {
-            "base_model": base_model,
-            "base_revision": base_revision,
-            "data_manifest_sha256": data_manifest_sha256,
-        }
         if reuse:
-            wanted = {"files": {src.name: sha256_file(src) for src in files}, **provenance, **fields}
-            found = self._intact_version_with(direction, wanted)
+            found = self._intact_version_with(direction, {src.name: sha256_file(src) for src in files}, stored)
             if found is not None:
                 return found
         version = self._claim_version(direction)
         hashes = {src.name: self._copy_in(src, direction, version) for src in files}
-        manifest = {
-            "direction": direction,
-            "version": version,
-            **provenance,
-            "config": config,
-            "metrics": metrics,
-            "files": hashes,
-            "created_at": _now(),
-        }
-        data = fsio.dumps_json(manifest)
+        data = fsio.dumps_json(VersionInfo.new(direction, version, made_of, hashes, _now()).stored())
         # Last: until the manifest lands, the version is incomplete and invisible to readers.
         self._store.publish(data, direction, "versions", version, VERSION_MANIFEST)
         return self._info(direction, version, data)
 
-    def _intact_version_with(self, direction: str, wanted: dict[str, Any]) -> VersionInfo | None:
-        """The newest intact version whose manifest holds the `wanted` fields, if any."""
+    def _intact_version_with(self, direction: str, files: dict[str, str], provenance: Provenance) -> VersionInfo | None:
+        """The newest intact version whose manifest holds these `files` (name -> sha256) and `provenance`, if any."""
         for existing in reversed(self.versions(direction)):
-            if all(getattr(existing, key) == value for key, value in wanted.items()):
+            if existing.files == files and existing.provenance == provenance:
                 try:
                     return self.verify(direction, existing.version)
                 except RegistryError:
@@ -467,3 +457,14 @@ class Registry:
         if info.manifest_sha256 != p.manifest_sha256:
             raise RegistryError(f"{direction}/{p.version}: manifest changed since it was promoted")
         return info, path
+
+
+def registry_for(config: PipelineConfig, settings: Settings | None = None) -> Registry:
+    """The registry that `config.registry` names, opened with this machine's storage options for it.
+
+    Args:
+        config: the pipeline config (its `registry` URI).
+        settings: this process's settings (credentials); `get_settings()` when None.
+    """
+    settings = settings or get_settings()
+    return Registry(config.registry, settings.storage_options_for(config.registry))

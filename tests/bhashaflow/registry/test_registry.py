@@ -17,9 +17,19 @@ import pytest
 from safetensors.numpy import save_file
 from servers import S3Server
 
+from bhashaflow.config import PipelineConfig
 from bhashaflow.core import fsio
 from bhashaflow.core.settings import Settings
-from bhashaflow.registry.store import PromotionConflict, Registry, RegistryError, Storage, VersionInfo, open_storage
+from bhashaflow.registry.store import (
+    PromotionConflict,
+    Provenance,
+    Registry,
+    RegistryError,
+    Storage,
+    VersionInfo,
+    open_storage,
+    registry_for,
+)
 
 DIRECTION = "eng_Latn-hin_Deva"
 BUCKET = "bhashaflow-test"
@@ -708,3 +718,30 @@ def test_s3_swap_loses_to_a_write_after_its_judgement(s3_server: S3Server) -> No
 
     assert storage.swap(b"mine", judged_then_overwritten, "d", "PROMOTED") is False  # the caller judges again
     assert storage.read("d", "PROMOTED") == b"rival"
+
+
+def test_a_provenance_value_writes_the_manifest_its_fields_as_keywords_write(tmp_path):
+    """`register(d, dir, Provenance(...))` and `register(d, dir, base_model=..., ...)` record the same manifest;
+    both at once is refused, and the version's `provenance` reads the value back."""
+    made_of = Provenance("builtin:tiny-seq2seq", None, "ab" * 32, {"training": {"max_steps": 3}}, {"chrf_pp": 40.0})
+    by_value = Registry(str(tmp_path / "a")).register(DIRECTION, make_adapter(tmp_path / "ad"), made_of)
+    by_keywords = register(Registry(str(tmp_path / "b")), tmp_path / "ad")
+    stored = [json.loads(Path(info.uri, "manifest.json").read_bytes()) for info in (by_value, by_keywords)]
+    assert [{k: v for k, v in m.items() if k != "created_at"} for m in stored] == [
+        {k: v for k, v in stored[1].items() if k != "created_at"}
+    ] * 2
+    assert set(stored[0]) == {"direction", "version", "base_model", "base_revision", "data_manifest_sha256",
+                              "config", "metrics", "files", "created_at"}  # fmt: skip
+    assert by_value.provenance == made_of == by_keywords.provenance
+    with pytest.raises(TypeError, match="not both"):
+        Registry(str(tmp_path / "c")).register(DIRECTION, tmp_path / "ad", made_of, base_model="other")
+
+
+def test_registry_for_opens_the_registry_a_config_names(tmp_path):
+    config = PipelineConfig.model_validate(
+        {"run_name": "r", "registry": str(tmp_path / "reg"), "directions": [DIRECTION], "sources": []}
+    )
+    registry = registry_for(config, Settings())
+    assert registry.uri == str(tmp_path / "reg")
+    info = register(registry, make_adapter(tmp_path / "ad"))
+    assert Registry(str(tmp_path / "reg")).versions(DIRECTION) == [info]
