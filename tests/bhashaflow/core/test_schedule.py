@@ -21,8 +21,12 @@ def test_cosine_decay_ends_at_a_tenth_and_stays_there() -> None:
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 
-@pytest.mark.parametrize(("peak", "warmup", "max_steps"), [(1.0, 4, 20), (2e-4, 0, 100), (5e-4, 50, 1000), (3e-4, 200, 400)])
-def test_it_is_torchs_linear_warm_up_then_cosine_annealing_step_by_step(peak: float, warmup: int, max_steps: int) -> None:
+@pytest.mark.parametrize(
+    ("peak", "warmup", "max_steps"), [(1.0, 4, 20), (2e-4, 0, 100), (5e-4, 50, 1000), (3e-4, 200, 400)]
+)
+def test_it_is_torchs_linear_warm_up_then_cosine_annealing_step_by_step(
+    peak: float, warmup: int, max_steps: int
+) -> None:
     """lr_at is the closed form of torch's schedulers for every step a training takes (and the last)."""
     import torch
 
