@@ -189,21 +189,30 @@ def _chrf_into_english(tmp_path: Path, base: str, clients: Any) -> dict[str, flo
 
 
 @pytest.mark.slow
-def test_int8_keeps_the_float32_chrf(tmp_path: Path, demo_base: str, clients: Any) -> None:
+def test_int8_keeps_the_float32_chrf(demo_chrf: dict[str, float]) -> None:
     """On the demo's base with its repetition guards: int8's chrF++ within 1.0 of float32's (measured 6.76 vs 6.81)."""
-    chrf = _chrf_into_english(tmp_path, demo_base, clients)
-    assert chrf["float32"] > 1.0 and abs(chrf["int8"] - chrf["float32"]) <= 1.0, chrf
+    assert demo_chrf["float32"] > 1.0 and abs(demo_chrf["int8"] - demo_chrf["float32"]) <= 1.0, demo_chrf
+
+
+@pytest.fixture(scope="module")
+def demo_chrf(tmp_path_factory: pytest.TempPathFactory, demo_base: str, _cache_root: Path) -> dict[str, float]:
+    """`_chrf_into_english` on the demo base, computed once for the tests that read it (it serves 600 sentences)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BHASHAFLOW_CACHE_DIR", str(_cache_root))
+        started = Clients()
+        try:
+            return _chrf_into_english(tmp_path_factory.mktemp("demo-chrf"), demo_base,
+                                      lambda config: started.start(config, Settings(api_token=TOKEN)))  # type: ignore[call-arg]
+        finally:
+            started.close()
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(reason="CTranslate2 4.8.5 applies the repetition guards one token late", strict=True)
-def test_with_repetition_guards_ctranslate2_keeps_the_torch_engines_chrf(
-    tmp_path: Path, demo_base: str, clients: Any
-) -> None:
+def test_with_repetition_guards_ctranslate2_keeps_the_torch_engines_chrf(demo_chrf: dict[str, float]) -> None:
     """The known gap: with the demo base's guards (penalty 1.2, no repeated 3-grams) ctranslate2 loses chrF++ against
     the torch engine (measured 6.81 float32 and 6.76 int8 against 9.69)."""
-    chrf = _chrf_into_english(tmp_path, demo_base, clients)
-    assert abs(chrf["int8"] - chrf["torch"]) <= 1.0, chrf
+    assert abs(demo_chrf["int8"] - demo_chrf["torch"]) <= 1.0, demo_chrf
 
 
 def test_a_version_is_converted_once_and_cached_by_its_manifest(
