@@ -37,6 +37,8 @@ def prepare_lora_model(lm: LoadedModel, config: PipelineConfig) -> tuple[Any, li
     if train_cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     targets = train_cfg.lora.target_modules
+    # "auto" adapts the layers peft's target_modules="all-linear" would (tests/bhashaflow/training/test_lora.py), but
+    # by the family's short names: "all-linear" writes every layer's full path into adapter_config.json.
     resolved = default_target_modules(model) if targets == "auto" else list(targets)
     lora = LoraConfig(
         r=train_cfg.lora.r,
