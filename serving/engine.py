@@ -113,6 +113,7 @@ class Engine:
         self._lock = threading.Lock()
         self._torch_lock = threading.RLock()  # the torch base and its adapters: one user at a time
         self._fallbacks: set[str] = set()  # directions the ctranslate2 engine serves with torch (logged once)
+        self._guard_warned: set[str] = set()  # directions ctranslate2 serves with repetition guards (logged once)
         self._current: dict[str, AdapterSlot] = {}  # direction -> the version new requests get
         self._loaded: dict[str, AdapterSlot] = {}  # peft name -> every attached version, retired ones too
         self._problems: dict[str, str] = {}  # direction -> why it has no (newer) adapter
@@ -197,8 +198,10 @@ class Engine:
                                      compute_type=compute_type)
             import torch
 
-            return CT2Model(folder, self.lm, src, tgt, device=self.lm.device, compute_type=compute_type,
-                            threads=torch.get_num_threads())
+            model = CT2Model(folder, self.lm, src, tgt, device=self.lm.device, compute_type=compute_type,
+                             threads=torch.get_num_threads())
+            self._warn_of_guards(info.direction)
+            return model
         except AdapterRefused as exc:
             cause = exc.__cause__ or exc
             raise RegistryError(f"{info.direction}/{info.version}: refused at load: {_first_line(cause)}") from exc
@@ -213,6 +216,21 @@ class Engine:
         if first:
             log.warning("%s is served by the torch engine: %s", info.direction, reason)
         return None
+
+    def _warn_of_guards(self, direction: str) -> None:
+        """One line per direction where the base sets repetition guards: CTranslate2 (4.8.5) applies them differently
+        from transformers, so what it serves may differ from what was evaluated (README, "Serving engines")."""
+        decoding = Decoding.of(self.lm, 1, 1)
+        if decoding.repetition_penalty == 1.0 and decoding.no_repeat_ngram_size == 0:
+            return
+        with self._lock:
+            first = direction not in self._guard_warned
+            self._guard_warned.add(direction)
+        if first:
+            log.warning("%s is served by ctranslate2 with the base's repetition guards (penalty %s, no repeated "
+                        "%d-grams), which it applies differently from transformers: translations may differ from the "
+                        "evaluated ones; serving.engine: torch serves exactly those", direction,
+                        decoding.repetition_penalty, decoding.no_repeat_ngram_size)
 
     def _attach(self, info: VersionInfo, path: str, ct2: CT2Model | None = None) -> AdapterSlot:
         """Attach a version (converted, or as a peft adapter) and make it the one new requests get (worker only)."""

@@ -306,3 +306,30 @@ def test_a_base_ctranslate2_cannot_convert_is_served_by_torch_said_once_per_dire
     lines = [r.getMessage() for r in caplog.records if "served by the torch engine" in r.getMessage()]
     assert lines == [f"{EN_HI} is served by the torch engine: CTranslate2 cannot convert GPTNeo models"]
     assert _engines(client) == {EN_HI: "torch"}
+
+
+def test_ctranslate2_serving_a_base_with_repetition_guards_says_so_once_per_direction(
+    tmp_path: Path, demo_base: str, clients: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CTranslate2 applies the guards differently from transformers (the xfails above): a user who picks it is told,
+    once per direction, and a base without guards gets no such line."""
+    plain = _without_repetition_guards(demo_base, tmp_path / "plain")
+    said: dict[str, list[str]] = {}
+    for label, base in (("guards", demo_base), ("plain", plain)):
+        registry = str(tmp_path / label / "registry")
+        register(registry, EN_HI, make_adapter(base, tmp_path / label / "a", seed=1), base)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="serving.engine"):
+            client = clients(_config(tmp_path / label, base, registry, engine="ctranslate2"))
+            assert _engines(client) == {EN_HI: "ctranslate2"}
+            assert len(_translate(client, ["Hello world.", "How are you?"])) == 2
+            register(registry, EN_HI, make_adapter(base, tmp_path / label / "b", seed=2), base)
+            assert client.post("/v1/adapters/reload", headers=AUTH).json()["swapped"][0]["version"] == "v0002"
+            assert _engines(client) == {EN_HI: "ctranslate2"}
+        said[label] = [r.getMessage() for r in caplog.records if "applies differently" in r.getMessage()]
+    assert said["plain"] == []
+    assert said["guards"] == [
+        f"{EN_HI} is served by ctranslate2 with the base's repetition guards (penalty 1.2, no repeated 3-grams), "
+        "which it applies differently from transformers: translations may differ from the evaluated ones; "
+        "serving.engine: torch serves exactly those"
+    ]
