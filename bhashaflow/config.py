@@ -9,10 +9,22 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeAlias, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
 from bhashaflow.core.hashing import sha256_json
 from bhashaflow.core.languages import LANGUAGES, parse_direction
@@ -69,8 +81,15 @@ class LangPair(_Strict):
         return code
 
 
-class SourceConfig(_Strict):
-    """One place parallel text is read from."""
+class SourceBase(_Strict):
+    """What every source kind has: a name, a kind, where it is, and how its rows name a pair's parts.
+
+    One model per kind derives from this (`FloresSource` ... `RlLogsSource`); `SourceConfig` is their union,
+    told apart by `kind`. A key of another kind is refused naming the kinds it applies to.
+    """
+
+    # The keys each kind must have, and why, for a message that says so (instead of pydantic's "Field required").
+    _needs: ClassVar[dict[str, str]] = {}
 
     name: str = Field(description="Unique name of the source; used in counts and positions.")
     kind: SourceKind = Field(
@@ -89,10 +108,6 @@ class SourceConfig(_Strict):
             "aligned, tmx and rl_logs take a local path or any fsspec URL (s3://, http(s)://, ...), plain or gzip."
         )
     )
-    split: str | None = Field(None, description="flores: dev (devtest is refused); hf: the split to stream.")
-    format: FileFormat | None = Field(
-        None, description="jsonl | tsv | parquet; inferred from the file name when omitted."
-    )
     fields: FieldMap = Field(
         default_factory=FieldMap, description="Column names (or dotted paths into nested columns) of the pair's parts."
     )
@@ -103,56 +118,6 @@ class SourceConfig(_Strict):
             "their language suffixes, ISO 639-1 like .en or FLORES like .eng_Latn) and tmx (which xml:lang pair)."
         ),
     )
-    pattern: str | None = Field(
-        None,
-        exclude_if=_unset,
-        description=(
-            "aligned: the file names under uri, {lang} standing for each side's language suffix (en or eng_Latn "
-            "for eng_Latn) and * for any text (not over http); a .gz suffix is found too. Default *.{lang}: "
-            "OPUS's *.en / *.hi, Samanantar's train.en / train.hi, BPCC's train.eng_Latn / train.hin_Deva."
-        ),
-    )
-    files: AlignedFiles | None = Field(
-        None, exclude_if=_unset, description="aligned: the two files named outright, instead of pattern."
-    )
-    collection: str | None = Field(None, description="qdrant: the collection holding pairs as payloads.")
-    endpoint_url: str | None = Field(
-        None, description="s3: an S3-compatible endpoint (overrides AWS_ENDPOINT_URL from the environment)."
-    )
-    subset: str | None = Field(None, description="hf: the dataset configuration name, if any.")
-    trusted_clients: list[str] | None = Field(
-        None,
-        exclude_if=_unset,
-        description=(
-            "rl_logs (required): the API clients whose feedback is learned from, by name (feedback_client); "
-            "'anonymous' only if listed, '*' for every attributed client. Other feedback is skipped as untrusted_client."
-        ),
-    )
-    max_length_ratio: float | None = Field(
-        None,
-        exclude_if=_unset,
-        gt=1,
-        description="rl_logs: reject a correction more than this many times longer or shorter than its prompt (default 3).",
-    )
-    reward_margin: float | None = Field(
-        None,
-        exclude_if=_unset,
-        gt=0,
-        description=(
-            "rl_logs: pair the best-rewarded output of a prompt (chosen) with its worst (rejected) when neither has a "
-            "correction and their rewards differ by at least this (default 1.0; above 2 never: rewards are in [-1, 1])."
-        ),
-    )
-    heldout_share: float | None = Field(
-        None,
-        exclude_if=_unset,
-        ge=0,
-        lt=1,
-        description=(
-            "rl_logs: share of corrected episodes kept out of training, chosen by a hash of the pair, and scored "
-            "as the held-out corrections yardstick (default 0.1; 0: none)."
-        ),
-    )
 
     @field_validator("name")
     @classmethod
@@ -161,60 +126,259 @@ class SourceConfig(_Strict):
             raise ValueError("source name must be 1-64 letters, digits, '_', '.', '-' and not start with a symbol")
         return name
 
+    @model_validator(mode="before")
+    @classmethod
+    def _keys_of_this_kind(cls, data: Any) -> Any:
+        """Drop null optional keys (null always meant unset); refuse another kind's keys; name what is missing."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if v is not None or k not in _OPTIONAL_SOURCE_KEYS}
+        name, kind = data.get("name"), data.get("kind")
+        for key in data:
+            if key in cls.model_fields or key not in _SOURCE_KEY_KINDS:
+                continue  # unknown keys are left to extra="forbid", which names them
+            if key == "format" and kind in ("aligned", "tmx"):
+                raise ValueError(f"source {name!r}: 'fields' and 'format' do not apply to kind {kind}")
+            raise ValueError(f"source {name!r}: {key!r} applies to kind {' or '.join(_SOURCE_KEY_KINDS[key])} only")
+        for key, why in cls._needs.items():
+            if not data.get(key):
+                raise ValueError(f"source {name!r}: kind {kind} needs {key!r}{why}")
+        return data
+
+    @model_serializer(mode="wrap")
+    def _dump_as_one_layout(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        """Every kind dumps the keys of the one model sources had before (null where a kind has no such key).
+
+        The dump hashes into run ids and is written to run folders: a source dumps as it did before kinds had
+        models of their own, so its runs resume. Keys added after run ids existed appear only when set.
+        """
+        data: dict[str, Any] = handler(self)
+        for key in _DUMPED_WHEN_SET:
+            if key not in self.model_fields_set:
+                data.pop(key, None)
+        if not (info.exclude_none or info.exclude_unset or info.exclude_defaults):
+            data = {key: None for key in _DUMPED_ALWAYS} | data
+        return {key: data[key] for key in _DUMP_ORDER if key in data}
+
+
+class _FileFormatKey(SourceBase):
+    format: FileFormat | None = Field(
+        None, description="jsonl | tsv | parquet; inferred from the file name when omitted."
+    )
+
+
+class _EndpointKey(SourceBase):
+    endpoint_url: str | None = Field(
+        None,
+        description=(
+            "An S3-compatible endpoint for s3:// URLs (overrides AWS_ENDPOINT_URL from the environment)."
+        ),
+    )
+
+
+class FloresSource(SourceBase):
+    """The FLORES-200 dev split, pairs for every configured direction."""
+
+    kind: Literal["flores"] = Field(description="flores: FLORES-200 in its official layout.")
+    split: str | None = Field(None, description="dev (the default; devtest is refused: it is the evaluation set).")
+
     @model_validator(mode="after")
-    def _kind_requirements(self) -> SourceConfig:
-        if self.kind == "qdrant" and not self.collection:
-            raise ValueError(f"source {self.name!r}: kind qdrant needs 'collection'")
-        if self.kind == "flores" and (self.split or "dev") != "dev":
+    def _dev_only(self) -> FloresSource:
+        if (self.split or "dev") != "dev":
             raise ValueError(
                 f"source {self.name!r}: flores split {self.split!r} is not allowed for training; "
                 "devtest is the evaluation set, train on 'dev' only"
             )
-        self._check_file_layout()
-        self._check_rl_logs()
         return self
 
-    def _check_rl_logs(self) -> None:
-        rl_only = ("trusted_clients", "max_length_ratio", "heldout_share", "reward_margin")
-        for key in rl_only:
-            if getattr(self, key) is not None and self.kind != "rl_logs":
-                raise ValueError(f"source {self.name!r}: {key!r} applies to kind rl_logs only")
-        if self.kind != "rl_logs":
-            return
-        if not self.trusted_clients:
-            raise ValueError(
-                f"source {self.name!r}: kind rl_logs needs 'trusted_clients' (whose feedback to learn from; '*' for all)"
-            )
-        if self.fields != FieldMap() or self.langs is not None:
-            raise ValueError(f"source {self.name!r}: 'fields' and 'langs' do not apply to kind rl_logs")
 
-    @property
-    def length_ratio_limit(self) -> float:
-        return self.max_length_ratio if self.max_length_ratio is not None else 3.0
+class HttpSource(_FileFormatKey):
+    """A file of rows over http(s)."""
 
-    @property
-    def reward_pair_margin(self) -> float:
-        return self.reward_margin if self.reward_margin is not None else 1.0
+    kind: Literal["http"] = Field(description="http: a JSONL, TSV or Parquet file at a URL.")
 
-    @property
-    def heldout_fraction(self) -> float:
-        return self.heldout_share if self.heldout_share is not None else 0.1
 
-    def _check_file_layout(self) -> None:
-        """What the aligned and tmx kinds need, and the keys that only they take."""
-        for key in ("pattern", "files"):
-            if getattr(self, key) is not None and self.kind != "aligned":
-                raise ValueError(f"source {self.name!r}: {key!r} applies to kind aligned only")
-        if self.kind not in ("aligned", "tmx"):
-            return
-        if self.langs is None:
-            raise ValueError(f"source {self.name!r}: kind {self.kind} needs 'langs' (the languages of its two sides)")
-        if self.fields != FieldMap() or self.format is not None:
+class S3Source(_FileFormatKey, _EndpointKey):
+    """Files of rows under an S3 prefix or glob."""
+
+    kind: Literal["s3"] = Field(description="s3: JSONL, TSV or Parquet files under s3://bucket/prefix or a glob.")
+
+
+class HfSource(_FileFormatKey):
+    """A Hugging Face dataset, streamed, or a local file or folder read through `datasets`."""
+
+    kind: Literal["hf"] = Field(description="hf: a hub dataset id or a local file/directory.")
+    split: str | None = Field(None, description="The split to stream (default train).")
+    subset: str | None = Field(None, description="The dataset configuration name, if any.")
+
+
+class QdrantSource(SourceBase):
+    """Pairs stored as the payloads of a Qdrant collection."""
+
+    _needs: ClassVar[dict[str, str]] = {"collection": ""}
+
+    kind: Literal["qdrant"] = Field(description="qdrant: a server URL, a local path, or :memory:.")
+    collection: str = Field(description="The collection holding pairs as payloads.")
+
+
+_LANGS_NEEDED = " (the languages of its two sides)"
+
+
+class _FieldsFixed(SourceBase):
+    """A kind whose rows have no columns to map: `fields` stays as it is."""
+
+    @model_validator(mode="after")
+    def _no_field_map(self) -> _FieldsFixed:
+        if self.fields != FieldMap():
             raise ValueError(f"source {self.name!r}: 'fields' and 'format' do not apply to kind {self.kind}")
+        return self
+
+
+class AlignedSource(_FieldsFixed, _EndpointKey):
+    """Two plain-text files, one sentence a line, line N of one translating line N of the other."""
+
+    _needs: ClassVar[dict[str, str]] = {"langs": _LANGS_NEEDED}
+
+    kind: Literal["aligned"] = Field(description="aligned: the folder holding the two files.")
+    langs: LangPair = Field(  # type: ignore[assignment]  # required here: it also finds the files
+        description=(
+            "The languages of the two sides; their suffixes (ISO 639-1 like .en or FLORES like .eng_Latn) find the files."
+        ),
+    )
+    pattern: str | None = Field(
+        None,
+        exclude_if=_unset,
+        description=(
+            "The file names under uri, {lang} standing for each side's language suffix (en or eng_Latn "
+            "for eng_Latn) and * for any text (not over http); a .gz suffix is found too. Default *.{lang}: "
+            "OPUS's *.en / *.hi, Samanantar's train.en / train.hi, BPCC's train.eng_Latn / train.hin_Deva."
+        ),
+    )
+    files: AlignedFiles | None = Field(
+        None, exclude_if=_unset, description="The two files named outright, instead of pattern."
+    )
+
+    @model_validator(mode="after")
+    def _pattern_or_files(self) -> AlignedSource:
         if self.pattern is not None and self.files is not None:
             raise ValueError(f"source {self.name!r}: give 'pattern' or 'files', not both")
         if self.pattern is not None and "{lang}" not in self.pattern:
             raise ValueError(f"source {self.name!r}: pattern {self.pattern!r} must hold {{lang}}")
+        return self
+
+
+class TmxSource(_FieldsFixed, _EndpointKey):
+    """A TMX 1.4 translation memory: one row per <tu>."""
+
+    _needs: ClassVar[dict[str, str]] = {"langs": _LANGS_NEEDED}
+
+    kind: Literal["tmx"] = Field(description="tmx: the file (local, s3:// or http(s)://, plain or gzip).")
+    langs: LangPair = Field(  # type: ignore[assignment]  # required here: which xml:lang pair
+        description="The languages of the two sides: which xml:lang pair of each <tu> is read."
+    )
+
+
+class RlLogsSource(_EndpointKey):
+    """Exported RL log parts: each corrected episode a pair and a preference triplet (docs/rl-logs.md)."""
+
+    _needs: ClassVar[dict[str, str]] = {"trusted_clients": " (whose feedback to learn from; '*' for all)"}
+
+    kind: Literal["rl_logs"] = Field(description="rl_logs: the export's folder or prefix.")
+    trusted_clients: list[str] = Field(
+        description=(
+            "The API clients whose feedback is learned from, by name (feedback_client); 'anonymous' only if "
+            "listed, '*' for every attributed client. Other feedback is skipped as untrusted_client."
+        ),
+    )
+    max_length_ratio: float = Field(
+        3.0, gt=1, description="Reject a correction more than this many times longer or shorter than its prompt."
+    )
+    reward_margin: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "Pair the best-rewarded output of a prompt (chosen) with its worst (rejected) when neither has a "
+            "correction and their rewards differ by at least this (above 2 never: rewards are in [-1, 1])."
+        ),
+    )
+    heldout_share: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description=(
+            "Share of corrected episodes kept out of training, chosen by a hash of the pair, and scored "
+            "as the held-out corrections yardstick (0: none)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _rows_are_episodes(self) -> RlLogsSource:
+        if self.fields != FieldMap() or self.langs is not None:
+            raise ValueError(f"source {self.name!r}: 'fields' and 'langs' do not apply to kind rl_logs")
+        return self
+
+    # The names these settings were read by before they had defaults of their own.
+    @property
+    def length_ratio_limit(self) -> float:
+        return self.max_length_ratio
+
+    @property
+    def reward_pair_margin(self) -> float:
+        return self.reward_margin
+
+    @property
+    def heldout_fraction(self) -> float:
+        return self.heldout_share
+
+
+AnySource = Annotated[
+    FloresSource | HttpSource | S3Source | HfSource | QdrantSource | AlignedSource | TmxSource | RlLogsSource,
+    Field(discriminator="kind"),
+]
+"""One configured source: the model of its `kind`."""
+
+SOURCE_MODELS: dict[str, type[SourceBase]] = {
+    get_args(model.model_fields["kind"].annotation)[0]: model for model in get_args(get_args(AnySource)[0])
+}
+"""The model of each source kind, by kind."""
+
+_SOURCE_ADAPTER: TypeAdapter[AnySource] = TypeAdapter(AnySource, config=ConfigDict(title="SourceConfig"))
+
+# Which kinds take each key (for the message naming them), and the one layout every kind dumps in.
+_SOURCE_KEY_KINDS: dict[str, list[str]] = {}
+for _kind, _model in SOURCE_MODELS.items():
+    for _key in _model.model_fields:
+        _SOURCE_KEY_KINDS.setdefault(_key, []).append(_kind)
+_OPTIONAL_SOURCE_KEYS = frozenset(_SOURCE_KEY_KINDS) - {"name", "kind", "uri", "fields"}
+_DUMP_ORDER = (
+    "name", "kind", "uri", "split", "format", "fields", "langs", "pattern", "files", "collection", "endpoint_url",
+    "subset", "trusted_clients", "max_length_ratio", "reward_margin", "heldout_share",
+)  # fmt: skip
+_DUMPED_ALWAYS = ("name", "kind", "uri", "split", "format", "fields", "langs", "collection", "endpoint_url", "subset")
+_DUMPED_WHEN_SET = ("pattern", "files", "trusted_clients", "max_length_ratio", "reward_margin", "heldout_share")
+
+if TYPE_CHECKING:
+    SourceConfig: TypeAlias = AnySource
+else:
+
+    class SourceConfig:
+        """A configured source: to type checkers the union of the kinds' models; called, the model of its kind.
+
+        `SourceConfig(name="web", kind="http", uri=...)` and `SourceConfig.model_validate({...})` return an
+        `HttpSource`; an unknown kind is refused listing the known ones.
+        """
+
+        def __new__(cls, **data: Any) -> SourceBase:
+            return _SOURCE_ADAPTER.validate_python(data)
+
+        @staticmethod
+        def model_validate(obj: Any, **options: Any) -> SourceBase:
+            return _SOURCE_ADAPTER.validate_python(obj, **options)
+
+        @staticmethod
+        def model_construct(**values: Any) -> SourceBase:
+            """The model of `values["kind"]`, unvalidated (as pydantic's `model_construct`)."""
+            return SOURCE_MODELS[values["kind"]].model_construct(**values)
 
 
 class IngestConfig(_Strict):
@@ -584,7 +748,7 @@ class PipelineConfig(_Strict):
     directions: list[str] = Field(
         description="Translation directions as src-tgt FLORES-200 codes, e.g. eng_Latn-hin_Deva.", min_length=1
     )
-    sources: list[SourceConfig] = Field(default_factory=list, description="Where training pairs come from.")
+    sources: list[AnySource] = Field(default_factory=list, description="Where training pairs come from.")
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Validation and sharding.")
     # Not part of the run id: a run resumed with more patience is still the same run.
     source_retry: SourceRetryConfig = Field(
@@ -727,15 +891,34 @@ def parse_overrides(overrides: list[str] | None) -> list[tuple[str, Any]]:
     return parsed
 
 
+def _kind_choices() -> str:
+    kinds = [repr(kind) for kind in get_args(SourceKind)]
+    return f"{', '.join(kinds[:-1])} or {kinds[-1]}"
+
+
+def _error_text(err: ErrorDetails) -> tuple[str, str]:
+    """Where an error is, as a dotted key path, and what it says.
+
+    A source's errors are located as `sources.N.key`: the kind pydantic puts after N (which model of the union
+    failed) is left out, and a missing or unknown kind is an error of the `kind` key, listing the kinds.
+    """
+    loc = list(err["loc"])
+    for i in range(len(loc) - 2):
+        if loc[i] == "sources" and isinstance(loc[i + 1], int) and loc[i + 2] in SOURCE_MODELS:
+            del loc[i + 2]
+            break
+    msg = err["msg"]
+    if err["type"] == "union_tag_not_found":
+        loc, msg = [*loc, "kind"], "Field required"
+    elif err["type"] == "union_tag_invalid":
+        loc, msg = [*loc, "kind"], f"Input should be {_kind_choices()}"
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    return ".".join(str(p) for p in loc) or "(top level)", msg
+
+
 def _format_errors(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            parts.append(f"{loc}: unknown key")
-        else:
-            parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
+    return "; ".join(f"{loc}: {msg}" for loc, msg in map(_error_text, exc.errors()))
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, origin: str = "config") -> PipelineConfig:
