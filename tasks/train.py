@@ -14,15 +14,16 @@ from prefect.logging import get_run_logger
 from bhashaflow.config import PipelineConfig, TrainingConfig
 from bhashaflow.core.folders import is_remote
 from bhashaflow.core.fsio import join, write_bytes_atomic
-from bhashaflow.core.names import ADAPTERS_DIR, TRAIN_LOG
+from bhashaflow.core.names import ADAPTERS_DIR, DATA_MANIFEST, TRAIN_LOG
 from bhashaflow.core.progress import PROGRESS_LOG_EXTRA, PhaseProgress, format_duration, publish
 from bhashaflow.core.quiet import quiet_libraries
 from bhashaflow.core.settings import get_settings
-from bhashaflow.data.ingest import load_manifest, preference_uris, shard_uris
+from bhashaflow.data.ingest import preference_uris, shard_uris
+from bhashaflow.data.manifest import read_data_manifest
 from bhashaflow.pipeline.curves import LOSS_CHART, loss_chart_png, read_loss_curve
 from bhashaflow.pipeline.links import Locator
 from bhashaflow.pipeline.reuse import published_training
-from bhashaflow.training.loop import ProgressReport, TrainResult, train_adapter
+from bhashaflow.training.loop import ProgressReport, TrainHooks, TrainResult, train_adapter
 from tasks.artifacts import MarkdownCard
 from tasks.report import embedded_png
 from tasks.reuse import TRAIN_CACHE
@@ -114,9 +115,9 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> TrainResult:
     finished = published_training(config, direction, direction_uri(config, direction), options)
     if finished is not None:  # published, but Prefect's record of it is missing (a kill in between, or deleted)
         return finished
-    manifest = load_manifest(run_uri, options)
+    manifest = read_data_manifest(run_uri, options)
     if manifest is None:
-        raise RuntimeError(f"{run_uri}: no finished ingestion (manifest.json) to train on")
+        raise RuntimeError(f"{run_uri}: no finished ingestion ({DATA_MANIFEST}) to train on")
     out_dir = local_run_dir(config, settings) / ADAPTERS_DIR / direction
     watch = _TrainingWatch(config, direction, out_dir)
     result = train_adapter(
@@ -125,13 +126,12 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> TrainResult:
         shard_paths=shard_uris(manifest, run_uri, direction),
         preference_paths=preference_uris(manifest, run_uri, direction),
         out_dir=str(out_dir),
-        on_report=watch.report,
-        progress_every=report_every(config.training),
-        on_validation=watch.validation,
         storage_options=options,
         settings=settings,
         # On an object store the run URI, not this machine's disk, holds checkpoints and the adapter.
         publish_to=direction_uri(config, direction) if is_remote(run_uri, options) else None,
+        hooks=TrainHooks(on_report=watch.report, progress_every=report_every(config.training),
+                         on_validation=watch.validation),  # fmt: skip
     )
     watch.finish(result)
     return replace(result, host=settings.host)

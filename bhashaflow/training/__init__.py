@@ -5,8 +5,9 @@
 - optim.py: the adapter's optimizer (fused AdamW / paged 8-bit AdamW over fp32 masters)
 - lora.py: wrapping a base in a LoRA adapter, gradient checkpointing
 - stream.py: the tokenized, decontaminated training stream from Parquet shards
+- state.py: the trainer state (a checkpoint's trainer_state.json) and the typed records of a run
 - checkpoints.py: checkpoints and the adapter folder, written beside their name and renamed into place
-- validate.py: the validation slice scored during training; best step and patience
+- validate.py: the held-out slice scored during training (`HeldOutScorer`)
 - fit.py: the fit check (`bhashaflow fit`)
 """
 

@@ -39,6 +39,7 @@ from bhashaflow.core.names import (
 )
 from bhashaflow.training import TrainingError
 from bhashaflow.training.optim import AdapterOptimizer
+from bhashaflow.training.state import ResolvedTraining, TrainerState
 
 _STEP_DIR = re.compile(r"step-(\d+)")
 _UNFINISHED = re.compile(r"\.(step-\d+|adapter)\.(partial|old)-\d+|adapter\.partial-\d+")
@@ -157,12 +158,13 @@ def remove_unfinished(run_dir: Path) -> None:
             _remove_dir(child)  # pruning was killed half-way
 
 
-def save_checkpoint(model: Any, optimizer: Any, state: dict[str, Any], out_dir: Path, keep: int) -> Path:
+def save_checkpoint(model: Any, optimizer: Any, state: TrainerState, out_dir: Path, keep: int) -> Path:
+    """Write checkpoints/step-N of `state`'s step; keep the `keep` latest and the best validated one."""
     from safetensors.torch import save_file
 
     root = out_dir / CHECKPOINTS_DIR
-    final = root / f"step-{state['step']}"
-    partial = root / f".step-{state['step']}.partial-{os.getpid()}"
+    final = root / f"step-{state.step}"
+    partial = root / f".step-{state.step}.partial-{os.getpid()}"
     _start_partial(partial)
     save_adapter(model, partial)
     save_optimizer(optimizer, partial)
@@ -170,11 +172,11 @@ def save_checkpoint(model: Any, optimizer: Any, state: dict[str, Any], out_dir: 
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, str(partial / RNG_STATE))
-    (partial / TRAINER_STATE).write_text(json.dumps(state, indent=1))
+    (partial / TRAINER_STATE).write_text(state.to_json())
     _publish(partial, final)
     steps = sorted(int(m.group(1)) for c in root.iterdir() if (m := _STEP_DIR.fullmatch(c.name)))
     for old in steps[:-keep]:
-        if old != state.get("best_step"):  # the best validated checkpoint is the candidate: never pruned
+        if old != state.best_step:  # the best validated checkpoint is the candidate: never pruned
             _remove_dir(root / f"step-{old}")
     return final
 
@@ -196,7 +198,7 @@ def load_adapter_weights(model: Any, folder: Path, optimizer: AdapterOptimizer |
 
 
 def write_adapter_dir(
-    model: Any, tokenizer: Any, resolved: dict[str, Any], adapter_dir: Path, weights_from: Path | None = None
+    model: Any, tokenizer: Any, resolved: ResolvedTraining, adapter_dir: Path, weights_from: Path | None = None
 ) -> None:
     partial = adapter_dir.with_name(f".{adapter_dir.name}.partial-{os.getpid()}")
     _start_partial(partial)
@@ -290,16 +292,15 @@ class RunMirror:
             raise TrainingError(f"checkpoint step-{step} is published neither here nor at {self.uri}")
         return fetched
 
-    def push_checkpoint(self, folder: Path, state: dict[str, Any]) -> None:
+    def push_checkpoint(self, folder: Path, state: TrainerState) -> None:
         """Publish a finished checkpoint and the train log, then unpublish what local pruning removed."""
         if self.uri is None:
             return
-        step = int(state["step"])
-        publish_folder(folder, self._checkpoint_uri(step), self.storage_options)
+        publish_folder(folder, self._checkpoint_uri(state.step), self.storage_options)
         self.push_log()
         kept = set(checkpoint_steps(self.run_dir))
         for old in self.published_steps():
-            if old not in kept and old != state.get("best_step"):
+            if old not in kept and old != state.best_step:
                 remove_published(self._checkpoint_uri(old), self.storage_options)
 
     def push_log(self) -> None:

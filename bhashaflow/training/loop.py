@@ -46,8 +46,9 @@ from bhashaflow.training.lora import prepare_lora_model
 from bhashaflow.training.loss import on_device, scored_token_count, translation_loss_sum
 from bhashaflow.training.optim import AdapterOptimizer
 from bhashaflow.training.preference import PreferenceStep, cpo_step, load_triplets, preference_steps
+from bhashaflow.training.state import ResolvedTraining, RunFingerprint, RunSummary, TrainerState, ValidationRecord
 from bhashaflow.training.stream import ExampleStream, eval_sentences, iter_shard_pairs
-from bhashaflow.training.validate import ValidationCallback, Validator, make_validator, record_validation
+from bhashaflow.training.validate import HeldOutScorer, ValidationCallback, make_scorer
 
 log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int, float], None]
@@ -90,7 +91,7 @@ class TrainResult:
     best_step: int | None = None  # the validated step whose adapter is the candidate (None: no validation)
     best_chrf_pp: float | None = None  # its validation chrF++
     stopped_early: bool = False  # training.patience validations passed without a better chrF++
-    validation: list[dict[str, float]] = field(default_factory=list)  # every validation: step, val_loss, val_chrf(_pp)
+    validation: list[ValidationRecord] = field(default_factory=list)  # every validation: step, val_loss, val_chrf(_pp)
     adapter_uri: str = ""  # where later tasks read the adapter: its folder at the run URI (the local folder if local)
     direction: str = ""
     base_model: str = ""  # as configured
@@ -118,14 +119,14 @@ def train_step(
     return optimizer.descend(losses(), device)
 
 
-def _fingerprint(config: PipelineConfig, direction: str, lm: LoadedModel) -> dict[str, Any]:
+def _run_fingerprint(config: PipelineConfig, direction: str, lm: LoadedModel) -> RunFingerprint:
     # Neither the precision nor the device: a checkpoint resumes in another precision, on another kind of machine.
-    return {
-        "direction": direction,
-        "base_model": config.base_model,
-        "base_revision": lm.revision,
-        "training": config.training.model_dump(mode="json", exclude={"precision"}),
-    }
+    return RunFingerprint(
+        direction=direction,
+        base_model=config.base_model,
+        base_revision=lm.revision,
+        training=config.training.model_dump(mode="json", exclude={"precision"}),
+    )
 
 
 @dataclass
@@ -139,21 +140,35 @@ class _Session:
     model: Any
     targets: list[str]
     optimizer: AdapterOptimizer
-    state: dict[str, Any]
+    state: TrainerState
     resumed_from: int | None
     mirror: RunMirror
 
 
-@dataclass
-class _Hooks:
-    """The caller's view of a run: progress, validations, and how often the log and the reports come."""
+@dataclass(frozen=True)
+class TrainHooks:
+    """What a caller adds to a run besides its data: who watches it, how often, and what tests put in its place.
 
-    on_progress: ProgressCallback | None
-    progress_every: int
-    on_validation: ValidationCallback | None
-    log_every: int
-    keep_checkpoints: int
+    Args:
+        on_progress: called with (step, max_steps, loss) every `progress_every` steps and after the last.
+        on_report: called with a ProgressReport (loss, tokens/s, ETA) when on_progress would be.
+        progress_every: steps between progress calls; each reads the loss, a host sync on a GPU.
+        on_validation: called with (step, {val_loss, val_chrf, val_chrf_pp, best_step, best_chrf_pp}).
+        log_every: steps between log lines and lines of out_dir/train_log.jsonl (None: training.log_every).
+        keep_checkpoints: how many of the latest checkpoints to keep (besides the best validated one).
+        eval_texts: evaluation sentences by language, removed from training (None: the whole configured
+            evaluation split of both languages).
+        lm: an already loaded base to train on (it is wrapped in place; None: load config.base_model).
+    """
+
+    on_progress: ProgressCallback | None = None
     on_report: ReportCallback | None = None
+    progress_every: int = 1
+    on_validation: ValidationCallback | None = None
+    log_every: int | None = None
+    keep_checkpoints: int = 2
+    eval_texts: dict[str, list[str]] | None = None
+    lm: LoadedModel | None = None
 
     @property
     def reporting(self) -> bool:
@@ -166,18 +181,11 @@ def train_adapter(
     direction: str,
     shard_paths: list[str],
     out_dir: str,
-    eval_texts: dict[str, list[str]] | None = None,
-    on_progress: ProgressCallback | None = None,
-    progress_every: int = 1,
-    on_validation: ValidationCallback | None = None,
-    on_report: ReportCallback | None = None,
+    preference_paths: list[str] | None = None,
     storage_options: dict[str, Any] | None = None,
     settings: Settings | None = None,
-    lm: LoadedModel | None = None,
-    keep_checkpoints: int = 2,
-    log_every: int | None = None,
     publish_to: str | None = None,
-    preference_paths: list[str] | None = None,
+    hooks: TrainHooks | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter for `direction`, resuming from the run's latest checkpoint when there is one.
 
@@ -188,48 +196,40 @@ def train_adapter(
         direction: e.g. eng_Latn-hin_Deva.
         shard_paths: Parquet shards with columns src, tgt, src_lang, tgt_lang (local paths or fsspec URLs).
         out_dir: local run folder; checkpoints go to out_dir/checkpoints/step-N, the adapter to out_dir/adapter.
-        eval_texts: evaluation sentences by language, removed from training; default: the whole
-            configured evaluation split of both languages.
-        on_progress: called with (step, max_steps, loss) every `progress_every` steps and after the last.
-        progress_every: steps between progress calls; each reads the loss, a host sync on a GPU.
-        on_validation: called with (step, {val_loss, val_chrf, val_chrf_pp, best_step, best_chrf_pp}).
-        on_report: called with a ProgressReport (loss, tokens/s, ETA) when on_progress would be.
+        preference_paths: the direction's preference shards (training.objective cpo trains on their triplets).
         storage_options: fsspec options for remote shards.
         settings: hub token and cache dir for loading the base.
-        lm: an already loaded base to train on (it is wrapped in place); default: load config.base_model.
-        keep_checkpoints: how many of the latest checkpoints to keep (besides the best validated one).
-        log_every: steps between log lines and lines of out_dir/train_log.jsonl (default training.log_every).
         publish_to: the direction's folder at the run URI when that is on an object store: checkpoints, log and
             adapter are published there, and a session elsewhere resumes from it (None: out_dir is the run folder).
-        preference_paths: the direction's preference shards (training.objective cpo trains on their triplets).
+        hooks: callbacks, how often the log, reports and checkpoints come, and the tests' substitutes (TrainHooks).
     """
-    session = _open_session(config, direction, out_dir, settings, lm, RunMirror(publish_to, Path(out_dir), storage_options))
-    validator, stream, steps = _data(session, shard_paths, eval_texts, storage_options, preference_paths or [])
-    hooks = _Hooks(on_progress, progress_every, on_validation, log_every or config.training.log_every, keep_checkpoints,
-                   on_report)  # fmt: skip
-    _fit(session, steps, hooks, validator)
-    return _finish(session, stream.pairs_removed, validator)
+    hooks = hooks or TrainHooks()
+    mirror = RunMirror(publish_to, Path(out_dir), storage_options)
+    session = _open_session(config, direction, out_dir, settings, hooks.lm, mirror)
+    scorer, stream, steps = _data(session, shard_paths, hooks.eval_texts, storage_options, preference_paths or [])
+    _fit(session, steps, hooks, scorer)
+    return _finish(session, stream.pairs_removed, scorer)
 
 
 def _data(
     session: _Session, shard_paths: list[str], eval_texts: dict[str, list[str]] | None,
     storage_options: dict[str, Any] | None, preference_paths: list[str],
-) -> tuple[Validator | None, ExampleStream, Iterator[Step | PreferenceStep]]:  # fmt: skip
+) -> tuple[HeldOutScorer | None, ExampleStream, Iterator[Step | PreferenceStep]]:  # fmt: skip
     """The validation slice, the training stream without it, and its optimizer steps replayed to the checkpoint."""
     config, lm = session.config, session.lm
     train_cfg = config.training
     langs = parse_direction(session.direction)
     leaks = eval_sentences(config, langs, eval_texts)
     pairs = Decontaminator(leaks).filter(iter_shard_pairs(shard_paths, *langs, storage_options))
-    validator = make_validator(config, langs, pairs, session.direction)
+    scorer = make_scorer(config, langs, pairs, session.direction)
     stream = ExampleStream(
         lm, shard_paths, langs, Decontaminator(leaks), train_cfg.max_length, train_cfg.seed,
-        storage_options, validator.holdout if validator else None,
+        storage_options, scorer.holdout if scorer else None,
     )  # fmt: skip
     steps: Iterator[Step | PreferenceStep]
     if train_cfg.objective == "cpo":
         triplets = load_triplets(lm, preference_paths, langs, Decontaminator(leaks), train_cfg.max_length,
-                                 storage_options, validator.holdout if validator else None)  # fmt: skip
+                                 storage_options, scorer.holdout if scorer else None)  # fmt: skip
         steps = preference_steps(triplets, stream, batch_size=train_cfg.batch_size,
                                  grad_accum_steps=train_cfg.grad_accum_steps, cpo=train_cfg.cpo_settings,
                                  seed=train_cfg.seed)  # fmt: skip
@@ -239,9 +239,9 @@ def _data(
             grad_accum_steps=train_cfg.grad_accum_steps, rng=random.Random(train_cfg.seed), family=lm.family,
         )  # fmt: skip
     # Replaying the seeded data order up to the checkpoint puts the resumed run on the very next step.
-    for _ in range(session.state["step"]):
+    for _ in range(session.state.step):
         next(steps)
-    return validator, stream, steps
+    return scorer, stream, steps
 
 
 def _open_session(
@@ -255,15 +255,12 @@ def _open_session(
     remove_unfinished(run_dir)
     if lm is None:
         lm = load_configured_base(config, settings)
-    fingerprint = _fingerprint(config, direction, lm)
+    fingerprint = _run_fingerprint(config, direction, lm)
     model, targets = prepare_lora_model(lm, config)
     lm.model = model
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = AdapterOptimizer(train_cfg.optimizer, params, train_cfg.learning_rate, lm.device)
-    state: dict[str, Any] = {
-        "step": 0, "tokens": 0, "train_seconds": 0.0, "recent_losses": [], "fingerprint": fingerprint,
-        "validation": [], "best_step": None, "best_chrf_pp": None, "evals_since_best": 0, "stopped_early": False,
-    }  # fmt: skip
+    state = TrainerState(fingerprint)
     session = _Session(config, direction, run_dir, lm, model, targets, optimizer, state, None, mirror)
     pulled = mirror.pull_latest()  # a session on another machine goes on from the run URI's newest checkpoint
     if pulled is not None:
@@ -290,7 +287,7 @@ def _start_from_incumbent(session: _Session, settings: Settings | None) -> None:
             f"{session.direction}: the incumbent {found[0].version} does not fit this run's LoRA shape "
             f"(training.lora r and target_modules must match it): {str(exc).splitlines()[0]}"
         ) from None
-    session.state["initialized_from"] = found[0].version
+    session.state.initialized_from = found[0].version
     log.info("%s: starting from the incumbent %s", session.direction, found[0].version)
 
 
@@ -299,8 +296,8 @@ def _resume(session: _Session) -> None:
     checkpoint = latest_checkpoint(session.run_dir)
     if checkpoint is None:
         return
-    saved = json.loads((checkpoint / TRAINER_STATE).read_text())
-    if saved.get("fingerprint") != session.state["fingerprint"]:
+    saved = TrainerState.from_json((checkpoint / TRAINER_STATE).read_text(), checkpoint / TRAINER_STATE)
+    if saved.fingerprint != session.state.fingerprint:
         raise TrainingError(
             f"{checkpoint} was written by a different direction, base or training config; "
             "use a new run folder or delete its checkpoints"
@@ -314,22 +311,23 @@ def _resume(session: _Session) -> None:
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
     session.state = saved
-    session.resumed_from = int(saved["step"])
+    session.resumed_from = saved.step
     log.info("resuming %s from %s", session.direction, checkpoint)
 
 
-def _fit(session: _Session, steps: Iterator[Step | PreferenceStep], hooks: _Hooks, validator: Validator | None) -> None:
+def _fit(session: _Session, steps: Iterator[Step | PreferenceStep], hooks: TrainHooks, scorer: HeldOutScorer | None) -> None:
     """Train to max_steps or an early stop. Losses stay on the device between the steps that need them."""
     train_cfg = session.config.training
     state, lm = session.state, session.lm
+    log_every = hooks.log_every or train_cfg.log_every
     log_path = session.run_dir / TRAIN_LOG
-    truncate_log(log_path, state["step"])
+    truncate_log(log_path, state.step)
     pad_id = int(lm.tokenizer.pad_token_id)
     pending: list[torch.Tensor] = []
     session.model.train()
-    window = _Window(time.perf_counter(), state["step"], state["tokens"])
-    while state["step"] < train_cfg.max_steps and not state["stopped_early"]:
-        lr = lr_at(state["step"], peak=train_cfg.learning_rate, warmup=train_cfg.warmup_steps, max_steps=train_cfg.max_steps)
+    window = _Window(time.perf_counter(), state.step, state.tokens)
+    while state.step < train_cfg.max_steps and not state.stopped_early:
+        lr = lr_at(state.step, peak=train_cfg.learning_rate, warmup=train_cfg.warmup_steps, max_steps=train_cfg.max_steps)
         session.optimizer.set_lr(lr)
         step = next(steps)
         try:
@@ -339,32 +337,32 @@ def _fit(session: _Session, steps: Iterator[Step | PreferenceStep], hooks: _Hook
                 raise
             raise _out_of_memory(session, step) from None  # one line; the last checkpoint stays as it is
         pending.append(loss)
-        state["step"] += 1
-        state["tokens"] += tokens
-        done, last = state["step"], state["step"] == train_cfg.max_steps
-        logs = done % hooks.log_every == 0 or last
+        state.advance(tokens)
+        done, last = state.step, state.step == train_cfg.max_steps
+        logs = done % log_every == 0 or last
         reports = hooks.reporting and (done % hooks.progress_every == 0 or last)
-        validates = validator is not None and (done % validator.every == 0 or last)
+        validates = scorer is not None and (done % scorer.every == 0 or last)
         checkpoints = done % train_cfg.checkpoint_every == 0 or last or validates  # a validated step can be the best
         if not (logs or reports or checkpoints):
             continue
         values = _read_losses(pending, done)
         pending.clear()
-        state["recent_losses"] = (state["recent_losses"] + values)[-20:]
-        report = window.close(session, values[-1], lr)
+        seconds = window.seconds()
+        state.record_losses(values, seconds)
+        report = window.report(session, seconds, values[-1], lr)
         if logs:
             # The log is a record of the run that a resumed run reproduces byte for byte: no wall-clock figures in it.
-            _log_line(log_path, {"step": done, "loss": round(values[-1], 5), "lr": lr, "tokens": state["tokens"]})
+            _log_line(log_path, {"step": done, "loss": round(values[-1], 5), "lr": lr, "tokens": state.tokens})
             log.info("%s step %d/%d loss %.4f, %.0f tokens/s", session.direction, done, train_cfg.max_steps, values[-1],
                      report.tokens_per_s)  # fmt: skip
-        if validates and validator is not None:
-            _validate(session, validator, hooks, log_path)
+        if validates and scorer is not None:
+            _validate(session, scorer, hooks, log_path)
         if reports:
             _report(hooks, report)
         if checkpoints:
             folder = save_checkpoint(session.model, session.optimizer, state, session.run_dir, hooks.keep_checkpoints)
             session.mirror.push_checkpoint(folder, state)
-        window.open(time.perf_counter(), state["step"], state["tokens"])
+        window.open(time.perf_counter(), state.step, state.tokens)
 
 
 def _out_of_memory(session: _Session, step: Step | PreferenceStep) -> TrainingOutOfMemory:
@@ -383,7 +381,7 @@ def _out_of_memory(session: _Session, step: Step | PreferenceStep) -> TrainingOu
               f"training.batch_size (now {cfg.batch_size}) or max_length (now {cfg.max_length}); raise grad_accum_steps "
               "to keep the step's size, or set training.batch_tokens")  # fmt: skip
     return TrainingOutOfMemory(
-        f"{session.direction}: out of memory at step {session.state['step'] + 1} on {lm.device} ({what}); {kept}. "
+        f"{session.direction}: out of memory at step {session.state.step + 1} on {lm.device} ({what}); {kept}. "
         f"Lower {budget}; `bhashaflow fit CONFIG` finds the largest training.batch_tokens that fits this device"
     )
 
@@ -410,39 +408,41 @@ class _Window:
     def open(self, now: float, step: int, tokens: int) -> None:
         self.started, self.step, self.tokens = now, step, tokens
 
-    def close(self, session: _Session, loss: float, lr: float) -> ProgressReport:
-        """Add the window's time to the run's and describe the run as it stands."""
+    def seconds(self) -> float:
+        return max(time.perf_counter() - self.started, 1e-9)
+
+    def report(self, session: _Session, seconds: float, loss: float, lr: float) -> ProgressReport:
+        """The run as it stands, the window's `seconds` already counted in the state's training time."""
         state, max_steps = session.state, session.config.training.max_steps
-        seconds = max(time.perf_counter() - self.started, 1e-9)
-        state["train_seconds"] += seconds
-        steps = max(1, state["step"] - self.step)
+        steps = max(1, state.step - self.step)
         return ProgressReport(
-            direction=session.direction, step=state["step"], max_steps=max_steps, loss=loss, lr=lr,
-            tokens_per_s=(state["tokens"] - self.tokens) / seconds, elapsed_s=state["train_seconds"],
-            eta_s=(max_steps - state["step"]) * seconds / steps,
+            direction=session.direction, step=state.step, max_steps=max_steps, loss=loss, lr=lr,
+            tokens_per_s=(state.tokens - self.tokens) / seconds, elapsed_s=state.train_seconds,
+            eta_s=(max_steps - state.step) * seconds / steps,
         )  # fmt: skip
 
 
-def _report(hooks: _Hooks, report: ProgressReport) -> None:
+def _report(hooks: TrainHooks, report: ProgressReport) -> None:
     if hooks.on_progress is not None:
         hooks.on_progress(report.step, report.max_steps, report.loss)
     if hooks.on_report is not None:
         hooks.on_report(report)
 
 
-def _validate(session: _Session, validator: Validator, hooks: _Hooks, log_path: Path) -> None:
-    state, done = session.state, session.state["step"]
-    result = validator.run(session.lm)
-    record_validation(state, done, result, validator.patience, session.config.training.max_steps)
-    entry = {"step": done, **{k: round(v, 5) for k, v in result.items()}, "best_step": state["best_step"]}
+def _validate(session: _Session, scorer: HeldOutScorer, hooks: TrainHooks, log_path: Path) -> None:
+    state, done = session.state, session.state.step
+    scores = scorer.run(session.lm)
+    update = state.record_validation(scores, scorer.patience, session.config.training.max_steps)
+    entry = {"step": done, "val_loss": round(scores["val_loss"], 5), "val_chrf": round(scores["val_chrf"], 5),
+             "val_chrf_pp": round(scores["val_chrf_pp"], 5), "best_step": state.best_step}  # fmt: skip
     _log_line(log_path, entry)
     log.info("%s step %d validation chrF++ %.2f loss %.4f (best %.2f at step %d)", session.direction, done,
-             result["val_chrf_pp"], result["val_loss"], state["best_chrf_pp"], state["best_step"])  # fmt: skip
-    if state["stopped_early"]:
+             scores["val_chrf_pp"], scores["val_loss"], state.best_chrf_pp, state.best_step)  # fmt: skip
+    if state.stopped_early:
         log.info("%s: no better validation chrF++ in %d validations; stopping at step %d (best: step %d)",
-                 session.direction, validator.patience, done, state["best_step"])  # fmt: skip
+                 session.direction, scorer.patience, done, state.best_step)  # fmt: skip
     if hooks.on_validation is not None:
-        hooks.on_validation(done, {**result, "best_step": state["best_step"], "best_chrf_pp": state["best_chrf_pp"]})
+        hooks.on_validation(done, update)
 
 
 def _log_line(path: Path, entry: dict[str, Any]) -> None:
@@ -460,33 +460,32 @@ def _read_losses(pending: list[torch.Tensor], done: int) -> list[float]:
     return values
 
 
-def _finish(session: _Session, decontaminated: int, validator: Validator | None) -> TrainResult:
+def _finish(session: _Session, decontaminated: int, scorer: HeldOutScorer | None) -> TrainResult:
     """Write the adapter folder (the best validated step's weights, or the last step's) and sum the run up."""
     config, state, lm = session.config, session.state, session.lm
     src_lang, tgt_lang = parse_direction(session.direction)
-    losses = state["recent_losses"]
-    final_loss = sum(losses) / len(losses) if losses else float("nan")
-    tokens_per_s = state["tokens"] / state["train_seconds"] if state["train_seconds"] > 0 else 0.0
     best_dir = None
-    if validator is not None:
-        best_dir = session.mirror.pull(state["best_step"])  # on another machine the best may be only at the run URI
+    if scorer is not None:
+        if state.best_step is None:  # the last step is always validated: only a foreign checkpoint lacks one
+            raise TrainingError(f"{session.direction}: the latest checkpoint records no validated step; delete the "
+                                "run's checkpoints to retrain")  # fmt: skip
+        best_dir = session.mirror.pull(state.best_step)  # on another machine the best may be only at the run URI
         if not (best_dir / TRAINER_STATE).is_file():
             raise TrainingError(f"the best validated checkpoint {best_dir} is missing; delete the run's checkpoints to retrain")
         load_adapter_weights(session.model, best_dir, session.optimizer)  # the candidate: the best step, in memory too
     adapter_dir = session.run_dir / ADAPTER_DIR
-    validation_pairs = len(validator.holdout.pairs) if validator else 0
-    summary = {
-        "steps": state["step"], "resumed_from": session.resumed_from, "final_loss": final_loss,
-        "tokens_per_s": tokens_per_s, "decontaminated": decontaminated, "validation_pairs": validation_pairs,
-        "best_step": state["best_step"], "best_chrf_pp": state["best_chrf_pp"], "stopped_early": state["stopped_early"],
-        "validation": state["validation"],
-    }  # fmt: skip
-    resolved = {
-        "direction": session.direction, "src_lang": src_lang, "tgt_lang": tgt_lang, "family": lm.family,
-        "base_model": config.base_model, "base_path": lm.base_path, "base_revision": lm.revision,
-        "target_modules": session.targets, **summary,
-        "config": redact_values(config.model_dump(mode="json")),  # it is copied into the registry
-    }  # fmt: skip
+    summary = RunSummary(
+        steps=state.step, resumed_from=session.resumed_from, final_loss=state.final_loss,
+        tokens_per_s=state.tokens_per_s, decontaminated=decontaminated,
+        validation_pairs=len(scorer.holdout.pairs) if scorer else 0, best_step=state.best_step,
+        best_chrf_pp=state.best_chrf_pp, stopped_early=state.stopped_early, validation=state.validation,
+    )  # fmt: skip
+    resolved = ResolvedTraining(
+        direction=session.direction, src_lang=src_lang, tgt_lang=tgt_lang, family=lm.family,
+        base_model=config.base_model, base_path=lm.base_path, base_revision=lm.revision,
+        target_modules=session.targets, **summary,
+        config=redact_values(config.model_dump(mode="json")),  # it is copied into the registry
+    )  # fmt: skip
     write_adapter_dir(session.model, lm.tokenizer, resolved, adapter_dir, best_dir)
     adapter_uri = session.mirror.push_adapter(adapter_dir)
     return TrainResult(
@@ -498,6 +497,6 @@ def _finish(session: _Session, decontaminated: int, validator: Validator | None)
         base_model=config.base_model,
         base_revision=lm.revision,
         objective=config.training.objective,
-        initialized_from=state.get("initialized_from"),
+        initialized_from=state.initialized_from,
         **summary,
     )

@@ -1,10 +1,10 @@
-"""Validation during training: the held-out slice scored every `eval_every` steps, the best step, patience."""
+"""Validation during training: the held-out slice scored every `eval_every` steps (the best step and patience are
+the trainer state's, state.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -19,12 +19,13 @@ from bhashaflow.modeling.loaded import LoadedModel
 from bhashaflow.training import TrainingError
 from bhashaflow.training.lora import ADAPTER_NAME
 from bhashaflow.training.loss import on_device, scored_token_count, translation_loss_sum
+from bhashaflow.training.state import ValidationScores, ValidationUpdate
 
-ValidationCallback = Callable[[int, dict[str, Any]], None]
+ValidationCallback = Callable[[int, ValidationUpdate], None]
 
 
 @dataclass
-class Validator:
+class HeldOutScorer:
     """Scores the held-out slice: teacher-forced loss, and chrF++ of greedy translations (as evaluation does)."""
 
     holdout: Holdout
@@ -34,8 +35,7 @@ class Validator:
     evaluation: EvaluationConfig
     max_length: int
 
-    def run(self, lm: LoadedModel) -> dict[str, float]:
-
+    def run(self, lm: LoadedModel) -> ValidationScores:
         sources = [src for src, _ in self.holdout.pairs]
         references = [tgt for _, tgt in self.holdout.pairs]
         lm.model.eval()  # no dropout; greedy decoding uses no random numbers, so the training RNG is untouched
@@ -48,7 +48,7 @@ class Validator:
         finally:
             lm.model.train()
         score = score_chrf(hypotheses, references, self.langs[1])
-        return {"val_loss": loss, "val_chrf": score.chrf, "val_chrf_pp": score.chrf_pp}
+        return ValidationScores(val_loss=loss, val_chrf=score.chrf, val_chrf_pp=score.chrf_pp)
 
     def _loss(self, lm: LoadedModel) -> float:
         examples = sorted(
@@ -72,22 +72,9 @@ class Validator:
         return float(total) / max(1, scored)
 
 
-def record_validation(
-    state: dict[str, Any], step: int, result: dict[str, float], patience: int | None, max_steps: int
-) -> None:
-    """Append a validation, move the best step on a strictly better chrF++, count patience."""
-    state["validation"].append({"step": step, **result})
-    if state["best_chrf_pp"] is None or result["val_chrf_pp"] > state["best_chrf_pp"]:
-        state["best_step"], state["best_chrf_pp"], state["evals_since_best"] = step, result["val_chrf_pp"], 0
-        return
-    state["evals_since_best"] += 1
-    if patience is not None and state["evals_since_best"] >= patience and step < max_steps:
-        state["stopped_early"] = True
-
-
-def make_validator(
+def make_scorer(
     config: PipelineConfig, langs: tuple[str, str], pairs: Iterable[tuple[str, str]], direction: str
-) -> Validator | None:
+) -> HeldOutScorer | None:
     """The direction's validation slice (one pass over its decontaminated pairs), or None without validation."""
     train_cfg = config.training
     if train_cfg.validation is None:
@@ -101,4 +88,4 @@ def make_validator(
     if not holdout.pairs:
         raise TrainingError(f"{direction}: training.validation holds out no pair of {holdout.total}; raise its share")
     every = train_cfg.eval_every or train_cfg.checkpoint_every
-    return Validator(holdout, every, train_cfg.patience, langs, config.evaluation, train_cfg.max_length)
+    return HeldOutScorer(holdout, every, train_cfg.patience, langs, config.evaluation, train_cfg.max_length)

@@ -21,6 +21,7 @@ import transformers.models.m2m_100.modeling_m2m_100  # noqa: F401
 
 from bhashaflow.config import config_from_dict
 from bhashaflow.training import checkpoints, loop
+from bhashaflow.training.state import TrainerState
 
 
 def train(args: dict[str, Any], conn: Connection) -> None:
@@ -38,10 +39,10 @@ def train(args: dict[str, Any], conn: Connection) -> None:
         step = re.search(r"step-(\d+)", folder.name)
         send("weights", int(step.group(1)) if step else "adapter")  # the rest of the folder is still to come
 
-    def saving(model: Any, optimizer: Any, state: dict[str, Any], out_dir: Any, keep: int) -> Any:
-        send("checkpoint", state["step"])
+    def saving(model: Any, optimizer: Any, state: TrainerState, out_dir: Any, keep: int) -> Any:
+        send("checkpoint", state.step)
         path = save_checkpoint(model, optimizer, state, out_dir, keep)
-        send("checkpoint_done", state["step"])
+        send("checkpoint_done", state.step)
         return path
 
     def writing(*args: Any) -> None:
@@ -58,8 +59,6 @@ def train(args: dict[str, Any], conn: Connection) -> None:
         direction=args["direction"],
         shard_paths=args["shards"],
         out_dir=args["out"],
-        eval_texts={},
-        on_progress=lambda step, total, loss: send("step", step),
-        log_every=1,
+        hooks=loop.TrainHooks(on_progress=lambda step, total, loss: send("step", step), log_every=1, eval_texts={}),
     )
     send("done", dataclasses.asdict(result))

@@ -28,7 +28,7 @@ from bhashaflow.modeling.generation import translate
 from bhashaflow.modeling.loading import load_base
 from bhashaflow.training import TrainingError
 from bhashaflow.training.checkpoints import latest_checkpoint
-from bhashaflow.training.loop import train_adapter
+from bhashaflow.training.loop import TrainHooks, train_adapter
 
 
 @pytest.mark.parametrize("family", ["seq2seq", "causal"])
@@ -39,8 +39,9 @@ def test_train_writes_exactly_the_adapter_and_checkpoints(bases: dict[str, Path]
         direction=DIRECTION,
         shard_paths=[shard],
         out_dir=str(tmp_path),
-        eval_texts={"src": [], "tgt": []},
-        on_progress=lambda step, total, loss: progress.append((step, total)),
+        hooks=TrainHooks(
+            on_progress=lambda step, total, loss: progress.append((step, total)), eval_texts={"src": [], "tgt": []}
+        ),
     )
     assert progress == [(1, 2), (2, 2)]
     assert result.steps == 2 and result.resumed_from is None
@@ -72,7 +73,7 @@ def test_eight_bit_base_trains_with_paged_optimizer_and_checkpointing(bases: dic
     qkv = lm.model.transformer.h[0].self_attention.query_key_value
     assert type(qkv).__name__ == "Linear8bitLt" and qkv.weight.dtype == torch.int8
     result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path),
-                           eval_texts={}, lm=lm)  # fmt: skip
+                           hooks=TrainHooks(eval_texts={}, lm=lm))  # fmt: skip
     assert result.steps == 2 and result.files == ADAPTER_FILES
     assert torch.isfinite(torch.tensor(result.final_loss))
     served = load_base(str(bases["causal"]), languages=[], quantization="8bit")
@@ -84,7 +85,7 @@ _KILLED_RUN = """
 import json, sys, time
 from pathlib import Path
 from bhashaflow.config import config_from_dict
-from bhashaflow.training.loop import train_adapter
+from bhashaflow.training.loop import TrainHooks, train_adapter
 args = json.loads(sys.argv[1])
 
 
@@ -93,7 +94,7 @@ def on_progress(step, total, loss):
         Path(args["marker"]).write_text("3")
         time.sleep(600)
 train_adapter(config=config_from_dict(args["config"]), direction=args["direction"], shard_paths=args["shards"],
-              out_dir=args["out"], eval_texts={}, on_progress=on_progress)
+              out_dir=args["out"], hooks=TrainHooks(eval_texts={}, on_progress=on_progress))
 """
 
 
@@ -108,8 +109,8 @@ def test_rerun_after_kill_resumes_from_checkpoint_and_matches_uninterrupted_run(
     assert not (out / "adapter").exists()
 
     steps: list[int] = []
-    resumed = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={},
-                            on_progress=lambda s, t, loss: steps.append(s))  # fmt: skip
+    resumed = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out),
+                            hooks=TrainHooks(eval_texts={}, on_progress=lambda s, t, loss: steps.append(s)))  # fmt: skip
     assert resumed.resumed_from == 2 and resumed.steps == 5
     assert steps == [3, 4, 5]  # went on from the checkpoint instead of starting over
     assert listing(out / "checkpoints") == ["step-4", "step-5"]
@@ -117,30 +118,31 @@ def test_rerun_after_kill_resumes_from_checkpoint_and_matches_uninterrupted_run(
     assert logged == [5]
 
     straight = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path / "straight"),
-                             eval_texts={})  # fmt: skip
+                             hooks=TrainHooks(eval_texts={}))  # fmt: skip
     a = load_file(str(Path(resumed.adapter_dir) / "adapter_model.safetensors"))
     b = load_file(str(Path(straight.adapter_dir) / "adapter_model.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
-    again = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={})
+    again = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out),
+                          hooks=TrainHooks(eval_texts={}))  # fmt: skip
     assert again.resumed_from == 5 and again.steps == 5  # a finished run is not trained again
 
 
 def test_checkpoint_of_another_config_is_refused(bases: dict[str, Path], shard: str, tmp_path: Path) -> None:
     train_adapter(config=make_config(bases["seq2seq"], max_steps=1), direction=DIRECTION, shard_paths=[shard],
-                  out_dir=str(tmp_path), eval_texts={})  # fmt: skip
+                  out_dir=str(tmp_path), hooks=TrainHooks(eval_texts={}))  # fmt: skip
     with pytest.raises(TrainingError, match="different direction, base or training config"):
         train_adapter(config=make_config(bases["seq2seq"], max_steps=1, learning_rate=5e-4), direction=DIRECTION,
-                      shard_paths=[shard], out_dir=str(tmp_path), eval_texts={})  # fmt: skip
+                      shard_paths=[shard], out_dir=str(tmp_path), hooks=TrainHooks(eval_texts={}))  # fmt: skip
 
 
 def test_no_pairs_for_the_direction_is_an_error(bases: dict[str, Path], tmp_path: Path) -> None:
     shard = write_shard(tmp_path / "x.parquet", [("a", "b")], "eng_Latn", "tam_Taml")
     with pytest.raises(TrainingError, match="no training pairs for eng_Latn-hin_Deva"):
         train_adapter(config=make_config(bases["seq2seq"]), direction=DIRECTION, shard_paths=[shard],
-                      out_dir=str(tmp_path / "run"), eval_texts={})  # fmt: skip
+                      out_dir=str(tmp_path / "run"), hooks=TrainHooks(eval_texts={}))  # fmt: skip
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["no-ckpt", "ckpt"])
@@ -154,7 +156,7 @@ def test_every_quantization_trains_with_and_without_gradient_checkpointing(
     optimizer = "adamw" if quantization == "none" else "paged_adamw_8bit"
     config = make_config(bases[family], quantization=quantization, gradient_checkpointing=checkpointing, optimizer=optimizer)
     result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path),
-                           eval_texts={}, lm=lm)  # fmt: skip
+                           hooks=TrainHooks(eval_texts={}, lm=lm))  # fmt: skip
 
     assert result.steps == 2 and result.files == ADAPTER_FILES
     assert torch.isfinite(torch.tensor(result.final_loss))
@@ -202,15 +204,16 @@ def test_token_budget_and_accumulation_resume_exactly(bases: dict[str, Path], sh
                                                        training: dict[str, int]) -> None:  # fmt: skip
     config = make_config(bases["seq2seq"], max_steps=4, checkpoint_every=2, **training)
     out = tmp_path / "run"
-    straight = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={})
+    straight = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out),
+                             hooks=TrainHooks(eval_texts={}))  # fmt: skip
     expected = load_file(str(Path(straight.adapter_dir) / "adapter_model.safetensors"))
     # As if killed after the checkpoint of step 2: the later checkpoint and the adapter never made it.
     shutil.rmtree(out / "checkpoints" / "step-4")
     shutil.rmtree(out / "adapter")
 
     steps: list[int] = []
-    resumed = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={},
-                            on_progress=lambda s, t, loss: steps.append(s))  # fmt: skip
+    resumed = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out),
+                            hooks=TrainHooks(eval_texts={}, on_progress=lambda s, t, loss: steps.append(s)))  # fmt: skip
 
     assert resumed.resumed_from == 2 and steps == [3, 4]
     got = load_file(str(Path(resumed.adapter_dir) / "adapter_model.safetensors"))
@@ -222,8 +225,9 @@ def test_token_budget_and_accumulation_resume_exactly(bases: dict[str, Path], sh
 def test_progress_every_spaces_the_reports_and_the_host_syncs(bases: dict[str, Path], shard: str, tmp_path: Path) -> None:
     reported: list[tuple[int, float]] = []
     config = make_config(bases["seq2seq"], max_steps=7, checkpoint_every=7)
-    train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={},
-                  on_progress=lambda s, t, loss: reported.append((s, loss)), progress_every=3, log_every=100)  # fmt: skip
+    train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path),
+                  hooks=TrainHooks(on_progress=lambda s, t, loss: reported.append((s, loss)), progress_every=3,
+                                   log_every=100, eval_texts={}))  # fmt: skip
     assert [s for s, _ in reported] == [3, 6, 7]
     assert all(0 < loss < 20 for _, loss in reported)
 
@@ -232,8 +236,8 @@ def test_a_non_finite_loss_stops_training_before_any_checkpoint_holds_it(bases: 
                                                                           tmp_path: Path) -> None:  # fmt: skip
     config = make_config(bases["seq2seq"], max_steps=4, checkpoint_every=4, learning_rate=1e30)
     with pytest.raises(TrainingError, match=r"loss is (nan|inf) at step \d; lower training.learning_rate"):
-        train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={},
-                      log_every=100)  # fmt: skip
+        train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path),
+                      hooks=TrainHooks(log_every=100, eval_texts={}))  # fmt: skip
     assert latest_checkpoint(tmp_path) is None
 
 
@@ -250,7 +254,8 @@ def test_a_bf16_run_from_the_incumbent_starts_from_its_weights(bases: dict[str, 
     from bhashaflow.registry.store import Registry
 
     first = train_adapter(config=make_config(bases["seq2seq"], precision="bf16", learning_rate=1e-2), direction=DIRECTION,
-                          shard_paths=[shard], out_dir=str(tmp_path / "first"), eval_texts={})  # fmt: skip
+                          shard_paths=[shard], out_dir=str(tmp_path / "first"),
+                          hooks=TrainHooks(eval_texts={}))  # fmt: skip
     incumbent = adapter_weights(first.adapter_dir)
     registry = Registry(str(tmp_path / "registry"))
     info = registry.register(DIRECTION, first.adapter_dir, base_model=str(bases["seq2seq"]), base_revision=None,
@@ -260,7 +265,7 @@ def test_a_bf16_run_from_the_incumbent_starts_from_its_weights(bases: dict[str, 
     config = make_config(bases["seq2seq"], precision="bf16", init_from="incumbent", learning_rate=rate, max_steps=1)
     config = config.model_copy(update={"registry": str(tmp_path / "registry")})
     result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path / "second"),
-                           eval_texts={})  # fmt: skip
+                           hooks=TrainHooks(eval_texts={}))  # fmt: skip
 
     assert result.initialized_from == info.version
     after = adapter_weights(result.adapter_dir)
@@ -284,13 +289,15 @@ def test_a_checkpoint_resumes_in_another_precision_with_its_validation_history(
     # The run URI exists so that a trainer rescheduled on another kind of machine goes on where the first stopped.
     config = validated_config(bases["seq2seq"], max_steps=4, precision=first)
     out = tmp_path / "run"
-    straight = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={})
+    straight = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out),
+                             hooks=TrainHooks(eval_texts={}))  # fmt: skip
     assert [v["step"] for v in straight.validation] == [2, 4]
     shutil.rmtree(out / "checkpoints" / "step-4")  # as if stopped after the checkpoint of step 2
     shutil.rmtree(out / "adapter")
 
     elsewhere = config.model_copy(update={"training": config.training.model_copy(update={"precision": then})})
-    resumed = train_adapter(config=elsewhere, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={})
+    resumed = train_adapter(config=elsewhere, direction=DIRECTION, shard_paths=[shard], out_dir=str(out),
+                            hooks=TrainHooks(eval_texts={}))  # fmt: skip
 
     assert resumed.resumed_from == 2 and resumed.steps == 4
     assert [v["step"] for v in resumed.validation] == [2, 4]
@@ -323,7 +330,8 @@ def test_a_checkpoint_in_either_older_state_form_still_resumes_exactly(
 
     config = make_config(bases["seq2seq"], max_steps=4, checkpoint_every=2, precision=precision)
     out = tmp_path / "run"
-    straight = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={})
+    straight = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out),
+                             hooks=TrainHooks(eval_texts={}))  # fmt: skip
     expected = adapter_weights(straight.adapter_dir)
     shutil.rmtree(out / "checkpoints" / "step-4")
     shutil.rmtree(out / "adapter")
@@ -339,7 +347,8 @@ def test_a_checkpoint_in_either_older_state_form_still_resumes_exactly(
     fingerprint = json.loads((step2 / "trainer_state.json").read_text())["fingerprint"]
     assert "precision" not in fingerprint["training"]  # as older runs wrote it
 
-    resumed = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={})
+    resumed = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out),
+                            hooks=TrainHooks(eval_texts={}))  # fmt: skip
 
     assert resumed.resumed_from == 2 and resumed.steps == 4
     got = adapter_weights(resumed.adapter_dir)
@@ -361,8 +370,8 @@ def test_a_step_that_runs_out_of_memory_stops_at_the_last_checkpoint_with_what_t
             cap.max_bytes = 16 * 1024
 
     with cap, pytest.raises(TrainingOutOfMemory) as raised:
-        train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={},
-                      on_progress=shrink_the_device)  # fmt: skip
+        train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path),
+                      hooks=TrainHooks(on_progress=shrink_the_device, eval_texts={}))  # fmt: skip
     message = str(raised.value)
     assert "\n" not in message and cap.raised == 1
     assert message.startswith(f"{DIRECTION}: out of memory at step 3 on cpu (a micro-batch of ")
@@ -372,5 +381,6 @@ def test_a_step_that_runs_out_of_memory_stops_at_the_last_checkpoint_with_what_t
     assert listing(tmp_path / "checkpoints") == ["step-2"] and not (tmp_path / "adapter").exists()
     assert listing(tmp_path / "checkpoints" / "step-2") == CHECKPOINT_FILES
 
-    result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={})
+    result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path),
+                           hooks=TrainHooks(eval_texts={}))  # fmt: skip
     assert result.resumed_from == 2 and result.steps == 4  # the rerun on a device it fits goes on from there

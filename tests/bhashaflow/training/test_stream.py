@@ -10,7 +10,7 @@ from training_helpers import DIRECTION, make_config
 
 from bhashaflow.config import config_from_dict
 from bhashaflow.data.decontamination import Decontaminator
-from bhashaflow.training.loop import train_adapter
+from bhashaflow.training.loop import TrainHooks, train_adapter
 
 
 def test_training_drops_and_counts_pairs_leaking_the_evaluation_set(bases: dict[str, Path], tmp_path: Path) -> None:
@@ -21,7 +21,7 @@ def test_training_drops_and_counts_pairs_leaking_the_evaluation_set(bases: dict[
               write_shard(tmp_path / "b.parquet", clean[10:] + leaks[2:], "eng_Latn", "hin_Deva")]  # fmt: skip
     result = train_adapter(config=make_config(bases["seq2seq"], max_steps=10, checkpoint_every=10),
                            direction=DIRECTION, shard_paths=shards, out_dir=str(tmp_path / "run"),
-                           eval_texts={"src": eval_src, "tgt": eval_tgt})  # fmt: skip
+                           hooks=TrainHooks(eval_texts={"src": eval_src, "tgt": eval_tgt}))  # fmt: skip
     assert result.decontaminated == 3
     assert json.loads((tmp_path / "run" / "adapter" / "training_config.json").read_text())["decontaminated"] == 3
 

@@ -13,7 +13,7 @@ from bhashaflow.modeling.encoding import encode_pair
 from bhashaflow.modeling.loading import load_base
 from bhashaflow.training import TrainingError
 from bhashaflow.training.checkpoints import latest_checkpoint
-from bhashaflow.training.loop import train_adapter
+from bhashaflow.training.loop import TrainHooks, train_adapter
 
 
 def test_validation_pairs_never_reach_the_training_steps(bases: dict[str, Path], shard: str, tmp_path: Path,
@@ -32,7 +32,8 @@ def test_validation_pairs_never_reach_the_training_steps(bases: dict[str, Path],
 
     monkeypatch.setattr(training, "train_step", recording_step)
     config = validated_config(bases["seq2seq"], max_steps=20)
-    result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={})
+    result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path),
+                           hooks=TrainHooks(eval_texts={}))  # fmt: skip
 
     pairs = list(zip(dev_lines("eng_Latn", 64), dev_lines("hin_Deva", 64), strict=True))
     held = select_holdout(pairs, config.training.validation)
@@ -50,7 +51,8 @@ def test_early_stopping_keeps_the_best_validated_checkpoint_as_the_candidate(bas
     seen: list[tuple[int, dict[str, float]]] = []
     config = validated_config(bases["seq2seq"], max_steps=200, patience=2)
     result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path),
-                           eval_texts={}, on_validation=lambda step, v: seen.append((step, v)))  # fmt: skip
+                           hooks=TrainHooks(eval_texts={},
+                                            on_validation=lambda step, v: seen.append((step, v))))  # fmt: skip
 
     history = result.validation
     assert result.stopped_early and result.steps < 200
@@ -72,7 +74,8 @@ def test_early_stopping_keeps_the_best_validated_checkpoint_as_the_candidate(bas
     logged = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in logged if "val_chrf_pp" in e] == [v["step"] for v in history]
 
-    again = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={})
+    again = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path),
+                          hooks=TrainHooks(eval_texts={}))  # fmt: skip
     assert again.steps == result.steps and again.best_step == result.best_step  # a stopped run stays stopped
 
 
@@ -80,13 +83,14 @@ def test_a_validation_slice_that_leaves_nothing_to_train_on_names_the_direction(
                                                                                 tmp_path: Path) -> None:  # fmt: skip
     config = make_config(bases["seq2seq"], validation={"share": 1.0, "max_pairs": 1000})
     with pytest.raises(TrainingError, match=r"eng_Latn-hin_Deva: training.validation holds out all 64 pairs"):
-        train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path), eval_texts={})
+        train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path),
+                      hooks=TrainHooks(eval_texts={}))  # fmt: skip
 
 _KILLED_BETWEEN_VALIDATIONS = """
 import json, sys, time
 from pathlib import Path
 from bhashaflow.config import config_from_dict
-from bhashaflow.training.loop import train_adapter
+from bhashaflow.training.loop import TrainHooks, train_adapter
 args = json.loads(sys.argv[1])
 
 
@@ -95,7 +99,7 @@ def on_progress(step, total, loss):
         Path(args["marker"]).write_text(str(step))
         time.sleep(600)
 train_adapter(config=config_from_dict(args["config"]), direction=args["direction"], shard_paths=args["shards"],
-              out_dir=args["out"], eval_texts={}, on_progress=on_progress)
+              out_dir=args["out"], hooks=TrainHooks(eval_texts={}, on_progress=on_progress))
 """
 
 
@@ -104,7 +108,7 @@ def test_a_kill_between_validations_resumes_with_the_same_best_step_and_adapter(
                                                                                  tmp_path: Path) -> None:  # fmt: skip
     config = validated_config(bases["seq2seq"], max_steps=24, patience=3, checkpoint_every=2, eval_every=4)
     straight = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path / "straight"),
-                             eval_texts={})  # fmt: skip
+                             hooks=TrainHooks(eval_texts={}))  # fmt: skip
     out, marker = tmp_path / "killed", tmp_path / "marker"
     kill_at = 7  # checkpoints at 2, 4 (validated), 6; the next validation would come at step 8
     args = {"config": config.model_dump(mode="json"), "direction": DIRECTION, "shards": [shard], "out": str(out),
@@ -114,7 +118,8 @@ def test_a_kill_between_validations_resumes_with_the_same_best_step_and_adapter(
     killed_state = json.loads((out / "checkpoints" / "step-6" / "trainer_state.json").read_text())
     assert [v["step"] for v in killed_state["validation"]] == [4]
 
-    resumed = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out), eval_texts={})
+    resumed = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(out),
+                            hooks=TrainHooks(eval_texts={}))  # fmt: skip
 
     assert resumed.resumed_from == 6
     assert (resumed.steps, resumed.best_step, resumed.stopped_early) == (straight.steps, straight.best_step,
@@ -129,12 +134,12 @@ def test_a_validation_batch_that_runs_out_of_memory_is_halved_with_the_same_scor
                                                                                    caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
     from bhashaflow.core.memory import AllocationCap
     from bhashaflow.training.lora import prepare_lora_model
-    from bhashaflow.training.validate import make_validator
+    from bhashaflow.training.validate import make_scorer
 
     config = validated_config(bases["seq2seq"])
     config = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"batch_size": 8})})
     pairs = list(zip(dev_lines("eng_Latn", 64), dev_lines("hin_Deva", 64), strict=True))
-    validator = make_validator(config, ("eng_Latn", "hin_Deva"), pairs, DIRECTION)
+    validator = make_scorer(config, ("eng_Latn", "hin_Deva"), pairs, DIRECTION)
     assert validator is not None and len(validator.holdout.pairs) == 8
     lm = load_base(str(bases["seq2seq"]), languages=[])
     lm.model, _ = prepare_lora_model(lm, config)
