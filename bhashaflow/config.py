@@ -242,7 +242,8 @@ class AlignedSource(_FieldsFixed, _EndpointKey):
     kind: Literal["aligned"] = Field(description="aligned: the folder holding the two files.")
     langs: LangPair = Field(  # type: ignore[assignment]  # required here: it also finds the files
         description=(
-            "The languages of the two sides; their suffixes (ISO 639-1 like .en or FLORES like .eng_Latn) find the files."
+            "The languages of the two sides; their suffixes (ISO 639-1 like .en or FLORES like .eng_Latn) find "
+            "the files."
         ),
     )
     pattern: str | None = Field(

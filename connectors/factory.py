@@ -29,13 +29,17 @@ __all__ = ["CONNECTORS", "open_connector"]
 Builder = Callable[[Any, Settings, list[str], SourceRetryConfig | None], RecordSource]
 
 
-def _flores(source: FloresSource, settings: Settings, directions: list[str], retry: SourceRetryConfig | None) -> RecordSource:
+def _flores(
+    source: FloresSource, settings: Settings, directions: list[str], retry: SourceRetryConfig | None
+) -> RecordSource:
     from connectors.flores_dev import FloresConnector
 
     return FloresConnector(source, directions)
 
 
-def _http(source: HttpSource, settings: Settings, directions: list[str], retry: SourceRetryConfig | None) -> RecordSource:
+def _http(
+    source: HttpSource, settings: Settings, directions: list[str], retry: SourceRetryConfig | None
+) -> RecordSource:
     from connectors.http import HttpConnector
 
     return HttpConnector(source, settings, retry)
@@ -53,7 +57,9 @@ def _hf(source: HfSource, settings: Settings, directions: list[str], retry: Sour
     return HfConnector(source, settings)
 
 
-def _qdrant(source: QdrantSource, settings: Settings, directions: list[str], retry: SourceRetryConfig | None) -> RecordSource:
+def _qdrant(
+    source: QdrantSource, settings: Settings, directions: list[str], retry: SourceRetryConfig | None
+) -> RecordSource:
     from connectors.qdrant import QdrantConnector
 
     return QdrantConnector(source, settings)

@@ -1,4 +1,4 @@
-"""One model per source kind: the YAML, the dumps (and so run ids) and the messages are those of the one model before."""
+"""One model per source kind: the YAML, the dumps (so run ids) and the messages are those of the one model before."""
 
 from __future__ import annotations
 
@@ -24,22 +24,51 @@ SOURCES: list[dict[str, Any]] = [
     {"name": "flores-dev", "kind": "flores", "uri": "data/flores200", "split": "dev"},
     {"name": "web", "kind": "http", "uri": "http://127.0.0.1:8000/pairs.jsonl", "format": "jsonl"},
     {"name": "lake", "kind": "s3", "uri": "s3://corpora/indic/*.jsonl.gz", "endpoint_url": "http://127.0.0.1:9000"},
-    {"name": "opus100", "kind": "hf", "uri": "Helsinki-NLP/opus-100", "subset": "en-hi", "split": "train",
-     "fields": {"src": "translation.en", "tgt": "translation.hi"}, "langs": LANGS},
+    {
+        "name": "opus100",
+        "kind": "hf",
+        "uri": "Helsinki-NLP/opus-100",
+        "subset": "en-hi",
+        "split": "train",
+        "fields": {"src": "translation.en", "tgt": "translation.hi"},
+        "langs": LANGS,
+    },
     {"name": "vectors", "kind": "qdrant", "uri": ":memory:", "collection": "pairs"},
-    {"name": "samanantar", "kind": "aligned", "uri": "s3://corpora/samanantar/en-hi", "pattern": "train.{lang}",
-     "langs": LANGS},
-    {"name": "pair", "kind": "aligned", "uri": "data/misc", "files": {"src": "corpus.en.gz", "tgt": "corpus.hi.gz"},
-     "langs": LANGS},
+    {
+        "name": "samanantar",
+        "kind": "aligned",
+        "uri": "s3://corpora/samanantar/en-hi",
+        "pattern": "train.{lang}",
+        "langs": LANGS,
+    },
+    {
+        "name": "pair",
+        "kind": "aligned",
+        "uri": "data/misc",
+        "files": {"src": "corpus.en.gz", "tgt": "corpus.hi.gz"},
+        "langs": LANGS,
+    },
     {"name": "memory", "kind": "tmx", "uri": "s3://corpora/tm/legal.tmx.gz", "langs": LANGS},
-    {"name": "feedback", "kind": "rl_logs", "uri": "runs/demo/rl-logs", "trusted_clients": ["web"], "heldout_share": 0.1},
-]  # fmt: skip
+    {
+        "name": "feedback",
+        "kind": "rl_logs",
+        "uri": "runs/demo/rl-logs",
+        "trusted_clients": ["web"],
+        "heldout_share": 0.1,
+    },
+]
 # What the one SourceConfig model of before gave for these sources: their runs must resume under the new models.
 RUN_IDS_BEFORE = {
-    "flores-dev": "run-6043e64e0b", "web": "run-561fc14c87", "lake": "run-05d0eba19b", "opus100": "run-80930d2029",
-    "vectors": "run-46c8d5e1da", "samanantar": "run-930a9bc320", "pair": "run-548c71bb2e",
-    "memory": "run-1b56282588", "feedback": "run-9a2d83c431",
-}  # fmt: skip
+    "flores-dev": "run-6043e64e0b",
+    "web": "run-561fc14c87",
+    "lake": "run-05d0eba19b",
+    "opus100": "run-80930d2029",
+    "vectors": "run-46c8d5e1da",
+    "samanantar": "run-930a9bc320",
+    "pair": "run-548c71bb2e",
+    "memory": "run-1b56282588",
+    "feedback": "run-9a2d83c431",
+}
 ALL_RUN_ID_BEFORE = "run-6b41a70a35"
 ALWAYS = ["name", "kind", "uri", "split", "format", "fields", "langs", "collection", "endpoint_url", "subset"]
 
@@ -84,17 +113,32 @@ def test_a_dumped_config_loads_back_to_the_same_run() -> None:
 @pytest.mark.parametrize(
     ("source", "named"),
     [
-        ({"name": "w", "kind": "http", "uri": "u", "split": "train"}, "source 'w': 'split' applies to kind flores or hf only"),
-        ({"name": "w", "kind": "hf", "uri": "u", "collection": "c"}, "source 'w': 'collection' applies to kind qdrant only"),
-        ({"name": "w", "kind": "hf", "uri": "u", "endpoint_url": "e"},
-         "source 'w': 'endpoint_url' applies to kind s3 or aligned or tmx or rl_logs only"),
-        ({"name": "w", "kind": "qdrant", "uri": "u", "collection": "c", "subset": "s"}, "'subset' applies to kind hf only"),
-        ({"name": "t", "kind": "tmx", "uri": "u", "langs": LANGS, "format": "jsonl"},
-         "source 't': 'fields' and 'format' do not apply to kind tmx"),
-        ({"name": "r", "kind": "rl_logs", "uri": "u", "trusted_clients": ["*"], "langs": LANGS},
-         "source 'r': 'fields' and 'langs' do not apply to kind rl_logs"),
+        (
+            {"name": "w", "kind": "http", "uri": "u", "split": "train"},
+            "source 'w': 'split' applies to kind flores or hf only",
+        ),
+        (
+            {"name": "w", "kind": "hf", "uri": "u", "collection": "c"},
+            "source 'w': 'collection' applies to kind qdrant only",
+        ),
+        (
+            {"name": "w", "kind": "hf", "uri": "u", "endpoint_url": "e"},
+            "source 'w': 'endpoint_url' applies to kind s3 or aligned or tmx or rl_logs only",
+        ),
+        (
+            {"name": "w", "kind": "qdrant", "uri": "u", "collection": "c", "subset": "s"},
+            "'subset' applies to kind hf only",
+        ),
+        (
+            {"name": "t", "kind": "tmx", "uri": "u", "langs": LANGS, "format": "jsonl"},
+            "source 't': 'fields' and 'format' do not apply to kind tmx",
+        ),
+        (
+            {"name": "r", "kind": "rl_logs", "uri": "u", "trusted_clients": ["*"], "langs": LANGS},
+            "source 'r': 'fields' and 'langs' do not apply to kind rl_logs",
+        ),
     ],
-)  # fmt: skip
+)
 def test_a_key_of_another_kind_is_refused_naming_key_source_and_kinds(source: dict[str, Any], named: str) -> None:
     message = refusal(source)
     assert message.startswith("test.yaml: sources.0") and named in message
@@ -106,12 +150,16 @@ def test_errors_inside_a_kind_are_located_by_their_key() -> None:
     assert refusal({**rl, "colection": "x"}) == "test.yaml: sources.0.colection: unknown key"
     bad_lang = {"name": "a", "kind": "aligned", "uri": "u", "langs": {"src": "xx", "tgt": "hin_Deva"}}
     assert "test.yaml: sources.0.langs.src: Value error, unknown FLORES-200 language code 'xx'" == refusal(bad_lang)
-    assert refusal({"name": "q", "kind": "qdrant"}) == "test.yaml: sources.0: Value error, source 'q': kind qdrant needs 'collection'"
+    assert (
+        refusal({"name": "q", "kind": "qdrant"})
+        == "test.yaml: sources.0: Value error, source 'q': kind qdrant needs 'collection'"
+    )
 
 
 def test_a_missing_or_unknown_kind_is_an_error_of_the_kind_key_listing_the_kinds() -> None:
     assert refusal({"name": "f", "kind": "ftp", "uri": "d"}) == (
-        "test.yaml: sources.0.kind: Input should be 'flores', 'http', 's3', 'hf', 'qdrant', 'aligned', 'tmx' or 'rl_logs'"
+        "test.yaml: sources.0.kind: Input should be "
+        "'flores', 'http', 's3', 'hf', 'qdrant', 'aligned', 'tmx' or 'rl_logs'"
     )
     assert refusal({"name": "f", "uri": "d"}) == "test.yaml: sources.0.kind: Field required"
 
@@ -133,7 +181,9 @@ def test_rl_logs_settings_are_their_defaults_until_set() -> None:
 
 
 def test_overrides_reach_the_keys_of_a_kind() -> None:
-    config = pipeline(*SOURCES[4:6], overrides=["sources.vectors.collection=other", "sources.samanantar.pattern=x.{lang}"])
+    config = pipeline(
+        *SOURCES[4:6], overrides=["sources.vectors.collection=other", "sources.samanantar.pattern=x.{lang}"]
+    )
     vectors, samanantar = config.sources
     assert isinstance(vectors, QdrantSource) and vectors.collection == "other"
     assert isinstance(samanantar, AlignedSource) and samanantar.pattern == "x.{lang}"
