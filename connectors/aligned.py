@@ -18,7 +18,7 @@ from collections.abc import Generator, Iterator
 from fnmatch import fnmatchcase
 from typing import Any
 
-from bhashaflow.config import AlignedFiles, SourceConfig, SourceRetryConfig
+from bhashaflow.config import AlignedFiles, AlignedSource, SourceRetryConfig
 from bhashaflow.core.fsio import join
 from bhashaflow.core.records import Position, RawRecord
 from bhashaflow.core.redact import redact_uri
@@ -51,7 +51,7 @@ class AlignedConnector(FileSource):
     `train.en+train.hi:N`, N the line number in both files.
     """
 
-    def __init__(self, source: SourceConfig, settings: Settings, retry: SourceRetryConfig | None = None) -> None:
+    def __init__(self, source: AlignedSource, settings: Settings, retry: SourceRetryConfig | None = None) -> None:
         """Check the config; nothing is contacted until `iter_records`.
 
         Args:

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from bhashaflow.config import SourceConfig, SourceRetryConfig
+from bhashaflow.config import AlignedSource, RlLogsSource, SourceRetryConfig, TmxSource
 from bhashaflow.core.fsio import open_fs
 from bhashaflow.core.records import Position, RawRecord
 from bhashaflow.core.redact import install_log_filter, redact_uri
@@ -250,7 +250,9 @@ class FileSource:
     """What the sources that read files through FileStores (aligned, tmx, rl_logs) share: the source's name and
     expanded uri, its stores, and its reads retried from the last position after each transient failure."""
 
-    def __init__(self, source: SourceConfig, settings: Settings, retry: SourceRetryConfig | None = None) -> None:
+    def __init__(
+        self, source: AlignedSource | TmxSource | RlLogsSource, settings: Settings, retry: SourceRetryConfig | None = None
+    ) -> None:
         self.name = source.name
         self.settings = settings
         self.uri = expand_uri(settings, source.uri, source.name)

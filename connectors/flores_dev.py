@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from bhashaflow.config import SourceConfig
+from bhashaflow.config import FloresSource
 from bhashaflow.core.languages import parse_direction
 from bhashaflow.core.records import Position, RawRecord, SourceError
 from bhashaflow.data.flores import flores_file, read_flores
@@ -23,7 +23,7 @@ class FloresConnector:
     `line` counting the lines of that direction already yielded.
     """
 
-    def __init__(self, source: SourceConfig, directions: list[str]) -> None:
+    def __init__(self, source: FloresSource, directions: list[str]) -> None:
         """Args:
         source: a `flores` source whose uri is the FLORES-200 directory.
         directions: `src-tgt` directions to yield, in this order.

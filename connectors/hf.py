@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from bhashaflow.config import SourceConfig
+from bhashaflow.config import HfSource
 from bhashaflow.core.records import Position, RawRecord
 from bhashaflow.core.settings import Settings
 from connectors.base import SourceError, TransientSourceError
@@ -77,7 +77,7 @@ class HfConnector:
     the file) rather than coming back as one malformed record.
     """
 
-    def __init__(self, source: SourceConfig, settings: Settings) -> None:
+    def __init__(self, source: HfSource, settings: Settings) -> None:
         """Args:
         source: an `hf` source.
         settings: supplies the hub token, the offline flag and the hub endpoint.

@@ -15,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from bhashaflow.config import SourceConfig, SourceRetryConfig
+from bhashaflow.config import HttpSource, SourceRetryConfig
 from bhashaflow.core.records import Position, RawRecord
 from bhashaflow.core.redact import install_log_filter, redact_uri
 from bhashaflow.core.settings import Settings
@@ -144,7 +144,7 @@ class HttpConnector:
 
     def __init__(
         self,
-        source: SourceConfig,
+        source: HttpSource,
         settings: Settings | None = None,
         retry: SourceRetryConfig | None = None,
     ) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from bhashaflow.config import SourceConfig
+from bhashaflow.config import QdrantSource
 from bhashaflow.core.records import Position, RawRecord
 from bhashaflow.core.redact import install_log_filter, redact_uri
 from bhashaflow.core.settings import Settings
@@ -48,7 +48,7 @@ class QdrantConnector:
 
     def __init__(
         self,
-        source: SourceConfig,
+        source: QdrantSource,
         settings: Settings,
         client: QdrantClient | None = None,
         page_size: int = PAGE_SIZE,

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from bhashaflow.config import SourceConfig, SourceRetryConfig
+from bhashaflow.config import RlLogsSource, SourceRetryConfig
 from bhashaflow.core.records import Position, RawRecord
 from bhashaflow.core.redact import redact_uri
 from bhashaflow.core.settings import Settings
@@ -56,7 +56,7 @@ def part_names(store: FileStore, folder: str, source_name: str) -> list[str]:
 class RlLogsConnector(FileSource):
     """Rows of trusted, corrected episodes from exported RL log parts; other episodes are counted skips."""
 
-    def __init__(self, source: SourceConfig, settings: Settings, retry: SourceRetryConfig | None = None) -> None:
+    def __init__(self, source: RlLogsSource, settings: Settings, retry: SourceRetryConfig | None = None) -> None:
         """Check the config; nothing is contacted until `iter_records`."""
         if not source.trusted_clients:
             raise SourceError(f"source {source.name!r}: kind rl_logs needs 'trusted_clients'")

@@ -13,7 +13,7 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
-from bhashaflow.config import FileFormat, SourceConfig, SourceRetryConfig
+from bhashaflow.config import FileFormat, S3Source, SourceRetryConfig
 from bhashaflow.core.records import Position, RawRecord
 from bhashaflow.core.settings import Settings
 from connectors.base import SourceError
@@ -147,7 +147,7 @@ class S3Connector:
 
     def __init__(
         self,
-        source: SourceConfig,
+        source: S3Source,
         settings: Settings,
         retry: SourceRetryConfig | None = None,
         *,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from xml.parsers import expat
 
-from bhashaflow.config import SourceConfig, SourceRetryConfig
+from bhashaflow.config import SourceRetryConfig, TmxSource
 from bhashaflow.core.records import Position, RawRecord
 from bhashaflow.core.redact import redact_uri
 from bhashaflow.core.settings import Settings
@@ -139,7 +139,7 @@ class TmxConnector(FileSource):
     `memory.tmx:tu N`, N counting units from 1.
     """
 
-    def __init__(self, source: SourceConfig, settings: Settings, retry: SourceRetryConfig | None = None) -> None:
+    def __init__(self, source: TmxSource, settings: Settings, retry: SourceRetryConfig | None = None) -> None:
         """Check the config; nothing is contacted until `iter_records`.
 
         Args:
