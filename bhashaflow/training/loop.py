@@ -46,7 +46,15 @@ from bhashaflow.training.lora import prepare_lora_model
 from bhashaflow.training.loss import on_device, scored_token_count, translation_loss_sum
 from bhashaflow.training.optim import AdapterOptimizer
 from bhashaflow.training.preference import PreferenceStep, cpo_step, load_triplets, preference_steps
-from bhashaflow.training.state import ResolvedTraining, RunFingerprint, RunSummary, TrainerState, ValidationRecord
+from bhashaflow.training.state import (
+    ResolvedTraining,
+    RunFingerprint,
+    RunSummary,
+    StepLogLine,
+    TrainerState,
+    ValidationLogLine,
+    ValidationRecord,
+)
 from bhashaflow.training.stream import ExampleStream, eval_sentences, iter_shard_pairs
 from bhashaflow.training.validate import HeldOutScorer, ValidationCallback, make_scorer
 
@@ -352,7 +360,7 @@ def _fit(session: _Session, steps: Iterator[Step | PreferenceStep], hooks: Train
         report = window.report(session, seconds, values[-1], lr)
         if logs:
             # The log is a record of the run that a resumed run reproduces byte for byte: no wall-clock figures in it.
-            _log_line(log_path, {"step": done, "loss": round(values[-1], 5), "lr": lr, "tokens": state.tokens})
+            _log_line(log_path, StepLogLine(step=done, loss=round(values[-1], 5), lr=lr, tokens=state.tokens))
             log.info("%s step %d/%d loss %.4f, %.0f tokens/s", session.direction, done, train_cfg.max_steps, values[-1],
                      report.tokens_per_s)  # fmt: skip
         if validates and scorer is not None:
@@ -433,9 +441,10 @@ def _validate(session: _Session, scorer: HeldOutScorer, hooks: TrainHooks, log_p
     state, done = session.state, session.state.step
     scores = scorer.run(session.lm)
     update = state.record_validation(scores, scorer.patience, session.config.training.max_steps)
-    entry = {"step": done, "val_loss": round(scores["val_loss"], 5), "val_chrf": round(scores["val_chrf"], 5),
-             "val_chrf_pp": round(scores["val_chrf_pp"], 5), "best_step": state.best_step}  # fmt: skip
-    _log_line(log_path, entry)
+    _log_line(log_path, ValidationLogLine(
+        step=done, val_loss=round(scores["val_loss"], 5), val_chrf=round(scores["val_chrf"], 5),
+        val_chrf_pp=round(scores["val_chrf_pp"], 5), best_step=state.best_step,
+    ))  # fmt: skip
     log.info("%s step %d validation chrF++ %.2f loss %.4f (best %.2f at step %d)", session.direction, done,
              scores["val_chrf_pp"], scores["val_loss"], state.best_chrf_pp, state.best_step)  # fmt: skip
     if state.stopped_early:
@@ -445,7 +454,7 @@ def _validate(session: _Session, scorer: HeldOutScorer, hooks: TrainHooks, log_p
         hooks.on_validation(done, update)
 
 
-def _log_line(path: Path, entry: dict[str, Any]) -> None:
+def _log_line(path: Path, entry: StepLogLine | ValidationLogLine) -> None:
     with path.open("a") as fh:
         fh.write(json.dumps(entry) + "\n")
 

@@ -55,6 +55,25 @@ class ValidationUpdate(TypedDict):
     best_chrf_pp: float | None
 
 
+class StepLogLine(TypedDict):
+    """A line of train_log.jsonl every `log_every` steps (pipeline/curves.py reads them back)."""
+
+    step: int
+    loss: float  # of that step, rounded to 5 places
+    lr: float
+    tokens: int  # trained on so far
+
+
+class ValidationLogLine(TypedDict):
+    """A line of train_log.jsonl after each validation: its scores rounded to 5 places and the best step so far."""
+
+    step: int
+    val_loss: float
+    val_chrf: float
+    val_chrf_pp: float
+    best_step: int | None
+
+
 @dataclass
 class TrainerState:
     """Where a direction's training stands; saved with each checkpoint and restored from it."""
