@@ -1,10 +1,13 @@
 """The training loss, computed without ever materialising the logits of a whole batch.
 
 NLLB's and BLOOM's vocabularies hold about 250k tokens: the logits of 16 x 128 positions are 2 GiB in fp32,
-and a plain loss keeps two or three tensors of that size. Here the model runs up to its output layer only;
-the hidden states of the positions that are scored (non-padding target tokens: for decoder-only bases the
-answer, never the prompt) are projected onto the vocabulary a chunk of rows at a time, and the gradient of
-each chunk is taken on the spot, so at most one chunk of logits exists at any moment.
+and a plain loss keeps two or three tensors of that size. Here, as in torchtune and Liger-Kernel, only the
+model's backbone runs, for its last hidden states (the output layer is never called, and nothing stops the
+forward part-way), and the output layer's weight and bias go to the loss: the hidden states of the positions
+that are scored (non-padding target tokens: for decoder-only bases the answer, never the prompt) are projected
+onto the vocabulary a chunk of rows at a time, and the gradient of each chunk is taken on the spot, so at most
+one chunk of logits exists at any moment. A single device holds the model (load_base's device_map {"": device}):
+calling its backbone skips no hook that moves tensors between devices.
 
 torch >= 2.13 ships this as `torch.nn.functional.linear_cross_entropy` (its chunked path); older torch gets
 `chunked_linear_cross_entropy` below, the same algorithm (Liger-Kernel's fused linear cross-entropy).
@@ -12,8 +15,6 @@ torch >= 2.13 ships this as `torch.nn.functional.linear_cross_entropy` (its chun
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,64 +35,99 @@ def chunk_rows_for(vocab_size: int, chunk_elements: int = CHUNK_ELEMENTS) -> int
     return max(1, chunk_elements // max(1, vocab_size))
 
 
-class _HeadReached(Exception):  # noqa: N818 - a signal, not an error
-    def __init__(self, hidden: torch.Tensor) -> None:
-        super().__init__("output layer reached")
-        self.hidden = hidden
+# Encoder-decoder types whose forward multiplies the decoder's output by d_model**-0.5 before the output layer
+# (T5's mesh-tensorflow convention) when their embeddings are tied. transformers 5 states it in
+# `config.scale_decoder_outputs` where it applies; without that field the tie decides, as in transformers 4
+# (whose mT5 still scaled; transformers 5's mT5 no longer does and has no such field).
+_SCALED_DECODER_TYPES = frozenset({"t5", "umt5", "longt5", "switch_transformers"})
 
 
-@contextmanager
-def _stop_at(head: torch.nn.Module) -> Iterator[None]:
-    def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
-        raise _HeadReached(args[0])
-
-    handle = head.register_forward_pre_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
+def transformers_model(model: Any) -> Any:
+    """The transformers model itself: `model`, or the one a peft wrapper (LoRA on its layers) holds."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
 
 
 def head_inputs(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The hidden states the model feeds its output layer for `batch` (batch x positions x hidden).
 
-    The forward runs as usual (labels shift into decoder inputs inside the model) and stops as the output
-    layer is called, so neither the logits nor the model's own loss are computed.
+    Only the model's backbone runs (its decoder after its encoder for seq2seq: decoder inputs are the labels
+    shifted right, as the model's own forward makes them; the base transformer for decoder-only bases, final
+    norm included), through the same modules, so LoRA layers, gradient checkpointing and quantised layers act
+    as in a full forward; the output layer is never called, and neither logits nor the model's loss exist.
     """
-    head = model.get_output_embeddings()
-    if head is None:
-        raise LossError(f"{type(model).__name__} has no output embeddings to compute the loss from")
-    with _stop_at(head):
-        try:
-            model(**batch, use_cache=False)
-        except _HeadReached as reached:
-            return reached.hidden
-    raise LossError(f"{type(model).__name__}'s forward never called its output layer")
+    base = transformers_model(model)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if getattr(base.config, "is_encoder_decoder", False):
+        encoder, decoder = base.get_encoder(), base.get_decoder()
+        if encoder is base or decoder is base:
+            raise LossError(f"{type(base).__name__}: no encoder and decoder found to compute the loss from")
+        encoded = encoder(**inputs)[0]
+        decoder_inputs = _decoder_input_ids(base, batch["labels"])
+        states: torch.Tensor = decoder(
+            input_ids=decoder_inputs,
+            encoder_hidden_states=encoded,
+            encoder_attention_mask=batch.get("attention_mask"),
+            use_cache=False,
+        )[0]
+        return states
+    body = base.base_model
+    if body is base:
+        raise LossError(
+            f"{type(base).__name__}: no base transformer under {base.base_model_prefix!r} to compute the loss from"
+        )
+    hidden: torch.Tensor = body(**inputs, use_cache=False)[0]
+    return hidden
+
+
+def _decoder_input_ids(base: Any, labels: torch.Tensor) -> torch.Tensor:
+    """The decoder inputs the model's forward makes of `labels`: its own rule (mBART's, T5's) or the usual shift."""
+    prepare = getattr(base, "prepare_decoder_input_ids_from_labels", None)
+    if callable(prepare):
+        made: torch.Tensor = prepare(labels=labels)
+        return made
+    start, pad = base.config.decoder_start_token_id, base.config.pad_token_id
+    if start is None or pad is None:
+        raise LossError(f"{type(base).__name__}: its config lacks decoder_start_token_id or pad_token_id")
+    shifted = labels.new_full(labels.shape, start)  # M2M100's, Marian's and BART's shift_tokens_right
+    shifted[:, 1:] = labels[:, :-1]
+    return shifted.masked_fill_(shifted == IGNORE_INDEX, pad)
+
+
+def decoder_output_scale(config: Any) -> float | None:
+    """The factor a T5-style model applies to the decoder's output before its output layer, or None."""
+    scaled = getattr(config, "scale_decoder_outputs", None)
+    if scaled is None:
+        model_type = getattr(config, "model_type", "")
+        old_mt5 = model_type == "mt5" and _transformers_major() < 5
+        scaled = (model_type in _SCALED_DECODER_TYPES or old_mt5) and bool(
+            getattr(config, "tie_word_embeddings", False)
+        )
+    return float(config.d_model) ** -0.5 if scaled else None
+
+
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
 
 
 def output_projection(model: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The output layer's weight (vocabulary x hidden) and bias, including a `final_logits_bias` buffer."""
-    config = getattr(model, "config", None)
+    base = transformers_model(model)
     for knob in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
-        if getattr(config, knob, None):
-            raise LossError(f"{type(model).__name__} transforms its logits ({knob}); the chunked loss does not")
-    head = model.get_output_embeddings()
-    weight: torch.Tensor = head.weight
+        if getattr(base.config, knob, None):
+            raise LossError(f"{type(base).__name__} transforms its logits ({knob}); the chunked loss does not")
+    head = base.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise LossError(f"{type(base).__name__} has no output layer weight to compute the loss from")
     bias: torch.Tensor | None = getattr(head, "bias", None)
-    extra = _find_final_logits_bias(model)
-    if extra is not None:
+    extra = getattr(base, "final_logits_bias", None)  # Marian, BART and mBART add it after the output layer
+    if isinstance(extra, torch.Tensor):
         extra = extra.reshape(-1).to(weight.dtype)
         bias = extra if bias is None else bias + extra
     return weight, bias
-
-
-def _find_final_logits_bias(model: Any) -> torch.Tensor | None:
-    # Marian, BART and mBART add a per-token bias after the output layer; wrappers (peft) hide the attribute.
-    for module in model.modules():
-        found = getattr(module, "final_logits_bias", None)
-        if isinstance(found, torch.Tensor):
-            return found
-    return None
 
 
 @dataclass(frozen=True)
@@ -169,12 +205,22 @@ def translation_loss_sum(
         use_torch: see `linear_cross_entropy`.
     """
     scored = scored or scored_tokens(batch["labels"], family)
-    hidden = head_inputs(model, batch)
-    weight, bias = output_projection(model)
+    rows, weight, bias, scored = _projected_rows(model, batch, scored)
     chunk = chunk_rows or chunk_rows_for(weight.shape[0])
+    return linear_cross_entropy(rows, weight, scored.targets, bias=bias, chunk_rows=chunk, use_torch=use_torch)
+
+
+def _projected_rows(
+    model: Any, batch: dict[str, torch.Tensor], scored: ScoredTokens
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, ScoredTokens]:
+    """The scored rows of the hidden states as the output layer takes them, its weight and bias, and `scored`
+    on their device."""
+    weight, bias = output_projection(model)  # first: a base the loss cannot take is refused before any work
+    hidden = head_inputs(model, batch)
     scored = scored.to(hidden.device)
     rows = _select(hidden, scored)
-    return linear_cross_entropy(rows, weight, scored.targets, bias=bias, chunk_rows=chunk, use_torch=use_torch)
+    scale = decoder_output_scale(transformers_model(model).config)
+    return (rows if scale is None else rows * scale), weight, bias, scored
 
 
 def linear_cross_entropy(
@@ -268,9 +314,13 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
 
 def sequence_log_probs(
-    model: Any, batch: dict[str, torch.Tensor], family: str, *, scored: ScoredTokens | None = None,
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    family: str,
+    *,
+    scored: ScoredTokens | None = None,
     chunk_rows: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sequence of `batch`: the summed log-probability of its scored tokens (fp32, differentiable) and
     how many tokens were scored, without materialising the batch's logits.
 
@@ -279,13 +329,10 @@ def sequence_log_probs(
     `translation_loss_sum`.
     """
     scored = scored or scored_tokens(batch["labels"], family)
-    hidden = head_inputs(model, batch)
-    scored = scored.to(hidden.device)
-    weight, bias = output_projection(model)
+    rows, weight, bias, scored = _projected_rows(model, batch, scored)
     chunk = chunk_rows or chunk_rows_for(weight.shape[0])
-    rows = _select(hidden, scored)
     per_token: torch.Tensor = _PerTokenLinearCrossEntropy.apply(rows, weight, bias, scored.targets, chunk)
-    sums = torch.zeros(hidden.shape[0], dtype=torch.float32, device=per_token.device)
+    sums = torch.zeros(batch["labels"].shape[0], dtype=torch.float32, device=per_token.device)
     return sums.index_add(0, scored.owners, -per_token), scored.counts
 
 
@@ -298,9 +345,13 @@ class _PerTokenLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
         chunk_rows: int,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_rows):
             logits = F.linear(hidden[start : start + chunk_rows], weight, bias).float()

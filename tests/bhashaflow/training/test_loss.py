@@ -32,12 +32,16 @@ from bhashaflow.training.optim import AdapterOptimizer
 DIRECTION = "eng_Latn-hin_Deva"
 TORCH_HAS_IT = hasattr(torch.nn, "LinearCrossEntropyOptions")
 IMPLEMENTATIONS = [
-    pytest.param(True, id="torch", marks=pytest.mark.skipif(not TORCH_HAS_IT, reason="this torch has no linear_cross_entropy")),
+    pytest.param(
+        True, id="torch", marks=pytest.mark.skipif(not TORCH_HAS_IT, reason="this torch has no linear_cross_entropy")
+    ),
     pytest.param(False, id="fallback"),
 ]
 
 
-def lora_model(base: Path, dtype: torch.dtype = torch.float32, attention: str | None = None, **training: Any) -> LoadedModel:
+def lora_model(
+    base: Path, dtype: torch.dtype = torch.float32, attention: str | None = None, **training: Any
+) -> LoadedModel:
     lm = load_base(str(base), languages=[], dtype=dtype)
     if attention:
         lm.model.set_attn_implementation(attention)
@@ -48,7 +52,9 @@ def lora_model(base: Path, dtype: torch.dtype = torch.float32, attention: str | 
 
 def batch_of(lm: LoadedModel, n: int = 6, max_length: int = 48) -> dict[str, torch.Tensor]:
     pairs = zip(dev_lines("eng_Latn", n), dev_lines("hin_Deva", n), strict=True)
-    return collate([encode_pair(lm, s, t, "eng_Latn", "hin_Deva", max_length) for s, t in pairs], lm.tokenizer.pad_token_id)
+    return collate(
+        [encode_pair(lm, s, t, "eng_Latn", "hin_Deva", max_length) for s, t in pairs], lm.tokenizer.pad_token_id
+    )
 
 
 def lora_grads(model: Any) -> dict[str, torch.Tensor]:
@@ -260,3 +266,259 @@ def test_the_losses_never_wait_for_the_device(tiny_bases: dict[str, Path], famil
     with unlocated:
         translation_loss_sum(lm.model, moved, family, use_torch=use_torch)
     assert unlocated.found["nonzero"] >= 1
+
+
+# ------------------------------------------------------------------------ the loss from the backbone's hidden states
+
+
+class _Calls:
+    """Counts the calls of a module: its forward pre-hooks and forward hooks both fire on every call."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.pre = self.post = 0
+        self.handles = [
+            module.register_forward_pre_hook(lambda *_: setattr(self, "pre", self.pre + 1)),
+            module.register_forward_hook(lambda *_: setattr(self, "post", self.post + 1)),
+        ]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+class _Raised:
+    """Exceptions that pass through a module's forward (or its call) while the tracer is set, by type name."""
+
+    def __init__(self) -> None:
+        self.found: Counter[str] = Counter()
+
+    def __call__(self, frame: Any, event: str, arg: Any) -> Any:
+        if event == "exception" and frame.f_code.co_name in {"forward", "_call_impl", "_wrapped_call_impl"}:
+            self.found[arg[0].__name__] += 1
+        return self
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["no-ckpt", "ckpt"])
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
+def test_the_loss_never_calls_the_output_layer_and_raises_nothing_through_forward(
+    tiny_bases: dict[str, Path], family: str, checkpointing: bool
+) -> None:
+    import sys
+
+    from bhashaflow.training.loss import sequence_log_probs
+
+    lm = lora_model(tiny_bases[family], gradient_checkpointing=checkpointing)
+    model = lm.model
+    model.train()
+    assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules()) is checkpointing
+    batch = batch_of(lm, n=3)
+    head = _Calls(model.get_base_model().get_output_embeddings())
+    raised = _Raised()
+    sys.settrace(raised)  # the forward passes only: checkpointing's recomputation stops itself by raising, in torch
+    try:
+        loss = translation_loss_sum(model, batch, family, chunk_rows=7)
+        sums, _ = sequence_log_probs(model, batch, family, chunk_rows=7)
+    finally:
+        sys.settrace(None)
+    (loss + sums.sum()).backward()
+    assert (head.pre, head.post) == (0, 0)
+    assert dict(raised.found) == {}
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+    model(**batch)  # the counts do see the output layer where it is called
+    assert (head.pre, head.post) == (1, 1)
+    head.remove()
+
+
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
+def test_the_hidden_states_are_the_output_layers_input_and_compile_as_one_graph(
+    tiny_bases: dict[str, Path], family: str
+) -> None:
+    from bhashaflow.training.loss import head_inputs
+
+    lm = lora_model(tiny_bases[family])
+    model = lm.model
+    model.eval()
+    batch = batch_of(lm, n=3)
+    seen: list[torch.Tensor] = []
+    handle = (
+        model.get_base_model().get_output_embeddings().register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    )
+    with torch.no_grad():
+        model(**batch)
+        handle.remove()
+        eager = head_inputs(model, batch)
+        torch._dynamo.reset()
+        # fullgraph: any graph break (an exception raised to stop the forward was one) fails the compilation
+        compiled = torch.compile(head_inputs, backend="eager", fullgraph=True)(model, batch)
+
+    assert len(seen) == 1
+    torch.testing.assert_close(eager, seen[0], rtol=0, atol=0)
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-6)
+
+
+_VOCAB = 97
+_SEQ2SEQ = {
+    "d_model": 16,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 32,
+    "decoder_ffn_dim": 32,
+    "max_position_embeddings": 64,
+}
+_T5 = {"d_model": 16, "d_kv": 8, "d_ff": 32, "num_layers": 1, "num_heads": 2, "decoder_start_token_id": 1}
+_IDS = {"vocab_size": _VOCAB, "pad_token_id": 1, "eos_token_id": 2}
+_ARCHITECTURES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    # name: (config class, model class, config fields); the LM head's input and what follows it differ:
+    "m2m100": ("M2M100Config", "M2M100ForConditionalGeneration", {**_SEQ2SEQ, "decoder_start_token_id": 2}),
+    "marian": ("MarianConfig", "MarianMTModel", {**_SEQ2SEQ, "decoder_start_token_id": 1}),  # final_logits_bias
+    "mbart": ("MBartConfig", "MBartForConditionalGeneration", _SEQ2SEQ),  # its own shift; final_logits_bias
+    "t5-tied": ("T5Config", "T5ForConditionalGeneration", _T5),  # decoder output scaled by d_model**-0.5
+    "t5-untied": ("T5Config", "T5ForConditionalGeneration", {**_T5, "tie_word_embeddings": False}),
+    "mt5": ("MT5Config", "MT5ForConditionalGeneration", _T5),
+    "umt5": ("UMT5Config", "UMT5ForConditionalGeneration", _T5),
+    "bloom": ("BloomConfig", "BloomForCausalLM", {"hidden_size": 16, "n_layer": 1, "n_head": 2}),  # ln_f in the body
+    "llama": (
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        {
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "tie_word_embeddings": True,
+        },
+    ),
+    "opt": (
+        "OPTConfig",
+        "OPTForCausalLM",
+        {"hidden_size": 16, "ffn_dim": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "word_embed_proj_dim": 8},
+    ),
+}
+
+
+def _architecture(name: str) -> tuple[Any, str]:
+    """A tiny random model of `name` with LoRA on every linear layer (B non-zero) and a random final_logits_bias."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    config_class, model_class, fields = _ARCHITECTURES[name]
+    torch.manual_seed(0)
+    base = getattr(transformers, model_class)(getattr(transformers, config_class)(**_IDS, **fields))
+    if isinstance(getattr(base, "final_logits_bias", None), torch.Tensor):
+        torch.nn.init.normal_(base.final_logits_bias)
+    model = get_peft_model(base, LoraConfig(r=2, target_modules="all-linear"))
+    for param_name, param in model.named_parameters():
+        if "lora_B" in param_name:
+            torch.nn.init.normal_(param, std=0.1)
+    model.eval()
+    return model, "seq2seq" if base.config.is_encoder_decoder else "causal"
+
+
+def _random_batch(family: str) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, _VOCAB, (3, 9), generator=generator)
+    mask = torch.ones_like(ids)
+    ids[0, 6:], mask[0, 6:] = 1, 0
+    if family == "seq2seq":
+        labels = torch.randint(3, _VOCAB, (3, 7), generator=generator)
+        labels[1, 5:] = -100
+    else:
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, :3] = -100  # a prompt
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.mark.parametrize("name", list(_ARCHITECTURES))
+def test_every_architectures_loss_and_sequence_log_probs_equal_its_own_logits(name: str) -> None:
+    from bhashaflow.training.loss import sequence_log_probs
+
+    model, family = _architecture(name)
+    batch = _random_batch(family)
+    out = model(**batch)
+    out.loss.backward()
+    expected = lora_grads(model)
+    labels = batch["labels"][:, 1:] if family == "causal" else batch["labels"]
+    logits = out.logits[:, :-1] if family == "causal" else out.logits
+    picked = torch.log_softmax(logits.float(), -1).gather(2, labels.clamp(min=0)[..., None]).squeeze(2)
+    per_sequence = picked.masked_fill(labels == -100, 0.0).sum(1)
+
+    ours = translation_loss_sum(model, batch, family, chunk_rows=5, use_torch=False) / scored_token_count(
+        batch["labels"], family
+    )
+    ours.backward()
+    got = lora_grads(model)
+    sums, counts = sequence_log_probs(model, batch, family, chunk_rows=5)
+
+    torch.testing.assert_close(ours, out.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(sums, per_sequence.detach(), rtol=1e-5, atol=1e-5)
+    assert counts.tolist() == (labels != -100).sum(1).tolist()
+    assert got.keys() == expected.keys() and len(got) > 0
+    for param_name, want in expected.items():
+        scale = float(want.abs().max())
+        torch.testing.assert_close(got[param_name], want, rtol=1e-4, atol=1e-4 * scale + 1e-9)
+
+
+def test_the_scaled_decoder_output_and_the_final_logits_bias_count() -> None:
+    """The architectures test can fail: without T5's scale or Marian's bias the loss differs."""
+    from bhashaflow.training.loss import decoder_output_scale, output_projection
+
+    t5, _ = _architecture("t5-tied")
+    assert decoder_output_scale(t5.get_base_model().config) == 16**-0.5
+    assert decoder_output_scale(_architecture("mt5")[0].get_base_model().config) is None
+    marian, _ = _architecture("marian")
+    weight, bias = output_projection(marian)
+    assert bias is not None and torch.equal(bias, marian.get_base_model().final_logits_bias.reshape(-1))
+    assert weight is marian.get_base_model().get_output_embeddings().weight
+
+
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
+def test_a_quantised_bases_loss_equals_its_own(tiny_bases: dict[str, Path], family: str, quantization: str) -> None:
+    # bf16 as on a GPU; in training mode, as training runs it (bitsandbytes' CPU backend repacks NF4 weights for
+    # inference, which layers this narrow do not survive), with no dropout so both losses see the same network.
+    lm = load_base(str(tiny_bases[family]), languages=[], quantization=quantization, dtype=torch.bfloat16)
+    training = {"quantization": quantization, "lora": {"dropout": 0.0}}
+    lm.model, _ = prepare_lora_model(
+        lm, config_from_dict({"directions": [DIRECTION], "base_model": str(tiny_bases[family]), "training": training})
+    )
+    model = lm.model
+    assert {"8bit": "Linear8bitLt", "4bit": "Linear4bit"}[quantization] in {type(m).__name__ for m in model.modules()}
+    model.train()
+    batch = batch_of(lm, n=3)
+    logits, labels = model(**batch).logits.float(), batch["labels"]  # the model's own bf16 logits, CE in fp32
+    if family == "causal":
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    plain = F.cross_entropy(logits.flatten(0, 1), labels.flatten())
+    # The fallback (bf16 products of other shapes than the full head's round a little differently): torch's own op
+    # returns a bf16 input's summed loss in bf16, rounded to 3 significant digits.
+    ours = translation_loss_sum(model, batch, family, chunk_rows=7, use_torch=False)
+    torch.testing.assert_close(ours / scored_token_count(batch["labels"], family), plain, rtol=1e-4, atol=1e-4)
+
+
+def test_a_base_the_loss_cannot_take_is_refused_naming_its_class() -> None:
+    import transformers
+
+    from bhashaflow.training.loss import LossError
+
+    bloom = transformers.BloomConfig(vocab_size=_VOCAB, hidden_size=16, n_layer=1, n_head=2, pad_token_id=1)
+    batch = _random_batch("causal")
+    with pytest.raises(LossError, match="BloomModel"):  # a body without an output layer
+        translation_loss_sum(transformers.BloomModel(bloom), batch, "causal")
+    capped = transformers.Gemma2Config(
+        vocab_size=_VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=8,
+        pad_token_id=1,
+    )
+    with pytest.raises(LossError, match="Gemma2ForCausalLM transforms its logits .final_logit_softcapping."):
+        translation_loss_sum(transformers.Gemma2ForCausalLM(capped), batch, "causal")
+    m2m = transformers.M2M100Config(**_IDS, **_SEQ2SEQ, decoder_start_token_id=None)
+    with pytest.raises(LossError, match="M2M100ForConditionalGeneration: its config lacks decoder_start_token_id"):
+        translation_loss_sum(transformers.M2M100ForConditionalGeneration(m2m), _random_batch("seq2seq"), "seq2seq")
