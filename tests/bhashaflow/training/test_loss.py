@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from standins import BLOOMZ, M2M100, MARIAN_EN_HI, NLLB
 from tiny_models import dev_lines, save_tiny_m2m100
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -522,3 +523,22 @@ def test_a_base_the_loss_cannot_take_is_refused_naming_its_class() -> None:
     m2m = transformers.M2M100Config(**_IDS, **_SEQ2SEQ, decoder_start_token_id=None)
     with pytest.raises(LossError, match="M2M100ForConditionalGeneration: its config lacks decoder_start_token_id"):
         translation_loss_sum(transformers.M2M100ForConditionalGeneration(m2m), _random_batch("seq2seq"), "seq2seq")
+
+
+@pytest.mark.parametrize("hub_id", [NLLB, M2M100, MARIAN_EN_HI, BLOOMZ])
+def test_the_stand_ins_of_the_hub_bases_lose_what_their_own_forward_loses(hf_standins: Path, hub_id: str) -> None:
+    from bhashaflow.core.settings import Settings
+
+    lm = load_base(hub_id, languages=[], settings=Settings(hf_hub_offline=True), device="cpu")
+    training = {"lora": {"dropout": 0.0}}
+    lm.model, _ = prepare_lora_model(
+        lm, config_from_dict({"directions": [DIRECTION], "base_model": hub_id, "training": training})
+    )
+    for name, param in lm.model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    lm.model.eval()
+    batch = batch_of(lm, n=3)
+    plain = lm.model(**batch).loss
+    ours = translation_loss_sum(lm.model, batch, lm.family) / scored_token_count(batch["labels"], lm.family)
+    torch.testing.assert_close(ours, plain.float(), rtol=1e-5, atol=1e-5)
