@@ -57,7 +57,9 @@ def _flatten_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> A
         return {"__tuple__": items} if isinstance(obj, tuple) else items
     if obj is None or isinstance(obj, bool | int | float | str):
         return obj
-    raise TrainingError(f"optimizer state holds a {type(obj).__name__} at {prefix}, which cannot be saved without pickle")
+    raise TrainingError(
+        f"optimizer state holds a {type(obj).__name__} at {prefix}, which cannot be saved without pickle"
+    )
 
 
 def _unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:

@@ -100,7 +100,9 @@ def micro_batch_pairs(config: PipelineConfig) -> int:
     return max(1, int(per_micro // (2 * train_cfg.max_length)))
 
 
-def _measure(lm: LoadedModel, model: Any, optimizer: AdapterOptimizer, pairs: int, max_length: int, steps: int) -> tuple[list[float], int]:
+def _measure(
+    lm: LoadedModel, model: Any, optimizer: AdapterOptimizer, pairs: int, max_length: int, steps: int
+) -> tuple[list[float], int]:
     """Step durations (s) of `steps` training steps on `pairs` worst-case pairs, and the tokens of one step."""
     batch = collate(worst_case_examples(lm, pairs, max_length), int(lm.tokenizer.pad_token_id))
     tokens = count_tokens(batch, lm.family)
@@ -167,7 +169,9 @@ def suggest_batch_tokens(
     train_cfg = config.training
     longest = 2 * train_cfg.max_length
     limit = max(start_pairs, MAX_SEARCH_TOKENS // longest)
-    pairs, tries = largest_fitting(step_probe(lm, model, optimizer, train_cfg.max_length), start=start_pairs, limit=limit)
+    pairs, tries = largest_fitting(
+        step_probe(lm, model, optimizer, train_cfg.max_length), start=start_pairs, limit=limit
+    )
     safe_pairs = max(min(pairs, 1), int(pairs * (1 - SAFETY_MARGIN)))
     return pairs, safe_pairs * longest * train_cfg.grad_accum_steps, tries
 

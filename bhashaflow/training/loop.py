@@ -323,7 +323,9 @@ def _resume(session: _Session) -> None:
     log.info("resuming %s from %s", session.direction, checkpoint)
 
 
-def _fit(session: _Session, steps: Iterator[Step | PreferenceStep], hooks: TrainHooks, scorer: HeldOutScorer | None) -> None:
+def _fit(
+    session: _Session, steps: Iterator[Step | PreferenceStep], hooks: TrainHooks, scorer: HeldOutScorer | None
+) -> None:
     """Train to max_steps or an early stop. Losses stay on the device between the steps that need them."""
     train_cfg = session.config.training
     state, lm = session.state, session.lm
@@ -335,7 +337,9 @@ def _fit(session: _Session, steps: Iterator[Step | PreferenceStep], hooks: Train
     session.model.train()
     window = _Window(time.perf_counter(), state.step, state.tokens)
     while state.step < train_cfg.max_steps and not state.stopped_early:
-        lr = lr_at(state.step, peak=train_cfg.learning_rate, warmup=train_cfg.warmup_steps, max_steps=train_cfg.max_steps)
+        lr = lr_at(
+            state.step, peak=train_cfg.learning_rate, warmup=train_cfg.warmup_steps, max_steps=train_cfg.max_steps
+        )
         session.optimizer.set_lr(lr)
         step = next(steps)
         try:
@@ -480,7 +484,9 @@ def _finish(session: _Session, decontaminated: int, scorer: HeldOutScorer | None
                                 "run's checkpoints to retrain")  # fmt: skip
         best_dir = session.mirror.pull(state.best_step)  # on another machine the best may be only at the run URI
         if not (best_dir / TRAINER_STATE).is_file():
-            raise TrainingError(f"the best validated checkpoint {best_dir} is missing; delete the run's checkpoints to retrain")
+            raise TrainingError(
+                f"the best validated checkpoint {best_dir} is missing; delete the run's checkpoints to retrain"
+            )
         load_adapter_weights(session.model, best_dir, session.optimizer)  # the candidate: the best step, in memory too
     adapter_dir = session.run_dir / ADAPTER_DIR
     summary = RunSummary(

@@ -31,7 +31,9 @@ def make_torch_optimizer(name: str, params: list[torch.Tensor], lr: float, devic
 
     if not device.startswith("cuda"):
         # bitsandbytes falls back to an un-paged 8-bit AdamW on CPU; paging only exists with CUDA.
-        log.warning("paged_adamw_8bit: paging needs CUDA; running bitsandbytes' 8-bit AdamW without paging on %s", device)
+        log.warning(
+            "paged_adamw_8bit: paging needs CUDA; running bitsandbytes' 8-bit AdamW without paging on %s", device
+        )
     return bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=0.0)
 
 

@@ -138,9 +138,7 @@ class TrainerState:
         saved = json.loads(text)
         missing = [key for key in _REQUIRED if key not in saved] if isinstance(saved, dict) else list(_REQUIRED)
         if missing:
-            raise TrainingError(
-                f"{path} lacks {', '.join(missing)}; use a new run folder or delete its checkpoints"
-            )
+            raise TrainingError(f"{path} lacks {', '.join(missing)}; use a new run folder or delete its checkpoints")
         return cls(
             fingerprint=saved["fingerprint"], step=saved["step"], tokens=saved["tokens"],
             train_seconds=saved["train_seconds"], recent_losses=saved["recent_losses"],

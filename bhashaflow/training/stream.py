@@ -37,7 +37,9 @@ def iter_shard_pairs(
                         yield src, tgt
 
 
-def eval_sentences(config: PipelineConfig, langs: tuple[str, str], eval_texts: dict[str, list[str]] | None) -> list[str]:
+def eval_sentences(
+    config: PipelineConfig, langs: tuple[str, str], eval_texts: dict[str, list[str]] | None
+) -> list[str]:
     """What training must not see: `eval_texts`, or the whole configured evaluation split of both languages."""
     if eval_texts is not None:
         return [s for texts in eval_texts.values() for s in texts]
@@ -83,7 +85,9 @@ class ExampleStream:
         while True:
             epoch = self.epoch
             if cache is not None and epoch > 0:
-                pairs: Iterable[tuple[str, str]] = random.Random(self.seed * 1_000_003 + epoch).sample(cache, len(cache))
+                pairs: Iterable[tuple[str, str]] = random.Random(self.seed * 1_000_003 + epoch).sample(
+                    cache, len(cache)
+                )
             else:
                 paths = list(self.shard_paths)
                 random.Random(self.seed * 1_000_003 + epoch).shuffle(paths)
