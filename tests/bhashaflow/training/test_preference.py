@@ -18,7 +18,7 @@ from bhashaflow.data.decontamination import Decontaminator
 from bhashaflow.modeling.adapters import load_adapter
 from bhashaflow.modeling.loading import load_base
 from bhashaflow.training import TrainingError
-from bhashaflow.training.loop import train_adapter
+from bhashaflow.training.loop import TrainHooks, train_adapter
 from bhashaflow.training.loss import _PerTokenLinearCrossEntropy
 from bhashaflow.training.preference import load_triplets, preference_margins
 
@@ -75,8 +75,14 @@ def test_cpo_raises_the_margin_of_chosen_over_rejected_on_held_out_triplets(
     lm = load_base(str(bases[family]), languages=["eng_Latn", "hin_Deva"])
     heldout = load_triplets(lm, [data["heldout"]], ("eng_Latn", "hin_Deva"), Decontaminator([]), 200, None)
     before = preference_margins(lm.model, lm, heldout)
-    result = train_adapter(config=config, direction=DIRECTION, shard_paths=[data["pairs"]], out_dir=str(tmp_path / "run"),
-                           eval_texts={}, preference_paths=[data["train"]])  # fmt: skip
+    result = train_adapter(
+        config=config,
+        direction=DIRECTION,
+        shard_paths=[data["pairs"]],
+        out_dir=str(tmp_path / "run"),
+        preference_paths=[data["train"]],
+        hooks=TrainHooks(eval_texts={}),
+    )
     assert result.objective == "cpo" and result.steps == 30
     load_adapter(lm, result.adapter_dir, "cpo")
     lm.model.set_adapter("cpo")
@@ -88,8 +94,8 @@ def test_cpo_raises_the_margin_of_chosen_over_rejected_on_held_out_triplets(
 
 def test_a_killed_cpo_run_resumes_to_the_uninterrupted_adapter(bases: dict[str, Path], data: dict[str, str], tmp_path: Path) -> None:
     config = make_config(bases["seq2seq"], max_steps=6, checkpoint_every=3, **CPO)
-    args = {"config": config, "direction": DIRECTION, "shard_paths": [data["pairs"]], "eval_texts": {},
-            "preference_paths": [data["train"]]}  # fmt: skip
+    args = {"config": config, "direction": DIRECTION, "shard_paths": [data["pairs"]], "preference_paths": [data["train"]]}
+    hooks = TrainHooks(eval_texts={})
 
     class Killed(Exception):
         pass
@@ -99,9 +105,10 @@ def test_a_killed_cpo_run_resumes_to_the_uninterrupted_adapter(bases: dict[str, 
             raise Killed
 
     with pytest.raises(Killed):
-        train_adapter(**args, out_dir=str(tmp_path / "killed"), on_progress=kill_after)  # type: ignore[arg-type]
-    resumed = train_adapter(**args, out_dir=str(tmp_path / "killed"))  # type: ignore[arg-type]
-    straight = train_adapter(**args, out_dir=str(tmp_path / "straight"))  # type: ignore[arg-type]
+        killing = TrainHooks(eval_texts={}, on_progress=kill_after)
+        train_adapter(**args, out_dir=str(tmp_path / "killed"), hooks=killing)  # type: ignore[arg-type]
+    resumed = train_adapter(**args, out_dir=str(tmp_path / "killed"), hooks=hooks)  # type: ignore[arg-type]
+    straight = train_adapter(**args, out_dir=str(tmp_path / "straight"), hooks=hooks)  # type: ignore[arg-type]
     assert resumed.resumed_from == 3
     a = load_file(str(Path(resumed.adapter_dir) / "adapter_model.safetensors"))
     b = load_file(str(Path(straight.adapter_dir) / "adapter_model.safetensors"))
@@ -112,5 +119,11 @@ def test_a_killed_cpo_run_resumes_to_the_uninterrupted_adapter(bases: dict[str, 
 def test_cpo_without_preference_triplets_names_what_is_missing(bases: dict[str, Path], data: dict[str, str], tmp_path: Path) -> None:
     config = make_config(bases["seq2seq"], max_steps=2, **CPO)
     with pytest.raises(TrainingError, match="no preference triplets for eng_Latn-hin_Deva.*rl_logs"):
-        train_adapter(config=config, direction=DIRECTION, shard_paths=[data["pairs"]], out_dir=str(tmp_path / "run"),
-                      eval_texts={}, preference_paths=[])  # fmt: skip
+        train_adapter(
+            config=config,
+            direction=DIRECTION,
+            shard_paths=[data["pairs"]],
+            out_dir=str(tmp_path / "run"),
+            preference_paths=[],
+            hooks=TrainHooks(eval_texts={}),
+        )
