@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict
 
 from prefect import flow
 
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.names import DATA_MANIFEST
 from bhashaflow.core.settings import get_settings
-from bhashaflow.data.ingest import IngestedData, load_manifest
-from bhashaflow.pipeline.report import direction_result
+from bhashaflow.data.ingest import IngestedData
+from bhashaflow.data.manifest import read_data_manifest
+from bhashaflow.pipeline.report import DirectionResult, direction_result
 from bhashaflow.training.loop import TrainResult
 from flows.ingest_corpus import ingest_corpus
 from flows.preflight import require_preflight
@@ -22,8 +23,16 @@ from tasks.reuse import REPORT_CACHE, reused
 from tasks.train import train_adapter_task
 
 
+class PipelineResult(TypedDict):
+    """What the adapter-pipeline flow returns: the `bhashaflow pipeline --json` object."""
+
+    run_id: str
+    report: str  # report.md's URI in the run folder
+    directions: dict[str, DirectionResult]
+
+
 @flow(name="adapter-pipeline")
-def adapter_pipeline(config: PipelineConfig) -> dict[str, Any]:
+def adapter_pipeline(config: PipelineConfig) -> PipelineResult:
     """Turn the configured corpora into one promoted-if-better LoRA adapter per direction.
 
     Args:
@@ -43,7 +52,7 @@ def adapter_pipeline(config: PipelineConfig) -> dict[str, Any]:
             handed_on[direction] = reused(direction, "training", future.state, trained[direction])
             with task_resources(config, "evaluate"):  # tasks hand each other run URIs: any worker can evaluate
                 evaluating[direction] = evaluate_direction_task.submit(config, direction, trained[direction].adapter_uri)
-        directions: dict[str, dict[str, Any]] = {}
+        directions: dict[str, DirectionResult] = {}
         for direction, scoring in evaluating.items():
             scores = scoring.result()
             handed_on[direction] |= reused(direction, "evaluation", scoring.state, scores)
@@ -66,7 +75,7 @@ def _ingest(config: PipelineConfig) -> IngestedData:
     if not state.is_completed():
         state.result()  # raises the ingestion's own error
     run_uri = config.run_uri()
-    manifest = load_manifest(run_uri, get_settings().storage_options_for(run_uri))
+    manifest = read_data_manifest(run_uri, get_settings().storage_options_for(run_uri))
     if manifest is None:
         raise RuntimeError(f"{run_uri}: ingestion finished but left no {DATA_MANIFEST}")
     return IngestedData.of(manifest, run_uri)

@@ -8,10 +8,14 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bhashaflow.core.redact import redact_text  # stdlib only: safe before the defaults below are applied
+
+if TYPE_CHECKING:  # the flows import Prefect and torch: only once a command runs
+    from bhashaflow.data.ingest import IngestSummary
+    from flows.evaluate_adapter import EvaluationResult
 
 # Project defaults for Prefect and torch, applied before they are imported; the user's environment wins.
 _PREFECT_DEFAULTS = {
@@ -57,7 +61,10 @@ def _watched(args: argparse.Namespace) -> Any:
     return watched(quiet=args.quiet)
 
 
-def _emit(args: argparse.Namespace, result: dict[str, Any], human: Callable[[dict[str, Any]], str]) -> None:
+Result = TypeVar("Result", bound=Mapping[str, Any])  # a command's `--json` object (a flow's typed result)
+
+
+def _emit(args: argparse.Namespace, result: Result, human: Callable[[Result], str]) -> None:
     if args.json:
         print(human(result), file=sys.stderr)
         print(json.dumps(result, ensure_ascii=False, default=str))
@@ -65,7 +72,7 @@ def _emit(args: argparse.Namespace, result: dict[str, Any], human: Callable[[dic
         print(human(result))
 
 
-def _ingest_table(result: dict[str, Any]) -> str:
+def _ingest_table(result: IngestSummary) -> str:
     lines = [f"run {result['run_id']}: manifest {result['manifest']}"]
     lines.append(f"{'source':<20} {'read':>9} {'accepted':>9} {'dupes':>7} {'rejected':>9} {'skipped':>8}")
     for name, s in result["sources"].items():
@@ -112,7 +119,7 @@ def cmd_feedback_loop(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluation_table(result: dict[str, Any]) -> str:
+def _evaluation_table(result: EvaluationResult) -> str:
     lines = [f"{'direction':<20} {'adapter':>9} {'chrF':>7} {'chrF++':>7} {'script':>7} {'n':>5}"]
     for d, r in result["directions"].items():
         lines.append(
@@ -138,7 +145,7 @@ def cmd_export_rl(args: argparse.Namespace) -> int:
 
     with _watched(args):
         result = export_rl_logs_flow(RLExportFlowConfig.of(config))
-    _emit(args, dict(result), lambda r: f"exported {r['exported']} episodes in {len(r['parts'])} parts to {r['target']}")
+    _emit(args, result, lambda r: f"exported {r['exported']} episodes in {len(r['parts'])} parts to {r['target']}")
     return 0
 
 

@@ -12,15 +12,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import httpx
 
 from bhashaflow.config import PipelineConfig, RLExportFlowConfig
+from bhashaflow.episodes.export import ExportSummary
 from bhashaflow.pipeline.report import format_table
-from flows.adapter_pipeline import adapter_pipeline
+from flows.adapter_pipeline import PipelineResult, adapter_pipeline
 from flows.export_rl_logs import export_rl_logs_flow
-from flows.feedback_loop import post_corrections
+from flows.feedback_loop import FeedbackLoopResult, post_corrections
 from flows.watch import watched
 
 SENTENCE = "The river flows through the old city."
@@ -29,7 +30,15 @@ LOOP_CONFIG = "feedback-loop.yaml"
 READY_TIMEOUT_S = 600
 
 
-def run_demo(config_path: str, overrides: list[str], config: PipelineConfig, *, quiet: bool = False) -> dict[str, Any]:
+class DemoResult(TypedDict):
+    """What `bhashaflow demo --json` prints: the pipeline's result, the export's, the feedback loop's (None: not run)."""
+
+    pipeline: PipelineResult
+    export: ExportSummary
+    loop: FeedbackLoopResult | None
+
+
+def run_demo(config_path: str, overrides: list[str], config: PipelineConfig, *, quiet: bool = False) -> DemoResult:
     """Pipeline, table, a served translation with feedback per promoted direction, RL log export.
 
     Args:
@@ -54,7 +63,7 @@ def run_demo(config_path: str, overrides: list[str], config: PipelineConfig, *, 
     return {"pipeline": result, "export": exported, "loop": loop}
 
 
-def run_loop(config_path: str, overrides: list[str], *, quiet: bool = False) -> dict[str, Any] | None:
+def run_loop(config_path: str, overrides: list[str], *, quiet: bool = False) -> FeedbackLoopResult | None:
     """The feedback loop on the corrections just exported: configs/feedback-loop.yaml beside the demo's config."""
     from bhashaflow.config import load_config
     from flows.feedback_loop import feedback_loop, loop_table

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from prefect import flow
 
@@ -11,8 +11,15 @@ from flows.runners import configured_run, task_resources
 from tasks.evaluate import evaluate_adapter_task
 
 
+class EvaluationResult(TypedDict):
+    """What the evaluate-adapter flow returns: the `bhashaflow evaluate --json` object."""
+
+    run_id: str
+    directions: dict[str, dict[str, Any]]  # AdapterScore.to_dict() per direction: adapter, version and its scores
+
+
 @flow(name="evaluate-adapter")
-def evaluate_adapter(config: PipelineConfig, adapter: str = "promoted") -> dict[str, Any]:
+def evaluate_adapter(config: PipelineConfig, adapter: str = "promoted") -> EvaluationResult:
     """Score an adapter of every configured direction with the config's evaluation settings.
 
     Args:

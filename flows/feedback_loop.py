@@ -9,7 +9,7 @@ corrections) -> promote (the FLORES gate, and no loss beyond `promotion.max_regr
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TypedDict
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -17,11 +17,15 @@ from prefect.context import FlowRunContext
 
 from bhashaflow.config import PipelineConfig, RLExportFlowConfig
 from bhashaflow.core.settings import get_settings
-from bhashaflow.data.ingest import load_manifest
+from bhashaflow.data.manifest import DataManifest, read_data_manifest
+from bhashaflow.episodes.export import ExportSummary
 from bhashaflow.pipeline.report import (
     MARKDOWN_COLUMNS,
     MARKDOWN_CORRECTIONS_COLUMNS,
     Columns,
+    DirectionResult,
+    Row,
+    Rows,
     format_table,
     markdown_table,
 )
@@ -31,8 +35,44 @@ from flows.runners import at_scheduled_start
 from tasks.rundirs import artifact_key
 
 
+class SourceFeedback(TypedDict):
+    """What an rl_logs source gave: episodes read, corrections kept, and the rest by reason."""
+
+    read: int
+    accepted: int
+    duplicates: int
+    rejected: int
+    skipped: int
+    rejected_by_reason: dict[str, int]
+    skipped_by_reason: dict[str, int]
+
+
+class DirectionFeedback(TypedDict):
+    """What the feedback became in one direction: training pairs, preference triplets, held-out corrections."""
+
+    pairs: int
+    preferences: int
+    heldout: int
+
+
+class FeedbackCounts(TypedDict):
+    sources: dict[str, SourceFeedback]
+    directions: dict[str, DirectionFeedback]
+
+
+class FeedbackLoopResult(TypedDict):
+    """What the feedback-loop flow returns: the `bhashaflow feedback-loop --json` object (the export, what the
+    feedback became, then the pipeline's result)."""
+
+    export: ExportSummary
+    feedback: FeedbackCounts
+    run_id: str
+    report: str
+    directions: dict[str, DirectionResult]
+
+
 @flow(name="feedback-loop")
-def feedback_loop(config: PipelineConfig) -> dict[str, Any]:
+def feedback_loop(config: PipelineConfig) -> FeedbackLoopResult:
     """Export the served feedback, then train, evaluate and gate the next adapters on it.
 
     Args:
@@ -46,13 +86,14 @@ def feedback_loop(config: PipelineConfig) -> dict[str, Any]:
     exported = export_rl_logs_flow(RLExportFlowConfig.of(config))
     result = adapter_pipeline(config)
     run_uri = _run_uri(config, result["run_id"])
-    manifest = load_manifest(run_uri, get_settings().storage_options_for(run_uri)) or {}
+    manifest = read_data_manifest(run_uri, get_settings().storage_options_for(run_uri))
     counts = feedback_counts(manifest, feedback_sources)
     create_markdown_artifact(loop_markdown(result["run_id"], exported, counts, result["directions"]),
                              key=artifact_key("feedback-loop", config.run_name, "loop"),
                              description=f"Feedback loop, run {result['run_id']}, every direction: episodes exported, "
                              "what they became, chrF++ on FLORES-200 and on the held-out corrections, the gate's word")  # fmt: skip
-    return {"export": exported, "feedback": counts, **result}
+    return {"export": exported, "feedback": counts, "run_id": result["run_id"], "report": result["report"],
+            "directions": result["directions"]}  # fmt: skip
 
 
 def _run_uri(config: PipelineConfig, run_id: str) -> str:
@@ -60,29 +101,32 @@ def _run_uri(config: PipelineConfig, run_id: str) -> str:
     return config.model_copy(update={"run_id": run_id}).run_uri()
 
 
-def feedback_counts(manifest: dict[str, Any], sources: list[str]) -> dict[str, Any]:
-    """What the rl_logs sources gave: episodes read, pairs made, skipped and rejected by reason, per direction."""
-    per_source = {
-        name: {k: s.get(k) for k in ("read", "accepted", "duplicates", "rejected", "skipped", "rejected_by_reason",
-                                     "skipped_by_reason")}
-        for name, s in manifest.get("sources", {}).items() if name in sources
+def feedback_counts(manifest: DataManifest | None, sources: list[str]) -> FeedbackCounts:
+    """What the rl_logs sources gave: episodes read, pairs made, skipped and rejected by reason, per direction
+    (nothing when the run left no data manifest)."""
+    if manifest is None:
+        return {"sources": {}, "directions": {}}
+    per_source: dict[str, SourceFeedback] = {
+        name: {"read": s.read, "accepted": s.accepted, "duplicates": s.duplicates, "rejected": s.rejected,
+               "skipped": s.skipped, "rejected_by_reason": s.rejected_by_reason, "skipped_by_reason": s.skipped_by_reason}
+        for name, s in manifest.sources.items() if name in sources
     }  # fmt: skip
-    directions = {
-        d: {"pairs": e["accepted"], "preferences": (e.get("preferences") or {}).get("rows", 0),
-            "heldout": (e.get("heldout") or {}).get("rows", 0)}
-        for d, e in manifest.get("directions", {}).items()
+    directions: dict[str, DirectionFeedback] = {
+        d: {"pairs": e.accepted, "preferences": e.preferences.rows if e.preferences else 0,
+            "heldout": e.heldout.rows if e.heldout else 0}
+        for d, e in manifest.directions.items()
     }  # fmt: skip
     return {"sources": per_source, "directions": directions}
 
 
-def loop_markdown(run_id: str, exported: Any, counts: dict[str, Any], directions: dict[str, dict[str, Any]]) -> str:
+def loop_markdown(run_id: str, exported: ExportSummary, counts: FeedbackCounts, directions: Rows) -> str:
     """The loop's artifact: what was exported, what became data, both yardsticks and the gate's word (a table each,
     narrow enough for the Prefect UI)."""
     lines = [f"# Feedback loop, run {run_id}", "",
              f"Exported {exported['exported']} episodes in {len(exported['parts'])} parts to `{exported['target']}`.", ""]  # fmt: skip
     for name, s in counts["sources"].items():
-        skipped = ", ".join(f"{k} {v}" for k, v in (s["skipped_by_reason"] or {}).items()) or "none"
-        rejected = ", ".join(f"{k} {v}" for k, v in (s["rejected_by_reason"] or {}).items()) or "none"
+        skipped = ", ".join(f"{k} {v}" for k, v in s["skipped_by_reason"].items()) or "none"
+        rejected = ", ".join(f"{k} {v}" for k, v in s["rejected_by_reason"].items()) or "none"
         lines.append(f"- `{name}`: {s['read']} episodes read, {s['accepted']} corrections kept "
                      f"({s['duplicates']} duplicates), skipped: {skipped}; rejected: {rejected}")  # fmt: skip
     became: Columns = [
@@ -97,12 +141,17 @@ def loop_markdown(run_id: str, exported: Any, counts: dict[str, Any], directions
     return "\n".join(lines) + "\n"
 
 
-def _became_cell(counts: dict[str, Any], key: str) -> Callable[[dict[str, Any]], str]:
+def _became_cell(counts: FeedbackCounts, key: str) -> Callable[[Row], str]:
     """A cell of the "what the feedback became" table: a direction's count of `key` (0 when it has none)."""
-    return lambda row: str(counts["directions"].get(row["direction"], {}).get(key, 0))
+
+    def cell(row: Row) -> str:
+        found = counts["directions"].get(row["direction"])
+        return str(found.get(key, 0) if found is not None else 0)
+
+    return cell
 
 
-def loop_table(result: dict[str, Any]) -> str:
+def loop_table(result: FeedbackLoopResult) -> str:
     """What the CLI and the demo print: the export, what the feedback became, the two-yardstick table."""
     export = result["export"]
     lines = [f"exported {export['exported']} episodes in {len(export['parts'])} parts to {export['target']}"]

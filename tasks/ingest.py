@@ -17,7 +17,8 @@ from bhashaflow.core.progress import PROGRESS_LOG_EXTRA, PhaseProgress, publish
 from bhashaflow.core.quiet import quiet_libraries
 from bhashaflow.core.records import Position, RawRecord, RecordSource
 from bhashaflow.core.settings import get_settings
-from bhashaflow.data.ingest import IngestedData, load_manifest, stage_source, write_shards
+from bhashaflow.data.ingest import IngestedData, stage_source, write_shards
+from bhashaflow.data.manifest import DataManifest, read_data_manifest
 from bhashaflow.data.staging import StagedSource, load_progress, staging_uri
 from connectors import SourceError, TransientSourceError, open_connector
 
@@ -92,13 +93,14 @@ def stage_source_task(config: PipelineConfig, source_name: str, run_uri: str) ->
 @task(persist_result=True)
 def write_shards_task(config: PipelineConfig, staged: list[StagedSource], run_uri: str) -> IngestedData:
     """De-duplicate the staged sources into per-direction shards and write the manifest."""
-    return IngestedData.of(write_shards(config, staged, run_uri, get_settings().storage_options_for(run_uri)), run_uri)
+    written = write_shards(config, staged, run_uri, get_settings().storage_options_for(run_uri))
+    return IngestedData.of(DataManifest.of(written), run_uri)
 
 
 @task(cache_policy=NO_CACHE)  # a check of the run folder's state: never answered from a cache
 def finished_manifest_task(config: PipelineConfig, run_uri: str) -> IngestedData | None:
     """The run's ingestion when it already finished under the same ingest config."""
-    manifest = load_manifest(run_uri, get_settings().storage_options_for(run_uri))
-    if manifest is not None and manifest.get("config_hash") == config.ingest_hash:
+    manifest = read_data_manifest(run_uri, get_settings().storage_options_for(run_uri))
+    if manifest is not None and manifest.config_hash == config.ingest_hash:
         return IngestedData.of(manifest, run_uri)
     return None

@@ -12,7 +12,7 @@ from bhashaflow.config import PipelineConfig
 from bhashaflow.core.fsio import open_fs
 from bhashaflow.core.settings import get_settings
 from bhashaflow.pipeline.links import Locator
-from bhashaflow.pipeline.report import base_notes, markdown_report, table_rows, write_report
+from bhashaflow.pipeline.report import DirectionResult, base_notes, markdown_report, table_rows, write_report
 from tasks.rundirs import artifact_key
 
 
@@ -27,7 +27,7 @@ def _read(uri: str, storage_options: dict[str, Any] | None) -> bytes:
 
 
 @task
-def publish_report_task(config: PipelineConfig, directions: dict[str, dict[str, Any]]) -> str:
+def publish_report_task(config: PipelineConfig, directions: dict[str, DirectionResult]) -> str:
     """Write the report and charts to the run folder; publish the chrF++ table, the report, each promoted adapter."""
     run_uri, run_id, settings = config.run_uri(), config.resolved_run_id(), get_settings()
     options = settings.storage_options_for(run_uri)
@@ -54,7 +54,7 @@ def publish_report_task(config: PipelineConfig, directions: dict[str, dict[str, 
     return files.report_uri
 
 
-def adapter_markdown(direction: str, result: dict[str, Any], run_id: str, locator: Locator) -> str:
+def adapter_markdown(direction: str, result: DirectionResult, run_id: str, locator: Locator) -> str:
     """Where a promoted adapter is: links a browser follows, or the path and the command that opens it."""
     return (f"### {direction} adapter {result['version']}\n\nPromoted by run `{run_id}` "
             f"(candidate chrF++ {result['candidate_chrf_pp']:.1f}). In the registry: {locator.folder(result['adapter_uri'])}\n")  # fmt: skip

@@ -13,19 +13,29 @@ Two steps, each restartable:
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
 from dataclasses import dataclass
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypedDict
 
 from bhashaflow.config import PipelineConfig, SourceConfig
-from bhashaflow.core.fsio import join, open_fs, read_json, write_json_atomic
-from bhashaflow.core.hashing import sha256_json
+from bhashaflow.core.fsio import join, open_fs, write_json_atomic
 from bhashaflow.core.names import DATA_MANIFEST, QUARANTINE
 from bhashaflow.core.records import RawRecord, RecordSource
 from bhashaflow.core.redact import redact_uri
-from bhashaflow.data.shards import DeduplicatingShards, DirectionShards
+from bhashaflow.data.manifest import (
+    DataManifest,
+    DirectionEntry,
+    QuarantineEntry,
+    ShardEntry,
+    ShardSet,
+    SourceEntry,
+    Totals,
+)
+from bhashaflow.data.manifest import load_manifest as load_manifest  # re-exported: ingestion's readers live here too
+from bhashaflow.data.manifest import read_data_manifest as read_data_manifest
+from bhashaflow.data.shards import DeduplicatingShards, DirectionShards, WrittenShard
 from bhashaflow.data.staging import (
     StagedSource,
     ValidatedPart,
@@ -125,14 +135,14 @@ def write_shards(
         storage_options: fsspec options for `run_uri`.
 
     Returns:
-        The manifest (also written to `<run_uri>/manifest.json`).
+        The manifest's JSON object, as written to `<run_uri>/manifest.json` (`DataManifest.of` reads it).
     """
     quarantine_uri, quarantine_rows = _write_quarantine(staged, run_uri, storage_options)
     _check_reject_share(config, staged, quarantine_uri)
     directions, per_source = _write_deduplicated_shards(config, staged, run_uri, storage_options)
-    manifest = _manifest(config, staged, run_uri, directions, per_source, quarantine_rows)
-    write_json_atomic(join(run_uri, DATA_MANIFEST), manifest, storage_options)
-    return manifest
+    document = _manifest(config, staged, run_uri, directions, per_source, quarantine_rows).document()
+    write_json_atomic(join(run_uri, DATA_MANIFEST), document, storage_options)
+    return document
 
 
 def _write_quarantine(
@@ -199,63 +209,62 @@ def _manifest(
     directions: dict[str, DirectionShards],
     per_source: dict[str, tuple[int, int]],
     quarantine_rows: int,
-) -> dict[str, Any]:
-    by_reason = _rejected_by_reason(staged)
+) -> DataManifest:
     preferences = any(source.kind == "rl_logs" for source in config.sources)
-    return {
-        "run_id": run_uri.rstrip("/").rsplit("/", 1)[-1],
-        "config_hash": config.ingest_hash,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "directions": {d: _direction_entry(d, out, staged, run_uri, preferences) for d, out in directions.items()},
-        "sources": {s.name: _source_entry(s, *per_source[s.name]) for s in staged},
-        "totals": {
-            "read": sum(s.progress.read for s in staged),
-            "accepted": sum(out.accepted for out in directions.values()),
-            "duplicates": sum(out.duplicates for out in directions.values()),
-            "rejected": sum(s.progress.rejected for s in staged),
-            "skipped": sum(s.progress.skipped for s in staged),
-            # With an rl_logs source, accepted corrections kept out of training: accepted + heldout is what the
-            # sources accepted.
-            **({"heldout": sum(out.heldout for out in directions.values())} if preferences else {}),
-        },
-        "rejected_by_reason": dict(sorted(by_reason.items())),
-        "quarantine": {"path": QUARANTINE, "rows": quarantine_rows},
-    }
+    totals = Totals(
+        read=sum(s.progress.read for s in staged),
+        accepted=sum(out.accepted for out in directions.values()),
+        duplicates=sum(out.duplicates for out in directions.values()),
+        rejected=sum(s.progress.rejected for s in staged),
+        skipped=sum(s.progress.skipped for s in staged),
+    )
+    if preferences:  # accepted corrections kept out of training: accepted + heldout is what the sources accepted
+        totals.heldout = sum(out.heldout for out in directions.values())
+    return DataManifest(
+        run_id=run_uri.rstrip("/").rsplit("/", 1)[-1],
+        config_hash=config.ingest_hash,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        directions={d: _direction_entry(d, out, staged, run_uri, preferences) for d, out in directions.items()},
+        sources={s.name: _source_entry(s, *per_source[s.name]) for s in staged},
+        totals=totals,
+        rejected_by_reason=dict(sorted(_rejected_by_reason(staged).items())),
+        quarantine=QuarantineEntry(path=QUARANTINE, rows=quarantine_rows),
+    )
 
 
 def _direction_entry(
     direction: str, out: DirectionShards, staged: list[StagedSource], run_uri: str, preferences: bool
-) -> dict[str, Any]:
-    def listed(shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{"path": _relative(sh["uri"], run_uri), "rows": sh["rows"], "sha256": sh["sha256"]} for sh in shards]
+) -> DirectionEntry:
+    def listed(shards: list[WrittenShard]) -> list[ShardEntry]:
+        return [ShardEntry(path=_relative(sh["uri"], run_uri), rows=sh["rows"], sha256=sh["sha256"]) for sh in shards]
 
-    entry: dict[str, Any] = {
-        "accepted": out.accepted,
-        "duplicates": out.duplicates,
-        "rejected": sum(s.progress.rejected_by_direction.get(direction, 0) for s in staged),
-        "shards": listed(out.shards),
-    }
+    entry = DirectionEntry(
+        accepted=out.accepted,
+        duplicates=out.duplicates,
+        rejected=sum(s.progress.rejected_by_direction.get(direction, 0) for s in staged),
+        shards=listed(out.shards),
+    )
     if preferences:  # a run with an rl_logs source: its preference triplets and held-out corrections
-        entry["preferences"] = {"rows": out.preferences, "shards": listed(out.preference_shards)}
-        entry["heldout"] = {"rows": out.heldout, "shards": listed(out.heldout_shards)}
+        entry.preferences = ShardSet(rows=out.preferences, shards=listed(out.preference_shards))
+        entry.heldout = ShardSet(rows=out.heldout, shards=listed(out.heldout_shards))
     return entry
 
 
-def _source_entry(s: StagedSource, accepted: int, duplicates: int) -> dict[str, Any]:
+def _source_entry(s: StagedSource, accepted: int, duplicates: int) -> SourceEntry:
     p = s.progress
-    return {
-        "kind": s.kind,
-        "uri": s.uri,
-        "read": p.read,
-        "accepted": accepted,
-        "duplicates": duplicates,
-        "rejected": p.rejected,
-        "skipped": p.skipped,
-        "rejected_by_reason": p.rejected_by_reason,
-        "skipped_by_direction": p.skipped_by_direction,
-        "skipped_by_reason": p.skipped_by_reason,
-        "position": p.position,
-    }
+    return SourceEntry(
+        kind=s.kind,
+        uri=s.uri,
+        read=p.read,
+        accepted=accepted,
+        duplicates=duplicates,
+        rejected=p.rejected,
+        skipped=p.skipped,
+        rejected_by_reason=p.rejected_by_reason,
+        skipped_by_direction=p.skipped_by_direction,
+        skipped_by_reason=p.skipped_by_reason,
+        position=p.position,
+    )
 
 
 def _relative(uri: str, base: str) -> str:
@@ -271,63 +280,91 @@ class IngestedData:
     manifest_sha256: str
 
     @classmethod
-    def of(cls, manifest: dict[str, Any], run_uri: str) -> IngestedData:
-        return cls(manifest["run_id"], join(run_uri, DATA_MANIFEST), manifest_sha256(manifest))
+    def of(cls, manifest: DataManifest, run_uri: str) -> IngestedData:
+        return cls(manifest.run_id, join(run_uri, DATA_MANIFEST), manifest.sha256())
 
 
-def load_manifest(run_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The finished ingestion's manifest of a run folder, or None when ingestion has not finished."""
-    uri = join(run_uri, DATA_MANIFEST)
-    fs, path = open_fs(uri, storage_options)
-    if not fs.exists(path):
-        return None
-    data: dict[str, Any] = read_json(uri, storage_options)
-    return data
+# The functions below read a manifest given as the model or as the file's JSON object (what `write_shards` and
+# `load_manifest` return).
+ManifestLike = DataManifest | Mapping[str, Any]
 
 
-def manifest_sha256(manifest: dict[str, Any]) -> str:
+def manifest_sha256(manifest: ManifestLike) -> str:
     """A stable hash of a manifest's content (its counts, shards and sources), ignoring when it was written."""
-    body = {k: v for k, v in manifest.items() if k != "created_at"}
-    return sha256_json(body)
+    return DataManifest.of(manifest).sha256()
 
 
-def shard_uris(manifest: dict[str, Any], run_uri: str, direction: str) -> list[str]:
+def shard_uris(manifest: ManifestLike, run_uri: str, direction: str) -> list[str]:
     """Absolute URIs of a direction's shards."""
-    return [join(run_uri, sh["path"]) for sh in manifest["directions"][direction]["shards"]]
+    return DataManifest.of(manifest).shard_uris(run_uri, direction)
 
 
-def preference_uris(manifest: dict[str, Any], run_uri: str, direction: str, kind: str = "preferences") -> list[str]:
+def preference_uris(manifest: ManifestLike, run_uri: str, direction: str, kind: str = "preferences") -> list[str]:
     """Absolute URIs of a direction's preference shards (`kind` preferences) or held-out shards (`heldout`)."""
-    entry = manifest["directions"][direction].get(kind) or {"shards": []}
-    return [join(run_uri, sh["path"]) for sh in entry["shards"]]
+    return DataManifest.of(manifest).preference_uris(run_uri, direction, kind)
 
 
-def summary(manifest: dict[str, Any], manifest_uri: str) -> dict[str, Any]:
+class SourceCounts(TypedDict):
+    """A source's rows in the ingestion summary."""
+
+    read: int
+    accepted: int
+    duplicates: int
+    rejected: int
+    skipped: int
+
+
+class QuarantineCounts(TypedDict):
+    """The quarantine file (relative to the run folder) and the rejected rows it holds."""
+
+    path: str
+    rows: int
+
+
+class IngestSummary(TypedDict):
+    """What the ingest-corpus flow returns: the `bhashaflow ingest --json` object."""
+
+    run_id: str
+    manifest: str  # the manifest's URI
+    manifest_sha256: str
+    pairs: dict[str, dict[str, int]]  # per direction: accepted, duplicates, rejected (+ preferences, heldout)
+    sources: dict[str, SourceCounts]
+    rejected_by_reason: dict[str, int]
+    skipped_by_reason: dict[str, int]
+    quarantine: QuarantineCounts
+
+
+def summary(manifest: ManifestLike, manifest_uri: str) -> IngestSummary:
     """The `--json` summary of an ingestion."""
-    keys = ("read", "accepted", "duplicates", "rejected", "skipped")
+    m = DataManifest.of(manifest)
     return {
-        "run_id": manifest["run_id"],
+        "run_id": m.run_id,
         "manifest": manifest_uri,
-        "manifest_sha256": manifest_sha256(manifest),
-        "pairs": {d: _pair_counts(v) for d, v in manifest["directions"].items()},
-        "sources": {name: {k: s[k] for k in keys} for name, s in manifest["sources"].items()},
-        "rejected_by_reason": manifest["rejected_by_reason"],
-        "skipped_by_reason": _skipped_by_reason(manifest),
-        "quarantine": manifest["quarantine"],
+        "manifest_sha256": m.sha256(),
+        "pairs": {d: _pair_counts(entry) for d, entry in m.directions.items()},
+        "sources": {name: _source_counts(s) for name, s in m.sources.items()},
+        "rejected_by_reason": m.rejected_by_reason,
+        "skipped_by_reason": _skipped_by_reason(m),
+        "quarantine": {"path": m.quarantine.path, "rows": m.quarantine.rows},
     }
 
 
-def _skipped_by_reason(manifest: dict[str, Any]) -> dict[str, int]:
+def _source_counts(s: SourceEntry) -> SourceCounts:
+    return {"read": s.read, "accepted": s.accepted, "duplicates": s.duplicates, "rejected": s.rejected,
+            "skipped": s.skipped}  # fmt: skip
+
+
+def _skipped_by_reason(manifest: DataManifest) -> dict[str, int]:
     """Every source's skipped rows by reason (unconfigured_direction, no_correction, untrusted_client, ...)."""
     total: Counter[str] = Counter()
-    for s in manifest["sources"].values():
-        total.update(s.get("skipped_by_reason", {}))
+    for s in manifest.sources.values():
+        total.update(s.skipped_by_reason)
     return dict(sorted(total.items()))
 
 
-def _pair_counts(entry: dict[str, Any]) -> dict[str, int]:
-    counts = {k: entry[k] for k in ("accepted", "duplicates", "rejected")}
-    for kind in ("preferences", "heldout"):  # runs with an rl_logs source
-        if kind in entry:
-            counts[kind] = entry[kind]["rows"]
+def _pair_counts(entry: DirectionEntry) -> dict[str, int]:
+    counts = {"accepted": entry.accepted, "duplicates": entry.duplicates, "rejected": entry.rejected}
+    for kind, found in (("preferences", entry.preferences), ("heldout", entry.heldout)):  # runs with an rl_logs source
+        if found is not None:
+            counts[kind] = found.rows
     return counts

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import pyarrow as pa
@@ -66,6 +66,14 @@ class SeenKeys:
             self._runs[-2:] = [np.sort(np.concatenate([large, small]), kind="stable")]
 
 
+class WrittenShard(TypedDict):
+    """A Parquet shard a ShardWriter wrote: its URI, its rows, and the sha256 of its bytes once it is closed."""
+
+    uri: str
+    rows: int
+    sha256: NotRequired[str]
+
+
 class ShardWriter:
     """Writes one direction's rows (`schema`: pairs by default) into Parquet shards of `shard_rows` rows."""
 
@@ -77,7 +85,7 @@ class ShardWriter:
         self.shard_rows = shard_rows
         self.row_group_rows = min(shard_rows, 10_000)
         self.storage_options = storage_options
-        self.shards: list[dict[str, Any]] = []
+        self.shards: list[WrittenShard] = []
         self._buf: list[pa.Table] = []
         self._buf_rows = 0
         self._writer: pq.ParquetWriter | None = None
@@ -129,7 +137,7 @@ class ShardWriter:
             self._rows_in_shard = 0
             self.shards[-1]["sha256"] = sha256_file(self.shards[-1]["uri"], self.storage_options)
 
-    def close(self) -> list[dict[str, Any]]:
+    def close(self) -> list[WrittenShard]:
         """Write what is buffered and close the last shard; every shard's uri, rows and sha256."""
         self._flush()
         self._close_shard()
@@ -146,11 +154,11 @@ class DirectionShards:
 
     accepted: int = 0
     duplicates: int = 0
-    shards: list[dict[str, Any]] = field(default_factory=list)  # uri, rows, sha256 of each
+    shards: list[WrittenShard] = field(default_factory=list)
     preferences: int = 0
-    preference_shards: list[dict[str, Any]] = field(default_factory=list)
+    preference_shards: list[WrittenShard] = field(default_factory=list)
     heldout: int = 0
-    heldout_shards: list[dict[str, Any]] = field(default_factory=list)
+    heldout_shards: list[WrittenShard] = field(default_factory=list)
 
 
 HOLDOUT_BUCKETS = 10_000

@@ -17,8 +17,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.ipc
 
-from bhashaflow.core.names import STAGING_DIR, STAGING_PROGRESS
 from bhashaflow.core.fsio import join, open_fs, read_json, write_bytes_atomic, write_json_atomic
+from bhashaflow.core.names import STAGING_DIR, STAGING_PROGRESS
 from bhashaflow.core.records import ACCEPTED_SCHEMA, Position, Rejection
 from bhashaflow.data.validation import RowBatch, Validator, pair_keys
 

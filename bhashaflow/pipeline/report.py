@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.fsio import join, write_bytes_atomic
@@ -21,7 +21,7 @@ from bhashaflow.training.loop import TrainResult
 
 # The chrF++ table (the `-chrf` table artifact): (header, the cell of a result), human words and formatted numbers,
 # few enough columns to read without scrolling sideways in the Prefect UI. The rest is in the report's second table.
-TABLE_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+TABLE_COLUMNS: list[tuple[str, Callable[[Row], str]]] = [
     ("base chrF++", lambda r: _score(r["base_chrf_pp"])),
     ("incumbent chrF++", lambda r: _score(r["incumbent_chrf_pp"], none="none yet")),
     ("incumbent version", lambda r: r.get("incumbent_version") or "none yet"),
@@ -31,14 +31,66 @@ TABLE_COLUMNS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
 ]
 
 
+class ProducedBy(TypedDict):
+    """The hosts that trained, evaluated and promoted a direction's adapter (None: not known)."""
+
+    train: str | None
+    evaluate: str | None
+    promote: str | None
+
+
+class DirectionResult(TypedDict):
+    """One direction of a pipeline run's result: the `--json` contract (chrF and chrF++ rounded to 2 decimals)."""
+
+    base_chrf: float
+    base_chrf_pp: float
+    incumbent_chrf: float | None
+    incumbent_chrf_pp: float | None
+    incumbent_version: str | None
+    candidate_chrf: float
+    candidate_chrf_pp: float
+    script_valid: float
+    base_script_valid: float
+    sentences: int
+    signature: str
+    decontaminated: int
+    steps: int
+    validation_pairs: int
+    best_step: int | None
+    stopped_early: bool
+    promoted: bool
+    reason: str
+    version: str
+    adapter_uri: str
+    objective: str
+    corrections_sentences: int | None
+    base_corrections_chrf_pp: float | None
+    incumbent_corrections_chrf_pp: float | None
+    candidate_corrections_chrf_pp: float | None
+    reused: bool
+    produced_by: ProducedBy
+
+
+# A direction's row as the tables read it: a DirectionResult, or one with more columns (the feedback loop's).
+Row = Mapping[str, Any]
+Rows = Mapping[str, Row]
+
+
 def direction_result(
     trained: TrainResult, scores: DirectionScores, promotion: PromotionOutcome, reused: bool = False
-) -> dict[str, Any]:
+) -> DirectionResult:
     """The public per-direction result of a pipeline run (the `--json` contract).
 
     `reused`: some step of it was handed on from an earlier (or the retried) flow run instead of done again.
     """
     base, candidate, incumbent = scores.base, scores.candidate, scores.incumbent
+    corrections = {"base": scores.base_corrections, "incumbent": scores.incumbent_corrections,
+                   "candidate": scores.candidate_corrections}  # fmt: skip
+
+    def corrections_chrf_pp(who: str) -> float | None:
+        score = corrections[who]
+        return round(score.chrf_pp, 2) if score else None
+
     return {
         "base_chrf": round(base.chrf, 2),
         "base_chrf_pp": round(base.chrf_pp, 2),
@@ -63,9 +115,9 @@ def direction_result(
         "objective": trained.objective,
         # The held-out corrections yardstick (None when the run has no rl_logs source).
         "corrections_sentences": scores.candidate_corrections.n if scores.candidate_corrections else None,
-        **{f"{who}_corrections_chrf_pp": round(score.chrf_pp, 2) if score else None for who, score in
-           (("base", scores.base_corrections), ("incumbent", scores.incumbent_corrections),
-            ("candidate", scores.candidate_corrections))},
+        "base_corrections_chrf_pp": corrections_chrf_pp("base"),
+        "incumbent_corrections_chrf_pp": corrections_chrf_pp("incumbent"),
+        "candidate_corrections_chrf_pp": corrections_chrf_pp("candidate"),
         "reused": reused,
         # The host that trained, evaluated and promoted it: the same in a re-run that reused them (None: not known).
         "produced_by": {"train": trained.host or None, "evaluate": scores.host or None, "promote": promotion.host or None},
@@ -76,11 +128,11 @@ def direction_result(
 CORRECTIONS_COLUMNS = ("base_corrections_chrf_pp", "incumbent_corrections_chrf_pp", "candidate_corrections_chrf_pp")
 
 
-def _has_corrections(directions: dict[str, dict[str, Any]]) -> bool:
+def _has_corrections(directions: Rows) -> bool:
     return any(r.get("candidate_corrections_chrf_pp") is not None for r in directions.values())
 
 
-def table_rows(directions: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+def table_rows(directions: Rows) -> list[dict[str, str]]:
     """The chrF++ table artifact's rows: human headers, chrF++ to one decimal, shares as percents, every cell text."""
     return [{"direction": d, **{h: cell(r) for h, cell in TABLE_COLUMNS}} for d, r in directions.items()]
 
@@ -95,7 +147,7 @@ def _share(value: float | None) -> str:
 
 
 # The terminal table's columns after the direction: (header, width, the cell of a result). One line per column.
-TERMINAL_COLUMNS: list[tuple[str, int, Callable[[dict[str, Any]], str]]] = [
+TERMINAL_COLUMNS: list[tuple[str, int, Callable[[Row], str]]] = [
     ("base", 7, lambda r: f"{r['base_chrf_pp']:.2f}"),
     ("incumb.", 7, lambda r: _points(r["incumbent_chrf_pp"])),
     ("cand.", 7, lambda r: f"{r['candidate_chrf_pp']:.2f}"),
@@ -108,7 +160,7 @@ def _points(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def format_table(directions: dict[str, dict[str, Any]]) -> str:
+def format_table(directions: Rows) -> str:
     """A fixed-width text table for the terminal."""
     head = f"{'direction':<20} " + " ".join(f"{h:>{w}}" for h, w, _ in TERMINAL_COLUMNS) + "  promoted"
     lines = [head, "chrF++ on FLORES-200 " + "-" * (len(head) - 21)]
@@ -124,7 +176,7 @@ def format_table(directions: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def chart_png(directions: dict[str, dict[str, Any]]) -> bytes:
+def chart_png(directions: Rows) -> bytes:
     """A grouped bar chart of chrF++ per direction for base, incumbent and candidate."""
     names = list(directions)
     series = [("base", "base_chrf_pp"), ("incumbent", "incumbent_chrf_pp"), ("candidate", "candidate_chrf_pp")]
@@ -142,7 +194,7 @@ def chart_png(directions: dict[str, dict[str, Any]]) -> bytes:
     return render_png(max(4.0, 1.6 * len(names) + 2), 3.2, draw)
 
 
-def _candidate_step(result: dict[str, Any]) -> str:
+def _candidate_step(result: Row) -> str:
     """`best step (of steps)` with validation, else the last step; `stopped early` when patience ran out."""
     best, steps = result.get("best_step"), result.get("steps")
     if best is None:
@@ -152,7 +204,7 @@ def _candidate_step(result: dict[str, Any]) -> str:
 
 # The report's tables after the direction column: (header, alignment row cell, the cell of a result). Each fits the
 # Prefect UI's artifact pane (about 1,000 px in a 1,600 px window); what does not fit goes to the next table.
-Columns = list[tuple[str, str, Callable[[dict[str, Any]], str]]]
+Columns = list[tuple[str, str, Callable[[Row], str]]]
 MARKDOWN_COLUMNS: Columns = [
     ("base chrF++", "---:", lambda r: _score(r["base_chrf_pp"])),
     ("incumbent chrF++", "---:", lambda r: _score(r["incumbent_chrf_pp"], none="none yet")),
@@ -176,7 +228,7 @@ MARKDOWN_CORRECTIONS_COLUMNS: Columns = [
 ]
 
 
-def markdown_table(directions: dict[str, dict[str, Any]], columns: Columns) -> list[str]:
+def markdown_table(directions: Rows, columns: Columns) -> list[str]:
     """A markdown table of one row per direction: the direction, then `columns`."""
     rows = ["| direction | " + " | ".join(h for h, _, _ in columns) + " |", "|---|" + "|".join(a for _, a, _ in columns) + "|"]
     return rows + [f"| {d} | " + " | ".join(cell(r) for _, _, cell in columns) + " |" for d, r in directions.items()]
@@ -204,7 +256,7 @@ def base_notes(config: PipelineConfig, settings: Settings | None = None) -> list
 
 
 def markdown_report(
-    run_id: str, directions: dict[str, dict[str, Any]], chart_uri: str, loss_chart_uri: str | None = None,
+    run_id: str, directions: Rows, chart_uri: str, loss_chart_uri: str | None = None,
     notes: list[str] | None = None, locate: Callable[[str], str] = _code,
 ) -> str:
     """The report as markdown: the base's notes (contamination, tag aliases), the chrF++ table, each direction's
@@ -238,7 +290,7 @@ class ReportFiles:
 
 
 def write_report(
-    run_uri: str, run_id: str, directions: dict[str, dict[str, Any]], storage_options: dict[str, Any] | None = None,
+    run_uri: str, run_id: str, directions: Rows, storage_options: dict[str, Any] | None = None,
     notes: list[str] | None = None,
 ) -> ReportFiles:
     """Write `chrf.png`, `loss.png` (from the directions' train logs) and `report.md` into the run folder."""
