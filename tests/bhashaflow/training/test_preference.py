@@ -23,7 +23,13 @@ from bhashaflow.training.loss import _PerTokenLinearCrossEntropy
 from bhashaflow.training.preference import load_triplets, preference_margins
 
 # Long enough for every FLORES dev pair: a truncated pair would cut off where chosen and rejected differ.
-CPO = {"objective": "cpo", "cpo": {"beta": 0.1, "sft_share": 0.25}, "learning_rate": 1e-2, "batch_size": 8, "max_length": 200}
+CPO = {
+    "objective": "cpo",
+    "cpo": {"beta": 0.1, "sft_share": 0.25},
+    "learning_rate": 1e-2,
+    "batch_size": 8,
+    "max_length": 200,
+}
 
 
 def _off_target(translation: str, source: str) -> str:
@@ -92,9 +98,16 @@ def test_cpo_raises_the_margin_of_chosen_over_rejected_on_held_out_triplets(
     assert sum(a > b for a, b in zip(after, before, strict=True)) >= 0.75 * len(before)
 
 
-def test_a_killed_cpo_run_resumes_to_the_uninterrupted_adapter(bases: dict[str, Path], data: dict[str, str], tmp_path: Path) -> None:
+def test_a_killed_cpo_run_resumes_to_the_uninterrupted_adapter(
+    bases: dict[str, Path], data: dict[str, str], tmp_path: Path
+) -> None:
     config = make_config(bases["seq2seq"], max_steps=6, checkpoint_every=3, **CPO)
-    args = {"config": config, "direction": DIRECTION, "shard_paths": [data["pairs"]], "preference_paths": [data["train"]]}
+    args = {
+        "config": config,
+        "direction": DIRECTION,
+        "shard_paths": [data["pairs"]],
+        "preference_paths": [data["train"]],
+    }
     hooks = TrainHooks(eval_texts={})
 
     class Killed(Exception):
@@ -113,10 +126,14 @@ def test_a_killed_cpo_run_resumes_to_the_uninterrupted_adapter(bases: dict[str, 
     a = load_file(str(Path(resumed.adapter_dir) / "adapter_model.safetensors"))
     b = load_file(str(Path(straight.adapter_dir) / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert (tmp_path / "killed" / "train_log.jsonl").read_text() == (tmp_path / "straight" / "train_log.jsonl").read_text()
+    assert (tmp_path / "killed" / "train_log.jsonl").read_text() == (
+        tmp_path / "straight" / "train_log.jsonl"
+    ).read_text()
 
 
-def test_cpo_without_preference_triplets_names_what_is_missing(bases: dict[str, Path], data: dict[str, str], tmp_path: Path) -> None:
+def test_cpo_without_preference_triplets_names_what_is_missing(
+    bases: dict[str, Path], data: dict[str, str], tmp_path: Path
+) -> None:
     config = make_config(bases["seq2seq"], max_steps=2, **CPO)
     with pytest.raises(TrainingError, match="no preference triplets for eng_Latn-hin_Deva.*rl_logs"):
         train_adapter(
@@ -127,3 +144,43 @@ def test_cpo_without_preference_triplets_names_what_is_missing(bases: dict[str, 
             preference_paths=[],
             hooks=TrainHooks(eval_texts={}),
         )
+
+
+@pytest.mark.parametrize("family", ["seq2seq", "causal"])
+def test_cpo_scores_sequences_as_the_models_own_logits_do_without_calling_its_output_layer(
+    bases: dict[str, Path], data: dict[str, str], family: str
+) -> None:
+    from bhashaflow.data.batching import Example, collate
+    from bhashaflow.training.lora import prepare_lora_model
+    from bhashaflow.training.optim import AdapterOptimizer
+    from bhashaflow.training.preference import cpo_step, preference_steps
+
+    config = make_config(bases[family], **CPO)
+    lm = load_base(str(bases[family]), languages=["eng_Latn", "hin_Deva"])
+    triplets = load_triplets(lm, [data["heldout"]], ("eng_Latn", "hin_Deva"), Decontaminator([]), 200, None)[:6]
+    pad_id = int(lm.tokenizer.pad_token_id)
+
+    def own_log_probs(examples: list[Example]) -> torch.Tensor:
+        batch = collate(examples, pad_id)
+        logits, labels = lm.model(**batch).logits.float(), batch["labels"]
+        if family == "causal":
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        picked = torch.log_softmax(logits, -1).gather(2, labels.clamp(min=0)[..., None]).squeeze(2)
+        return picked.masked_fill(labels == -100, 0.0).sum(1)
+
+    lm.model.eval()
+    with torch.no_grad():
+        expected = own_log_probs([t.chosen for t in triplets]) - own_log_probs([t.rejected for t in triplets])
+    head = lm.model.get_output_embeddings()
+    calls = [0]
+    head.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    margins = preference_margins(lm.model, lm, triplets, batch_size=4)
+    torch.testing.assert_close(torch.tensor(margins), expected, rtol=1e-4, atol=1e-4)
+
+    lm.model, _ = prepare_lora_model(lm, config)
+    optimizer = AdapterOptimizer("adamw", [p for p in lm.model.parameters() if p.requires_grad], 1e-3, "cpu")
+    sft = [t.chosen for t in triplets]
+    step = next(preference_steps(triplets, sft, batch_size=4, grad_accum_steps=2, cpo=config.training.cpo, seed=0))
+    loss, tokens = cpo_step(lm.model, optimizer, step, pad_id, family, "cpu", config.training.cpo)
+    assert torch.isfinite(loss) and tokens > 0
+    assert calls[0] == 0  # neither the margins nor a CPO step ran the output layer
