@@ -1,104 +1,54 @@
-"""Turn a source's raw rows into validated pairs, rejections with a reason, or skips.
+"""Turn a source's raw rows into validated pairs, rejections with a reason, or skips: the row checks.
 
-Rows are checked a batch at a time: structure in Python, text in one numpy pass over the code points of a
-whole column (control characters, length, letters in the language's script, and which rows normalisation
-would change at all). Normalisation kernels then run only on the rows that need them, so validation keeps
-up with streaming sources.
-
-Normalisation removes the zero-width space U+200B and U+FEFF (a BOM inside text), then applies NFC, turns
-other whitespace into spaces, collapses runs of spaces and trims; ZWJ/ZWNJ (U+200D/U+200C) stay, since they
-choose conjunct forms in Indic scripts. Lengths, scripts and the de-duplication key all see normalised text.
+A row's structure (fields, types, languages, direction) is checked as it is read, by `Validator.check_structure`;
+the text checks (`bhashaflow.data.text`) then run on a whole batch's candidates at once, by
+`Validator.check_texts`. Both only return verdicts: a batch's rows and verdicts are collected by
+`bhashaflow.data.rows.CollectedRows`, and `RowBatch` is the one place that passes the ones to the other.
 """
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from functools import cache
-from hashlib import blake2b
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.core.languages import BMP_SIZE, LANGUAGES, count_script_letters
+from bhashaflow.core.languages import LANGUAGES
 from bhashaflow.core.records import ACCEPTED_SCHEMA, PREFERENCE_FIELDS, Pair, Position, RawRecord, Rejection
+from bhashaflow.data.keys import pair_key, pair_keys
+from bhashaflow.data.rows import Candidate, CheckedBatch, CollectedRows, Skip
+from bhashaflow.data.text import (
+    _CONTROL_RE2,
+    TextChecks,
+    check_column,
+    is_control,
+    normalize_text,
+    normalize_texts,
+)
 
-# Whitespace other than the plain space (RE2's \s is ASCII-only), and C0/C1 controls other than tab,
-# newline and return: NUL bytes and friends mean a broken export, not text. Bidi overrides, embeddings and
-# isolates count as controls too: they make text display in another order than it is stored (Trojan Source),
-# and a translation pair never needs them (the LRM/RLM/ALM marks stay).
-_OTHER_SPACE_RE2 = r"[\t\n\r\x0b\x0c\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]"
-_CONTROL_RE2 = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\x{202a}-\x{202e}\x{2066}-\x{2069}]"
-# Invisible characters removed outright: they carry no meaning in these scripts and would make copies of a
-# sentence look different to de-duplication.
-_ZERO_WIDTH = ("\u200b", "\ufeff")
-
-
-def _on_subset(texts: pa.Array, mask: np.ndarray, fn: Any) -> pa.Array:
-    """Apply a kernel only to the rows in `mask` (most rows need no fixing) and put the results back."""
-    if not mask.any():
-        return texts
-    fixed = fn(texts.take(pa.array(np.flatnonzero(mask))))
-    return pc.replace_with_mask(texts, pa.array(mask), fixed)
-
-
-def _fix_spaces(texts: pa.Array) -> pa.Array:
-    return pc.replace_substring_regex(pc.replace_substring_regex(texts, _OTHER_SPACE_RE2, " "), "  +", " ")
-
-
-def _nfc_without_zero_width(texts: pa.Array) -> pa.Array:
-    # Removed before NFC: a mark the removal brings next to its base must compose with it. Literal
-    # replacements cost half of one regex pass.
-    for zero_width in _ZERO_WIDTH:
-        texts = pc.replace_substring(texts, zero_width, "")
-    return pc.utf8_normalize(texts, form="NFC")
-
-
-def _normalize(texts: pa.Array) -> pa.Array:
-    """Zero-width spaces removed, NFC, other whitespace to spaces, runs of spaces collapsed, ends trimmed.
-
-    Kernels run only where needed.
-    """
-    non_ascii = ~pc.string_is_ascii(texts).to_numpy(zero_copy_only=False)
-    texts = _on_subset(texts, non_ascii, _nfc_without_zero_width)
-    messy = pc.match_substring_regex(texts, f"{_OTHER_SPACE_RE2}|  ").to_numpy(zero_copy_only=False)
-    return pc.utf8_trim_whitespace(_on_subset(texts, messy, _fix_spaces))
-
-
-def normalize_text(text: str) -> str:
-    """Unicode NFC without zero-width spaces, runs of whitespace collapsed to one space, the ends stripped."""
-    out: str = _normalize(pa.array([text], pa.string()))[0].as_py()
-    return out
-
-
-def pair_key(src: str, tgt: str, src_lang: str, tgt_lang: str) -> int:
-    """A 64-bit fingerprint of a normalised pair, for exact de-duplication."""
-    return _fingerprint(f"{src_lang}\x1f{tgt_lang}\x1f{src}\x1f{tgt}")
-
-
-def pair_keys(pairs: pa.Table) -> pa.Array:
-    """`pair_key` of every row of a table with the pair columns."""
-    joined = pc.binary_join_element_wise(pairs["src_lang"], pairs["tgt_lang"], pairs["src"], pairs["tgt"], "\x1f")
-    if isinstance(joined, pa.ChunkedArray):
-        joined = joined.combine_chunks()
-    if not len(joined):
-        return pa.array([], pa.uint64())
-    # Hash the UTF-8 bytes in place rather than building a str per row and encoding it again.
-    _, offsets_buf, data_buf = joined.buffers()
-    offsets = np.frombuffer(offsets_buf, np.int32, len(joined) + 1, joined.offset * 4).tolist()
-    data = memoryview(data_buf) if data_buf is not None else memoryview(b"")
-    digests = b"".join(
-        [blake2b(data[a:b], digest_size=8).digest() for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-    )
-    return pa.array(np.frombuffer(digests, dtype="<u8"), pa.uint64())
-
-
-def _fingerprint(text: str) -> int:
-    return int.from_bytes(blake2b(text.encode(), digest_size=8).digest(), "little")
+# Names other modules and tests import from here, from before the text checks and the rows had modules.
+_normalize = normalize_texts
+_check_column = check_column
+__all__ = [
+    "_CONTROL_RE2",
+    "Candidate",
+    "CheckedBatch",
+    "CollectedRows",
+    "RowBatch",
+    "Skip",
+    "TextVerdicts",
+    "Validator",
+    "_check_column",
+    "_normalize",
+    "field_value",
+    "normalize_text",
+    "normalize_texts",
+    "pair_key",
+    "pair_keys",
+]
 
 
 def field_value(row: Any, column: str) -> Any:
@@ -134,218 +84,22 @@ def _missing(row: Any, column: str, part: str) -> str:
     return detail
 
 
-class Skip:
-    """A row counted but neither kept nor rejected: of a direction not configured, or skipped by its connector."""
+@dataclass
+class TextVerdicts:
+    """The text checks' verdicts on a batch's candidates."""
 
-    __slots__ = ("direction", "reason")
-
-    def __init__(self, direction: str, reason: str = "unconfigured_direction") -> None:
-        self.direction = direction
-        self.reason = reason
-
-
-# A row that passed the structure checks, as the text checks take it: (src, tgt, src_lang, tgt_lang).
-Candidate = tuple[str, str, str, str]
+    accepted: pa.Table  # the candidates that passed, normalised, in order
+    rejected: list[tuple[int, Rejection]]  # (candidate, why) of the others
 
 
 @dataclass
-class CheckedBatch:
-    """The outcome of validating a batch of rows, in row order within each part."""
+class _Candidates:
+    """The candidates the text checks look at: `index[i]` is the i-th one's number in the batch."""
 
-    accepted: pa.Table = field(default_factory=ACCEPTED_SCHEMA.empty_table)
-    rejections: list[tuple[RawRecord, Rejection]] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # the direction of each row of an unconfigured direction
-    skip_reasons: list[str] = field(default_factory=list)  # why each skipped row was skipped (SKIP_REASONS)
-
-    @property
-    def pairs(self) -> list[Pair]:
-        return [Pair(**row) for row in self.accepted.to_pylist()]
-
-
-# Per-character flags of the BMP table below.
-_CONTROL = 1  # rejected: C0/C1 control other than tab, newline, return
-_SPACE = 2  # whitespace other than the plain space: normalisation rewrites it
-_UNSTABLE = 4  # NFC changes the character itself, or it is unknown to our Unicode tables
-_COMPOSES = 8  # may combine with the character before it under NFC (NFC_Quick_Check "maybe")
-_MARK = 16  # canonical combining class above 0: NFC may reorder it
-_TRIM = 32  # trimmed at either end of a text
-_DECOMPOSES = 64  # has a canonical decomposition
-_REMOVED = 128  # a zero-width space that normalisation removes
-_ATTENTION = _CONTROL | _SPACE | _UNSTABLE | _COMPOSES | _MARK | _REMOVED
-_PAIR_SHIFT = 21  # pairs of code points packed as first << 21 | second
-
-
-@cache
-def _char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per BMP code point its flags and canonical combining class; and the sorted canonical pairs.
-
-    Control, whitespace, trimming and NFC stability come from the very kernels `_normalize` and the control
-    check run, so "this row needs no normalisation" is exact; the rest from `unicodedata`, where any doubt
-    (an unassigned character, a conjoining Hangul vowel or trailing consonant) marks a character unstable.
-    """
-    chars = pa.array(["" if 0xD800 <= cp <= 0xDFFF else chr(cp) for cp in range(BMP_SIZE)], pa.string())
-    flags = np.zeros(BMP_SIZE, np.uint8)
-
-    def mark(mask: Any, flag: int) -> None:
-        flags[np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)] |= flag
-
-    mark(pc.match_substring_regex(chars, _CONTROL_RE2), _CONTROL)
-    mark(pc.match_substring_regex(chars, _OTHER_SPACE_RE2), _SPACE)
-    flags[[ord(ch) for ch in _ZERO_WIDTH]] |= _REMOVED
-    lengths = pc.utf8_length(chars)
-    mark(pc.and_(pc.greater(lengths, 0), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(chars)), 0)), _TRIM)
-    mark(pc.not_equal(pc.utf8_normalize(chars, form="NFC"), chars), _UNSTABLE)
-    nfc_stable = (flags & _UNSTABLE) == 0
-    ccc = np.zeros(BMP_SIZE, np.uint8)
-    pairs = []
-    for cp in range(BMP_SIZE):
-        ch = chr(cp)
-        if unicodedata.category(ch) in ("Cn", "Cs"):
-            flags[cp] |= _UNSTABLE
-        ccc[cp] = unicodedata.combining(ch)
-        decomposition = unicodedata.decomposition(ch)
-        if decomposition and not decomposition.startswith("<"):  # canonical, not compatibility
-            flags[cp] |= _DECOMPOSES
-            parts = [int(x, 16) for x in decomposition.split()]
-            # Only pairs that NFC puts back together (primary composites; not U+095B = U+091C U+093C).
-            if len(parts) == 2 and nfc_stable[cp]:
-                if parts[1] < BMP_SIZE:
-                    flags[parts[1]] |= _COMPOSES
-                pairs.append(parts[0] << _PAIR_SHIFT | parts[1])
-    flags[0x1161:0x1176] |= _UNSTABLE  # Hangul jamo compose algorithmically, not by decomposition data
-    flags[0x11A8:0x11C3] |= _UNSTABLE
-    flags[ccc > 0] |= _MARK
-    return flags, ccc, np.unique(np.array(pairs, dtype=np.uint64))
-
-
-def _code_points(texts: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """All code points of a string array, one text after another, and where each text starts (plus the end).
-
-    Code points come as np.intp, so the table lookups that follow need no index conversion of their own. ASCII
-    columns are their own bytes; others decode once, through 16 bits per character when all are in the BMP.
-    """
-    n = len(texts)
-    _, offsets_buf, data_buf = texts.buffers()
-    offsets = np.frombuffer(offsets_buf, np.int32, n + 1, texts.offset * 4).astype(np.int64)
-    lo, hi = int(offsets[0]), int(offsets[-1])
-    if hi == lo:
-        return np.zeros(0, np.intp), offsets - lo
-    data = np.frombuffer(data_buf, np.uint8, hi - lo, lo)
-    if data.max() < 0x80:
-        return data.astype(np.intp), offsets - lo
-    text = data.tobytes().decode("utf-8")
-    starts = np.zeros(n + 1, np.int64)
-    np.cumsum(pc.utf8_length(texts).to_numpy(zero_copy_only=False), out=starts[1:])
-    wide = text.encode("utf-16-le")
-    if len(wide) == 2 * len(text):
-        return np.frombuffer(wide, np.uint16).astype(np.intp), starts
-    return np.frombuffer(text.encode("utf-32-le"), np.uint32).astype(np.intp), starts
-
-
-def _code_points_of(texts: list[str], arrow: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """`_code_points` of `arrow` read from the same texts as Python strings, which already hold code points:
-    joining and widening them is cheaper than decoding the UTF-8 again."""
-    starts = np.zeros(len(texts) + 1, np.int64)
-    np.cumsum(pc.utf8_length(arrow).to_numpy(zero_copy_only=False), out=starts[1:])
-    joined = "".join(texts)
-    if joined.isascii():
-        return np.frombuffer(joined.encode("ascii"), np.uint8).astype(np.intp), starts
-    wide = joined.encode("utf-16-le")
-    if len(wide) == 2 * len(joined):  # no surrogate pairs: every character is in the BMP
-        return np.frombuffer(wide, np.uint16).astype(np.intp), starts
-    return np.frombuffer(joined.encode("utf-32-le"), np.uint32).astype(np.intp), starts
-
-
-def _rows_needing_normalisation(cps: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: does it hold a control character; would `_normalize` change it.
-
-    A row is left alone when it has no other whitespace, no zero-width space, no double space, nothing
-    trimmable at its ends, and passes the NFC quick check, sharpened for "maybe" characters: one that follows
-    a plain starter it cannot compose with stays as it is.
-    """
-    flags_table, ccc, pairs = _char_tables()
-    n = len(starts) - 1
-    control = np.zeros(n, dtype=bool)
-    changes = np.zeros(n, dtype=bool)
-    if not len(cps):
-        return control, changes
-    spaces = cps == 32
-    double = spaces[1:] & spaces[:-1]
-    if double.any():
-        at = np.flatnonzero(double)
-        rows = np.searchsorted(starts, at, side="right") - 1
-        changes[rows[at + 1 < starts[rows + 1]]] = True  # both spaces in the same row
-    flags = np.take(flags_table, cps, mode="clip")  # above the BMP clips to U+FFFF, a noncharacter: unstable
-    hits = np.flatnonzero(flags & _ATTENTION)
-    if hits.size:
-        f = flags[hits]
-        rows = np.searchsorted(starts, hits, side="right") - 1
-        control[rows[(f & _CONTROL) != 0]] = True
-        first = hits == starts[rows]
-        cur = np.minimum(cps[hits], BMP_SIZE - 1)
-        prev = np.minimum(cps[np.maximum(hits - 1, 0)], BMP_SIZE - 1)
-        bad = (f & (_SPACE | _UNSTABLE | _REMOVED)) != 0
-        bad |= ((f & _MARK) != 0) & ~first & (ccc[prev] > ccc[cur])  # out of canonical order
-        composes = (f & _COMPOSES) != 0
-        if composes.any():
-            packed = (prev.astype(np.uint64) << np.uint64(_PAIR_SHIFT)) | cur.astype(np.uint64)
-            at = np.minimum(np.searchsorted(pairs, packed), len(pairs) - 1)
-            bad |= composes & (
-                first
-                | ((flags_table[prev] & (_COMPOSES | _MARK | _UNSTABLE | _DECOMPOSES)) != 0)
-                | ((f & _DECOMPOSES) != 0)
-                | (pairs[at] == packed)
-            )
-        changes[rows[bad]] = True
-    nonempty = np.flatnonzero(starts[1:] > starts[:-1])
-    ends = flags[starts[nonempty]] | flags[starts[nonempty + 1] - 1]
-    changes[nonempty[(ends & _TRIM) != 0]] = True
-    return control, changes
-
-
-@dataclass
-class _TextChecks:
-    """One text column after normalisation, with what the rules look at."""
-
-    norm: pa.Array
-    control: np.ndarray  # in the raw text
-    length: np.ndarray  # characters after normalisation
-    share: np.ndarray  # letters in the language's script, after normalisation (1.0 without letters)
-
-
-_CHUNK_ROWS = 4096  # rows checked at a time: their code point arrays stay in the CPU cache
-
-
-def _check_column(raw: pa.Array, texts: list[str], codes: list[str]) -> _TextChecks:
-    """Check one text column: `raw` is `texts` as an Arrow array, `codes` each row's language."""
-    if len(raw) <= _CHUNK_ROWS:
-        return _check_chunk(raw, texts, codes)
-    parts = [
-        _check_chunk(raw.slice(i, _CHUNK_ROWS), texts[i : i + _CHUNK_ROWS], codes[i : i + _CHUNK_ROWS])
-        for i in range(0, len(raw), _CHUNK_ROWS)
-    ]
-    return _TextChecks(
-        pa.concat_arrays([p.norm for p in parts]),
-        *(np.concatenate([getattr(p, name) for p in parts]) for name in ("control", "length", "share")),
-    )
-
-
-def _check_chunk(raw: pa.Array, texts: list[str], codes: list[str]) -> _TextChecks:
-    cps, starts = _code_points_of(texts, raw)
-    control, changes = _rows_needing_normalisation(cps, starts)
-    length = np.diff(starts)
-    own, foreign = count_script_letters(cps, starts, codes)
-    norm = raw
-    if changes.any():
-        idx = np.flatnonzero(changes)
-        fixed = _normalize(raw.take(pa.array(idx)))
-        norm = pc.replace_with_mask(raw, pa.array(changes), fixed)
-        fixed_cps, fixed_starts = _code_points(fixed)
-        length[idx] = np.diff(fixed_starts)
-        own[idx], foreign[idx] = count_script_letters(fixed_cps, fixed_starts, [codes[i] for i in idx])
-    total = own + foreign
-    share = np.where(total > 0, own / np.maximum(total, 1), 1.0)
-    return _TextChecks(norm, control, length, share)
+    index: list[int]
+    texts: dict[str, list[str]]
+    langs: dict[str, list[str]]
+    arrays: dict[str, pa.Array]  # `texts` as Arrow arrays
 
 
 class Validator:
@@ -506,40 +260,50 @@ class Validator:
                 return f"field {column!r} ({part}) holds a lone surrogate"
         return None
 
-    def check_texts(self, rows: RowBatch) -> pa.Table:
-        """The text checks of a batch's candidates: the accepted pairs; failures go to `rows.reject`."""
-        arrays = self._text_arrays(rows)
-        if not rows.cand:
-            return ACCEPTED_SCHEMA.empty_table()
-        return self._check_texts(rows, arrays)
+    def check_texts(self, rows: CollectedRows) -> TextVerdicts:
+        """The text checks of a batch's candidates (`rows` is only read)."""
+        candidates, rejected = self._candidate_texts(rows)
+        if not candidates.index:
+            return TextVerdicts(ACCEPTED_SCHEMA.empty_table(), rejected)
+        columns = {
+            part: check_column(candidates.arrays[part], candidates.texts[part], candidates.langs[f"{part}_lang"])
+            for part in ("src", "tgt")
+        }
+        failed, checks = self._first_failures(columns)
+        for i in np.flatnonzero(failed >= 0).tolist():
+            _, part, reason = checks[failed[i]]
+            j = candidates.index[i]
+            detail = self._detail(reason, part, candidates, columns[part], i)
+            rejected.append((j, self._reject(rows.record(j), reason, detail)))
+        passed = np.flatnonzero(failed == -1)
+        norm = {part: columns[part].norm.take(pa.array(passed)) for part in columns}
+        return TextVerdicts(self._accepted(rows, [candidates.index[i] for i in passed.tolist()], norm), rejected)
 
-    def _text_arrays(self, rows: RowBatch) -> dict[str, pa.Array]:
-        """The candidates' texts as Arrow arrays; rows with a lone surrogate (which UTF-8 cannot hold) are
-        rejected and dropped from the candidates first."""
+    def _candidate_texts(self, rows: CollectedRows) -> tuple[_Candidates, list[tuple[int, Rejection]]]:
+        """The candidates' texts, also as Arrow arrays; those with a lone surrogate (which UTF-8 cannot hold)
+        are rejected instead."""
         try:
-            return {part: pa.array(rows.texts[part], pa.string()) for part in ("src", "tgt")}
+            arrays = {part: pa.array(rows.texts[part], pa.string()) for part in ("src", "tgt")}
+            return _Candidates(list(range(len(rows.cand))), rows.texts, rows.langs, arrays), []
         except UnicodeEncodeError:
             pass
-        keep = []
+        keep, rejected = [], []
         for j in range(len(rows.cand)):
             problem = None
             for part, column in self._text_fields:
                 problem = self._surrogate(part, column, rows.texts[part][j])
                 if problem:
-                    rows.reject(j, self._reject(rows.record(j), "invalid_utf8", problem))
+                    rejected.append((j, self._reject(rows.record(j), "invalid_utf8", problem)))
                     break
             if problem is None:
                 keep.append(j)
-        rows.keep_only(keep)
-        return {part: pa.array(rows.texts[part], pa.string()) for part in ("src", "tgt")}
+        texts = {part: [rows.texts[part][j] for j in keep] for part in ("src", "tgt")}
+        langs = {part: [rows.langs[part][j] for j in keep] for part in ("src_lang", "tgt_lang")}
+        arrays = {part: pa.array(texts[part], pa.string()) for part in ("src", "tgt")}
+        return _Candidates(keep, texts, langs, arrays), rejected
 
-    def _check_texts(self, rows: RowBatch, arrays: dict[str, pa.Array]) -> pa.Table:
-        """Vectorised text checks of the structurally sound rows; returns the accepted pairs."""
-        n = len(rows.cand)
-        langs = rows.langs
-        columns = {
-            part: _check_column(arrays[part], rows.texts[part], langs[f"{part}_lang"]) for part in ("src", "tgt")
-        }
+    def _first_failures(self, columns: dict[str, TextChecks]) -> tuple[np.ndarray, list[tuple[np.ndarray, str, str]]]:
+        """Per candidate, the first rule it fails (an index into the rules returned with it), or -1."""
         checks: list[tuple[np.ndarray, str, str]] = []  # (failing rows, part, reason), in rule order
         for part, c in columns.items():
             checks.append((c.control, part, "control_character"))
@@ -547,48 +311,45 @@ class Validator:
             checks.append((c.length > self.max_chars, part, "too_long"))
         for part, c in columns.items():
             checks.append((c.share < self.min_script_fraction, part, "wrong_script"))
-        failed = np.full(n, -1)
+        failed = np.full(len(columns["src"].length), -1)
         for k, (mask, _, _) in enumerate(checks):
             failed[(failed == -1) & mask] = k
-        column_of = dict(self._text_fields)
-        for j in np.flatnonzero(failed >= 0).tolist():
-            _, part, reason = checks[failed[j]]
-            record, name = rows.record(j), column_of[part]
-            if reason == "control_character":
-                bad = next(ch for ch in rows.texts[part][j] if _is_control(ch))
-                detail = f"field {name!r} ({part}) holds control character U+{ord(bad):04X}"
-            elif reason == "empty":
-                detail = f"field {name!r} ({part}) is empty"
-            elif reason == "too_long":
-                detail = f"field {name!r} ({part}) has {columns[part].length[j]} characters > {self.max_chars}"
-            else:
-                lang = langs[f"{part}_lang"][j]
-                share = columns[part].share[j]
-                detail = f"{part} is {share:.0%} in the script of {lang} (< {self.min_script_fraction:.0%})"
-            rows.reject(j, self._reject(record, reason, detail))
-        ok = np.flatnonzero(failed == -1)
-        take = pa.array(ok)
+        return failed, checks
+
+    def _detail(self, reason: str, part: str, candidates: _Candidates, column: TextChecks, i: int) -> str:
+        """What is wrong with candidate `i`'s text `part`, naming the field (or, for its script, the language)."""
+        name = dict(self._text_fields)[part]
+        if reason == "control_character":
+            bad = next(ch for ch in candidates.texts[part][i] if is_control(ch))
+            return f"field {name!r} ({part}) holds control character U+{ord(bad):04X}"
+        if reason == "empty":
+            return f"field {name!r} ({part}) is empty"
+        if reason == "too_long":
+            return f"field {name!r} ({part}) has {column.length[i]} characters > {self.max_chars}"
+        lang = candidates.langs[f"{part}_lang"][i]
+        return f"{part} is {column.share[i]:.0%} in the script of {lang} (< {self.min_script_fraction:.0%})"
+
+    def _accepted(self, rows: CollectedRows, kept: list[int], norm: dict[str, pa.Array]) -> pa.Table:
+        """The table of the candidates `kept`, whose normalised texts are `norm`."""
         prefix = f"{self.source.name}:"
         return pa.table(
             {
-                "src": columns["src"].norm.take(take),
-                "tgt": columns["tgt"].norm.take(take),
-                "src_lang": pa.array(langs["src_lang"], pa.string()).take(take),
-                "tgt_lang": pa.array(langs["tgt_lang"], pa.string()).take(take),
-                "source": pa.array([self.source.name] * len(ok), pa.string()),
-                "id": pa.array([prefix + rows.refs[j] for j in ok.tolist()], pa.string()),
-                **self._preference_columns(rows, ok.tolist()),
+                "src": norm["src"],
+                "tgt": norm["tgt"],
+                "src_lang": pa.array([rows.langs["src_lang"][j] for j in kept], pa.string()),
+                "tgt_lang": pa.array([rows.langs["tgt_lang"][j] for j in kept], pa.string()),
+                "source": pa.array([self.source.name] * len(kept), pa.string()),
+                "id": pa.array([prefix + rows.refs[j] for j in kept], pa.string()),
+                **self._preference_columns(rows, kept),
             },
             schema=ACCEPTED_SCHEMA,
         )
 
-    def _preference_columns(self, rows: RowBatch, kept: list[int]) -> dict[str, pa.Array]:
+    def _preference_columns(self, rows: CollectedRows, kept: list[int]) -> dict[str, pa.Array]:
         """rejected, reward, adapter_version of the kept rows: from a preference source's rows, else nulls."""
         if self.source.kind != "rl_logs":
             return {name: pa.nulls(len(kept), kind) for name, kind in PREFERENCE_FIELDS}
-        return {
-            name: pa.array([rows.row(j).get(name) for j in kept], kind) for name, kind in PREFERENCE_FIELDS
-        }
+        return {name: pa.array([rows.row(j).get(name) for j in kept], kind) for name, kind in PREFERENCE_FIELDS}
 
     def _reject(self, record: RawRecord, reason: str, detail: str) -> Rejection:
         return Rejection(
@@ -597,85 +358,29 @@ class Validator:
 
 
 class RowBatch:
-    """Rows of one batch, added one at a time, then checked together by `check`.
-
-    Each row's structure is checked as it is added, and only what the text checks need is kept: the texts,
-    languages, ref, row and position of a candidate, not the record. Records then die young, so a batch of
-    tens of thousands of rows neither holds their memory nor keeps the garbage collector busy.
-    """
+    """Rows of one batch, checked as they are added, then together by `check`: the validator's verdicts go
+    into a passive `CollectedRows` here, and nowhere else."""
 
     def __init__(self, validator: Validator) -> None:
         self.validator = validator
+        self.rows = CollectedRows()
         self._check_row = validator.check_structure  # bound once: `add` runs for every row
-        self.size = 0  # rows added
-        self.last_position: Position | None = None
-        self.cand: list[int] = []  # index of each candidate row, in order
-        self.texts: dict[str, list[str]] = {"src": [], "tgt": []}
-        self.langs: dict[str, list[str]] = {"src_lang": [], "tgt_lang": []}
-        self.refs: list[str] = []
-        self._rows: list[Any] = []
-        self._positions: list[Position] = []
-        self._extras: dict[int, tuple[str | None, str | None]] = {}  # a candidate's error and raw, when set
-        self._rejections: list[tuple[int, RawRecord, Rejection]] = []  # (row index, record, why)
-        self._skipped: list[str] = []
-        self._skip_reasons: list[str] = []
+
+    @property
+    def size(self) -> int:
+        """Rows added."""
+        return self.rows.size
+
+    @property
+    def last_position(self) -> Position | None:
+        """The position of the last row added."""
+        return self.rows.last_position
 
     def add(self, record: RawRecord) -> None:
         """Take one row: a rejection or skip now, or a candidate for the text checks."""
-        index = self.size
-        self.size += 1
-        self.last_position = record.position
-        verdict = self._check_row(record)
-        if isinstance(verdict, tuple):
-            src, tgt, src_lang, tgt_lang = verdict
-            self.texts["src"].append(src)
-            self.texts["tgt"].append(tgt)
-            self.langs["src_lang"].append(src_lang)
-            self.langs["tgt_lang"].append(tgt_lang)
-            self.cand.append(index)
-            self.refs.append(record.ref)
-            self._rows.append(record.row)
-            self._positions.append(record.position)
-            if record.error is not None or record.raw is not None:
-                self._extras[len(self.cand) - 1] = (record.error, record.raw)
-        elif isinstance(verdict, Skip):
-            if verdict.reason == "unconfigured_direction":
-                self._skipped.append(verdict.direction)
-            self._skip_reasons.append(verdict.reason)
-        else:
-            self._rejections.append((index, record, verdict))
-
-    def reject(self, j: int, rejection: Rejection) -> None:
-        """Candidate `j` failed a text check: it ends in the rejections, in the order its row was added."""
-        self._rejections.append((self.cand[j], self.record(j), rejection))
-
-    def row(self, j: int) -> Any:
-        """Candidate `j`'s row as the source gave it."""
-        return self._rows[j]
-
-    def record(self, j: int) -> RawRecord:
-        """Candidate `j` as the record it came in."""
-        error, raw = self._extras.get(j, (None, None))
-        return RawRecord(self._positions[j], self.refs[j], self._rows[j], error, raw)
-
-    def keep_only(self, keep: list[int]) -> None:
-        """Drop every candidate not in `keep` (indices into the candidates, ascending)."""
-        extras = {new: self._extras[old] for new, old in enumerate(keep) if old in self._extras}
-        columns: list[list[Any]] = [self.cand, self.refs, self._rows, self._positions]
-        for values in [*columns, *self.texts.values(), *self.langs.values()]:
-            values[:] = [values[j] for j in keep]
-        self._extras = extras
+        self.rows.add(record, self._check_row(record))
 
     def check(self) -> CheckedBatch:
         """Run the text checks; every row added ends in exactly one of pairs, rejections or skipped."""
-        out = CheckedBatch(skipped=self._skipped, skip_reasons=self._skip_reasons)
-        if self.cand:
-            out.accepted = self.validator.check_texts(self)
-        self._rejections.sort(key=lambda item: item[0])
-        out.rejections = [(record, rejection) for _, record, rejection in self._rejections]
-        return out
-
-
-def _is_control(ch: str) -> bool:
-    o = ord(ch)
-    return o < BMP_SIZE and bool(_char_tables()[0][o] & _CONTROL)
+        verdicts = self.validator.check_texts(self.rows)
+        return self.rows.finish(verdicts.accepted, verdicts.rejected)
