@@ -1,8 +1,14 @@
-"""Decontamination: normalised matching, counts, empty lines."""
+"""Decontamination: normalised matching (as ingestion normalises), counts, empty lines."""
 
 from __future__ import annotations
 
+from tiny_models import FLORES
+
+from bhashaflow.config import SourceConfig
+from bhashaflow.core.records import Pair, RawRecord
 from bhashaflow.data.decontamination import Decontaminator, decontaminate, normalize_sentence
+from bhashaflow.data.flores import read_flores
+from bhashaflow.data.validation import Validator
 
 
 def test_decontaminate_normalises_and_counts() -> None:
@@ -13,3 +19,26 @@ def test_decontaminate_normalises_and_counts() -> None:
     assert normalize_sentence(decomposed) == composed
     decon = Decontaminator([""])
     assert list(decon.filter([("", "")])) == [("", "")] and decon.removed == 0  # empty lines leak nothing
+
+
+def test_a_devtest_sentence_with_a_zero_width_space_is_caught_in_ingested_training_data() -> None:
+    # FLORES-200 devtest: 17 Telugu sentences hold U+200B; ingestion removes it from the training copy.
+    eng, tel = read_flores(FLORES, "eng_Latn", "devtest"), read_flores(FLORES, "tel_Telu", "devtest")
+    leaked, unseen = tel[65], read_flores(FLORES, "tel_Telu", "dev")[0]
+    assert leaked.count("\u200b") == 1 and leaked.startswith("రాబిన్ ఊతప్ప ఇన్నింగ్స్\u200bలో")
+    validator = Validator(SourceConfig(name="web", kind="http", uri="http://x"), ["eng_Latn-tel_Telu"], 1000, 0.5)
+    row = {"src": "Robin made 70 runs.", "tgt": leaked, "src_lang": "eng_Latn", "tgt_lang": "tel_Telu"}
+    ingested = validator.check(RawRecord(position={}, ref="f:1", row=row))
+    assert isinstance(ingested, Pair) and ingested.tgt == leaked.replace("\u200b", "")
+    pairs = [
+        (ingested.src, ingested.tgt),  # the copy as ingestion keeps it, without U+200B
+        ("Robin made 70 runs.", leaked),  # as it came, with U+200B
+        ("Robin made 70 runs.", " " + leaked.replace("\u200b", "\u200b\u200b") + "\n"),
+        (leaked.replace("\u200b", ""), "a reversed direction"),
+        ("Robin made 70 runs.", unseen),  # a sentence not in devtest: kept
+    ]
+    kept, removed = decontaminate(pairs, eval_src=eng, eval_tgt=tel)
+    assert kept == [("Robin made 70 runs.", unseen)] and removed == 4
+    # The other way round: a devtest sentence stripped of U+200B matches its training copy that holds one.
+    decon = Decontaminator([leaked.replace("\u200b", "")])
+    assert decon.is_contaminated("x", leaked) and not decon.is_contaminated("x", unseen)
