@@ -174,8 +174,11 @@ class Validator:
             short, long = sorted((len(verdict[0]), len(verdict[1])))
             # Smoothed by 5 characters: "Hi." -> "नमस्ते।" is no absurd ratio.
             if (long + 5) / (short + 5) > self._length_ratio:
-                return self._reject(record, "length_ratio", f"correction of {len(verdict[1])} characters for a text "
-                                    f"of {len(verdict[0])} (limit x{self._length_ratio:g})")  # fmt: skip
+                detail = (
+                    f"correction of {len(verdict[1])} characters for a text of {len(verdict[0])} "
+                    f"(limit x{self._length_ratio:g})"
+                )
+                return self._reject(record, "length_ratio", detail)
         return verdict
 
     def _check_structure(self, record: RawRecord) -> Candidate | Rejection | Skip:
