@@ -59,6 +59,7 @@ from bhashaflow.training.stream import ExampleStream, eval_sentences, iter_shard
 from bhashaflow.training.validate import HeldOutScorer, ValidationCallback, make_scorer
 
 log = logging.getLogger(__name__)
+KEEP_CHECKPOINTS = 2  # the latest checkpoints kept (besides the best validated one)
 ProgressCallback = Callable[[int, int, float], None]
 
 
@@ -163,7 +164,6 @@ class TrainHooks:
         progress_every: steps between progress calls; each reads the loss, a host sync on a GPU.
         on_validation: called with (step, {val_loss, val_chrf, val_chrf_pp, best_step, best_chrf_pp}).
         log_every: steps between log lines and lines of out_dir/train_log.jsonl (None: training.log_every).
-        keep_checkpoints: how many of the latest checkpoints to keep (besides the best validated one).
         eval_texts: evaluation sentences by language, removed from training (None: the whole configured
             evaluation split of both languages).
         lm: an already loaded base to train on (it is wrapped in place; None: load config.base_model).
@@ -174,7 +174,6 @@ class TrainHooks:
     progress_every: int = 1
     on_validation: ValidationCallback | None = None
     log_every: int | None = None
-    keep_checkpoints: int = 2
     eval_texts: dict[str, list[str]] | None = None
     lm: LoadedModel | None = None
 
@@ -372,7 +371,7 @@ def _fit(
         if reports:
             _report(hooks, report)
         if checkpoints:
-            folder = save_checkpoint(session.model, session.optimizer, state, session.run_dir, hooks.keep_checkpoints)
+            folder = save_checkpoint(session.model, session.optimizer, state, session.run_dir, KEEP_CHECKPOINTS)
             session.mirror.push_checkpoint(folder, state)
         window.open(time.perf_counter(), state.step, state.tokens)
 
