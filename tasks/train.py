@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 from uuid import UUID
 
 from prefect import task
@@ -24,6 +24,7 @@ from bhashaflow.pipeline.curves import LOSS_CHART, loss_chart_png, read_loss_cur
 from bhashaflow.pipeline.links import Locator
 from bhashaflow.pipeline.reuse import published_training
 from bhashaflow.training.loop import ProgressReport, TrainHooks, TrainResult, train_adapter
+from bhashaflow.training.state import ValidationUpdate
 from tasks.artifacts import MarkdownCard
 from tasks.report import embedded_png
 from tasks.reuse import TRAIN_CACHE
@@ -73,7 +74,7 @@ class _TrainingWatch:
         if r.step % self.training.checkpoint_every == 0 or last:
             self.chart(r.step)
 
-    def validation(self, step: int, result: dict[str, Any]) -> None:
+    def validation(self, step: int, result: ValidationUpdate) -> None:
         self.validated = (f"validation chrF++ {result['val_chrf_pp']:.2f} at step {step} "
                           f"(best {result['best_chrf_pp']:.2f} at step {result['best_step']})")  # fmt: skip
         self.logger.info("%s %s", self.direction, self.validated)

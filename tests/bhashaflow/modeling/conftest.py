@@ -9,7 +9,7 @@ import pytest
 from tiny_models import FLORES, LANGS, save_tiny_bloom, save_tiny_m2m100, write_shard
 
 from bhashaflow.config import config_from_dict
-from bhashaflow.training.loop import train_adapter
+from bhashaflow.training.loop import TrainHooks, train_adapter
 
 
 @pytest.fixture(scope="module")
@@ -39,4 +39,4 @@ def adapter_dir(m2m: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     config = config_from_dict({"directions": ["eng_Latn-hin_Deva"], "base_model": str(m2m),
                                "training": {"max_steps": 1, "batch_size": 2}})  # fmt: skip
     return train_adapter(config=config, direction="eng_Latn-hin_Deva", shard_paths=[shard], out_dir=str(root / "run"),
-                         eval_texts={}).adapter_dir  # fmt: skip
+                         hooks=TrainHooks(eval_texts={})).adapter_dir  # fmt: skip

@@ -13,7 +13,7 @@ from bhashaflow.modeling.adapters import load_adapter
 from bhashaflow.modeling.generation import _clean_causal, translate
 from bhashaflow.modeling.loaded import LoadedModel
 from bhashaflow.modeling.loading import load_base
-from bhashaflow.training.loop import train_adapter
+from bhashaflow.training.loop import TrainHooks, train_adapter
 
 TEXTS = dev_lines("eng_Latn", 9)[:8] + ["Short.", ""]
 
@@ -63,7 +63,7 @@ def test_causal_generation_returns_only_the_translation(tmp_path: Path) -> None:
                      "lora": {"r": 16, "alpha": 32, "dropout": 0.0}},
     })  # fmt: skip
     result = train_adapter(config=config, direction="eng_Latn-hin_Deva", shard_paths=[shard], out_dir=str(tmp_path / "run"),
-                           eval_texts={})  # fmt: skip
+                           hooks=TrainHooks(eval_texts={}))  # fmt: skip
     lm = load_base(str(base), languages=[])
     load_adapter(lm, result.adapter_dir, "taught")
     out = translate(lm, [src, src], src_lang="eng_Latn", tgt_lang="hin_Deva", adapter="taught", max_new_tokens=24)
