@@ -58,7 +58,7 @@ class ProvenanceFields(TypedDict, total=False):
     metrics: dict[str, Any]
 
 
-def provenance_of(provenance: Provenance | None, fields: ProvenanceFields | dict[str, Any]) -> Provenance:
+def provenance_of(provenance: Provenance | None, fields: ProvenanceFields) -> Provenance:
     """`provenance`, or one made of its fields given as keyword arguments: one of the two, not both."""
     if provenance is None:
         return Provenance(**fields)
