@@ -30,7 +30,7 @@ from bhashaflow.data.batching import Step, collate, count_tokens, optimizer_step
 from bhashaflow.data.decontamination import Decontaminator
 from bhashaflow.modeling.loaded import LoadedModel
 from bhashaflow.modeling.loading import load_configured_base
-from bhashaflow.registry.store import Registry
+from bhashaflow.registry.store import registry_for
 from bhashaflow.training import TrainingError, TrainingOutOfMemory
 from bhashaflow.training.checkpoints import (
     RunMirror,
@@ -282,7 +282,7 @@ def _start_from_incumbent(session: _Session, settings: Settings | None) -> None:
     """Load the direction's promoted adapter into the fresh LoRA weights (nothing promoted: from scratch)."""
     config = session.config
     settings = settings or get_settings()
-    registry = Registry(config.registry, settings.storage_options_for(config.registry))
+    registry = registry_for(config, settings)
     found = registry.fetch_promoted(session.direction, session.run_dir / "incumbent")
     if found is None:
         log.info("%s: training.init_from incumbent, but nothing is promoted: starting from scratch", session.direction)
