@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Idle OpenMP threads sleep instead of spinning (spinning slows torch 10x+ on a shared small CPU).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test lint typecheck pytest bench clean reliability soak
+.PHONY: install demo test lint format typecheck pytest bench clean reliability soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,17 +25,24 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/bhashaflow demo configs/demo.yaml
 
+# The formatter (ruff format: `make format` applies it), the linter, the import contracts and mypy over every package.
+PACKAGES := bhashaflow connectors tasks flows serving tests benchmarks
 lint: install
-	$(BIN)/ruff check bhashaflow connectors tasks flows serving tests benchmarks
+	$(BIN)/ruff format --check $(PACKAGES)
+	$(BIN)/ruff check $(PACKAGES)
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy bhashaflow connectors serving tasks flows benchmarks
+
+format: install
+	$(BIN)/ruff format $(PACKAGES)
 
 typecheck: install
-	$(BIN)/mypy bhashaflow connectors serving tasks flows
+	$(BIN)/mypy bhashaflow connectors serving tasks flows benchmarks
 
 pytest: install
 	$(BIN)/pytest -q
 
-test: lint typecheck pytest
+test: lint pytest
 
 # The fault and abuse suite alone (it also runs inside `make test`), its scenario table printed at the end.
 RELIABILITY_LOG ?= runs/reliability/scenarios.jsonl

@@ -62,13 +62,25 @@ class Row:
     result: str = ""
 
     def line(self) -> str:
-        cells = [self.check, self.device, self.peak_allocated, self.peak_reserved, self.first_step_s, self.steady_ms,
-                 self.tokens_per_s, self.device_over_wall, self.wall_s, self.result]  # fmt: skip
+        cells = [
+            self.check,
+            self.device,
+            self.peak_allocated,
+            self.peak_reserved,
+            self.first_step_s,
+            self.steady_ms,
+            self.tokens_per_s,
+            self.device_over_wall,
+            self.wall_s,
+            self.result,
+        ]
         return "| " + " | ".join(cells) + " |"
 
 
-HEADER = ("| check | device | peak allocated GiB | peak reserved GiB | first step s | steady step ms | tokens/s "
-          "| device time / wall | wall s | result |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|")  # fmt: skip
+HEADER = (
+    "| check | device | peak allocated GiB | peak reserved GiB | first step s | steady step ms | tokens/s "
+    "| device time / wall | wall s | result |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+)
 
 
 def _gib(value: float) -> str:
@@ -112,26 +124,43 @@ def fit_rows(bases: dict[str, Path], args: argparse.Namespace, out: Path) -> lis
     for shape, base in bases.items():
         for quantization in args.quantizations:
             case = {
-                "name": f"check-{shape}-{quantization}", "shape": shape, "base": str(base), "quantization": quantization,
-                "checkpointing": True, "path": "after", "steps": args.steps, "batching": f"{args.batch_tokens} tokens",
-                "batch_size": 16, "batch_tokens": args.batch_tokens, "max_length": args.max_length,
-                "flores": args.flores, "out": str(out), "memory_gib": args.memory_gib,
-            }  # fmt: skip
+                "name": f"check-{shape}-{quantization}",
+                "shape": shape,
+                "base": str(base),
+                "quantization": quantization,
+                "checkpointing": True,
+                "path": "after",
+                "steps": args.steps,
+                "batching": f"{args.batch_tokens} tokens",
+                "batch_size": 16,
+                "batch_tokens": args.batch_tokens,
+                "max_length": args.max_length,
+                "flores": args.flores,
+                "out": str(out),
+                "memory_gib": args.memory_gib,
+            }
             check = f"gpu_fit {shape} {quantization}, {args.batch_tokens} tokens"
             try:  # a fresh process per case on CUDA: its peak is that case's alone
                 r = _fit_child(case) if not args.small else gpu_fit.run_case(case)
             except Exception as exc:  # noqa: BLE001 - a failed case is a row of the table, not the end of the check
                 rows.append(Row(check, _device(), result=f"FAILED: {str(exc).strip().splitlines()[-1][:200]}"))
                 continue
-            row = Row(check, r["device"], first_step_s=f"{r['first_step_s']:.2f}", steady_ms=f"{r['step_ms']:.0f}",
-                      tokens_per_s=f"{r['tokens_per_s']:,.0f}")  # fmt: skip
+            row = Row(
+                check,
+                r["device"],
+                first_step_s=f"{r['first_step_s']:.2f}",
+                steady_ms=f"{r['step_ms']:.0f}",
+                tokens_per_s=f"{r['tokens_per_s']:,.0f}",
+            )
             if "peak_allocated_gib" in r:
                 row.peak_allocated, row.peak_reserved = _gib(r["peak_allocated_gib"]), _gib(r["peak_reserved_gib"])
                 torch_total = "-" if r["gpu_busy_torch"] is None else f"{r['gpu_busy_torch']:.0%}"
                 row.device_over_wall = f"{r['gpu_busy']:.0%} (torch's total {torch_total})"
                 target = r["peak_allocated_gib"] <= 4.0 and r["peak_reserved_gib"] <= 5.0
-                row.result = (f"fit's batch_tokens {r['fit_batch_tokens']:,} on {args.memory_gib:g} GiB; 6 GB target "
-                              f"{'met' if target else 'NOT met'}; loss {r['loss']:.3f}")  # fmt: skip
+                row.result = (
+                    f"fit's batch_tokens {r['fit_batch_tokens']:,} on {args.memory_gib:g} GiB; 6 GB target "
+                    f"{'met' if target else 'NOT met'}; loss {r['loss']:.3f}"
+                )
             else:
                 row.device_over_wall = NA
                 row.result = f"fit's batch_tokens {NA}; loss {r['loss']:.3f}; {r['batches']} batches, cycled as needed"
@@ -141,8 +170,9 @@ def fit_rows(bases: dict[str, Path], args: argparse.Namespace, out: Path) -> lis
 
 def _fit_child(case: dict[str, Any]) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, gpu_fit.__file__, "--child", json.dumps(case)], env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, gpu_fit.__file__, "--child", json.dumps(case)], env=env, capture_output=True, text=True
+    )
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip() or f"exit {done.returncode}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -155,8 +185,16 @@ def _write_shard(path: Path, flores: str, pairs: int) -> str:
     from bhashaflow.data.flores import read_flores
 
     src, tgt = (read_flores(flores, lang, "dev")[:pairs] for lang in DIRECTION.split("-"))
-    table = pa.table({"src": src, "tgt": tgt, "src_lang": ["eng_Latn"] * len(src), "tgt_lang": ["hin_Deva"] * len(src),
-                      "source": ["check"] * len(src), "id": [f"check:{i}" for i in range(len(src))]})  # fmt: skip
+    table = pa.table(
+        {
+            "src": src,
+            "tgt": tgt,
+            "src_lang": ["eng_Latn"] * len(src),
+            "tgt_lang": ["hin_Deva"] * len(src),
+            "source": ["check"] * len(src),
+            "id": [f"check:{i}" for i in range(len(src))],
+        }
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     return str(path)
@@ -168,27 +206,52 @@ def incumbent_row(base: Path, args: argparse.Namespace, work: Path) -> Row:
 
     from bhashaflow.config import config_from_dict
     from bhashaflow.registry.store import Registry
-    from bhashaflow.training.loop import train_adapter
+    from bhashaflow.training.loop import TrainHooks, train_adapter
 
     shard = _write_shard(work / "shards" / "pairs.parquet", args.flores, 64)
     registry = str(work / "registry")
 
     def config(**training: Any) -> Any:
-        settings = {"max_steps": 2, "batch_size": 8, "checkpoint_every": 2, "max_length": args.max_length,
-                    "precision": "bf16", "learning_rate": 1e-2, **training}  # fmt: skip
-        return config_from_dict({"directions": [DIRECTION], "base_model": str(base), "registry": registry,
-                                 "training": settings})  # fmt: skip
+        settings = {
+            "max_steps": 2,
+            "batch_size": 8,
+            "checkpoint_every": 2,
+            "max_length": args.max_length,
+            "precision": "bf16",
+            "learning_rate": 1e-2,
+            **training,
+        }
+        return config_from_dict(
+            {"directions": [DIRECTION], "base_model": str(base), "registry": registry, "training": settings}
+        )
 
-    first = train_adapter(config=config(), direction=DIRECTION, shard_paths=[shard], out_dir=str(work / "first"),
-                          eval_texts={})  # fmt: skip
+    first = train_adapter(
+        config=config(),
+        direction=DIRECTION,
+        shard_paths=[shard],
+        out_dir=str(work / "first"),
+        hooks=TrainHooks(eval_texts={}),
+    )
     reg = Registry(registry)
-    info = reg.register(DIRECTION, first.adapter_dir, base_model=str(base), base_revision=None,
-                        data_manifest_sha256="0" * 64, config={}, metrics={})  # fmt: skip
+    info = reg.register(
+        DIRECTION,
+        first.adapter_dir,
+        base_model=str(base),
+        base_revision=None,
+        data_manifest_sha256="0" * 64,
+        config={},
+        metrics={},
+    )
     reg.promote(DIRECTION, info.version)
     memory = Memory()
     started = time.perf_counter()
-    second = train_adapter(config=config(init_from="incumbent", learning_rate=1e-30, max_steps=1), direction=DIRECTION,
-                           shard_paths=[shard], out_dir=str(work / "second"), eval_texts={})  # fmt: skip
+    second = train_adapter(
+        config=config(init_from="incumbent", learning_rate=1e-30, max_steps=1),
+        direction=DIRECTION,
+        shard_paths=[shard],
+        out_dir=str(work / "second"),
+        hooks=TrainHooks(eval_texts={}),
+    )
     wall = time.perf_counter() - started
     want = load_file(str(Path(first.adapter_dir) / "adapter_model.safetensors"))
     got = load_file(str(Path(second.adapter_dir) / "adapter_model.safetensors"))
@@ -197,10 +260,15 @@ def incumbent_row(base: Path, args: argparse.Namespace, work: Path) -> Row:
         bool(((got[k].float() - want[k].float()).abs() <= 1e-25).all()) for k in want
     )
     dtypes = sorted({str(w.dtype).removeprefix("torch.") for w in got.values()})
-    return memory.fill(Row(
-        "init from the incumbent, bf16", _device(), wall_s=f"{wall:.2f}", tokens_per_s=f"{second.tokens_per_s:,.0f}",
-        result=f"starts from {second.initialized_from}'s weights: {'yes' if same else 'NO'} ({'/'.join(dtypes)})",
-    ))  # fmt: skip
+    return memory.fill(
+        Row(
+            "init from the incumbent, bf16",
+            _device(),
+            wall_s=f"{wall:.2f}",
+            tokens_per_s=f"{second.tokens_per_s:,.0f}",
+            result=f"starts from {second.initialized_from}'s weights: {'yes' if same else 'NO'} ({'/'.join(dtypes)})",
+        )
+    )
 
 
 def out_of_memory_rows(base: Path, args: argparse.Namespace) -> list[Row]:
@@ -220,10 +288,16 @@ def out_of_memory_rows(base: Path, args: argparse.Namespace) -> list[Row]:
     with AllocationCap(free.largest // 3) as cap:
         got = translate(lm, texts, **kwargs)
     wall = time.perf_counter() - started
-    rows = [memory.fill(Row(
-        "out of memory: translation batch halved", lm.device, wall_s=f"{wall:.2f}",
-        result=f"{cap.raised} halvings, same translations: {'yes' if got == expected else 'NO'}",
-    ))]  # fmt: skip
+    rows = [
+        memory.fill(
+            Row(
+                "out of memory: translation batch halved",
+                lm.device,
+                wall_s=f"{wall:.2f}",
+                result=f"{cap.raised} halvings, same translations: {'yes' if got == expected else 'NO'}",
+            )
+        )
+    ]
     cuda = lm.device.startswith("cuda")
     del lm  # the real out-of-memory check loads its own copy under the card's limit
     if cuda:
@@ -248,8 +322,13 @@ def _real_cuda_oom_row(base: Path, args: argparse.Namespace) -> Row:
     from bhashaflow.training.lora import prepare_lora_model
     from bhashaflow.training.optim import AdapterOptimizer
 
-    config = config_from_dict({"directions": [DIRECTION], "base_model": str(base),
-                               "training": {"max_length": args.max_length, "gradient_checkpointing": True}})  # fmt: skip
+    config = config_from_dict(
+        {
+            "directions": [DIRECTION],
+            "base_model": str(base),
+            "training": {"max_length": args.max_length, "gradient_checkpointing": True},
+        }
+    )
     lm = load_configured_base(config, None)
     lm.model, _ = prepare_lora_model(lm, config)
     optimizer = AdapterOptimizer("adamw", [p for p in lm.model.parameters() if p.requires_grad], 1e-4, lm.device)
@@ -264,10 +343,13 @@ def _real_cuda_oom_row(base: Path, args: argparse.Namespace) -> Row:
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
     ok = not huge_fits and small_fits
-    return memory.fill(Row(
-        "out of memory: real CUDA OOM in a training step", _device(),
-        result=f"4096 pairs ran out of memory on {args.memory_gib:g} GiB, 1 pair ran after it: {'yes' if ok else 'NO'}",
-    ))  # fmt: skip
+    return memory.fill(
+        Row(
+            "out of memory: real CUDA OOM in a training step",
+            _device(),
+            result=f"4096 pairs ran out of memory on {args.memory_gib:g} GiB, 1 pair ran after it: {'yes' if ok else 'NO'}",
+        )
+    )
 
 
 def evaluation_row(base: Path, args: argparse.Namespace) -> Row:
@@ -279,39 +361,66 @@ def evaluation_row(base: Path, args: argparse.Namespace) -> Row:
 
     lm = load_base(str(base), languages=[])
     n = args.eval_sentences
-    eval_set = EvalSet(DIRECTION, read_flores(args.flores, "eng_Latn", "dev")[:n], read_flores(args.flores, "hin_Deva", "dev")[:n])
+    eval_set = EvalSet(
+        DIRECTION, read_flores(args.flores, "eng_Latn", "dev")[:n], read_flores(args.flores, "hin_Deva", "dev")[:n]
+    )
     evaluation = EvaluationConfig(batch_size=32, num_beams=4, max_new_tokens=args.eval_new_tokens)  # type: ignore[call-arg]
     memory = Memory()
     started = time.perf_counter()
     score = evaluate_chrf(lm, eval_set, evaluation)
     wall = time.perf_counter() - started
-    return memory.fill(Row(
-        f"evaluation, {n} sentences, beam 4", lm.device, wall_s=f"{wall:.2f}",
-        result=f"{n / wall:.1f} sentences/s; chrF++ {score.chrf_pp:.2f} (random weights)",
-    ))  # fmt: skip
+    return memory.fill(
+        Row(
+            f"evaluation, {n} sentences, beam 4",
+            lm.device,
+            wall_s=f"{wall:.2f}",
+            result=f"{n / wall:.1f} sentences/s; chrF++ {score.chrf_pp:.2f} (random weights)",
+        )
+    )
 
 
 def serving_rows(args: argparse.Namespace, work: Path) -> list[Row]:
     """benchmarks/serve_load.py as it runs alone, its rows folded into this table."""
     figures = work / "serve_load.json"
     if args.small:
-        extra = ["--shape", "demo", "--engines", "torch", "--clients", "4", "--requests", "2", "--single-requests", "2",
-                 "--max-new-tokens", "8", "--threads", "1"]  # fmt: skip
+        extra = [
+            "--shape",
+            "demo",
+            "--engines",
+            "torch",
+            "--clients",
+            "4",
+            "--requests",
+            "2",
+            "--single-requests",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--threads",
+            "1",
+        ]
     else:
         extra = ["--shape", "nllb-600m", "--engines", "torch,ctranslate2", "--clients", "32"]
-    done = subprocess.run([sys.executable, str(BENCHMARKS / "serve_load.py"), *extra, "--json", str(figures)],
-                          capture_output=True, text=True, timeout=args.serve_timeout_s)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "serve_load.py"), *extra, "--json", str(figures)],
+        capture_output=True,
+        text=True,
+        timeout=args.serve_timeout_s,
+    )
     if done.returncode != 0 or not figures.is_file():
         last = (done.stderr.strip() or done.stdout.strip() or f"exit {done.returncode}").splitlines()[-1]
         return [Row("serving (serve_load.py)", _device(), result=f"FAILED: {last[:200]}")]
     rows = []
     for r in json.loads(figures.read_text())["rows"]:
-        rows.append(Row(
-            f"serving {r['engine']} max_batch_size {r['max_batch_size']}, {r['clients']} client(s)", _device(),
-            tokens_per_s=f"{r['tokens_per_s']:,.0f}",
-            result=f"{r['requests_per_s']:.1f} requests/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
-                   f"{sum(r['failures'].values())} failed",
-        ))  # fmt: skip
+        rows.append(
+            Row(
+                f"serving {r['engine']} max_batch_size {r['max_batch_size']}, {r['clients']} client(s)",
+                _device(),
+                tokens_per_s=f"{r['tokens_per_s']:,.0f}",
+                result=f"{r['requests_per_s']:.1f} requests/s, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
+                f"{sum(r['failures'].values())} failed",
+            )
+        )
     return rows
 
 
@@ -325,8 +434,21 @@ def _build_bases(args: argparse.Namespace, work: Path) -> dict[str, Path]:
         if args.small:
             gpu_fit.build_base(shape, "tiny", args.flores, out)
         else:  # a child process: the 600M-parameter build's memory goes with it
-            subprocess.run([sys.executable, gpu_fit.__file__, "--build", shape, str(out), "--size", "full", "--flores",
-                            args.flores], check=True, capture_output=True)  # fmt: skip
+            subprocess.run(
+                [
+                    sys.executable,
+                    gpu_fit.__file__,
+                    "--build",
+                    shape,
+                    str(out),
+                    "--size",
+                    "full",
+                    "--flores",
+                    args.flores,
+                ],
+                check=True,
+                capture_output=True,
+            )
         bases[shape] = out
     return bases
 
@@ -369,8 +491,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
             print(f"<!-- {name}: {time.perf_counter() - began:.0f} s -->", flush=True)
     table = "\n".join([HEADER, *(row.line() for row in rows)])
     print(table)
-    print(f"\n{len(rows)} rows in {time.perf_counter() - started:.0f} s on {_device()}"
-          f"{' (--small: tiny shapes)' if args.small else ''}")  # fmt: skip
+    print(
+        f"\n{len(rows)} rows in {time.perf_counter() - started:.0f} s on {_device()}"
+        f"{' (--small: tiny shapes)' if args.small else ''}"
+    )
     (out / "table.md").write_text(table + "\n")
     return rows
 

@@ -59,7 +59,8 @@ def measure(lm: object, pairs: list[tuple[str, str]], src: str, tgt: str) -> tup
             forced_bos_id(lm, tgt)  # type: ignore[arg-type]
             tok.batch_decode([out], skip_special_tokens=True)
 
-    per_pair(), per_sentence()
+    per_pair()
+    per_sentence()
     return 1e6 * _best_of(5, per_pair) / len(pairs), 1e6 * _best_of(5, per_sentence) / len(pairs)
 
 
@@ -82,13 +83,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         name = "builtin:tiny-seq2seq"  # the demo base's recipe, its tokenizer at the demo's size, no pre-training
         recipe = small_recipe(name, steps=0)
-        build_builtin(name, languages=["eng_Latn", "hin_Deva"], flores_dir=str(ROOT / "data/flores200"), out_dir=Path(tmp),
-                      recipe=recipe)  # fmt: skip
+        build_builtin(
+            name,
+            languages=["eng_Latn", "hin_Deva"],
+            flores_dir=str(ROOT / "data/flores200"),
+            out_dir=Path(tmp),
+            recipe=recipe,
+        )
         builtin = load_base(tmp, languages=[], device="cpu")
         ref_pair, ref_sentence = measure(builtin, pairs, "eng_Latn", "hin_Deva")
     print(f"host time per item, best of 5 over {len(pairs)} FLORES dev pairs (goal: ratio <= {GOAL})")
     print(f"{'base':40s} {'vocab':>8s} {'pair µs':>9s} {'ratio':>6s} {'sentence µs':>12s} {'ratio':>6s}")
-    print(f"{'built-in (demo recipe)':40s} {len(builtin.tokenizer):8d} {ref_pair:9.1f} {1.0:6.2f} {ref_sentence:12.1f} {1.0:6.2f}")
+    print(
+        f"{'built-in (demo recipe)':40s} {len(builtin.tokenizer):8d} {ref_pair:9.1f} {1.0:6.2f} {ref_sentence:12.1f} {1.0:6.2f}"
+    )
     guarded = 0.0
     for hub_id, (src, tgt) in BASES.items():
         lm = load_base(hub_id, languages=[], settings=Settings(hf_hub_offline=True), device="cpu")
@@ -98,13 +106,19 @@ def main() -> None:
             started = time.perf_counter()
             lm.tokenizer.get_vocab()
             vocab_ms = 1e3 * (time.perf_counter() - started)
-        print(f"{hub_id + ' (stand-in)':40s} {len(lm.tokenizer):8d} {pair_us:9.1f} {pair_us / ref_pair:6.2f} "
-              f"{sentence_us:12.1f} {sentence_us / ref_sentence:6.2f}")  # fmt: skip
-    print(f"{GUARDED} (256k entries, tokenizers-backed like the built-in): worst ratio {guarded:.2f}, "
-          f"{'met' if guarded <= GOAL else 'MISSED'} (goal <= {GOAL}); one get_vocab() of it, which each tag lookup "
-          f"built before: {vocab_ms:.0f} ms")  # fmt: skip
-    print("M2M100 and Marian tokenizers are Python SentencePiece ones (slower per call whatever their vocabulary); "
-          "BLOOMZ encodes a prompt in three calls.")
+        print(
+            f"{hub_id + ' (stand-in)':40s} {len(lm.tokenizer):8d} {pair_us:9.1f} {pair_us / ref_pair:6.2f} "
+            f"{sentence_us:12.1f} {sentence_us / ref_sentence:6.2f}"
+        )
+    print(
+        f"{GUARDED} (256k entries, tokenizers-backed like the built-in): worst ratio {guarded:.2f}, "
+        f"{'met' if guarded <= GOAL else 'MISSED'} (goal <= {GOAL}); one get_vocab() of it, which each tag lookup "
+        f"built before: {vocab_ms:.0f} ms"
+    )
+    print(
+        "M2M100 and Marian tokenizers are Python SentencePiece ones (slower per call whatever their vocabulary); "
+        "BLOOMZ encodes a prompt in three calls."
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import yaml
@@ -61,8 +61,9 @@ def build_demo_setup(workdir: Path, max_new_tokens: int) -> PipelineConfig:
     name = "builtin:tiny-seq2seq"
     base = workdir / "base"
     langs = list(parse_direction(DIRECTION))
-    build_builtin(name, languages=langs, flores_dir=str(ROOT / "data/flores200"), out_dir=base,
-                  recipe=small_recipe(name, steps=0))
+    build_builtin(
+        name, languages=langs, flores_dir=str(ROOT / "data/flores200"), out_dir=base, recipe=small_recipe(name, steps=0)
+    )
     return promote_random_adapter(workdir, base, max_new_tokens)
 
 
@@ -75,27 +76,42 @@ def build_nllb_setup(workdir: Path, max_new_tokens: int) -> PipelineConfig:
     from bhashaflow.modeling.builtin import small_recipe, train_tokenizer
 
     langs = list(parse_direction(DIRECTION))
-    tok = train_tokenizer({lang: read_dev(str(ROOT / "data/flores200"), lang, "dev") for lang in langs},
-                          small_recipe("builtin:tiny-seq2seq"))
+    tok = train_tokenizer(
+        {lang: read_dev(str(ROOT / "data/flores200"), lang, "dev") for lang in langs},
+        small_recipe("builtin:tiny-seq2seq"),
+    )
     shape = NLLB_600M
     ids = {"pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
     config = M2M100Config(
-        vocab_size=shape["vocab_size"], d_model=shape["d_model"], encoder_layers=shape["layers"],
-        decoder_layers=shape["layers"], encoder_attention_heads=shape["heads"], decoder_attention_heads=shape["heads"],
-        encoder_ffn_dim=shape["ffn_dim"], decoder_ffn_dim=shape["ffn_dim"], max_position_embeddings=1024,
-        activation_function="relu", scale_embedding=True, decoder_start_token_id=tok.eos_token_id, dropout=0.1,
-        encoder_layerdrop=0.0, decoder_layerdrop=0.0, tie_word_embeddings=True, **ids,
-    )  # fmt: skip
+        vocab_size=shape["vocab_size"],
+        d_model=shape["d_model"],
+        encoder_layers=shape["layers"],
+        decoder_layers=shape["layers"],
+        encoder_attention_heads=shape["heads"],
+        decoder_attention_heads=shape["heads"],
+        encoder_ffn_dim=shape["ffn_dim"],
+        decoder_ffn_dim=shape["ffn_dim"],
+        max_position_embeddings=1024,
+        activation_function="relu",
+        scale_embedding=True,
+        decoder_start_token_id=tok.eos_token_id,
+        dropout=0.1,
+        encoder_layerdrop=0.0,
+        decoder_layerdrop=0.0,
+        tie_word_embeddings=True,
+        **ids,
+    )
     torch.manual_seed(0)
     model = M2M100ForConditionalGeneration(config)
     with torch.no_grad():
         # Zero rows score 0 against any state; random rows of the tokenizer's ~4,000 pieces score above it: every
         # step picks a piece of text, never </s> nor one of the ~252,000 ids no tokenizer piece has.
-        shared = model.get_input_embeddings().weight
-        shared[len(tok):] = 0
+        shared = cast(torch.nn.Embedding, model.get_input_embeddings()).weight
+        shared[len(tok) :] = 0
         shared[tok.eos_token_id] = 0
-    model.generation_config = GenerationConfig(max_new_tokens=max_new_tokens, decoder_start_token_id=tok.eos_token_id,
-                                               **ids)
+    model.generation_config = GenerationConfig(
+        max_new_tokens=max_new_tokens, decoder_start_token_id=tok.eos_token_id, **ids
+    )
     base = workdir / "base"
     model.save_pretrained(str(base), safe_serialization=True)
     tok.save_pretrained(str(base))
@@ -114,14 +130,26 @@ def promote_random_adapter(workdir: Path, base: Path, max_new_tokens: int) -> Pi
     langs = list(parse_direction(DIRECTION))
     lm = load_base(str(base), languages=langs, device="cpu")
     torch.manual_seed(0)
-    lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
-                      task_type=TaskType.SEQ_2_SEQ_LM, init_lora_weights=False)
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        target_modules=["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+        task_type=TaskType.SEQ_2_SEQ_LM,
+        init_lora_weights=False,
+    )
     adapter = workdir / "adapter"
     get_peft_model(lm.model, lora).save_pretrained(str(adapter), safe_serialization=True)
     (adapter / "README.md").unlink(missing_ok=True)
     registry = Registry(str(workdir / "registry"))
-    info = registry.register(DIRECTION, adapter, base_model=str(base), base_revision=None,
-                             data_manifest_sha256="0" * 64, config={}, metrics={})
+    info = registry.register(
+        DIRECTION,
+        adapter,
+        base_model=str(base),
+        base_revision=None,
+        data_manifest_sha256="0" * 64,
+        config={},
+        metrics={},
+    )
     registry.promote(DIRECTION, info.version)
     del lm
     return config_from_dict(
@@ -188,9 +216,15 @@ def batch_stats(url: str) -> tuple[float, float]:
 
 
 async def load(
-    url: str, direction: str, inputs: list[str], clients: int, per_client: int, texts: int, warmup: int,
+    url: str,
+    direction: str,
+    inputs: list[str],
+    clients: int,
+    per_client: int,
+    texts: int,
+    warmup: int,
     count_tokens: Callable[[list[str]], int],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     src, tgt = parse_direction(direction)
     latencies: list[float] = []
     failures: dict[int, int] = {}
@@ -243,8 +277,9 @@ def token_counter(config: PipelineConfig, fixed_length: int | None) -> Callable[
 
     from bhashaflow.modeling.loading import resolve_base
 
-    tok = AutoTokenizer.from_pretrained(resolve_base(config.base_model, languages=config.languages,
-                                                     flores_dir=config.evaluation.flores_dir))
+    tok = AutoTokenizer.from_pretrained(
+        resolve_base(config.base_model, languages=config.languages, flores_dir=config.evaluation.flores_dir)
+    )
     # +2: the target language tag and </s>, which the service does not return
     return lambda outputs: sum(len(tok(o, add_special_tokens=False)["input_ids"]) + 2 for o in outputs if o)
 
@@ -262,24 +297,31 @@ def pick_inputs(config: PipelineConfig, direction: str, shape: str) -> list[str]
 
 def serve_variant(
     config: PipelineConfig, workdir: Path, engine: str, batching: str, args: argparse.Namespace
-) -> tuple[subprocess.Popen[bytes], str]:  # fmt: skip
+) -> tuple[subprocess.Popen[bytes], str]:
     data = config.model_dump(mode="json")
     label = f"{engine}-{batching}"
-    data["serving"].update(engine=engine, episodes_db=str(workdir / f"{label}.db"),
-                           queue_limit=max(config.serving.queue_limit, args.clients * args.texts),
-                           request_timeout_s=max(config.serving.request_timeout_s, 900.0))
+    data["serving"].update(
+        engine=engine,
+        episodes_db=str(workdir / f"{label}.db"),
+        queue_limit=max(config.serving.queue_limit, args.clients * args.texts),
+        request_timeout_s=max(config.serving.request_timeout_s, 900.0),
+    )
     if batching == "one":
         data["serving"]["max_batch_size"] = 1
     return start_server(PipelineConfig.model_validate(data), workdir, label, args.threads)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print("\n| engine | max_batch_size | clients | requests | failed | req/s | tokens/s | p50 ms | p99 ms | mean batch |")
+    print(
+        "\n| engine | max_batch_size | clients | requests | failed | req/s | tokens/s | p50 ms | p99 ms | mean batch |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['engine']} | {r['max_batch_size']} | {r['clients']} | {r['requests']} | "
-              f"{sum(r['failures'].values())} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
-              f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch']:.2f} |")
+        print(
+            f"| {r['engine']} | {r['max_batch_size']} | {r['clients']} | {r['requests']} | "
+            f"{sum(r['failures'].values())} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:.1f} | "
+            f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch']:.2f} |"
+        )
 
 
 def verdicts(rows: list[dict[str, Any]], clients: int) -> dict[str, Any]:
@@ -305,18 +347,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="serve this pipeline config (its registry must hold promoted adapters)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
-    parser.add_argument("--shape", choices=["demo", "nllb-600m"], default="demo",
-                        help="the self-contained setup's base: builtin:tiny-seq2seq's shape, or NLLB-600M's")
-    parser.add_argument("--engines", default="torch,ctranslate2", help="engines to compare (torch one at a time "
-                        "always runs: it is the baseline)")
+    parser.add_argument(
+        "--shape",
+        choices=["demo", "nllb-600m"],
+        default="demo",
+        help="the self-contained setup's base: builtin:tiny-seq2seq's shape, or NLLB-600M's",
+    )
+    parser.add_argument(
+        "--engines",
+        default="torch,ctranslate2",
+        help="engines to compare (torch one at a time always runs: it is the baseline)",
+    )
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--requests", type=int, help="requests per client at --clients clients (default 16; "
-                        "nllb-600m: 1)")
+    parser.add_argument(
+        "--requests", type=int, help="requests per client at --clients clients (default 16; nllb-600m: 1)"
+    )
     parser.add_argument("--single-requests", type=int, help="requests of the lone client (default 16; nllb-600m: 3)")
     parser.add_argument("--texts", type=int, default=1, help="texts per request")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="generation length of the self-contained setup")
-    parser.add_argument("--threads", type=int, help="torch CPU threads in the server (on a busy CPU, 1 avoids "
-                        "oversubscription)")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads in the server (on a busy CPU, 1 avoids oversubscription)"
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     nllb = args.shape == "nllb-600m" and not args.config
@@ -353,10 +404,23 @@ def main() -> None:
                     inputs = pick_inputs(config, direction, args.shape if not args.config else "demo")
                 max_batch = 1 if batching == "one" else config.serving.max_batch_size
                 for clients, per_client in ((1, single), (args.clients, requests)):
-                    print(f"{engine} max_batch_size={max_batch}: {clients} client(s) x {per_client} requests of "
-                          f"{args.texts} text(s), {direction} {served[0]['version']}", flush=True)
-                    figures = asyncio.run(load(url, direction, inputs, clients, per_client, args.texts,
-                                               min(warmup, per_client), count_tokens))
+                    print(
+                        f"{engine} max_batch_size={max_batch}: {clients} client(s) x {per_client} requests of "
+                        f"{args.texts} text(s), {direction} {served[0]['version']}",
+                        flush=True,
+                    )
+                    figures = asyncio.run(
+                        load(
+                            url,
+                            direction,
+                            inputs,
+                            clients,
+                            per_client,
+                            args.texts,
+                            min(warmup, per_client),
+                            count_tokens,
+                        )
+                    )
                     rows.append({"engine": engine, "batching": batching, "max_batch_size": max_batch, **figures})
             finally:
                 stop_server(proc)
@@ -365,15 +429,19 @@ def main() -> None:
     goals = verdicts(rows, args.clients)
     ct2 = goals.get("ct2_vs_torch_one_tokens")
     if ct2 is not None:
-        print(f"\nctranslate2 batched vs torch one at a time, {args.clients} clients: {ct2:.1f}x tokens/s "
-              f"(goal on the NLLB-600M shape >= 8x: {'met' if ct2 >= 8 else 'NOT met'}); p99 no worse: "
-              f"{'met' if goals['ct2_p99_no_worse'] else 'NOT met'}")
+        print(
+            f"\nctranslate2 batched vs torch one at a time, {args.clients} clients: {ct2:.1f}x tokens/s "
+            f"(goal on the NLLB-600M shape >= 8x: {'met' if ct2 >= 8 else 'NOT met'}); p99 no worse: "
+            f"{'met' if goals['ct2_p99_no_worse'] else 'NOT met'}"
+        )
     for engine in ("torch", "ctranslate2"):
         ratio = goals.get(f"{engine}_batched_vs_one_requests")
         if ratio is not None:
-            print(f"{engine} batched vs one at a time, {args.clients} clients: {ratio:.1f}x requests/s (goal on the "
-                  f"demo shape >= 5x: {'met' if ratio >= 5 else 'NOT met'}); p99 no worse: "
-                  f"{'met' if goals[f'{engine}_batched_p99_no_worse'] else 'NOT met'}")
+            print(
+                f"{engine} batched vs one at a time, {args.clients} clients: {ratio:.1f}x requests/s (goal on the "
+                f"demo shape >= 5x: {'met' if ratio >= 5 else 'NOT met'}); p99 no worse: "
+                f"{'met' if goals[f'{engine}_batched_p99_no_worse'] else 'NOT met'}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps({"shape": args.shape, "rows": rows, "goals": goals}, indent=1))
 
