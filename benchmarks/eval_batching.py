@@ -50,7 +50,9 @@ def main() -> None:
 
     same = sum(a == b for a, b in zip(batched, single, strict=True))
     print(f"base {args.base} on {lm.device}, {len(texts)} devtest sentences {args.direction}, greedy")
-    print(f"  batched (batch {args.batch_size}, length-sorted): {t_batched:7.1f} s  {len(texts) / t_batched:7.2f} sentences/s")
+    print(
+        f"  batched (batch {args.batch_size}, length-sorted): {t_batched:7.1f} s  {len(texts) / t_batched:7.2f} sentences/s"
+    )
     print(f"  one at a time:                       {t_single:7.1f} s  {len(texts) / t_single:7.2f} sentences/s")
     print(f"  speed-up {t_single / t_batched:.1f}x (goal >= 5x); identical outputs {same}/{len(texts)}")
 

@@ -51,26 +51,64 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # facebook/nllb-200-distilled-600M's config.json, field by field (615M parameters).
 NLLB_600M = {
-    "vocab_size": 256206, "d_model": 1024, "encoder_layers": 12, "decoder_layers": 12, "encoder_attention_heads": 16,
-    "decoder_attention_heads": 16, "encoder_ffn_dim": 4096, "decoder_ffn_dim": 4096, "max_position_embeddings": 1024,
-    "activation_function": "relu", "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.0,
-    "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0, "scale_embedding": True, "init_std": 0.02, "pad_token_id": 1,
-    "bos_token_id": 0, "eos_token_id": 2, "decoder_start_token_id": 2, "tie_word_embeddings": True,
-}  # fmt: skip
+    "vocab_size": 256206,
+    "d_model": 1024,
+    "encoder_layers": 12,
+    "decoder_layers": 12,
+    "encoder_attention_heads": 16,
+    "decoder_attention_heads": 16,
+    "encoder_ffn_dim": 4096,
+    "decoder_ffn_dim": 4096,
+    "max_position_embeddings": 1024,
+    "activation_function": "relu",
+    "dropout": 0.1,
+    "attention_dropout": 0.1,
+    "activation_dropout": 0.0,
+    "encoder_layerdrop": 0.0,
+    "decoder_layerdrop": 0.0,
+    "scale_embedding": True,
+    "init_std": 0.02,
+    "pad_token_id": 1,
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "decoder_start_token_id": 2,
+    "tie_word_embeddings": True,
+}
 # bigscience/bloomz-560m's config.json (559M parameters).
 BLOOMZ_560M = {
-    "vocab_size": 250880, "hidden_size": 1024, "n_layer": 24, "n_head": 16, "layer_norm_epsilon": 1e-5,
-    "initializer_range": 0.02, "apply_residual_connection_post_layernorm": False, "hidden_dropout": 0.0,
-    "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "tie_word_embeddings": True,
-}  # fmt: skip
-SHAPES: dict[str, tuple[str, dict[str, Any]]] = {"nllb-600m": ("seq2seq", NLLB_600M), "bloomz-560m": ("causal", BLOOMZ_560M)}
+    "vocab_size": 250880,
+    "hidden_size": 1024,
+    "n_layer": 24,
+    "n_head": 16,
+    "layer_norm_epsilon": 1e-5,
+    "initializer_range": 0.02,
+    "apply_residual_connection_post_layernorm": False,
+    "hidden_dropout": 0.0,
+    "attention_dropout": 0.0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 3,
+    "tie_word_embeddings": True,
+}
+SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "nllb-600m": ("seq2seq", NLLB_600M),
+    "bloomz-560m": ("causal", BLOOMZ_560M),
+}
 SMALL = {"nllb-600m": {"encoder_layers": 2, "decoder_layers": 2}, "bloomz-560m": {"n_layer": 2}}
 # The architectures in miniature (the 8k tokenizer and its language tags, 64 wide): seconds on a CPU, for benchmarks/gpu_check.py --small.
 TINY = {
-    "nllb-600m": {"vocab_size": 8448, "d_model": 64, "encoder_layers": 1, "decoder_layers": 1, "encoder_ffn_dim": 128,
-                  "decoder_ffn_dim": 128, "encoder_attention_heads": 2, "decoder_attention_heads": 2},
+    "nllb-600m": {
+        "vocab_size": 8448,
+        "d_model": 64,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "encoder_ffn_dim": 128,
+        "decoder_ffn_dim": 128,
+        "encoder_attention_heads": 2,
+        "decoder_attention_heads": 2,
+    },
     "bloomz-560m": {"vocab_size": 8448, "hidden_size": 64, "n_layer": 1, "n_head": 2},
-}  # fmt: skip
+}
 QUANT_OPTIMIZER = {"none": "adamw", "8bit": "paged_adamw_8bit", "4bit": "paged_adamw_8bit"}
 DIRECTION = ("eng_Latn", "hin_Deva")
 SHIPPED_PROFILE = ROOT / "configs" / "gpu-nllb-600m.yaml"
@@ -93,8 +131,13 @@ def device_time_us(events: Any) -> float:
     from torch.autograd import DeviceType
 
     device_types = {DeviceType.CUDA, DeviceType.PrivateUse1, DeviceType.MTIA, DeviceType.XPU}
-    return float(sum(e.self_device_time_total for e in events if e.device_type in device_types
-                     and not getattr(e, "is_user_annotation", False)))  # fmt: skip
+    return float(
+        sum(
+            e.self_device_time_total
+            for e in events
+            if e.device_type in device_types and not getattr(e, "is_user_annotation", False)
+        )
+    )
 
 
 def torch_device_total_us(events: Any) -> float | None:
@@ -143,8 +186,14 @@ def _batches(lm: Any, flores: str, batch_size: int, batch_tokens: int | None, ma
 
     src, tgt = (read_flores(flores, lang, "dev") for lang in DIRECTION)
     examples = [encode_pair(lm, s, t, *DIRECTION, max_length) for s, t in zip(src, tgt, strict=True)]
-    steps = optimizer_steps(examples, batch_size=batch_size, batch_tokens=batch_tokens, grad_accum_steps=1,
-                            rng=random.Random(0), family=lm.family)  # fmt: skip
+    steps = optimizer_steps(
+        examples,
+        batch_size=batch_size,
+        batch_tokens=batch_tokens,
+        grad_accum_steps=1,
+        rng=random.Random(0),
+        family=lm.family,
+    )
     pad = int(lm.tokenizer.pad_token_id)
     return [collate(step[0], pad) for step in steps]
 
@@ -175,14 +224,20 @@ def _old_step(lm: Any, config: Any) -> Any:
     model = lm.model
     kwargs = {"use_reentrant": False}
     if train_cfg.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=train_cfg.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=kwargs)  # fmt: skip
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=train_cfg.gradient_checkpointing, gradient_checkpointing_kwargs=kwargs
+        )
     elif train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     from bhashaflow.modeling.adapters import default_target_modules
 
-    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=default_target_modules(model),
-                      task_type=TaskType.SEQ_2_SEQ_LM if lm.family == "seq2seq" else TaskType.CAUSAL_LM)  # fmt: skip
+    lora = LoraConfig(
+        r=16,
+        lora_alpha=32,
+        lora_dropout=0.05,
+        target_modules=default_target_modules(model),
+        task_type=TaskType.SEQ_2_SEQ_LM if lm.family == "seq2seq" else TaskType.CAUSAL_LM,
+    )
     lm.model = get_peft_model(model, lora)  # peft's default: LoRA weights upcast to fp32
     params = [p for p in lm.model.parameters() if p.requires_grad]
     if train_cfg.optimizer == "adamw":
@@ -247,20 +302,31 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         total = torch.cuda.mem_get_info()[1]
         torch.cuda.set_per_process_memory_fraction(min(1.0, case["memory_gib"] * 2**30 / total))
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    config = config_from_dict({
-        "directions": ["-".join(DIRECTION)], "base_model": case["base"],
-        "training": {"batch_size": case["batch_size"], "batch_tokens": case["batch_tokens"],
-                     "max_length": case["max_length"], "learning_rate": 2e-4,
-                     "quantization": case["quantization"], "optimizer": QUANT_OPTIMIZER[case["quantization"]],
-                     "gradient_checkpointing": case["checkpointing"], "lora": {"r": 16, "alpha": 32}},
-    })  # fmt: skip
+    config = config_from_dict(
+        {
+            "directions": ["-".join(DIRECTION)],
+            "base_model": case["base"],
+            "training": {
+                "batch_size": case["batch_size"],
+                "batch_tokens": case["batch_tokens"],
+                "max_length": case["max_length"],
+                "learning_rate": 2e-4,
+                "quantization": case["quantization"],
+                "optimizer": QUANT_OPTIMIZER[case["quantization"]],
+                "gradient_checkpointing": case["checkpointing"],
+                "lora": {"r": 16, "alpha": 32},
+            },
+        }
+    )
     lm = load_base(case["base"], languages=[], quantization=case["quantization"])
     _sync(cuda)
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     step = (_old_step if case["path"] == "before" else _new_step)(lm, config)
     batches = _batches(lm, case["flores"], case["batch_size"], case["batch_tokens"], case["max_length"])
-    tokens = [int(b["attention_mask"].sum()) + (int((b["labels"] != -100).sum()) if lm.family == "seq2seq" else 0)
-              for b in batches]  # fmt: skip
+    tokens = [
+        int(b["attention_mask"].sum()) + (int((b["labels"] != -100).sum()) if lm.family == "seq2seq" else 0)
+        for b in batches
+    ]
     lm.model.train()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -268,6 +334,7 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     step(batches[0])
     _sync(cuda)
     first_s = time.perf_counter() - started
+
     def at(i: int) -> int:  # batches are cycled: a long run needs more than FLORES dev makes at large budgets
         return i % len(batches)
 
@@ -282,12 +349,18 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     busy, torch_busy = _busy_share(step, batches[at(3 + n)], cuda, profile_path)
     result = {
         **{k: case[k] for k in ("name", "shape", "quantization", "checkpointing", "path", "batching")},
-        "optimizer": QUANT_OPTIMIZER[case["quantization"]], "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "tokens_per_s": sum(tokens[at(3 + i)] for i in range(n)) / elapsed, "step_ms": 1000 * elapsed / n,
-        "first_step_s": first_s, "gpu_busy": busy, "gpu_busy_torch": torch_busy,
-        "loss": float(torch.stack(losses).float().mean()), "profile": str(profile_path), "batches": len(batches),
+        "optimizer": QUANT_OPTIMIZER[case["quantization"]],
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "tokens_per_s": sum(tokens[at(3 + i)] for i in range(n)) / elapsed,
+        "step_ms": 1000 * elapsed / n,
+        "first_step_s": first_s,
+        "gpu_busy": busy,
+        "gpu_busy_torch": torch_busy,
+        "loss": float(torch.stack(losses).float().mean()),
+        "profile": str(profile_path),
+        "batches": len(batches),
         "fit_batch_tokens": None,
-    }  # fmt: skip
+    }
     if cuda:
         result["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
         result["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
@@ -331,9 +404,11 @@ def _row(r: dict[str, Any]) -> str:
     torch_busy = f"{r['gpu_busy_torch']:.0%}" if r.get("gpu_busy_torch") is not None else "n/a (cpu)"
     fit = r.get("fit_batch_tokens")
     fit_text = "n/a (cpu)" if "peak_allocated_gib" not in r else ("-" if fit is None else f"{fit:,}")
-    return (f"| {r['shape']} | {r['quantization']} | {r['optimizer']} | {ckpt} | {r['path']} | {r['batching']} | "
-            f"{memory} | {fit_text} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.0f} | {r['first_step_s']:.1f} | "
-            f"{busy} | {torch_busy} | {r['loss']:.3f} |")  # fmt: skip
+    return (
+        f"| {r['shape']} | {r['quantization']} | {r['optimizer']} | {ckpt} | {r['path']} | {r['batching']} | "
+        f"{memory} | {fit_text} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.0f} | {r['first_step_s']:.1f} | "
+        f"{busy} | {torch_busy} | {r['loss']:.3f} |"
+    )
 
 
 HEADER_CUDA = "peak allocated GiB | peak reserved GiB | fit's batch_tokens"
@@ -341,29 +416,51 @@ HEADER_CPU = "peak RSS GiB | RSS over loaded base GiB | fit's batch_tokens"
 
 
 def table_header(cuda: bool) -> str:
-    return (f"| base | quantization | optimizer | grad ckpt | step | batching | {HEADER_CUDA if cuda else HEADER_CPU} | "
-            "tokens/s | step ms | first step s | GPU busy | GPU busy (torch's total) | loss |\n"
-            "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    return (
+        f"| base | quantization | optimizer | grad ckpt | step | batching | {HEADER_CUDA if cuda else HEADER_CPU} | "
+        "tokens/s | step ms | first step s | GPU busy | GPU busy (torch's total) | loss |\n"
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--quantizations", nargs="+", default=["none", "8bit", "4bit"], choices=["none", "8bit", "4bit"])
-    parser.add_argument("--checkpointing", nargs="+", default=["yes"], choices=["yes", "no"],
-                        help="gradient checkpointing per case (default yes, as the shipped profiles)")
+    parser.add_argument(
+        "--quantizations", nargs="+", default=["none", "8bit", "4bit"], choices=["none", "8bit", "4bit"]
+    )
+    parser.add_argument(
+        "--checkpointing",
+        nargs="+",
+        default=["yes"],
+        choices=["yes", "no"],
+        help="gradient checkpointing per case (default yes, as the shipped profiles)",
+    )
     parser.add_argument("--before", action="store_true", help="also run the old training step beside each case")
     parser.add_argument("--small", action="store_true", help="2-layer bodies with the real vocabularies (quick on CPU)")
     parser.add_argument("--tiny", action="store_true", help="the architectures in miniature: seconds on a CPU")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20 on CUDA, 3 on CPU)")
-    parser.add_argument("--batchings", nargs="+", default=["tokens", "pairs"], choices=["tokens", "pairs"],
-                        help="a row per batching: the token budget (--batch-tokens) and fixed pairs (--batch-size)")
+    parser.add_argument(
+        "--batchings",
+        nargs="+",
+        default=["tokens", "pairs"],
+        choices=["tokens", "pairs"],
+        help="a row per batching: the token budget (--batch-tokens) and fixed pairs (--batch-size)",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per step of the pairs rows (default 16)")
-    parser.add_argument("--batch-tokens", type=int, default=None,
-                        help="token budget per step of the tokens rows (default: the shipped profile's, 4096)")
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="token budget per step of the tokens rows (default: the shipped profile's, 4096)",
+    )
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--memory-gib", type=float, default=None,
-                        help="limit the CUDA card to this much memory (a smaller card's limit for fit's search)")
+    parser.add_argument(
+        "--memory-gib",
+        type=float,
+        default=None,
+        help="limit the CUDA card to this much memory (a smaller card's limit for fit's search)",
+    )
     parser.add_argument("--flores", default=str(ROOT / "data" / "flores200"))
     parser.add_argument("--out", default=str(ROOT / "runs" / "gpu_fit"), help="results.jsonl and profiler tables")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -382,8 +479,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     cuda = torch.cuda.is_available()
     steps = args.steps or (20 if cuda else 3)
     batch_tokens = args.batch_tokens or shipped_batch_tokens()
-    batchings = {"tokens": (f"{batch_tokens} tokens", args.batch_size, batch_tokens),
-                 "pairs": (f"{args.batch_size} pairs", args.batch_size, None)}  # fmt: skip
+    batchings = {
+        "tokens": (f"{batch_tokens} tokens", args.batch_size, batch_tokens),
+        "pairs": (f"{args.batch_size} pairs", args.batch_size, None),
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -394,18 +493,33 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             started = time.perf_counter()
             size = "tiny" if args.tiny else "small" if args.small else "full"
             params = int(_child("--build", shape, str(base), "--size", size, "--flores", args.flores))
-            print(f"<!-- {shape}: random weights, {params / 1e6:.0f}M parameters, built in "
-                  f"{time.perf_counter() - started:.0f} s -->", flush=True)  # fmt: skip
+            print(
+                f"<!-- {shape}: random weights, {params / 1e6:.0f}M parameters, built in "
+                f"{time.perf_counter() - started:.0f} s -->",
+                flush=True,
+            )
             for quantization in args.quantizations:
                 for ckpt in args.checkpointing:
                     for batching in args.batchings:
                         label, size, budget = batchings[batching]
-                        for path in (["before", "after"] if args.before else ["after"]):
+                        for path in ["before", "after"] if args.before else ["after"]:
                             name = f"{shape}-{quantization}-{'ckpt' if ckpt == 'yes' else 'nockpt'}-{batching}-{path}"
-                            case = {"name": name, "shape": shape, "base": str(base), "quantization": quantization,
-                                    "checkpointing": ckpt == "yes", "path": path, "steps": steps, "batching": label,
-                                    "batch_size": size, "batch_tokens": budget, "max_length": args.max_length,
-                                    "flores": args.flores, "out": str(out), "memory_gib": args.memory_gib}  # fmt: skip
+                            case = {
+                                "name": name,
+                                "shape": shape,
+                                "base": str(base),
+                                "quantization": quantization,
+                                "checkpointing": ckpt == "yes",
+                                "path": path,
+                                "steps": steps,
+                                "batching": label,
+                                "batch_size": size,
+                                "batch_tokens": budget,
+                                "max_length": args.max_length,
+                                "flores": args.flores,
+                                "out": str(out),
+                                "memory_gib": args.memory_gib,
+                            }
                             result = json.loads(_child("--child", json.dumps(case)))
                             results.append(result)
                             print(_row(result), flush=True)
@@ -422,14 +536,19 @@ def _print_ratios(results: list[dict[str, Any]], cuda: bool) -> None:
         before = by_case.get((shape, quantization, ckpt, batching, "before"))
         if path != "after" or before is None:
             continue
-        print(f"{shape} {quantization} ckpt={ckpt} {batching}: tokens/s x{after['tokens_per_s'] / before['tokens_per_s']:.2f}, "
-              f"{memory} {before[memory]:.2f} -> {after[memory]:.2f} GiB", flush=True)  # fmt: skip
+        print(
+            f"{shape} {quantization} ckpt={ckpt} {batching}: tokens/s x{after['tokens_per_s'] / before['tokens_per_s']:.2f}, "
+            f"{memory} {before[memory]:.2f} -> {after[memory]:.2f} GiB",
+            flush=True,
+        )
     if cuda:
         for r in results:
             if r["path"] == "after":
                 fits = r["peak_allocated_gib"] <= 4.0 and r["peak_reserved_gib"] <= 5.0
-                print(f"{r['name']}: 6 GB target (<= 4.0 GiB allocated, <= 5.0 GiB reserved) {'met' if fits else 'NOT met'}; "
-                      f"GPU busy {r['gpu_busy']:.0%} (target >= 50%)")  # fmt: skip
+                print(
+                    f"{r['name']}: 6 GB target (<= 4.0 GiB allocated, <= 5.0 GiB reserved) {'met' if fits else 'NOT met'}; "
+                    f"GPU busy {r['gpu_busy']:.0%} (target >= 50%)"
+                )
 
 
 if __name__ == "__main__":

@@ -121,11 +121,22 @@ def child(case: str, n: int, http_url: str, s3_uri: str, endpoint: str, workdir:
     staged_at = time.perf_counter()
     manifest = write_shards(config, staged, config.run_uri())
     end = time.perf_counter()
-    print(json.dumps({
-        "case": case, "n": n, "read": manifest["totals"]["read"], "accepted": manifest["totals"]["accepted"],
-        "seconds": end - start, "stage_seconds": staged_at - start, "shard_seconds": end - staged_at,
-        "cpu_seconds": time.process_time() - cpu0, "ready_rss_mb": ready_rss, "peak_rss_mb": peak_rss_mb(),
-    }))
+    print(
+        json.dumps(
+            {
+                "case": case,
+                "n": n,
+                "read": manifest["totals"]["read"],
+                "accepted": manifest["totals"]["accepted"],
+                "seconds": end - start,
+                "stage_seconds": staged_at - start,
+                "shard_seconds": end - staged_at,
+                "cpu_seconds": time.process_time() - cpu0,
+                "ready_rss_mb": ready_rss,
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        )
+    )
 
 
 def run_child(args: list[str]) -> tuple[dict[str, Any], float]:
@@ -221,7 +232,9 @@ def main() -> None:
         web = root / "web"
         web.mkdir()
         s3 = S3Server().start()
-        os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+        os.environ.update(
+            {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+        )
         s3.create_bucket("bench")
         with FaultyHTTPServer(web) as http:
             for case in cases:

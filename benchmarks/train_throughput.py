@@ -94,22 +94,36 @@ def main() -> None:
         if base is None:
             languages = list(parse_direction(args.direction))
             recipe = small_recipe("builtin:tiny-seq2seq", steps=0)  # the built-in's shape, untrained: speed only
-            base = str(build_builtin("builtin:tiny-seq2seq", languages=languages, flores_dir=args.flores,
-                                     out_dir=root / "base", recipe=recipe))  # fmt: skip
-        config = config_from_dict({
-            "directions": [args.direction], "base_model": base,
-            "training": {"batch_size": args.batch_size, "max_length": args.max_length, "learning_rate": 1e-3},
-        })  # fmt: skip
+            base = str(
+                build_builtin(
+                    "builtin:tiny-seq2seq",
+                    languages=languages,
+                    flores_dir=args.flores,
+                    out_dir=root / "base",
+                    recipe=recipe,
+                )
+            )
+        config = config_from_dict(
+            {
+                "directions": [args.direction],
+                "base_model": base,
+                "training": {"batch_size": args.batch_size, "max_length": args.max_length, "learning_rate": 1e-3},
+            }
+        )
         # Rounds alternate the order (A B, B A, ...) so drifting load on a shared machine hits both modes alike.
         modes = ["dynamic+grouped", "pad-to-max"]
         results: dict[str, list[float]] = {mode: [] for mode in modes}
         for round_no in range(args.rounds):
             for mode in modes if round_no % 2 == 0 else list(reversed(modes)):
                 results[mode].append(tokens_per_s(config, args.direction, Path(args.flores), mode, args.steps))
-                print(f"round {round_no + 1} {mode:>16}: {results[mode][-1]:9.0f} real tokens/s over {args.steps} steps")
+                print(
+                    f"round {round_no + 1} {mode:>16}: {results[mode][-1]:9.0f} real tokens/s over {args.steps} steps"
+                )
         medians = {mode: statistics.median(values) for mode, values in results.items()}
         for mode, value in medians.items():
-            print(f"median {mode:>16}: {value:9.0f} real tokens/s (batch {args.batch_size}, max_length {args.max_length})")
+            print(
+                f"median {mode:>16}: {value:9.0f} real tokens/s (batch {args.batch_size}, max_length {args.max_length})"
+            )
         ratio = medians["dynamic+grouped"] / medians["pad-to-max"]
         print(f"speed-up of dynamic padding + length grouping: {ratio:.2f}x (goal >= 1.5x)")
 

@@ -170,9 +170,7 @@ class _FileFormatKey(SourceBase):
 class _EndpointKey(SourceBase):
     endpoint_url: str | None = Field(
         None,
-        description=(
-            "An S3-compatible endpoint for s3:// URLs (overrides AWS_ENDPOINT_URL from the environment)."
-        ),
+        description=("An S3-compatible endpoint for s3:// URLs (overrides AWS_ENDPOINT_URL from the environment)."),
     )
 
 
@@ -352,9 +350,23 @@ for _kind, _model in SOURCE_MODELS.items():
         _SOURCE_KEY_KINDS.setdefault(_key, []).append(_kind)
 _OPTIONAL_SOURCE_KEYS = frozenset(_SOURCE_KEY_KINDS) - {"name", "kind", "uri", "fields"}
 _DUMP_ORDER = (
-    "name", "kind", "uri", "split", "format", "fields", "langs", "pattern", "files", "collection", "endpoint_url",
-    "subset", "trusted_clients", "max_length_ratio", "reward_margin", "heldout_share",
-)  # fmt: skip
+    "name",
+    "kind",
+    "uri",
+    "split",
+    "format",
+    "fields",
+    "langs",
+    "pattern",
+    "files",
+    "collection",
+    "endpoint_url",
+    "subset",
+    "trusted_clients",
+    "max_length_ratio",
+    "reward_margin",
+    "heldout_share",
+)
 _DUMPED_ALWAYS = ("name", "kind", "uri", "split", "format", "fields", "langs", "collection", "endpoint_url", "subset")
 _DUMPED_WHEN_SET = ("pattern", "files", "trusted_clients", "max_length_ratio", "reward_margin", "heldout_share")
 
@@ -434,7 +446,9 @@ class ValidationConfig(_Strict):
     )
     pairs: int | None = Field(None, gt=0, description="Pairs held out per direction, instead of a share.")
     max_pairs: int = Field(
-        500, gt=0, description="Most pairs held out per direction whatever the share: each is translated at every validation."
+        500,
+        gt=0,
+        description="Most pairs held out per direction whatever the share: each is translated at every validation.",
     )
     seed: int = Field(0, description="Which pairs are held out: the same seed holds out the same pairs.")
 
@@ -479,7 +493,9 @@ class TrainingConfig(_Strict):
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     checkpoint_every: int = Field(100, gt=0, description="Steps between resumable checkpoints.")
     log_every: int = Field(
-        10, gt=0, description="Steps between lines of loss and tokens/s in the log and train_log.jsonl (each reads the loss)."
+        10,
+        gt=0,
+        description="Steps between lines of loss and tokens/s in the log and train_log.jsonl (each reads the loss).",
     )
     seed: int = Field(0, description="Random seed for data order and initialisation.")
     quantization: Literal["none", "8bit", "4bit"] = Field(
@@ -499,7 +515,9 @@ class TrainingConfig(_Strict):
         ),
     )
     eval_every: int | None = Field(
-        None, gt=0, description="Steps between validations (default: checkpoint_every); every validation writes a checkpoint."
+        None,
+        gt=0,
+        description="Steps between validations (default: checkpoint_every); every validation writes a checkpoint.",
     )
     patience: int | None = Field(
         None, gt=0, description="Stop after this many validations without a better chrF++ (null: train to max_steps)."
@@ -512,7 +530,9 @@ class TrainingConfig(_Strict):
             "sources) plus an SFT share of plain pairs; no reference model (docs/rl-logs.md)."
         ),
     )
-    cpo: CPOConfig | None = Field(None, exclude_if=_unset, description="CPO settings (objective cpo; defaults when null).")
+    cpo: CPOConfig | None = Field(
+        None, exclude_if=_unset, description="CPO settings (objective cpo; defaults when null)."
+    )
     init_from: Literal["scratch", "incumbent"] = Field(
         "scratch",
         exclude_if=lambda v: v == "scratch",
@@ -613,7 +633,9 @@ class ServingConfig(_Strict):
     feedback_per_minute: float = Field(
         60.0, ge=0, description="Feedback requests each client may make per minute (0: no limit); 429 beyond."
     )
-    feedback_burst: int = Field(30, gt=0, description="Feedback requests a client may make at once before the rate applies.")
+    feedback_burst: int = Field(
+        30, gt=0, description="Feedback requests a client may make at once before the rate applies."
+    )
     engine: Literal["torch", "ctranslate2"] = Field(
         "torch",
         description=(
@@ -622,13 +644,15 @@ class ServingConfig(_Strict):
             "a base CTranslate2 cannot convert falls back to torch)."
         ),
     )
-    compute_type: Literal[
-        "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32"
-    ] | None = Field(
+    compute_type: (
+        Literal["int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32"]
+        | None
+    ) = Field(
         None, description="CTranslate2 engine: weights' and compute type (None: int8 on CPU, int8_float16 on CUDA)."
     )
     max_batch_tokens: int = Field(
-        4096, gt=0,
+        4096,
+        gt=0,
         description="CTranslate2 engine: most source tokens in one length-sorted sub-batch of a batch.",
     )
 
@@ -658,7 +682,8 @@ class TaskRunnerConfig(_Strict):
         ),
     )
     address: str | None = Field(
-        None, description="dask: scheduler address of an existing cluster, e.g. tcp://10.0.0.5:8786 (none: start a local cluster)."
+        None,
+        description="dask: scheduler address of an existing cluster, e.g. tcp://10.0.0.5:8786 (none: start a local cluster).",
     )
     n_workers: int | None = Field(
         None,
@@ -670,7 +695,8 @@ class TaskRunnerConfig(_Strict):
         description="dask: worker resources each fine-tune and evaluate task claims, e.g. {GPU: 1}.",
     )
     train_resources: dict[str, float] | None = Field(
-        None, description="dask: what fine-tune tasks claim instead of `resources` (e.g. {GPU: 1} while evaluation takes {CPU: 1})."
+        None,
+        description="dask: what fine-tune tasks claim instead of `resources` (e.g. {GPU: 1} while evaluation takes {CPU: 1}).",
     )
     evaluate_resources: dict[str, float] | None = Field(
         None, description="dask: what evaluate tasks claim instead of `resources`."
@@ -719,8 +745,11 @@ class RLExportFlowConfig(_Strict):
     @classmethod
     def of(cls, config: PipelineConfig) -> RLExportFlowConfig:
         """The export settings of a whole pipeline config (what `bhashaflow export-rl CONFIG` runs)."""
-        return cls(run_name=config.run_name, serving=EpisodesDb(episodes_db=config.serving.episodes_db),
-                   rl_export=config.rl_export)  # fmt: skip
+        return cls(
+            run_name=config.run_name,
+            serving=EpisodesDb(episodes_db=config.serving.episodes_db),
+            rl_export=config.rl_export,
+        )
 
 
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -761,7 +790,8 @@ class PipelineConfig(_Strict):
     )
     base_revision: str | None = Field(None, description="Hub revision of the base model.")
     trust_remote_code: bool = Field(
-        False, description="Run Python code a model ships (auto_map in its config; hub or local folder): off unless trusted."
+        False,
+        description="Run Python code a model ships (auto_map in its config; hub or local folder): off unless trusted.",
     )
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Adapter fine-tuning.")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="chrF on FLORES-200.")
@@ -922,7 +952,9 @@ def _format_errors(exc: ValidationError) -> str:
     return "; ".join(f"{loc}: {msg}" for loc, msg in map(_error_text, exc.errors()))
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, origin: str = "config") -> PipelineConfig:
+def config_from_dict(
+    data: dict[str, Any], overrides: list[str] | None = None, origin: str = "config"
+) -> PipelineConfig:
     """Validate a config mapping after applying `--set` overrides."""
     data = json.loads(json.dumps(data))  # a deep copy we may edit
     for key, value in parse_overrides(overrides):

@@ -189,4 +189,3 @@ def _row(a: RawRecord, b: RawRecord, line: int, ref: str) -> RawRecord:
         return RawRecord(position, ref, error=f"{bad.ref}: {bad.error}", raw=bad.raw, reason=bad.reason)
     assert a.row is not None and b.row is not None
     return RawRecord(position, ref, {"src": a.row["text"], "tgt": b.row["text"]})
-

@@ -199,7 +199,9 @@ def _storage_errors(source_name: str, doing: str, uri: str) -> Iterator[None]:
         if is_transient(exc) or not (isinstance(exc, OSError) or s3.is_storage_error(exc)):
             raise
         what = f"source {source_name!r}: cannot {doing} {redact_uri(uri)}"
-        raise SourceError(f"{what}: no such file" if isinstance(exc, FileNotFoundError) else f"{what}: {one_line(exc)}") from None
+        raise SourceError(
+            f"{what}: no such file" if isinstance(exc, FileNotFoundError) else f"{what}: {one_line(exc)}"
+        ) from None
 
 
 class FileStores:
@@ -251,7 +253,10 @@ class FileSource:
     expanded uri, its stores, and its reads retried from the last position after each transient failure."""
 
     def __init__(
-        self, source: AlignedSource | TmxSource | RlLogsSource, settings: Settings, retry: SourceRetryConfig | None = None
+        self,
+        source: AlignedSource | TmxSource | RlLogsSource,
+        settings: Settings,
+        retry: SourceRetryConfig | None = None,
     ) -> None:
         self.name = source.name
         self.settings = settings
@@ -265,8 +270,10 @@ class FileSource:
         return FileStores(self.name, self.settings, self.retry, self.endpoint_url)
 
     def retried(
-        self, read_from: Callable[[Position | None], Iterator[RawRecord]], start: Position | None,
+        self,
+        read_from: Callable[[Position | None], Iterator[RawRecord]],
+        start: Position | None,
         what: str | Callable[[], str],
-    ) -> Iterator[RawRecord]:  # fmt: skip
+    ) -> Iterator[RawRecord]:
         """`read_from(start)`, reopened at the last yielded position after each transient failure."""
         return stream_with_retries(read_from, start, policy=self.policy, is_transient=is_transient, what=what)

@@ -314,7 +314,8 @@ class _LineParser:
 
     def overlong(self, kept: bytes, size: int, lineno: int, offset: int | None) -> RawRecord:
         return RawRecord(
-            self.position(lineno, offset), f"{self.name}:{lineno}",
+            self.position(lineno, offset),
+            f"{self.name}:{lineno}",
             error=f"line is longer than {self.max_line_bytes} bytes ({size} bytes); not line-delimited data?",
             raw=_preview(kept),
         )
@@ -410,7 +411,9 @@ class _TsvParser(_LineParser):
         values = text.rstrip("\r").split("\t")
         if len(values) != len(self.header):
             return RawRecord(
-                position, ref, error=f"TSV line has {len(values)} columns, the header names {len(self.header)}",
+                position,
+                ref,
+                error=f"TSV line has {len(values)} columns, the header names {len(self.header)}",
                 raw=_preview(line),
             )
         return RawRecord(position, ref, row=dict(zip(self.header, values, strict=True)))
@@ -426,8 +429,11 @@ class _TextLineParser(_LineParser):
             text = raw_line.decode("utf-8")
         except UnicodeDecodeError as exc:
             return RawRecord(
-                self.position(lineno, offset), f"{self.name}:{lineno}", error=f"invalid UTF-8 at byte {exc.start}",
-                raw=_preview(raw_line), reason="invalid_utf8",
+                self.position(lineno, offset),
+                f"{self.name}:{lineno}",
+                error=f"invalid UTF-8 at byte {exc.start}",
+                raw=_preview(raw_line),
+                reason="invalid_utf8",
             )
         extra = self.extra
         position = {**extra, "line": lineno} if offset is None else {**extra, "line": lineno, "offset": offset}

@@ -212,7 +212,11 @@ class HttpConnector:
             else:
                 gzipped, chunks = sniff_gzip(chunks, named_gz=self.file_name.lower().endswith(".gz"))
                 records = iter_text_records(
-                    chunks, self.format, self.file_name, offset=None if gzipped else 0, skip_to_line=line,
+                    chunks,
+                    self.format,
+                    self.file_name,
+                    offset=None if gzipped else 0,
+                    skip_to_line=line,
                     header=header,
                 )
             try:

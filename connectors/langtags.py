@@ -17,11 +17,24 @@ __all__ = ["ISO_639_1", "file_suffixes", "flores_code"]
 
 # Other codes in use for them: macrolanguages (ori, nep, fas, ara, msa, swa), ISO 639-2/B and retired ones.
 _ALIASES: dict[str, str] = {
-    "ori": "ory_Orya", "nep": "npi_Deva", "pus": "pbt_Arab", "fas": "pes_Arab", "per": "pes_Arab",
-    "ara": "arb_Arab", "msa": "zsm_Latn", "may": "zsm_Latn", "swa": "swh_Latn", "gre": "ell_Grek",
-    "chi": "zho_Hans", "ger": "deu_Latn", "fre": "fra_Latn", "dut": "nld_Latn", "tib": "bod_Tibt",
-    "iw": "heb_Hebr", "in": "ind_Latn",
-}  # fmt: skip
+    "ori": "ory_Orya",
+    "nep": "npi_Deva",
+    "pus": "pbt_Arab",
+    "fas": "pes_Arab",
+    "per": "pes_Arab",
+    "ara": "arb_Arab",
+    "msa": "zsm_Latn",
+    "may": "zsm_Latn",
+    "swa": "swh_Latn",
+    "gre": "ell_Grek",
+    "chi": "zho_Hans",
+    "ger": "deu_Latn",
+    "fre": "fra_Latn",
+    "dut": "nld_Latn",
+    "tib": "bod_Tibt",
+    "iw": "heb_Hebr",
+    "in": "ind_Latn",
+}
 _TRADITIONAL_REGIONS = frozenset({"TW", "HK", "MO"})
 _SUBTAGS = re.compile(r"[-_]")
 

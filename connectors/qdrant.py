@@ -92,7 +92,9 @@ class QdrantConnector:
                 raise SourceError(f"source {self.name!r}: local Qdrant storage {path} does not exist")
             return QdrantClient(path=str(path))
         except RuntimeError as exc:  # local mode: the storage folder is locked by another client
-            raise SourceError(f"source {self.name!r}: cannot open Qdrant storage {redact_uri(location)}: {exc}") from None
+            raise SourceError(
+                f"source {self.name!r}: cannot open Qdrant storage {redact_uri(location)}: {exc}"
+            ) from None
 
     def _fail(self, exc: Exception, doing: str) -> SourceError:
         if isinstance(exc, ResponseHandlingException) or (

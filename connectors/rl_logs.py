@@ -124,7 +124,9 @@ class RlLogsConnector(FileSource):
         """One pass over the parts before reading them: superseded records and reward pairs (see _Survey)."""
         seen: dict[int, int] = {}
         repeated: set[int] = set()
-        rated: dict[int, tuple[int, tuple[str, str], float, str]] = {}  # episode -> (seq, (direction, prompt), reward, response)
+        rated: dict[
+            int, tuple[int, tuple[str, str], float, str]
+        ] = {}  # episode -> (seq, (direction, prompt), reward, response)
         for name in parts:
             current[0] = redact_uri(f"{self.folder}/{name}")
             for record in self._part_records(store, name, {}, parts[-1]):
@@ -143,12 +145,15 @@ class RlLogsConnector(FileSource):
         """A trusted reward without a correction, on a served output: material for a reward pair."""
         reward, correction = row.get("reward"), row.get("correction")
         return (
-            isinstance(reward, int | float) and not isinstance(reward, bool)
+            isinstance(reward, int | float)
+            and not isinstance(reward, bool)
             and not (isinstance(correction, str) and correction.strip())
-            and isinstance(row.get("response"), str) and bool(row["response"].strip())
-            and isinstance(row.get("prompt"), str) and isinstance(row.get("direction"), str)
+            and isinstance(row.get("response"), str)
+            and bool(row["response"].strip())
+            and isinstance(row.get("prompt"), str)
+            and isinstance(row.get("direction"), str)
             and self._trusts(row.get("feedback_client"))
-        )  # fmt: skip
+        )
 
     def _reward_pairs(self, rated: dict[int, tuple[int, tuple[str, str], float, str]]) -> dict[int, str]:
         """Per prompt, the highest-rewarded output preferred over the lowest when their rewards differ by at least
@@ -180,10 +185,15 @@ class RlLogsConnector(FileSource):
         if skip == "no_correction" and row.get("episode_id") in survey.reward_pairs:
             skip, chosen = None, survey.reward_pairs[row["episode_id"]]  # a better-rated output of the same prompt
         out = {
-            "src": row["prompt"], "tgt": chosen, "src_lang": row["src_lang"], "tgt_lang": row["tgt_lang"],
-            "rejected": row.get("response"), "reward": row.get("reward"), "adapter_version": row.get("adapter_version"),
+            "src": row["prompt"],
+            "tgt": chosen,
+            "src_lang": row["src_lang"],
+            "tgt_lang": row["tgt_lang"],
+            "rejected": row.get("response"),
+            "reward": row.get("reward"),
+            "adapter_version": row.get("adapter_version"),
             "episode_id": row.get("episode_id"),
-        }  # fmt: skip
+        }
         return RawRecord(record.position, record.ref, row=out, skip=skip)
 
     def _skip_reason(self, row: dict[str, Any], latest: dict[int, int]) -> str | None:

@@ -216,7 +216,8 @@ class S3Connector:
             raise SourceError(f"source {self.name!r}: cannot list {self.uri}: {one_line(exc)}") from None
         # Keys starting with '_' or '.' are markers (_SUCCESS, .keep), not data.
         keys = sorted(
-            key for key, info in found.items()
+            key
+            for key, info in found.items()
             if info.get("type") == "file" and not key.endswith("/") and key.rsplit("/", 1)[-1][:1] not in ("_", ".")
         )
         if not keys:
@@ -265,8 +266,13 @@ class S3Connector:
                         )
                     return
                 yield from iter_text_records(
-                    stream_object(fs, key, offset, self.chunk_bytes), fmt, key, base=base, line=line,
-                    offset=offset, header=header,
+                    stream_object(fs, key, offset, self.chunk_bytes),
+                    fmt,
+                    key,
+                    base=base,
+                    line=line,
+                    offset=offset,
+                    header=header,
                 )
             else:  # from the start; gzip is re-read and the lines already handed out skipped
                 gzipped, chunks = sniff_gzip(
@@ -281,4 +287,3 @@ class S3Connector:
             if is_transient(exc) or not is_storage_error(exc):
                 raise
             raise SourceError(f"source {self.name!r}: cannot read s3://{key}: {one_line(exc)}") from None
-

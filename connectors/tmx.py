@@ -159,8 +159,11 @@ class TmxConnector(FileSource):
         if start is not None and not isinstance(start.get("unit"), int):
             raise SourceError(f"source {self.name!r}: {start!r} is not a position of a tmx source")
         with self.stores() as stores:
-            yield from self.retried(lambda position: self._read_from(stores, position), start,
-                                    what=f"source {self.name!r}: reading {self.shown}")  # fmt: skip
+            yield from self.retried(
+                lambda position: self._read_from(stores, position),
+                start,
+                what=f"source {self.name!r}: reading {self.shown}",
+            )
 
     def _read_from(self, stores: FileStores, position: Position | None) -> Iterator[RawRecord]:
         position = position or {}
@@ -177,7 +180,10 @@ class TmxConnector(FileSource):
         for tag, count in unknown.most_common():
             log.warning(
                 "source %r: %s: xml:lang %r matches no FLORES-200 language; segments in it not read: %d",
-                self.name, self.shown, tag, count,
+                self.name,
+                self.shown,
+                tag,
+                count,
             )
 
     def _records(self, units: Iterator[TmxUnit], skip: int, unknown: Counter[str]) -> Iterator[RawRecord]:
@@ -206,8 +212,11 @@ class TmxConnector(FileSource):
             has = ", ".join(f"{tag} ({flores_code(tag) or 'unknown tag'})" for tag, _ in unit.variants) or "none"
             raw = json.dumps({tag or "": text for tag, text in unit.variants}, ensure_ascii=False)
             return RawRecord(
-                position, ref, error=f"{where} has no segment in {' or '.join(missing)}; its languages: {has}",
-                raw=raw[:RAW_PREVIEW_CHARS], reason="missing_field",
+                position,
+                ref,
+                error=f"{where} has no segment in {' or '.join(missing)}; its languages: {has}",
+                raw=raw[:RAW_PREVIEW_CHARS],
+                reason="missing_field",
             )
         row = {"src": texts[self.langs[0]], "tgt": texts[self.langs[1]]}
         if unit.tuid is not None:

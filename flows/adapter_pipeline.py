@@ -51,13 +51,16 @@ def adapter_pipeline(config: PipelineConfig) -> PipelineResult:
             trained[direction] = future.result()
             handed_on[direction] = reused(direction, "training", future.state, trained[direction])
             with task_resources(config, "evaluate"):  # tasks hand each other run URIs: any worker can evaluate
-                evaluating[direction] = evaluate_direction_task.submit(config, direction, trained[direction].adapter_uri)
+                evaluating[direction] = evaluate_direction_task.submit(
+                    config, direction, trained[direction].adapter_uri
+                )
         directions: dict[str, DirectionResult] = {}
         for direction, scoring in evaluating.items():
             scores = scoring.result()
             handed_on[direction] |= reused(direction, "evaluation", scoring.state, scores)
-            state = promote_adapter_task(config, direction, trained[direction], scores, ingested.manifest_sha256,
-                                         return_state=True)  # fmt: skip
+            state = promote_adapter_task(
+                config, direction, trained[direction], scores, ingested.manifest_sha256, return_state=True
+            )
             promotion = state.result()
             handed_on[direction] |= reused(direction, "promotion", state, promotion)
             directions[direction] = direction_result(trained[direction], scores, promotion, handed_on[direction])

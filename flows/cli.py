@@ -206,13 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
             help="override a config field; the value is parsed as YAML (repeatable)",
         )
         p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
-        p.add_argument("--quiet", action="store_true", help="print only errors and the final table (no progress, no logs)")
+        p.add_argument(
+            "--quiet", action="store_true", help="print only errors and the final table (no progress, no logs)"
+        )
         p.set_defaults(func=func)
         return p
 
     add("ingest", cmd_ingest, "run the ingest-corpus flow")
-    add("check", cmd_check, "preflight: base model, sources' first rows, FLORES files, writable workdir and registry, "
-        "device; exits 1 when any check fails")
+    add(
+        "check",
+        cmd_check,
+        "preflight: base model, sources' first rows, FLORES files, writable workdir and registry, "
+        "device; exits 1 when any check fails",
+    )
     add("pipeline", cmd_pipeline, "run the adapter-pipeline flow: ingest, fine-tune, evaluate, promote")
     evaluate = add("evaluate", cmd_evaluate, "score one adapter per direction on FLORES-200 (evaluate-adapter flow)")
     evaluate.add_argument(
@@ -220,13 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
         default="promoted",
         help="promoted (default), none (the base model alone), or a registry version such as v0002",
     )
-    fit = add("fit", cmd_fit, "measure a few worst-case training steps of CONFIG on this machine: memory, tokens/s, "
-              "the largest batch_tokens that fits")
+    fit = add(
+        "fit",
+        cmd_fit,
+        "measure a few worst-case training steps of CONFIG on this machine: memory, tokens/s, "
+        "the largest batch_tokens that fits",
+    )
     fit.add_argument("--steps", type=int, default=3, help="training steps to time (default 3; the first warms up)")
     fit.add_argument("--device", default=None, help="cpu or cuda[:n] (default: cuda when present)")
     add("demo", cmd_demo, "pipeline, table, a served translation with feedback, and an RL log export, offline")
-    add("feedback-loop", cmd_feedback_loop, "run the feedback-loop flow: export, ingest the RL logs, train (cpo), "
-        "evaluate on FLORES and the held-out corrections, promote")
+    add(
+        "feedback-loop",
+        cmd_feedback_loop,
+        "run the feedback-loop flow: export, ingest the RL logs, train (cpo), "
+        "evaluate on FLORES and the held-out corrections, promote",
+    )
     add("export-rl", cmd_export_rl, "run the export-rl-logs flow: served episodes and feedback to the rl_export target")
     serve = add("serve", cmd_serve, "serve the promoted adapters over HTTP (FastAPI)")
     serve.add_argument("--host", default=None, help="address to bind (default: serving.host)")

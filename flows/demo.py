@@ -98,8 +98,11 @@ def serve_and_try(config_path: str, overrides: list[str], config: PipelineConfig
             _translate_and_rate(base, direction)
         for direction in directions:  # users correcting translations: FLORES dev references stand in for them
             posted = post_corrections(base, direction, config.evaluation.flores_dir, CORRECTIONS)
-            print(f"POST /v1/feedback {direction}: {posted['corrections']} corrections of FLORES dev translations "
-                  f"({posted['equal_to_output']} equal to what was served)", flush=True)  # fmt: skip
+            print(
+                f"POST /v1/feedback {direction}: {posted['corrections']} corrections of FLORES dev translations "
+                f"({posted['equal_to_output']} equal to what was served)",
+                flush=True,
+            )
     finally:
         _stop(service)
 
@@ -116,8 +119,10 @@ def _wait_ready(service: subprocess.Popen[bytes], base: str, log_path: Path) -> 
     while True:
         if service.poll() is not None:
             tail = log_path.read_text(errors="replace").splitlines()[-20:]
-            raise RuntimeError(f"the service exited with status {service.returncode} before it was ready; "
-                               f"the end of {log_path}:\n" + "\n".join(tail))  # fmt: skip
+            raise RuntimeError(
+                f"the service exited with status {service.returncode} before it was ready; "
+                f"the end of {log_path}:\n" + "\n".join(tail)
+            )
         try:
             if httpx.get(f"{base}/health", timeout=5).status_code == 200:
                 return
@@ -130,14 +135,17 @@ def _wait_ready(service: subprocess.Popen[bytes], base: str, log_path: Path) -> 
 
 def _translate_and_rate(base: str, direction: str) -> None:
     src_lang, tgt_lang = direction.split("-")
-    r = httpx.post(f"{base}/v1/translate", json={"texts": [SENTENCE], "src_lang": src_lang, "tgt_lang": tgt_lang},
-                   timeout=120)  # fmt: skip
+    r = httpx.post(
+        f"{base}/v1/translate", json={"texts": [SENTENCE], "src_lang": src_lang, "tgt_lang": tgt_lang}, timeout=120
+    )
     body = r.json()
     if r.status_code != 200:
         print(f"POST /v1/translate {direction}: {r.status_code} {body.get('detail', body)}")
         return
-    print(f"POST /v1/translate {direction} ({body['adapter']['version']}): {SENTENCE!r} -> "
-          f"{body['translations'][0]!r} (script valid: {body['script_valid'][0]})")  # fmt: skip
+    print(
+        f"POST /v1/translate {direction} ({body['adapter']['version']}): {SENTENCE!r} -> "
+        f"{body['translations'][0]!r} (script valid: {body['script_valid'][0]})"
+    )
     fb = httpx.post(f"{base}/v1/feedback", json={"episode_id": body["episode_ids"][0], "reward": 0.5}, timeout=30)
     print(f"POST /v1/feedback episode {body['episode_ids'][0]} reward 0.5: {fb.status_code}")
 

@@ -88,12 +88,19 @@ def feedback_loop(config: PipelineConfig) -> FeedbackLoopResult:
     run_uri = _run_uri(config, result["run_id"])
     manifest = read_data_manifest(run_uri, get_settings().storage_options_for(run_uri))
     counts = feedback_counts(manifest, feedback_sources)
-    create_markdown_artifact(loop_markdown(result["run_id"], exported, counts, result["directions"]),
-                             key=artifact_key("feedback-loop", config.run_name, "loop"),
-                             description=f"Feedback loop, run {result['run_id']}, every direction: episodes exported, "
-                             "what they became, chrF++ on FLORES-200 and on the held-out corrections, the gate's word")  # fmt: skip
-    return {"export": exported, "feedback": counts, "run_id": result["run_id"], "report": result["report"],
-            "directions": result["directions"]}  # fmt: skip
+    create_markdown_artifact(
+        loop_markdown(result["run_id"], exported, counts, result["directions"]),
+        key=artifact_key("feedback-loop", config.run_name, "loop"),
+        description=f"Feedback loop, run {result['run_id']}, every direction: episodes exported, "
+        "what they became, chrF++ on FLORES-200 and on the held-out corrections, the gate's word",
+    )
+    return {
+        "export": exported,
+        "feedback": counts,
+        "run_id": result["run_id"],
+        "report": result["report"],
+        "directions": result["directions"],
+    }
 
 
 def _run_uri(config: PipelineConfig, run_id: str) -> str:
@@ -107,37 +114,73 @@ def feedback_counts(manifest: DataManifest | None, sources: list[str]) -> Feedba
     if manifest is None:
         return {"sources": {}, "directions": {}}
     per_source: dict[str, SourceFeedback] = {
-        name: {"read": s.read, "accepted": s.accepted, "duplicates": s.duplicates, "rejected": s.rejected,
-               "skipped": s.skipped, "rejected_by_reason": s.rejected_by_reason, "skipped_by_reason": s.skipped_by_reason}
-        for name, s in manifest.sources.items() if name in sources
-    }  # fmt: skip
+        name: {
+            "read": s.read,
+            "accepted": s.accepted,
+            "duplicates": s.duplicates,
+            "rejected": s.rejected,
+            "skipped": s.skipped,
+            "rejected_by_reason": s.rejected_by_reason,
+            "skipped_by_reason": s.skipped_by_reason,
+        }
+        for name, s in manifest.sources.items()
+        if name in sources
+    }
     directions: dict[str, DirectionFeedback] = {
-        d: {"pairs": e.accepted, "preferences": e.preferences.rows if e.preferences else 0,
-            "heldout": e.heldout.rows if e.heldout else 0}
+        d: {
+            "pairs": e.accepted,
+            "preferences": e.preferences.rows if e.preferences else 0,
+            "heldout": e.heldout.rows if e.heldout else 0,
+        }
         for d, e in manifest.directions.items()
-    }  # fmt: skip
+    }
     return {"sources": per_source, "directions": directions}
 
 
 def loop_markdown(run_id: str, exported: ExportSummary, counts: FeedbackCounts, directions: Rows) -> str:
     """The loop's artifact: what was exported, what became data, both yardsticks and the gate's word (a table each,
     narrow enough for the Prefect UI)."""
-    lines = [f"# Feedback loop, run {run_id}", "",
-             f"Exported {exported['exported']} episodes in {len(exported['parts'])} parts to `{exported['target']}`.", ""]  # fmt: skip
+    lines = [
+        f"# Feedback loop, run {run_id}",
+        "",
+        f"Exported {exported['exported']} episodes in {len(exported['parts'])} parts to `{exported['target']}`.",
+        "",
+    ]
     for name, s in counts["sources"].items():
         skipped = ", ".join(f"{k} {v}" for k, v in s["skipped_by_reason"].items()) or "none"
         rejected = ", ".join(f"{k} {v}" for k, v in s["rejected_by_reason"].items()) or "none"
-        lines.append(f"- `{name}`: {s['read']} episodes read, {s['accepted']} corrections kept "
-                     f"({s['duplicates']} duplicates), skipped: {skipped}; rejected: {rejected}")  # fmt: skip
+        lines.append(
+            f"- `{name}`: {s['read']} episodes read, {s['accepted']} corrections kept "
+            f"({s['duplicates']} duplicates), skipped: {skipped}; rejected: {rejected}"
+        )
     became: Columns = [
         (header, "---:", _became_cell(counts, key))
-        for header, key in (("training pairs", "pairs"), ("preference triplets", "preferences"), ("held out", "heldout"))
+        for header, key in (
+            ("training pairs", "pairs"),
+            ("preference triplets", "preferences"),
+            ("held out", "heldout"),
+        )
     ]
     rows = {d: {**r, "direction": d} for d, r in directions.items()}
-    lines += ["", "What the feedback became:", "", *markdown_table(rows, became),
-              "", "chrF++ on FLORES-200:", "", *markdown_table(rows, MARKDOWN_COLUMNS),
-              "", "chrF++ on the held-out corrections:", "", *markdown_table(rows, MARKDOWN_CORRECTIONS_COLUMNS),
-              "", *[f"- **{d}**: {'promoted' if r['promoted'] else 'not promoted'}: {r['reason']}" for d, r in directions.items()]]  # fmt: skip
+    lines += [
+        "",
+        "What the feedback became:",
+        "",
+        *markdown_table(rows, became),
+        "",
+        "chrF++ on FLORES-200:",
+        "",
+        *markdown_table(rows, MARKDOWN_COLUMNS),
+        "",
+        "chrF++ on the held-out corrections:",
+        "",
+        *markdown_table(rows, MARKDOWN_CORRECTIONS_COLUMNS),
+        "",
+        *[
+            f"- **{d}**: {'promoted' if r['promoted'] else 'not promoted'}: {r['reason']}"
+            for d, r in directions.items()
+        ],
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -158,10 +201,14 @@ def loop_table(result: FeedbackLoopResult) -> str:
     for name, s in result["feedback"]["sources"].items():
         skipped = ", ".join(f"{k} {v}" for k, v in s["skipped_by_reason"].items()) or "none"
         rejected = ", ".join(f"{k} {v}" for k, v in s["rejected_by_reason"].items()) or "none"
-        lines.append(f"{name}: {s['read']} episodes read, {s['accepted']} corrections kept; skipped: {skipped}; "
-                     f"rejected: {rejected}")  # fmt: skip
+        lines.append(
+            f"{name}: {s['read']} episodes read, {s['accepted']} corrections kept; skipped: {skipped}; "
+            f"rejected: {rejected}"
+        )
     for d, c in result["feedback"]["directions"].items():
-        lines.append(f"{d}: {c['pairs']} training pairs, {c['preferences']} preference triplets, {c['heldout']} held out")
+        lines.append(
+            f"{d}: {c['pairs']} training pairs, {c['preferences']} preference triplets, {c['heldout']} held out"
+        )
     lines.append(f"run {result['run_id']}: report {result['report']}")
     return "\n".join([*lines, format_table(result["directions"])])
 
@@ -183,8 +230,9 @@ def post_corrections(base_url: str, direction: str, flores_dir: str, count: int,
             r = client.post("/v1/translate", json={"texts": texts, "src_lang": src_lang, "tgt_lang": tgt_lang})
             r.raise_for_status()
             body = r.json()
-            for episode, output, reference in zip(body["episode_ids"], body["translations"],
-                                                  references[start : start + batch], strict=True):  # fmt: skip
+            for episode, output, reference in zip(
+                body["episode_ids"], body["translations"], references[start : start + batch], strict=True
+            ):
                 fb = client.post("/v1/feedback", json={"episode_id": episode, "reward": -0.5, "correction": reference})
                 fb.raise_for_status()
                 posted += 1

@@ -63,7 +63,10 @@ def preflight(config: PipelineConfig, *, thorough: bool = True, settings: Settin
         checks.append(check_language_tags(config, settings))
     checks += [c for c in [check_contamination(config)] if c is not None]
     checks += [check_flores(config, direction) for direction in config.directions]
-    checks += [check_writable("workdir", config.workdir, settings), check_writable("registry", config.registry, settings)]
+    checks += [
+        check_writable("workdir", config.workdir, settings),
+        check_writable("registry", config.registry, settings),
+    ]
     checks += [check_source(config, source, settings) for source in config.sources]
     if thorough:
         checks.append(check_device(config))
@@ -105,11 +108,16 @@ def _base_model(config: PipelineConfig, settings: Settings, thorough: bool) -> C
         from bhashaflow.modeling.builtin import builtin_dir, recipe_for
 
         recipe_for(base)  # an unknown built-in raises, naming the known ones
-        missing = [str(p) for lang in config.languages if not (p := flores_file(config.evaluation.flores_dir, lang, "dev")).is_file()]
+        missing = [
+            str(p)
+            for lang in config.languages
+            if not (p := flores_file(config.evaluation.flores_dir, lang, "dev")).is_file()
+        ]
         if missing:
             return Check("base model", False, f"{base} is built from FLORES-200 dev text; missing {', '.join(missing)}")
-        folder = builtin_dir(base, languages=config.languages, cache_dir=settings.cache_dir,
-                             flores_dir=config.evaluation.flores_dir)  # fmt: skip
+        folder = builtin_dir(
+            base, languages=config.languages, cache_dir=settings.cache_dir, flores_dir=config.evaluation.flores_dir
+        )
         built = "cached" if (folder / BASE_MANIFEST).is_file() else "built on first use (minutes)"
         return Check("base model", True, f"{base}: built-in, {built} in {folder}")
     local = Path(base).expanduser()
@@ -145,7 +153,9 @@ def _hub_base(config: PipelineConfig, settings: Settings, thorough: bool) -> Che
 
         found = try_to_load_from_cache(base, "config.json", revision=config.base_revision)
         if not isinstance(found, str):
-            return Check("base model", False, f"hub model {base!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set")
+            return Check(
+                "base model", False, f"hub model {base!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set"
+            )
         refused = unsupported_reason(base, read_config_json(Path(found)))
         if refused:
             return Check("base model", False, refused)
@@ -168,22 +178,31 @@ def _language_tags(config: PipelineConfig, settings: Settings) -> Check:
     from bhashaflow.modeling.encoding import LanguageTagError, language_notes, tag_style
     from bhashaflow.modeling.loading import load_config_and_tokenizer
 
-    base_config, tokenizer = load_config_and_tokenizer(config.base_model, revision=config.base_revision,
-                                                       trust_remote_code=config.trust_remote_code, settings=settings)  # fmt: skip
+    base_config, tokenizer = load_config_and_tokenizer(
+        config.base_model, revision=config.base_revision, trust_remote_code=config.trust_remote_code, settings=settings
+    )
     family = "seq2seq" if getattr(base_config, "is_encoder_decoder", False) else "causal"
     model_type = str(getattr(base_config, "model_type", ""))
     try:
-        notes = language_notes(tokenizer, family=family, model_type=model_type, base=config.base_model,
-                               directions=config.directions)  # fmt: skip
+        notes = language_notes(
+            tokenizer, family=family, model_type=model_type, base=config.base_model, directions=config.directions
+        )
     except LanguageTagError as exc:
         return Check("language tags", False, str(exc))
     if family == "causal":
         return Check("language tags", True, "decoder-only base: languages are named in the prompt, no tags needed")
     style = tag_style(tokenizer)
-    kind = {"flores": "FLORES-200 codes", "m2m100": "__xx__ tokens", "mbart": "xx_XX tokens",
-            "marian": ">>xxx<< target tokens", "none": "none (the base is not told the languages)"}[style]  # fmt: skip
+    kind = {
+        "flores": "FLORES-200 codes",
+        "m2m100": "__xx__ tokens",
+        "mbart": "xx_XX tokens",
+        "marian": ">>xxx<< target tokens",
+        "none": "none (the base is not told the languages)",
+    }[style]
     aliased = f"; aliases: {'; '.join(notes)}" if notes else ""
-    return Check("language tags", True, f"{type(tokenizer).__name__}, tags: {kind}; every configured language has one{aliased}")
+    return Check(
+        "language tags", True, f"{type(tokenizer).__name__}, tags: {kind}; every configured language has one{aliased}"
+    )
 
 
 def check_contamination(config: PipelineConfig) -> Check | None:
@@ -244,8 +263,9 @@ def _source(config: PipelineConfig, source: SourceConfig, settings: Settings) ->
 
     name, where = f"source {source.name}", f"{source.kind} {redact_uri(source.uri)}"
     # One attempt, a short timeout: a preflight reports an unreachable source, it does not wait it out.
-    retry = SourceRetryConfig(attempts=1, base_delay_s=0.0, max_delay_s=0.0,
-                              timeout_s=min(10.0, config.source_retry.timeout_s))  # fmt: skip
+    retry = SourceRetryConfig(
+        attempts=1, base_delay_s=0.0, max_delay_s=0.0, timeout_s=min(10.0, config.source_retry.timeout_s)
+    )
     reader = open_connector(source, settings, config.directions, retry)
     records = _first_records(reader.iter_records(None), FIRST_ROWS, SOURCE_TIMEOUT_S)
     if not records:
@@ -258,11 +278,15 @@ def _source(config: PipelineConfig, source: SourceConfig, settings: Settings) ->
         note = f" ({len(rejected)} rejected: {rejected[0].detail})" if rejected else ""
         return Check(name, True, f"{where}: {good} of the first {len(records)} rows have the configured fields{note}")
     if rejected:
-        return Check(name, False, f"{where}: none of the first {len(records)} rows has the configured fields: "
-                     f"{rejected[0].detail}")  # fmt: skip
+        return Check(
+            name,
+            False,
+            f"{where}: none of the first {len(records)} rows has the configured fields: {rejected[0].detail}",
+        )
     skipped = sorted({v.direction for v in verdicts if isinstance(v, Skip)})
-    return Check(name, True, f"{where}: the first {len(records)} rows are of directions not configured "
-                 f"({', '.join(skipped)})")  # fmt: skip
+    return Check(
+        name, True, f"{where}: the first {len(records)} rows are of directions not configured ({', '.join(skipped)})"
+    )
 
 
 def _first_records(records: Iterator[RawRecord], count: int, timeout_s: float) -> list[RawRecord]:
@@ -312,7 +336,9 @@ def _device(config: PipelineConfig) -> Check:
         return Check("device", True, f"{figures}; `bhashaflow fit` measures what training needs")
     if config.training.quantization == "none" and weights > free:
         return Check("device", False, f"{figures}, less than the base's {weights / gib:.1f} GiB of weights")
-    return Check("device", True, f"{figures}; base weights {weights / gib:.1f} GiB (`bhashaflow fit` measures training)")
+    return Check(
+        "device", True, f"{figures}; base weights {weights / gib:.1f} GiB (`bhashaflow fit` measures training)"
+    )
 
 
 def _local_weight_bytes(base_model: str) -> int | None:

@@ -28,7 +28,9 @@ class _DropProgressLines(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "bhashaflow_progress", False):
             return False
-        return not (record.name == "prefect.task_runs" and record.getMessage().startswith("Finished in state Completed"))
+        return not (
+            record.name == "prefect.task_runs" and record.getMessage().startswith("Finished in state Completed")
+        )
 
 
 class _Rate(ProgressColumn):
@@ -64,10 +66,15 @@ class ProgressBars:
 
     def __init__(self, console: Console) -> None:
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(bar_width=24), _Count(), _Rate(), _Eta(),
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=24),
+            _Count(),
+            _Rate(),
+            _Eta(),
             TextColumn("{task.fields[note]}"),
-            console=console, refresh_per_second=4,
-        )  # fmt: skip
+            console=console,
+            refresh_per_second=4,
+        )
         self.tasks: dict[str, TaskID] = {}
 
     def __call__(self, event: PhaseProgress) -> None:
@@ -75,8 +82,9 @@ class ProgressBars:
         total = event.done if event.finished and event.total is None else event.total
         if task is None:
             description = f"{event.phase:<8} {event.name:<28}"
-            self.tasks[event.key] = self.progress.add_task(description, total=total, completed=event.done,
-                                                           unit=event.unit, note=event.note)  # fmt: skip
+            self.tasks[event.key] = self.progress.add_task(
+                description, total=total, completed=event.done, unit=event.unit, note=event.note
+            )
             return
         self.progress.update(task, total=total, completed=event.done, note=event.note)
 

@@ -110,7 +110,8 @@ def parse_entries(text: str, source: str) -> list[ApiClientEntry]:
             entries.append(ApiClientEntry.model_validate(item))
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}" for err in exc.errors(include_input=False)
+                f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}"
+                for err in exc.errors(include_input=False)
             )
             raise ConfigError(f"{source}: client {i}: {problems}") from None
     return entries
@@ -139,7 +140,9 @@ def check_unique(entries: list[ApiClientEntry], token: str | None) -> None:
     hashes: set[str] = {hash_key(token)} if token else set()
     for entry in entries:
         if entry.name in (ANONYMOUS_CLIENT, TOKEN_CLIENT):
-            raise ConfigError(f"API client name {entry.name!r} is reserved (anonymous: no key; token: BHASHAFLOW_API_TOKEN)")
+            raise ConfigError(
+                f"API client name {entry.name!r} is reserved (anonymous: no key; token: BHASHAFLOW_API_TOKEN)"
+            )
         if entry.name in names:
             raise ConfigError(f"API client {entry.name!r} is listed twice")
         if entry.sha256 in hashes:

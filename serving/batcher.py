@@ -46,7 +46,9 @@ class OutOfMemory(Exception):
     """A text of the request ran out of device memory even in a batch of its own."""
 
     def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"out of device memory translating a text of this request, even alone; retry in {retry_after_s}s")
+        super().__init__(
+            f"out of device memory translating a text of this request, even alone; retry in {retry_after_s}s"
+        )
         self.retry_after_s = retry_after_s
 
 
@@ -138,7 +140,9 @@ class Batcher:
 
     def start(self) -> None:
         """Start the worker thread."""
-        names = ["bhashaflow-generate"] if self.workers == 1 else [f"bhashaflow-generate-{i}" for i in range(self.workers)]
+        names = (
+            ["bhashaflow-generate"] if self.workers == 1 else [f"bhashaflow-generate-{i}" for i in range(self.workers)]
+        )
         self._threads = [threading.Thread(target=self._work, name=name, daemon=True) for name in names]
         self._thread = self._threads[0]
         for thread in self._threads:
@@ -310,7 +314,9 @@ class Batcher:
         """Split a batch that ran out of memory and run both halves; a text that runs out alone fails its request."""
         release_memory()
         if len(slots) == 1:
-            log.warning("a text of %d characters for %s ran out of memory alone", len(slots[0].job.texts[slots[0].index]), key)
+            log.warning(
+                "a text of %d characters for %s ran out of memory alone", len(slots[0].job.texts[slots[0].index]), key
+            )
             with self._cond:
                 retry_after = self._retry_after_locked(0)
             self._fail(slots, OutOfMemory(retry_after))

@@ -71,9 +71,14 @@ def cache_key(info: VersionInfo, base_revision: str | None, compute_type: str) -
 
 
 def converted_model(
-    config: PipelineConfig, settings: Settings, info: VersionInfo, adapter_dir: str, *, base_revision: str | None,
+    config: PipelineConfig,
+    settings: Settings,
+    info: VersionInfo,
+    adapter_dir: str,
+    *,
+    base_revision: str | None,
     compute_type: str,
-) -> Path:  # fmt: skip
+) -> Path:
     """The converted folder of an adapter version: from the cache, else merged and converted now.
 
     Args:
@@ -116,10 +121,15 @@ def _merge(config: PipelineConfig, settings: Settings, adapter_dir: str, out: Pa
     from bhashaflow.modeling.loading import load_base
 
     base = load_base(
-        config.base_model, languages=config.languages, revision=config.base_revision,
-        trust_remote_code=config.trust_remote_code, settings=settings, device="cpu",
-        flores_dir=config.evaluation.flores_dir, dtype=torch.float32,
-    )  # fmt: skip
+        config.base_model,
+        languages=config.languages,
+        revision=config.base_revision,
+        trust_remote_code=config.trust_remote_code,
+        settings=settings,
+        device="cpu",
+        flores_dir=config.evaluation.flores_dir,
+        dtype=torch.float32,
+    )
     merged = load_adapter(base, adapter_dir, "merged").model.merge_and_unload()
     merged.save_pretrained(str(out), safe_serialization=True)
     base.tokenizer.save_pretrained(str(out))
@@ -176,8 +186,13 @@ class CT2Model:
         self.src_lang = src_lang
         self.tgt_lang = tgt_lang
         kind, index = (device.split(":", 1) + ["0"])[:2] if device.startswith("cuda") else ("cpu", "0")
-        kwargs: dict[str, Any] = {"device": kind, "device_index": int(index), "compute_type": compute_type,
-                                  "inter_threads": 1, "intra_threads": threads}
+        kwargs: dict[str, Any] = {
+            "device": kind,
+            "device_index": int(index),
+            "compute_type": compute_type,
+            "inter_threads": 1,
+            "intra_threads": threads,
+        }
         self.causal = lm.family == "causal"
         self.model: Any = (ctranslate2.Generator if self.causal else ctranslate2.Translator)(str(path), **kwargs)
         bos = None if self.causal else forced_bos_id(lm, tgt_lang)
@@ -206,7 +221,9 @@ class CT2Model:
             "no_repeat_ngram_size": decoding.no_repeat_ngram_size,
         }
         with self._lock:
-            texts_out = self._generate(sources, decoding, common) if self.causal else self._translate(sources, decoding, common)
+            texts_out = (
+                self._generate(sources, decoding, common) if self.causal else self._translate(sources, decoding, common)
+            )
         for i, text in zip(index, texts_out, strict=True):
             outputs[i] = text
         return outputs
@@ -214,15 +231,23 @@ class CT2Model:
     def _translate(self, sources: list[list[str]], decoding: Decoding, common: dict[str, Any]) -> list[str]:
         prefix = [self._prefix] * len(sources) if self._prefix else None
         # The forced target tag counts towards max_new_tokens in transformers' generate, and towards the length here.
-        results = self.model.translate_batch(sources, target_prefix=prefix, max_decoding_length=decoding.max_new_tokens,
-                                             **common)
+        results = self.model.translate_batch(
+            sources, target_prefix=prefix, max_decoding_length=decoding.max_new_tokens, **common
+        )
         tok = self.lm.tokenizer
-        return [tok.decode(tok.convert_tokens_to_ids(r.hypotheses[0]), skip_special_tokens=True).strip() for r in results]
+        return [
+            tok.decode(tok.convert_tokens_to_ids(r.hypotheses[0]), skip_special_tokens=True).strip() for r in results
+        ]
 
     def _generate(self, prompts: list[list[str]], decoding: Decoding, common: dict[str, Any]) -> list[str]:
         tok = self.lm.tokenizer
-        results = self.model.generate_batch(prompts, max_length=decoding.max_new_tokens, include_prompt_in_result=False,
-                                            end_token=tok.eos_token, **common)
+        results = self.model.generate_batch(
+            prompts,
+            max_length=decoding.max_new_tokens,
+            include_prompt_in_result=False,
+            end_token=tok.eos_token,
+            **common,
+        )
         # Only the continuation, cut at the first line break: what follows is the model continuing the template.
         texts = [tok.decode(r.sequences_ids[0], skip_special_tokens=True) for r in results]
         return [t.split("\n", 1)[0].strip() for t in texts]

@@ -54,8 +54,10 @@ class MissingScope(HTTPException):
 
 def _unauthorized(service: Service, what: str) -> HTTPException:
     if not service.keys.configured:
-        detail = (f"{what} needs a bearer token, and none is configured (set BHASHAFLOW_API_TOKEN, "
-                  "BHASHAFLOW_API_KEYS or serving.api_keys_file on the server)")
+        detail = (
+            f"{what} needs a bearer token, and none is configured (set BHASHAFLOW_API_TOKEN, "
+            "BHASHAFLOW_API_KEYS or serving.api_keys_file on the server)"
+        )
     else:
         detail = f"{what} needs an API key: send it as Authorization: Bearer <key>"
     return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
@@ -96,8 +98,9 @@ def client_for_key(service: Service, key: str | None, how: str = "Authorization:
         raise _unauthorized(service, "this service")
     client = identify_key(service.keys, key.strip())
     if client is None:
-        raise HTTPException(401, f"missing or unknown API key (send it as {how})",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401, f"missing or unknown API key (send it as {how})", headers={"WWW-Authenticate": "Bearer"}
+        )
     return client
 
 

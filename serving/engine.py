@@ -162,8 +162,13 @@ class Engine:
                 self._problems[direction] = str(exc)
                 self.metrics.refusals.labels(direction).inc()
         self.state = "ready"
-        log.info("ready: base %s on %s (%s engine), adapters %s", config.base_model, self.device,
-                 config.serving.engine, self.served())
+        log.info(
+            "ready: base %s on %s (%s engine), adapters %s",
+            config.base_model,
+            self.device,
+            config.serving.engine,
+            self.served(),
+        )
 
     # --- adapters -----------------------------------------------------------------------------------
 
@@ -194,12 +199,20 @@ class Engine:
         compute_type = default_compute_type(self.lm.device, serving.compute_type)
         try:
             check_convertible(self.lm)
-            folder = converted_model(self.config, self.settings, info, path, base_revision=self.lm.revision,
-                                     compute_type=compute_type)
+            folder = converted_model(
+                self.config, self.settings, info, path, base_revision=self.lm.revision, compute_type=compute_type
+            )
             import torch
 
-            model = CT2Model(folder, self.lm, src, tgt, device=self.lm.device, compute_type=compute_type,
-                             threads=torch.get_num_threads())
+            model = CT2Model(
+                folder,
+                self.lm,
+                src,
+                tgt,
+                device=self.lm.device,
+                compute_type=compute_type,
+                threads=torch.get_num_threads(),
+            )
             self._warn_of_guards(info.direction)
             return model
         except AdapterRefused as exc:
@@ -227,10 +240,14 @@ class Engine:
             first = direction not in self._guard_warned
             self._guard_warned.add(direction)
         if first:
-            log.warning("%s is served by ctranslate2 with the base's repetition guards (penalty %s, no repeated "
-                        "%d-grams), which it applies differently from transformers: translations may differ from the "
-                        "evaluated ones; serving.engine: torch serves exactly those", direction,
-                        decoding.repetition_penalty, decoding.no_repeat_ngram_size)
+            log.warning(
+                "%s is served by ctranslate2 with the base's repetition guards (penalty %s, no repeated "
+                "%d-grams), which it applies differently from transformers: translations may differ from the "
+                "evaluated ones; serving.engine: torch serves exactly those",
+                direction,
+                decoding.repetition_penalty,
+                decoding.no_repeat_ngram_size,
+            )
 
     def _attach(self, info: VersionInfo, path: str, ct2: CT2Model | None = None) -> AdapterSlot:
         """Attach a version (converted, or as a peft adapter) and make it the one new requests get (worker only)."""
@@ -251,7 +268,9 @@ class Engine:
                     with self._torch_lock:
                         load_adapter(self.lm, path, name)
                 except Exception as exc:  # noqa: BLE001 - intact files whose weights do not fit their config
-                    raise RegistryError(f"{info.direction}/{info.version}: refused at load: {_first_line(exc)}") from exc
+                    raise RegistryError(
+                        f"{info.direction}/{info.version}: refused at load: {_first_line(exc)}"
+                    ) from exc
             src, tgt = parse_direction(info.direction)
             slot = AdapterSlot(info.direction, src, tgt, info.version, name, info.manifest_sha256, utc_now(), ct2=ct2)
         with self._lock:
@@ -369,7 +388,8 @@ class Engine:
         if pointer is None:
             return None  # nothing promoted (any more): keep what is served
         if current is not None and (current.version, current.manifest_sha256) == (
-            pointer.version, pointer.manifest_sha256
+            pointer.version,
+            pointer.manifest_sha256,
         ):
             with self._lock:
                 # The served version is promoted (again): an earlier refusal no longer applies.
@@ -394,8 +414,14 @@ class Engine:
         with self._lock:
             slot = self._loaded[name]
         evaluation = self.config.evaluation
-        longest = max((len(encode_source(self.lm, t, slot.src_lang, slot.tgt_lang, MAX_SOURCE_TOKENS))
-                       for t in texts if t.strip()), default=0)
+        longest = max(
+            (
+                len(encode_source(self.lm, t, slot.src_lang, slot.tgt_lang, MAX_SOURCE_TOKENS))
+                for t in texts
+                if t.strip()
+            ),
+            default=0,
+        )
         max_new_tokens = bounded_new_tokens(longest, evaluation.max_new_tokens)
         if slot.ct2 is not None:
             decoding = Decoding.of(self.lm, evaluation.num_beams, max_new_tokens)

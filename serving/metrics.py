@@ -20,12 +20,17 @@ class ServingMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "bhashaflow_requests", "HTTP requests answered, by route, method and status.",
-            ["route", "method", "status"], registry=self.registry,
+            "bhashaflow_requests",
+            "HTTP requests answered, by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "bhashaflow_request_latency_seconds", "Time to answer an HTTP request, by route.",
-            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+            "bhashaflow_request_latency_seconds",
+            "Time to answer an HTTP request, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.batch_size = Histogram(
             "bhashaflow_batch_size", "Texts per generate call.", buckets=BATCH_BUCKETS, registry=self.registry
@@ -33,28 +38,42 @@ class ServingMetrics:
         # The owner points it at the batcher: queue_depth.set_function(...).
         self.queue_depth = Gauge("bhashaflow_queue_depth", "Texts waiting for a batch.", registry=self.registry)
         self.out_of_memory = Counter(
-            "bhashaflow_out_of_memory", "Batches that ran out of device memory: split (split in two and run again) or "
-            "refused (a text that ran out alone; its request answered 503).", ["outcome"], registry=self.registry,
+            "bhashaflow_out_of_memory",
+            "Batches that ran out of device memory: split (split in two and run again) or "
+            "refused (a text that ran out alone; its request answered 503).",
+            ["outcome"],
+            registry=self.registry,
         )
         self.texts = Counter(
-            "bhashaflow_texts_translated", "Texts translated, by direction and adapter version.",
-            ["direction", "version"], registry=self.registry,
+            "bhashaflow_texts_translated",
+            "Texts translated, by direction and adapter version.",
+            ["direction", "version"],
+            registry=self.registry,
         )
         self.reloads = Counter(
-            "bhashaflow_adapter_swaps", "Adapters swapped in by a reload, by direction.",
-            ["direction"], registry=self.registry,
+            "bhashaflow_adapter_swaps",
+            "Adapters swapped in by a reload, by direction.",
+            ["direction"],
+            registry=self.registry,
         )
         self.refusals = Counter(
-            "bhashaflow_adapter_refusals", "Promoted adapter versions refused at load (tampered, broken), by direction.",
-            ["direction"], registry=self.registry,
+            "bhashaflow_adapter_refusals",
+            "Promoted adapter versions refused at load (tampered, broken), by direction.",
+            ["direction"],
+            registry=self.registry,
         )
         # Labelled by client name: configured clients, `token` and `anonymous` only, so the series stay few.
         self.feedback = Counter(
-            "bhashaflow_feedback", "Feedback stored, by the API client that gave it.", ["client"], registry=self.registry,
+            "bhashaflow_feedback",
+            "Feedback stored, by the API client that gave it.",
+            ["client"],
+            registry=self.registry,
         )
         self.feedback_limited = Counter(
-            "bhashaflow_feedback_rate_limited", "Feedback refused with 429 by the per-client rate limit, by client.",
-            ["client"], registry=self.registry,
+            "bhashaflow_feedback_rate_limited",
+            "Feedback refused with 429 by the per-client rate limit, by client.",
+            ["client"],
+            registry=self.registry,
         )
 
     def render(self) -> bytes:

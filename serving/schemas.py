@@ -85,11 +85,13 @@ class TranslateRequest(_Body):
     texts: list[Text] = Field(min_length=1, description="Texts to translate (at most serving.max_texts).")
     # A validator, not an Enum type: the 422 then names the bad code instead of listing all 50.
     src_lang: StrictStr = Field(
-        description="FLORES-200 code of the texts, e.g. eng_Latn.", examples=["eng_Latn"],
+        description="FLORES-200 code of the texts, e.g. eng_Latn.",
+        examples=["eng_Latn"],
         json_schema_extra=_KNOWN_CODES,
     )
     tgt_lang: StrictStr = Field(
-        description="FLORES-200 code to translate into, e.g. hin_Deva.", examples=["hin_Deva"],
+        description="FLORES-200 code to translate into, e.g. hin_Deva.",
+        examples=["hin_Deva"],
         json_schema_extra=_KNOWN_CODES,
     )
 
@@ -121,7 +123,9 @@ class FeedbackRequest(_Body):
     """A reward for one translation, and optionally a better one."""
 
     episode_id: StrictInt | StrictStr = Field(description="An id from episode_ids, as a number or its decimal string.")
-    reward: float = Field(ge=-1.0, le=1.0, strict=True, allow_inf_nan=False, description="From -1 (wrong) to 1 (right).")
+    reward: float = Field(
+        ge=-1.0, le=1.0, strict=True, allow_inf_nan=False, description="From -1 (wrong) to 1 (right)."
+    )
     correction: Text | None = Field(None, description="A better translation (at most serving.max_chars characters).")
 
 

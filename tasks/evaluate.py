@@ -58,8 +58,15 @@ def evaluate_direction_task(config: PipelineConfig, direction: str, candidate_ur
     out = join(run_uri, "eval", direction)
 
     def score(label: str, adapter: str | None) -> ChrfScore:
-        return evaluate_chrf(lm, eval_set, config.evaluation, adapter=adapter, out_dir=join(out, label),
-                             storage_options=options, on_batch=translation_progress(direction, label))  # fmt: skip
+        return evaluate_chrf(
+            lm,
+            eval_set,
+            config.evaluation,
+            adapter=adapter,
+            out_dir=join(out, label),
+            storage_options=options,
+            on_batch=translation_progress(direction, label),
+        )
 
     base = score("base", None)
     registry = registry_for(config, settings)
@@ -71,8 +78,15 @@ def evaluate_direction_task(config: PipelineConfig, direction: str, candidate_ur
     load_adapter(lm, candidate_dir, "candidate")
     candidate = score("candidate", "candidate")
     corrections = _score_corrections(config, direction, lm, incumbent is not None, options)
-    return DirectionScores(direction, base=base, candidate=candidate, incumbent=incumbent,
-                           incumbent_version=version, host=settings.host, **corrections)  # fmt: skip
+    return DirectionScores(
+        direction,
+        base=base,
+        candidate=candidate,
+        incumbent=incumbent,
+        incumbent_version=version,
+        host=settings.host,
+        **corrections,
+    )
 
 
 def _score_corrections(
@@ -89,11 +103,17 @@ def _score_corrections(
     if has_incumbent:
         labels["incumbent_corrections"] = "incumbent"
     return {
-        field: evaluate_chrf(lm, heldout, config.evaluation, adapter=adapter, out_dir=join(out, adapter or "base"),
-                             storage_options=options,
-                             on_batch=translation_progress(direction, f"{adapter or 'base'} corrections"))
+        field: evaluate_chrf(
+            lm,
+            heldout,
+            config.evaluation,
+            adapter=adapter,
+            out_dir=join(out, adapter or "base"),
+            storage_options=options,
+            on_batch=translation_progress(direction, f"{adapter or 'base'} corrections"),
+        )
         for field, adapter in labels.items()
-    }  # fmt: skip
+    }
 
 
 @task(task_run_name="evaluate-{direction}-{adapter}", persist_result=True)
@@ -118,8 +138,12 @@ def evaluate_adapter_task(config: PipelineConfig, direction: str, adapter: str) 
     eval_set = load_eval_set(config.evaluation, direction)
     run_uri = config.run_uri()
     score = evaluate_chrf(
-        lm, eval_set, config.evaluation, adapter="adapter" if path else None,
+        lm,
+        eval_set,
+        config.evaluation,
+        adapter="adapter" if path else None,
         out_dir=join(run_uri, "eval-adapter", direction, version or "base"),
-        storage_options=settings.storage_options_for(run_uri), on_batch=translation_progress(direction, version or "base"),
-    )  # fmt: skip
+        storage_options=settings.storage_options_for(run_uri),
+        on_batch=translation_progress(direction, version or "base"),
+    )
     return AdapterScore(direction, adapter, version, score)

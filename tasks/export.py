@@ -20,10 +20,12 @@ def export_rl_logs_task(config: RLExportFlowConfig) -> ExportSummary:
     settings = get_settings()
     result = export_rl_logs(config, settings, sink=open_sink(config.rl_export.target, settings))
     if result["parts"]:
-        create_markdown_artifact(parts_markdown(result, Locator(settings)),
-                                 key=artifact_key("export-rl-logs", config.run_name, "parts"),
-                                 description=f"RL log export of {config.run_name}'s episodes: the "
-                                 f"{len(result['parts'])} parts this run wrote to {result['target']}")  # fmt: skip
+        create_markdown_artifact(
+            parts_markdown(result, Locator(settings)),
+            key=artifact_key("export-rl-logs", config.run_name, "parts"),
+            description=f"RL log export of {config.run_name}'s episodes: the "
+            f"{len(result['parts'])} parts this run wrote to {result['target']}",
+        )
     return result
 
 
@@ -31,7 +33,11 @@ def parts_markdown(result: ExportSummary, locator: Locator) -> str:
     """The parts an export wrote: on this disk, the folder and the parts' names; on S3, a (presigned) link each."""
     target = result["target"]
     local = locator.local_path(target)
-    lines = [f"# RL log export to `{local or target}`", "", f"{result['exported']} episodes in these parts"
-             + (f", in {locator.folder(target)}:" if local else ":"), ""]  # fmt: skip
+    lines = [
+        f"# RL log export to `{local or target}`",
+        "",
+        f"{result['exported']} episodes in these parts" + (f", in {locator.folder(target)}:" if local else ":"),
+        "",
+    ]
     lines += [f"- `{part}`" if local else f"- {locator.file(join(target, part))}" for part in result["parts"]]
     return "\n".join(lines) + "\n"

@@ -42,7 +42,11 @@ def _staged_source_key(context: TaskRunContext, parameters: dict[str, Any]) -> s
     # Not keyed by flow run: a later run of the same config reuses a source it already staged.
     config: PipelineConfig = parameters["config"]
     source = next(s for s in config.sources if s.name == parameters["source_name"])
-    identity = {"source": source.model_dump(mode="json"), "ingest": config.ingest_hash, "run_uri": parameters["run_uri"]}
+    identity = {
+        "source": source.model_dump(mode="json"),
+        "ingest": config.ingest_hash,
+        "run_uri": parameters["run_uri"],
+    }
     return "stage-" + sha256_json(identity)
 
 
@@ -86,7 +90,9 @@ def stage_source_task(config: PipelineConfig, source_name: str, run_uri: str) ->
     # Rows read before a resume count too; log lines come at multiples of 1000 near every commit.
     read_before = load_progress(staging_uri(run_uri, source_name), options).read
     log_rows = max(_CountedSource.PUBLISH_ROWS, config.ingest.commit_rows // 1000 * 1000)
-    reader = _CountedSource(open_connector(source, settings, config.directions, config.source_retry), read_before, log_rows)
+    reader = _CountedSource(
+        open_connector(source, settings, config.directions, config.source_retry), read_before, log_rows
+    )
     return stage_source(config, source, reader, run_uri, options)
 
 

@@ -35,9 +35,12 @@ def promote_adapter_task(
         against = scores.incumbent_corrections or scores.base_corrections
         if against is not None:
             name = "incumbent" if scores.incumbent_corrections is not None else "base"
-            decision = gate_corrections(decision, scores.candidate_corrections.chrf_pp, against.chrf_pp, name,
-                                        config.promotion.max_regression)  # fmt: skip
-    adapter_dir = fetch_adapter(config, settings, direction, trained.adapter_uri)  # the very bytes the evaluation scored
+            decision = gate_corrections(
+                decision, scores.candidate_corrections.chrf_pp, against.chrf_pp, name, config.promotion.max_regression
+            )
+    adapter_dir = fetch_adapter(
+        config, settings, direction, trained.adapter_uri
+    )  # the very bytes the evaluation scored
     served = promoted_outcome(registry, direction, adapter_dir)
     if served is not None:  # promoted already, but Prefect's record of it is missing: never registered twice
         get_run_logger().info("%s %s: %s", direction, served.version, served.reason)
@@ -49,15 +52,21 @@ def promote_adapter_task(
         config=redact_values(config.model_dump(mode="json")),  # source URLs without their credentials
         metrics=registry_metrics(scores),
     )
-    outcome = promote_adapter(registry, direction, adapter_dir, decision, provenance,
-                              judged_against=scores.incumbent_version)  # fmt: skip
+    outcome = promote_adapter(
+        registry, direction, adapter_dir, decision, provenance, judged_against=scores.incumbent_version
+    )
     get_run_logger().info("%s %s: %s", direction, outcome.version, outcome.reason)
     return replace(outcome, host=settings.host)
 
 
 def registry_metrics(scores: DirectionScores) -> dict[str, Any]:
     """The scores a version's manifest records: FLORES-200's always, the held-out corrections' when scored."""
-    named = (("candidate", scores.candidate), ("base", scores.base), ("incumbent", scores.incumbent),
-             ("candidate_corrections", scores.candidate_corrections), ("base_corrections", scores.base_corrections),
-             ("incumbent_corrections", scores.incumbent_corrections))  # fmt: skip
+    named = (
+        ("candidate", scores.candidate),
+        ("base", scores.base),
+        ("incumbent", scores.incumbent),
+        ("candidate_corrections", scores.candidate_corrections),
+        ("base_corrections", scores.base_corrections),
+        ("incumbent_corrections", scores.incumbent_corrections),
+    )
     return {k: v.to_dict() if v else None for k, v in named if k in _FLORES or v is not None}

@@ -37,24 +37,32 @@ def publish_report_task(config: PipelineConfig, directions: dict[str, DirectionR
     charts = [embedded_png(_read(files.chart_uri, options), "chrF++ per direction")]
     if files.loss_chart_uri is not None:  # below the chrF++ chart
         charts.append(embedded_png(_read(files.loss_chart_uri, options), "training loss per direction"))
-    create_table_artifact(table_rows(directions), key=artifact_key("adapter-pipeline", config.run_name, "chrf"),
-                          description=f"chrF++ on FLORES-200 {config.evaluation.split} per direction, run {run_id}: "
-                          "base, incumbent and candidate, and whether the candidate was promoted")  # fmt: skip
+    create_table_artifact(
+        table_rows(directions),
+        key=artifact_key("adapter-pipeline", config.run_name, "chrf"),
+        description=f"chrF++ on FLORES-200 {config.evaluation.split} per direction, run {run_id}: "
+        "base, incumbent and candidate, and whether the candidate was promoted",
+    )
     report = markdown_report(run_id, directions, files.chart_uri, files.loss_chart_uri, notes, locate=locator.file)
-    create_markdown_artifact(report + "\n" + "\n\n".join(charts) + "\n",
-                             key=artifact_key("adapter-pipeline", config.run_name, "report"),
-                             description=f"Report of run {run_id}, every direction: chrF++, promotion reasons, "
-                             "training details, charts")  # fmt: skip
+    create_markdown_artifact(
+        report + "\n" + "\n\n".join(charts) + "\n",
+        key=artifact_key("adapter-pipeline", config.run_name, "report"),
+        description=f"Report of run {run_id}, every direction: chrF++, promotion reasons, training details, charts",
+    )
     for direction, result in directions.items():
         if result["promoted"]:
-            create_markdown_artifact(adapter_markdown(direction, result, run_id, locator),
-                                     key=artifact_key("adapter-pipeline", config.run_name, direction, "adapter"),
-                                     description=f"{direction} adapter {result['version']}, promoted by run {run_id}: "
-                                     "where it is in the registry")  # fmt: skip
+            create_markdown_artifact(
+                adapter_markdown(direction, result, run_id, locator),
+                key=artifact_key("adapter-pipeline", config.run_name, direction, "adapter"),
+                description=f"{direction} adapter {result['version']}, promoted by run {run_id}: "
+                "where it is in the registry",
+            )
     return files.report_uri
 
 
 def adapter_markdown(direction: str, result: DirectionResult, run_id: str, locator: Locator) -> str:
     """Where a promoted adapter is: links a browser follows, or the path and the command that opens it."""
-    return (f"### {direction} adapter {result['version']}\n\nPromoted by run `{run_id}` "
-            f"(candidate chrF++ {result['candidate_chrf_pp']:.1f}). In the registry: {locator.folder(result['adapter_uri'])}\n")  # fmt: skip
+    return (
+        f"### {direction} adapter {result['version']}\n\nPromoted by run `{run_id}` "
+        f"(candidate chrF++ {result['candidate_chrf_pp']:.1f}). In the registry: {locator.folder(result['adapter_uri'])}\n"
+    )

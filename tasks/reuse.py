@@ -72,7 +72,9 @@ def _identity(value: Any) -> Any:
 
 # The steps of a direction, each keyed by what it reads (the run URI already names the run id).
 TRAIN_CACHE = RunScoped(step="train", sections=("sources", "ingest", "base_model", "training"))
-EVALUATE_CACHE = RunScoped(step="evaluate", sections=("base_model", "evaluation", "registry"), adapter_input="candidate_uri")
+EVALUATE_CACHE = RunScoped(
+    step="evaluate", sections=("base_model", "evaluation", "registry"), adapter_input="candidate_uri"
+)
 PROMOTE_CACHE = RunScoped(step="promote", sections=("promotion", "registry"))
 REPORT_CACHE = RunScoped(step="report")
 

@@ -47,10 +47,14 @@ class _TrainingWatch:
         self.direction, self.logger, self.training = direction, get_run_logger(), config.training
         self.run_id = config.resolved_run_id()
         self.card = MarkdownCard(artifact_key("adapter-pipeline", config.run_name, direction, "loss"))
-        self.artifact = cast(UUID, create_progress_artifact(  # sync here: a UUID, not a coroutine
-            0.0, key=artifact_key("adapter-pipeline", config.run_name, direction, "train"),
-            description=self._describe("training progress", "loading the base model"),
-        ))  # fmt: skip
+        self.artifact = cast(
+            UUID,
+            create_progress_artifact(  # sync here: a UUID, not a coroutine
+                0.0,
+                key=artifact_key("adapter-pipeline", config.run_name, direction, "train"),
+                description=self._describe("training progress", "loading the base model"),
+            ),
+        )
         self.log_path = run_dir / TRAIN_LOG  # the loop's local train log: written before each report
         self.chart_uri = join(direction_uri(config, direction), LOSS_CHART)
         self.settings = get_settings()
@@ -64,19 +68,31 @@ class _TrainingWatch:
     def report(self, r: ProgressReport) -> None:
         figures = f"loss {r.loss:.4f}, {r.tokens_per_s:,.0f} tokens/s"
         status = f"step {r.step}/{r.max_steps}: {figures}, ETA {format_duration(r.eta_s)}"
-        update_progress_artifact(self.artifact, 100.0 * r.fraction,
-                                 description=self._describe("training progress", status + (f"; {self.validated}" if self.validated else "")))  # fmt: skip
+        update_progress_artifact(
+            self.artifact,
+            100.0 * r.fraction,
+            description=self._describe("training progress", status + (f"; {self.validated}" if self.validated else "")),
+        )
         publish(PhaseProgress("train", self.direction, r.step, r.max_steps, "steps", note=figures))
         last = r.step == r.max_steps
         if r.step % self.training.log_every == 0 or last:
-            self.logger.info("%s step %d/%d %s, ETA %s", self.direction, r.step, r.max_steps, figures,
-                             format_duration(r.eta_s), extra=PROGRESS_LOG_EXTRA)  # fmt: skip
+            self.logger.info(
+                "%s step %d/%d %s, ETA %s",
+                self.direction,
+                r.step,
+                r.max_steps,
+                figures,
+                format_duration(r.eta_s),
+                extra=PROGRESS_LOG_EXTRA,
+            )
         if r.step % self.training.checkpoint_every == 0 or last:
             self.chart(r.step)
 
     def validation(self, step: int, result: ValidationUpdate) -> None:
-        self.validated = (f"validation chrF++ {result['val_chrf_pp']:.2f} at step {step} "
-                          f"(best {result['best_chrf_pp']:.2f} at step {result['best_step']})")  # fmt: skip
+        self.validated = (
+            f"validation chrF++ {result['val_chrf_pp']:.2f} at step {step} "
+            f"(best {result['best_chrf_pp']:.2f} at step {result['best_step']})"
+        )
         self.logger.info("%s %s", self.direction, self.validated)
 
     def chart(self, step: int) -> None:
@@ -88,22 +104,41 @@ class _TrainingWatch:
         write_bytes_atomic(self.chart_uri, png, self.options)
         image = embedded_png(png, f"{self.direction} training loss and validation chrF++")
         chosen = "" if curve.best_step is None else f"; best validated step {curve.best_step}"
-        self.card.write(f"### {self.direction}: training loss and validation chrF++ at step {step}{chosen}\n\n"
-                        f"{image}\n\nChart file: {Locator(self.settings).file(self.chart_uri)}\n",
-                        self._describe("loss chart", f"training loss (moving average) and validation chrF++ at step "
-                                       f"{step}, redrawn at each checkpoint"))  # fmt: skip
+        self.card.write(
+            f"### {self.direction}: training loss and validation chrF++ at step {step}{chosen}\n\n"
+            f"{image}\n\nChart file: {Locator(self.settings).file(self.chart_uri)}\n",
+            self._describe(
+                "loss chart",
+                f"training loss (moving average) and validation chrF++ at step {step}, redrawn at each checkpoint",
+            ),
+        )
 
     def finish(self, result: TrainResult) -> None:
-        publish(PhaseProgress("train", self.direction, result.steps, result.steps, "steps", finished=True,
-                              note=f"loss {result.final_loss:.4f}" + (", stopped early" if result.stopped_early else "")))
+        publish(
+            PhaseProgress(
+                "train",
+                self.direction,
+                result.steps,
+                result.steps,
+                "steps",
+                finished=True,
+                note=f"loss {result.final_loss:.4f}" + (", stopped early" if result.stopped_early else ""),
+            )
+        )
         if result.stopped_early:  # the last report was before the last step: the chart catches up
             self.chart(result.steps)
         # The candidate is the best validated step's adapter, else the last step's.
         best = result.best_step if result.best_step is not None else result.steps
         how = "patience ran out, " if result.stopped_early else ""
         unvalidated = ", no validation" if result.best_step is None else ""
-        update_progress_artifact(self.artifact, 100.0, description=self._describe("training progress",
-            f"final loss {result.final_loss:.4f}{unvalidated}; {how}finished at step {result.steps} (best step {best})"))  # fmt: skip
+        update_progress_artifact(
+            self.artifact,
+            100.0,
+            description=self._describe(
+                "training progress",
+                f"final loss {result.final_loss:.4f}{unvalidated}; {how}finished at step {result.steps} (best step {best})",
+            ),
+        )
 
 
 @task(task_run_name="train-{direction}", persist_result=True, cache_policy=TRAIN_CACHE)
@@ -131,8 +166,9 @@ def train_adapter_task(config: PipelineConfig, direction: str) -> TrainResult:
         settings=settings,
         # On an object store the run URI, not this machine's disk, holds checkpoints and the adapter.
         publish_to=direction_uri(config, direction) if is_remote(run_uri, options) else None,
-        hooks=TrainHooks(on_report=watch.report, progress_every=report_every(config.training),
-                         on_validation=watch.validation),  # fmt: skip
+        hooks=TrainHooks(
+            on_report=watch.report, progress_every=report_every(config.training), on_validation=watch.validation
+        ),
     )
     watch.finish(result)
     return replace(result, host=settings.host)

@@ -49,8 +49,12 @@ def s3_server(_s3_session: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterato
     The environment points `Settings()` at it: fake credentials and AWS_ENDPOINT_URL = the proxy.
     """
     for name in (
-        "BHASHAFLOW_AWS_ACCESS_KEY_ID", "BHASHAFLOW_AWS_SECRET_ACCESS_KEY", "BHASHAFLOW_AWS_ENDPOINT_URL",
-        "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3",
+        "BHASHAFLOW_AWS_ACCESS_KEY_ID",
+        "BHASHAFLOW_AWS_SECRET_ACCESS_KEY",
+        "BHASHAFLOW_AWS_ENDPOINT_URL",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_ENDPOINT_URL_S3",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3Server.access_key)
@@ -96,8 +100,13 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     recipe = small_recipe(name, vocab_size=600, d_model=32, layers=1, heads=2, ffn_dim=64, steps=0)
     out = tmp_path_factory.mktemp("tiny-base")
     root = Path(__file__).resolve().parents[1]
-    build_builtin(name, languages=["eng_Latn", "hin_Deva", "tam_Taml"], flores_dir=str(root / "data/flores200"),
-                  out_dir=out, recipe=recipe)
+    build_builtin(
+        name,
+        languages=["eng_Latn", "hin_Deva", "tam_Taml"],
+        flores_dir=str(root / "data/flores200"),
+        out_dir=out,
+        recipe=recipe,
+    )
     return str(out)
 
 

@@ -23,8 +23,14 @@ from bhashaflow.core.hashing import sha256_bytes
 FaultKind = Literal["status", "drop", "slow", "truncate"]
 _CHUNK = 256 * 1024
 _HOP_BY_HOP = {
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-    "transfer-encoding", "upgrade",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
 }
 
 
@@ -64,33 +70,57 @@ class FaultPlan:
     requests: list[LoggedRequest] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def fail(self, times: int = 1, status: int = 500, *, method: str | None = None, path: str | None = None,
-             after: int = 0, retry_after: str | None = None) -> None:
+    def fail(
+        self,
+        times: int = 1,
+        status: int = 500,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        after: int = 0,
+        retry_after: str | None = None,
+    ) -> None:
         """Answer `status` (default 500) instead of the real response, with a `Retry-After` header if given.
 
         `method` and `path` (a substring) pick the requests a fault applies to; the first `after` of those
         pass untouched. The same holds for every kind of fault.
         """
-        self._add(Fault("status", times, status=status, retry_after=retry_after, method=method, path_contains=path,
-                        after=after))
+        self._add(
+            Fault(
+                "status", times, status=status, retry_after=retry_after, method=method, path_contains=path, after=after
+            )
+        )
 
-    def drop(self, after_bytes: int, times: int = 1, *, method: str | None = None, path: str | None = None,
-             after: int = 0, linger_s: float = 0.0) -> None:
+    def drop(
+        self,
+        after_bytes: int,
+        times: int = 1,
+        *,
+        method: str | None = None,
+        path: str | None = None,
+        after: int = 0,
+        linger_s: float = 0.0,
+    ) -> None:
         """Announce the full body, send `after_bytes` of it, then close the connection.
 
         `linger_s` waits before closing, so a client that reports the close before handing out buffered
         bytes (aiohttp) has read them by then and the test knows how far it got.
         """
-        self._add(Fault("drop", times, after_bytes=after_bytes, delay_s=linger_s, method=method, path_contains=path,
-                        after=after))
+        self._add(
+            Fault(
+                "drop", times, after_bytes=after_bytes, delay_s=linger_s, method=method, path_contains=path, after=after
+            )
+        )
 
-    def slow(self, delay_s: float, times: int = 1, *, method: str | None = None, path: str | None = None,
-             after: int = 0) -> None:
+    def slow(
+        self, delay_s: float, times: int = 1, *, method: str | None = None, path: str | None = None, after: int = 0
+    ) -> None:
         """Wait `delay_s` before answering."""
         self._add(Fault("slow", times, delay_s=delay_s, method=method, path_contains=path, after=after))
 
-    def truncate(self, after_bytes: int, times: int = 1, *, method: str | None = None, path: str | None = None,
-                 after: int = 0) -> None:
+    def truncate(
+        self, after_bytes: int, times: int = 1, *, method: str | None = None, path: str | None = None, after: int = 0
+    ) -> None:
         """Answer a complete-looking response whose body (and Content-Length) stops after `after_bytes`."""
         self._add(Fault("truncate", times, after_bytes=after_bytes, method=method, path_contains=path, after=after))
 
@@ -434,8 +464,11 @@ class S3Server:
         import boto3
 
         return boto3.client(
-            "s3", endpoint_url=self.moto_url, region_name=self.region,
-            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            "s3",
+            endpoint_url=self.moto_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
         )
 
     def reset(self) -> None:
@@ -474,7 +507,10 @@ class _PartHandler(BaseHTTPRequestHandler):
         if isinstance(answer, int):
             store, status = 200 <= answer < 300, answer
         else:
-            store, status = answer in ("ok", "lost", "stored-drop"), {"ok": 200, "refuse": 503, "lost": 500}.get(answer, 0)
+            store, status = (
+                answer in ("ok", "lost", "stored-drop"),
+                {"ok": 200, "refuse": 503, "lost": 500}.get(answer, 0),
+            )
         if store:
             owner._store(key, body)
         if answer in ("drop", "stored-drop"):

@@ -71,9 +71,16 @@ def train_spm(lines: list[str], model_type: str, pieces: int) -> Any:
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=buf, vocab_size=pieces, model_type=model_type,
-        character_coverage=1.0, num_threads=1, minloglevel=2, input_sentence_size=0, shuffle_input_sentence=False,
-    )  # fmt: skip
+        sentence_iterator=iter(lines),
+        model_writer=buf,
+        vocab_size=pieces,
+        model_type=model_type,
+        character_coverage=1.0,
+        num_threads=1,
+        minloglevel=2,
+        input_sentence_size=0,
+        shuffle_input_sentence=False,
+    )
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(buf.getvalue())
     return proto
@@ -135,17 +142,33 @@ def build_nllb(out_dir: Path) -> None:
     proto = fill_spm(train_spm(dev_text(), "bpe", TRAINED_PIECES), NLLB_SPM_PIECES, spm_fillers())
     (out_dir / "sentencepiece.bpe.model").write_bytes(proto.SerializeToString())
     codes = list(FAIRSEQ_LANGUAGE_CODES)
-    specials = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>", "unk_token": "<unk>",
-                "pad_token": "<pad>"}  # fmt: skip
+    specials = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "cls_token": "<s>",
+        "unk_token": "<unk>",
+        "pad_token": "<pad>",
+    }
     mask = {"content": "<mask>", "lstrip": True, "normalized": True, "rstrip": False, "single_word": False}
     _write_json(
         out_dir / "special_tokens_map.json", {**specials, "mask_token": mask, "additional_special_tokens": codes}
     )
-    _write_json(out_dir / "tokenizer_config.json", {
-        **specials, "mask_token": mask, "additional_special_tokens": codes, "legacy_behaviour": False,
-        "model_max_length": 1024, "sp_model_kwargs": {}, "src_lang": None, "tgt_lang": None,
-        "clean_up_tokenization_spaces": True, "tokenizer_class": "NllbTokenizer",
-    })  # fmt: skip
+    _write_json(
+        out_dir / "tokenizer_config.json",
+        {
+            **specials,
+            "mask_token": mask,
+            "additional_special_tokens": codes,
+            "legacy_behaviour": False,
+            "model_max_length": 1024,
+            "sp_model_kwargs": {},
+            "src_lang": None,
+            "tgt_lang": None,
+            "clean_up_tokenization_spaces": True,
+            "tokenizer_class": "NllbTokenizer",
+        },
+    )
     # Converted from the SentencePiece model by transformers itself; it adds <mask> before the language codes, so
     # the added tokens get the hub's ids (codes first, <mask> last) before tokenizer.json is written.
     converted = NllbTokenizer.from_pretrained(str(out_dir))
@@ -166,12 +189,28 @@ def build_nllb(out_dir: Path) -> None:
     _write_json(out_dir / "tokenizer.json", backend)
 
     config = M2M100Config(
-        vocab_size=NLLB_EMBEDDINGS, d_model=TINY["d_model"], encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=TINY["heads"], decoder_attention_heads=TINY["heads"], encoder_ffn_dim=TINY["ffn"],
-        decoder_ffn_dim=TINY["ffn"], max_position_embeddings=1024, activation_function="relu", dropout=0.1,
-        attention_dropout=0.1, activation_dropout=0.0, encoder_layerdrop=0.0, decoder_layerdrop=0.0, init_std=0.02,
-        scale_embedding=True, bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
-    )  # fmt: skip
+        vocab_size=NLLB_EMBEDDINGS,
+        d_model=TINY["d_model"],
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=TINY["heads"],
+        decoder_attention_heads=TINY["heads"],
+        encoder_ffn_dim=TINY["ffn"],
+        decoder_ffn_dim=TINY["ffn"],
+        max_position_embeddings=1024,
+        activation_function="relu",
+        dropout=0.1,
+        attention_dropout=0.1,
+        activation_dropout=0.0,
+        encoder_layerdrop=0.0,
+        decoder_layerdrop=0.0,
+        init_std=0.02,
+        scale_embedding=True,
+        bos_token_id=0,
+        pad_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+    )
     _save_model(
         _seeded(M2M100ForConditionalGeneration, config),
         out_dir,
@@ -205,14 +244,20 @@ def build_bloomz(out_dir: Path) -> None:
 
     specials = ["<unk>", "<s>", "</s>", "<pad>"]
     core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(BLOOM_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])  # fmt: skip
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(BLOOM_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     core.post_processor = processors.ByteLevel(trim_offsets=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TRAINED_PIECES, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=TRAINED_PIECES,
+        special_tokens=specials,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     core.train_from_iterator(dev_text(), trainer)
     backend = json.loads(core.to_str())
     vocab: dict[str, int] = backend["model"]["vocab"]
@@ -223,17 +268,34 @@ def build_bloomz(out_dir: Path) -> None:
     _write_json(out_dir / "tokenizer.json", backend)
     named = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
     _write_json(out_dir / "special_tokens_map.json", named)
-    _write_json(out_dir / "tokenizer_config.json", {
-        **named, "add_prefix_space": False, "model_max_length": 1_000_000_000_000_000_019_884_624_838_656,
-        "padding_side": "left", "tokenizer_class": "BloomTokenizerFast",
-    })  # fmt: skip
+    _write_json(
+        out_dir / "tokenizer_config.json",
+        {
+            **named,
+            "add_prefix_space": False,
+            "model_max_length": 1_000_000_000_000_000_019_884_624_838_656,
+            "padding_side": "left",
+            "tokenizer_class": "BloomTokenizerFast",
+        },
+    )
 
     config = BloomConfig(
-        vocab_size=BLOOM_EMBEDDINGS, hidden_size=TINY["d_model"], n_layer=2, n_head=TINY["heads"],
-        bos_token_id=1, eos_token_id=2, pad_token_id=3, unk_token_id=0, hidden_dropout=0.0, attention_dropout=0.0,
-        layer_norm_epsilon=1e-5, initializer_range=0.02, apply_residual_connection_post_layernorm=False,
-        slow_but_exact=False, pretraining_tp=1,
-    )  # fmt: skip
+        vocab_size=BLOOM_EMBEDDINGS,
+        hidden_size=TINY["d_model"],
+        n_layer=2,
+        n_head=TINY["heads"],
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        unk_token_id=0,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        layer_norm_epsilon=1e-5,
+        initializer_range=0.02,
+        apply_residual_connection_post_layernorm=False,
+        slow_but_exact=False,
+        pretraining_tp=1,
+    )
     _save_model(
         _seeded(BloomForCausalLM, config), out_dir, {}, {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}
     )
@@ -273,20 +335,52 @@ def build_m2m100(out_dir: Path) -> None:
         "pad_token": "<pad>",
     }
     _write_json(out_dir / "special_tokens_map.json", {**specials, "additional_special_tokens": lang_tokens})
-    _write_json(out_dir / "tokenizer_config.json", {
-        **specials, "src_lang": None, "tgt_lang": None, "language_codes": "m2m100", "num_madeup_words": 8,
-        "model_max_length": 1024, "sp_model_kwargs": {}, "tokenizer_class": "M2M100Tokenizer",
-    })  # fmt: skip
+    _write_json(
+        out_dir / "tokenizer_config.json",
+        {
+            **specials,
+            "src_lang": None,
+            "tgt_lang": None,
+            "language_codes": "m2m100",
+            "num_madeup_words": 8,
+            "model_max_length": 1024,
+            "sp_model_kwargs": {},
+            "tokenizer_class": "M2M100Tokenizer",
+        },
+    )
 
     config = M2M100Config(
-        vocab_size=M2M100_EMBEDDINGS, d_model=TINY["d_model"], encoder_layers=1, decoder_layers=1,
-        encoder_attention_heads=TINY["heads"], decoder_attention_heads=TINY["heads"], encoder_ffn_dim=TINY["ffn"],
-        decoder_ffn_dim=TINY["ffn"], max_position_embeddings=1024, activation_function="relu", dropout=0.1,
-        attention_dropout=0.1, activation_dropout=0.0, encoder_layerdrop=0.05, decoder_layerdrop=0.05, init_std=0.02,
-        scale_embedding=True, bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
-    )  # fmt: skip
-    generation = {"bos_token_id": 0, "decoder_start_token_id": 2, "early_stopping": True, "eos_token_id": 2,
-                  "max_length": 200, "num_beams": 5, "pad_token_id": 1}  # fmt: skip
+        vocab_size=M2M100_EMBEDDINGS,
+        d_model=TINY["d_model"],
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=TINY["heads"],
+        decoder_attention_heads=TINY["heads"],
+        encoder_ffn_dim=TINY["ffn"],
+        decoder_ffn_dim=TINY["ffn"],
+        max_position_embeddings=1024,
+        activation_function="relu",
+        dropout=0.1,
+        attention_dropout=0.1,
+        activation_dropout=0.0,
+        encoder_layerdrop=0.05,
+        decoder_layerdrop=0.05,
+        init_std=0.02,
+        scale_embedding=True,
+        bos_token_id=0,
+        pad_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+    )
+    generation = {
+        "bos_token_id": 0,
+        "decoder_start_token_id": 2,
+        "early_stopping": True,
+        "eos_token_id": 2,
+        "max_length": 200,
+        "num_beams": 5,
+        "pad_token_id": 1,
+    }
     legacy = {k: generation[k] for k in ("early_stopping", "max_length", "num_beams")}  # also in the hub's config.json
     _save_model(_seeded(M2M100ForConditionalGeneration, config), out_dir, legacy, generation)
 
@@ -328,15 +422,40 @@ def build_marian_en_hi(out_dir: Path) -> None:
 
     pad = MARIAN_VOCAB - 1
     config = MarianConfig(
-        vocab_size=MARIAN_VOCAB, decoder_vocab_size=MARIAN_VOCAB, d_model=TINY["d_model"], encoder_layers=1,
-        decoder_layers=1, encoder_attention_heads=TINY["heads"], decoder_attention_heads=TINY["heads"],
-        encoder_ffn_dim=TINY["ffn"], decoder_ffn_dim=TINY["ffn"], max_position_embeddings=512,
-        activation_function="swish", dropout=0.1, attention_dropout=0.0, activation_dropout=0.0, init_std=0.02,
-        scale_embedding=True, share_encoder_decoder_embeddings=True, tie_word_embeddings=True, bos_token_id=0,
-        eos_token_id=0, pad_token_id=pad, decoder_start_token_id=pad, forced_eos_token_id=0,
-    )  # fmt: skip
-    generation = {"bad_words_ids": [[pad]], "bos_token_id": 0, "decoder_start_token_id": pad, "eos_token_id": 0,
-                  "forced_eos_token_id": 0, "max_length": 512, "num_beams": 4, "pad_token_id": pad}  # fmt: skip
+        vocab_size=MARIAN_VOCAB,
+        decoder_vocab_size=MARIAN_VOCAB,
+        d_model=TINY["d_model"],
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=TINY["heads"],
+        decoder_attention_heads=TINY["heads"],
+        encoder_ffn_dim=TINY["ffn"],
+        decoder_ffn_dim=TINY["ffn"],
+        max_position_embeddings=512,
+        activation_function="swish",
+        dropout=0.1,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        init_std=0.02,
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=pad,
+        decoder_start_token_id=pad,
+        forced_eos_token_id=0,
+    )
+    generation = {
+        "bad_words_ids": [[pad]],
+        "bos_token_id": 0,
+        "decoder_start_token_id": pad,
+        "eos_token_id": 0,
+        "forced_eos_token_id": 0,
+        "max_length": 512,
+        "num_beams": 4,
+        "pad_token_id": pad,
+    }
     # The converter (convert_marian_to_pytorch) wrote these into config.json; generation_config.json came later.
     legacy = {k: generation[k] for k in ("bad_words_ids", "max_length", "num_beams")}
     _save_model(_seeded(MarianMTModel, config), out_dir, {**legacy, "static_position_embeddings": True}, generation)
@@ -439,8 +558,9 @@ def built_standin(hub_id: str, cache_dir: Path | None = None) -> Path:
         build_standin(hub_id, partial)
         blobs = {p.name: _sha256(p) for p in sorted(partial.iterdir()) if p.is_file()}
         commit = hashlib.sha1(json.dumps([hub_id, RECIPE_VERSION, blobs]).encode()).hexdigest()
-        _write_json(partial / _DONE, {"hub_id": hub_id, "recipe_version": RECIPE_VERSION, "commit": commit,
-                                      "blobs": blobs})  # fmt: skip
+        _write_json(
+            partial / _DONE, {"hub_id": hub_id, "recipe_version": RECIPE_VERSION, "commit": commit, "blobs": blobs}
+        )
         shutil.rmtree(target, ignore_errors=True)
         os.replace(partial, target)
     return target

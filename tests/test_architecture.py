@@ -19,8 +19,14 @@ MAX_FUNCTION_LINES = 65  # "about 60": a long docstring may carry a function a l
 
 def lint_imports(tree: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    return subprocess.run([LINT_IMPORTS, "--no-cache", "--config", str(tree / "pyproject.toml")], cwd=tree, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [LINT_IMPORTS, "--no-cache", "--config", str(tree / "pyproject.toml")],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +55,9 @@ def test_the_contracts_hold() -> None:
         ("bhashaflow/episodes/store.py", "import connectors.retry", "does not reach the outside world's connectors"),
     ],
 )
-def test_a_planted_wrong_way_import_breaks_its_contract(tree_copy: Path, module: str, planted: str, contract: str) -> None:
+def test_a_planted_wrong_way_import_breaks_its_contract(
+    tree_copy: Path, module: str, planted: str, contract: str
+) -> None:
     target = tree_copy / module
     original = target.read_text()
     target.write_text(original + f"\n{planted}  # planted by the test\n")

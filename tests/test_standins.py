@@ -43,9 +43,14 @@ def test_the_cache_is_huggingface_hubs_layout_and_resolves_offline(hf_standins: 
     commit = (repo / "refs" / "main").read_text()
     snapshot = repo / "snapshots" / commit
     assert sorted(p.name for p in snapshot.iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors", "sentencepiece.bpe.model",
-        "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
-    ]  # fmt: skip
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "sentencepiece.bpe.model",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert all(p.is_symlink() and p.resolve().parent == repo / "blobs" for p in snapshot.iterdir())
     assert try_to_load_from_cache(NLLB, "config.json") == str(snapshot / "config.json")
 
@@ -68,8 +73,15 @@ def test_nllb_tokenizer_has_the_real_ids(nllb: Any) -> None:
     assert (nllb.bos_token_id, nllb.pad_token_id, nllb.eos_token_id, nllb.unk_token_id) == (0, 1, 2, 3)
     assert nllb.mask_token_id == 256_203
     # eng_Latn, fra_Latn, ron_Latn, <mask> and len() as transformers' own NLLB tests assert them on the real tokenizer
-    codes = {"ace_Arab": 256_001, "eng_Latn": 256_047, "fra_Latn": 256_057, "hin_Deva": 256_068,
-             "ron_Latn": 256_145, "sat_Beng": 256_150, "zul_Latn": 256_202}  # fmt: skip
+    codes = {
+        "ace_Arab": 256_001,
+        "eng_Latn": 256_047,
+        "fra_Latn": 256_057,
+        "hin_Deva": 256_068,
+        "ron_Latn": 256_145,
+        "sat_Beng": 256_150,
+        "zul_Latn": 256_202,
+    }
     assert {code: nllb.convert_tokens_to_ids(code) for code in codes} == codes
     assert nllb.convert_tokens_to_ids("sat_Olck") == nllb.unk_token_id  # NLLB writes Santali in Bengali script
 
@@ -88,8 +100,11 @@ def test_nllb_config_and_model_are_the_real_ones_made_tiny(hf_standins: Path) ->
     config = _config(NLLB)
     assert (config.model_type, config.architectures) == ("m2m_100", ["M2M100ForConditionalGeneration"])
     assert (config.vocab_size, config.decoder_start_token_id, config.pad_token_id, config.eos_token_id) == (
-        256_206, 2, 1, 2,
-    )  # fmt: skip
+        256_206,
+        2,
+        1,
+        2,
+    )
     assert config.scale_embedding and config.tie_word_embeddings and config.d_model <= 32
     model = AutoModelForSeq2SeqLM.from_pretrained(NLLB, local_files_only=True)
     assert model.generation_config.max_length == 200
@@ -124,8 +139,17 @@ def test_m2m100_tokenizer_has_the_real_ids(hf_standins: Path) -> None:
     assert (m2m.vocab_size, len(m2m)) == (128_004, 128_104)
     assert (m2m.bos_token_id, m2m.pad_token_id, m2m.eos_token_id, m2m.unk_token_id) == (0, 1, 2, 3)
     # __ar__, __en__, __fr__, __mr__ and __ro__ as transformers' own M2M100 tests assert them on the real tokenizer
-    tokens = {"__af__": 128_004, "__ar__": 128_006, "__en__": 128_022, "__fr__": 128_028, "__hi__": 128_036,
-              "__mr__": 128_063, "__ro__": 128_076, "__ta__": 128_089, "__zu__": 128_103}  # fmt: skip
+    tokens = {
+        "__af__": 128_004,
+        "__ar__": 128_006,
+        "__en__": 128_022,
+        "__fr__": 128_028,
+        "__hi__": 128_036,
+        "__mr__": 128_063,
+        "__ro__": 128_076,
+        "__ta__": 128_089,
+        "__zu__": 128_103,
+    }
     assert {token: m2m.convert_tokens_to_ids(token) for token in tokens} == tokens
     assert m2m.convert_tokens_to_ids("__te__") == m2m.convert_tokens_to_ids("__as__") == m2m.unk_token_id
     m2m.src_lang, m2m.tgt_lang = "en", "hi"
@@ -201,8 +225,9 @@ def test_two_processes_building_and_placing_at_once_both_get_one_valid_copy(tmp_
     procs = [subprocess.Popen([sys.executable, "-c", place, tests_dir, hub], env=env) for _ in range(2)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     assert sorted(p.name for p in (tmp_path / "cache" / "standins").rglob("*") if p.parent.name.startswith("v")) == [
-        "ai4bharat--indictrans2-en-indic-dist-200M", "ai4bharat--indictrans2-en-indic-dist-200M.lock",
-    ]  # fmt: skip
+        "ai4bharat--indictrans2-en-indic-dist-200M",
+        "ai4bharat--indictrans2-en-indic-dist-200M.lock",
+    ]
     repo = tmp_path / "hub" / "models--ai4bharat--indictrans2-en-indic-dist-200M"
     assert [p.name for p in (repo / "snapshots").iterdir()] == [(repo / "refs" / "main").read_text()]
     from huggingface_hub import try_to_load_from_cache

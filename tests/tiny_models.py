@@ -29,7 +29,9 @@ def devtest_lines(lang: str, n: int | None = None) -> list[str]:
 
 
 def tiny_tokenizer(family: str, n_lines: int = 150, vocab_size: int = 400) -> Any:
-    recipe = small_recipe("builtin:tiny-seq2seq" if family == "seq2seq" else "builtin:tiny-causal", vocab_size=vocab_size)
+    recipe = small_recipe(
+        "builtin:tiny-seq2seq" if family == "seq2seq" else "builtin:tiny-causal", vocab_size=vocab_size
+    )
     return train_tokenizer({lang: dev_lines(lang, n_lines) for lang in LANGS}, recipe)
 
 
@@ -43,12 +45,25 @@ def save_tiny_m2m100(path: Path, d_model: int = 32, init_std: float = 0.02, voca
 
     tok = tiny_tokenizer("seq2seq")
     config = M2M100Config(
-        vocab_size=vocab_size or len(tok), d_model=d_model, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=2 * d_model, decoder_ffn_dim=2 * d_model, max_position_embeddings=256,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        decoder_start_token_id=tok.eos_token_id, dropout=0.0, scale_embedding=True, init_std=init_std,
-        encoder_layerdrop=0.0, decoder_layerdrop=0.0,
-    )  # fmt: skip
+        vocab_size=vocab_size or len(tok),
+        d_model=d_model,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=2 * d_model,
+        decoder_ffn_dim=2 * d_model,
+        max_position_embeddings=256,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.eos_token_id,
+        dropout=0.0,
+        scale_embedding=True,
+        init_std=init_std,
+        encoder_layerdrop=0.0,
+        decoder_layerdrop=0.0,
+    )
     import torch
 
     torch.manual_seed(0)
@@ -63,10 +78,17 @@ def save_tiny_bloom(path: Path, hidden: int = 32, init_std: float = 0.02, vocab_
 
     tok = tiny_tokenizer("causal")
     config = BloomConfig(
-        vocab_size=vocab_size or len(tok), hidden_size=hidden, n_layer=2, n_head=2, pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, hidden_dropout=0.0, attention_dropout=0.0,
+        vocab_size=vocab_size or len(tok),
+        hidden_size=hidden,
+        n_layer=2,
+        n_head=2,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
         initializer_range=init_std,
-    )  # fmt: skip
+    )
     import torch
 
     torch.manual_seed(0)

@@ -117,4 +117,3 @@ def dumps_json(obj: Any) -> bytes:
 def write_json_atomic(uri: str, obj: Any, storage_options: dict[str, Any] | None = None) -> None:
     """Write `obj` as canonical JSON to `uri`, atomically (see `write_bytes_atomic`)."""
     write_bytes_atomic(uri, dumps_json(obj), storage_options)
-

@@ -81,7 +81,11 @@ class AllocationCap(TorchDispatchMode):
         out = func(*args, **kwargs)
         inputs = {_storage(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         # Views and in-place results share an input's storage: only new storage is an allocation.
-        sizes = [t.untyped_storage().nbytes() for t in tree_leaves(out) if isinstance(t, torch.Tensor) and _storage(t) not in inputs]
+        sizes = [
+            t.untyped_storage().nbytes()
+            for t in tree_leaves(out)
+            if isinstance(t, torch.Tensor) and _storage(t) not in inputs
+        ]
         size = max(sizes, default=0)
         if self.max_bytes is not None and size > self.max_bytes:
             self.raised += 1

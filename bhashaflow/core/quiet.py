@@ -28,8 +28,11 @@ _LOG_FILTERS = (
     # bitsandbytes' CPU backend tries to fetch an optional 4-bit kernel from the hub when it is imported (peft
     # imports it whenever it is installed). We never trust remote kernel code, and offline there is none to fetch:
     # the fetch fails either way and bitsandbytes falls back to its own kernel.
-    ("bitsandbytes.backends.cpu.ops", "Failed to load CPU gemm_4bit_forward from kernels-community",
-     ("offline mode", "publisher trust")),
+    (
+        "bitsandbytes.backends.cpu.ops",
+        "Failed to load CPU gemm_4bit_forward from kernels-community",
+        ("offline mode", "publisher trust"),
+    ),
     ("kernels._internals.hf_hub", "Skipping publisher trust check", ("offline mode",)),
     # bitsandbytes' Linear8bitLt quantizes its inputs in fp16 and says so on every forward of a bf16 model (no
     # once-only guard): hundreds of lines a step. The cast is the kernel's design; fp16 bases (training.precision)
@@ -65,8 +68,10 @@ def quiet_libraries(*, datasets: bool = False) -> None:
     # peft's PeftModel.__init__ reads the deprecated `model.is_gradient_checkpointing` (peft 0.21, transformers 5)
     # whenever we wrap or load an adapter; get_peft_model is the public API, so the call is not ours to change.
     warnings.filterwarnings(
-        "ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning,
+        "ignore",
+        message=r"`is_gradient_checkpointing` is deprecated",
+        category=FutureWarning,
         module=r"transformers\.modeling_utils",
-    )  # fmt: skip
+    )
     for name, fragment, reasons in _LOG_FILTERS:
         logging.getLogger(name).addFilter(_DropMessage(fragment, reasons))

@@ -17,7 +17,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
 
-    aws_access_key_id: str | None = Field(None, validation_alias=AliasChoices("BHASHAFLOW_AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"))
+    aws_access_key_id: str | None = Field(
+        None, validation_alias=AliasChoices("BHASHAFLOW_AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
+    )
     aws_secret_access_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("BHASHAFLOW_AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY")
     )
@@ -33,20 +35,26 @@ class Settings(BaseSettings):
     qdrant_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("QDRANT_API_KEY"))
     api_token: SecretStr | None = Field(None, validation_alias=AliasChoices("BHASHAFLOW_API_TOKEN"))
     api_keys: str | None = Field(
-        None, validation_alias=AliasChoices("BHASHAFLOW_API_KEYS"),
+        None,
+        validation_alias=AliasChoices("BHASHAFLOW_API_KEYS"),
         description="API clients as JSON or YAML (name, scopes, sha256 of the key), like serving.api_keys_file.",
     )
     cache_dir: str = Field(
-        "~/.cache/bhashaflow", validation_alias=AliasChoices("BHASHAFLOW_CACHE_DIR"),
+        "~/.cache/bhashaflow",
+        validation_alias=AliasChoices("BHASHAFLOW_CACHE_DIR"),
         description="Where built-in base models are built and cached.",
     )
     host: str = Field(
-        default_factory=socket.gethostname, validation_alias=AliasChoices("BHASHAFLOW_HOST"),
+        default_factory=socket.gethostname,
+        validation_alias=AliasChoices("BHASHAFLOW_HOST"),
         description="This machine's name in a run's record of who trained, evaluated and promoted a direction "
         "(the pipeline JSON's produced_by); default: the hostname (a pod's name on Kubernetes).",
     )
     artifact_link_ttl_s: int = Field(
-        7 * 24 * 3600, ge=0, le=7 * 24 * 3600, validation_alias=AliasChoices("BHASHAFLOW_ARTIFACT_LINK_TTL_S"),
+        7 * 24 * 3600,
+        ge=0,
+        le=7 * 24 * 3600,
+        validation_alias=AliasChoices("BHASHAFLOW_ARTIFACT_LINK_TTL_S"),
         description="How long the presigned S3 links in Prefect artifacts (adapters, charts) stay valid, in seconds "
         "(at most 7 days, S3's limit); 0 writes s3:// locations as text instead of signing links.",
     )

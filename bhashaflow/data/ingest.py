@@ -351,7 +351,7 @@ def summary(manifest: ManifestLike, manifest_uri: str) -> IngestSummary:
 
 def _source_counts(s: SourceEntry) -> SourceCounts:
     return {"read": s.read, "accepted": s.accepted, "duplicates": s.duplicates, "rejected": s.rejected,
-            "skipped": s.skipped}  # fmt: skip
+            "skipped": s.skipped}
 
 
 def _skipped_by_reason(manifest: DataManifest) -> dict[str, int]:

@@ -178,7 +178,7 @@ class DeduplicatingShards:
     def __init__(
         self, base_uri: str, directions: Sequence[str], shard_rows: int, storage_options: dict[str, Any] | None,
         heldout: dict[str, float] | None = None, root_uri: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._seen = SeenKeys()
         root = root_uri or base_uri.rsplit("/", 1)[0]
         self._writers = {d: ShardWriter(join(base_uri, d), shard_rows, storage_options) for d in directions}

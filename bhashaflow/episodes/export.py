@@ -24,6 +24,7 @@ from bhashaflow.episodes.store import Episode, EpisodeStore, ExportMode
 
 log = logging.getLogger(__name__)
 
+
 class _HoldsEpisodes(Protocol):
     @property
     def episodes_db(self) -> str: ...

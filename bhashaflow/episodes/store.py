@@ -33,6 +33,7 @@ MAX_EPISODE_ID = 2**63 - 1
 # Who requested an episode or gave feedback when the service knows no name: no key, on a service without auth.
 ANONYMOUS_CLIENT = "anonymous"
 
+
 def _when_unlocked(statement: Callable[[], object], timeout_s: float) -> None:
     """Run `statement`, again while another connection holds the database. Switching a rollback-journal database
     to WAL takes an exclusive lock, and SQLite answers "database is locked" at once, without its busy handler,
@@ -188,9 +189,7 @@ class EpisodeStore:
         self.path = Path(path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # One connection behind a lock: writes are serialised by SQLite anyway, and reads are short.
-        self._conn = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=self._TIMEOUT_S
-        )
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=self._TIMEOUT_S)
         self._lock = threading.Lock()
         with self._lock:
             _when_unlocked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"), self._TIMEOUT_S)
@@ -380,7 +379,9 @@ class EpisodeStore:
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         # No target in the message: an http(s) target may carry credentials.
-                        raise ExportBusy(f"another export to this target still holds {path} after {wait_s:g} s") from None
+                        raise ExportBusy(
+                            f"another export to this target still holds {path} after {wait_s:g} s"
+                        ) from None
                     time.sleep(0.05)
             try:
                 yield

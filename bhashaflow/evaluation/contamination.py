@@ -22,8 +22,10 @@ class Contamination:
 
     def message(self, base_model: str, split: str) -> str:
         seen = " and ".join(self.splits)
-        return (f"base model {base_model!r} was trained on {self.eval_set} {seen} ({self.source}): its {split} "
-                "scores measure memory, not translation; compare candidates with each other, not with the base")  # fmt: skip
+        return (
+            f"base model {base_model!r} was trained on {self.eval_set} {seen} ({self.source}): its {split} "
+            "scores measure memory, not translation; compare candidates with each other, not with the base"
+        )
 
 
 KNOWN_CONTAMINATION: tuple[Contamination, ...] = (
@@ -48,6 +50,9 @@ def contamination_for(base_model: str, eval_set: str, split: str) -> Contaminati
     for known in KNOWN_CONTAMINATION:
         if known.eval_set.lower() != eval_set.lower() or split not in known.splits:
             continue
-        if any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(name.rsplit("/", 1)[-1], p.rsplit("/", 1)[-1]) for p in known.hub_ids):
+        if any(
+            fnmatch.fnmatch(name, p) or fnmatch.fnmatch(name.rsplit("/", 1)[-1], p.rsplit("/", 1)[-1])
+            for p in known.hub_ids
+        ):
             return known
     return None

@@ -46,7 +46,9 @@ def default_target_modules(model: Any) -> list[str]:
         }
     )
     if not found:
-        raise BaseModelError(f"no linear layers to adapt in a {config.model_type} model; set training.lora.target_modules")
+        raise BaseModelError(
+            f"no linear layers to adapt in a {config.model_type} model; set training.lora.target_modules"
+        )
     return found
 
 
@@ -69,7 +71,9 @@ def load_adapter(lm: LoadedModel, adapter_dir: str, name: str) -> LoadedModel:
     pickled = pickles_in(folder)
     if pickled:
         # Beside the safetensors, a pickle is a sign of tampering (and a loader that prefers it would run it).
-        raise BaseModelError(f"{folder} holds pickle-format files ({', '.join(pickled)}); only safetensors adapters are loaded")
+        raise BaseModelError(
+            f"{folder} holds pickle-format files ({', '.join(pickled)}); only safetensors adapters are loaded"
+        )
     if name in lm.adapters:
         raise BaseModelError(f"an adapter named {name!r} is already loaded; unload it first")
     # peft adds the adapter's layers before it loads the weights; weights that do not fit the config

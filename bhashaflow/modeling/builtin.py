@@ -83,7 +83,9 @@ def read_dev_text(flores_dir: str | Path, languages: list[str]) -> dict[str, lis
     return {lang: read_flores(flores_dir, lang, "dev") for lang in languages}
 
 
-def builtin_dir(name: str, *, languages: list[str], cache_dir: str, flores_dir: str, recipe: BuiltinRecipe | None = None) -> Path:
+def builtin_dir(
+    name: str, *, languages: list[str], cache_dir: str, flores_dir: str, recipe: BuiltinRecipe | None = None
+) -> Path:
     """Cache folder of a built-in base: keyed by recipe, language set and the dev text itself."""
     recipe = recipe or recipe_for(name)
     langs = sorted(set(languages) | {PIVOT})
@@ -130,7 +132,9 @@ def ensure_builtin(
         partial = target.with_name(target.name + f".partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         log.info("building %s for %s in %s (first use; cached afterwards)", name, languages, target)
-        build_builtin(name, languages=languages, flores_dir=flores_dir, out_dir=partial, recipe=recipe, on_progress=on_progress)
+        build_builtin(
+            name, languages=languages, flores_dir=flores_dir, out_dir=partial, recipe=recipe, on_progress=on_progress
+        )
         if target.exists():
             shutil.rmtree(target)
         os.replace(partial, target)
@@ -151,7 +155,9 @@ def train_tokenizer(texts: dict[str, list[str]], recipe: BuiltinRecipe) -> Any:
     core.normalizer = normalizers.NFKC()
     core.pre_tokenizer = pre_tokenizers.Metaspace()
     core.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=recipe.vocab_size, special_tokens=SPECIAL_TOKENS + langs, show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=recipe.vocab_size, special_tokens=SPECIAL_TOKENS + langs, show_progress=False
+    )
     # Interleave languages so each gets its share of the vocabulary.
     lines = [s for group in zip(*(texts[lang] for lang in langs), strict=False) for s in group]
     core.train_from_iterator(lines, trainer)
@@ -179,7 +185,11 @@ def _make_model(recipe: BuiltinRecipe, tokenizer: Any) -> Any:
         M2M100ForConditionalGeneration,
     )
 
-    ids = {"pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    ids = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
     torch.manual_seed(recipe.seed)
     model: Any
     if recipe.family == "seq2seq":
@@ -223,7 +233,11 @@ def _make_model(recipe: BuiltinRecipe, tokenizer: Any) -> Any:
     if recipe.family == "seq2seq":
         # A model this small loops on a phrase under greedy search; the usual guards (CTRL's repetition
         # penalty 1.2, BART's no-repeat 3-grams) ship in its generation config, as real bases ship theirs.
-        decoding = {"decoder_start_token_id": tokenizer.eos_token_id, "repetition_penalty": 1.2, "no_repeat_ngram_size": 3}
+        decoding = {
+            "decoder_start_token_id": tokenizer.eos_token_id,
+            "repetition_penalty": 1.2,
+            "no_repeat_ngram_size": 3,
+        }
     model.generation_config = GenerationConfig(max_new_tokens=128, **decoding, **ids)
     return model
 
@@ -252,7 +266,10 @@ class _PretrainingData:
         self.langs = sorted(texts)
         self.texts = texts
         cut = recipe.max_length - 2
-        self.ids = {lang: [tokenizer(s, add_special_tokens=False)["input_ids"][:cut] for s in texts[lang]] for lang in self.langs}
+        self.ids = {
+            lang: [tokenizer(s, add_special_tokens=False)["input_ids"][:cut] for s in texts[lang]]
+            for lang in self.langs
+        }
         self.tag = {lang: tokenizer.convert_tokens_to_ids(lang) for lang in self.langs}
         self.directions = [(a, b) for a in self.langs for b in self.langs if a != b and a != PIVOT]
         self.rng = random.Random(recipe.seed)
@@ -262,7 +279,9 @@ class _PretrainingData:
         target = [tag[tgt]] + ids[tgt][k] + [eos]
         if src != tgt:
             return [tag[src]] + ids[src][k] + [eos], target
-        return [tag[src]] + _noise(ids[src][k], self.tok.mask_token_id, self.recipe.mask_ratio, self.rng) + [eos], target
+        return [tag[src]] + _noise(ids[src][k], self.tok.mask_token_id, self.recipe.mask_ratio, self.rng) + [
+            eos
+        ], target
 
     def _causal(self, src: str, tgt: str, k: int) -> tuple[list[int], list[int]]:
         eos = self.tok.eos_token_id
@@ -285,7 +304,13 @@ class _PretrainingData:
                 yield make(lang, lang, k)
 
 
-def pretrain(model: Any, tokenizer: Any, texts: dict[str, list[str]], recipe: BuiltinRecipe, on_progress: Callable[[int, int, float], None] | None = None) -> float:
+def pretrain(
+    model: Any,
+    tokenizer: Any,
+    texts: dict[str, list[str]],
+    recipe: BuiltinRecipe,
+    on_progress: Callable[[int, int, float], None] | None = None,
+) -> float:
     """Pre-train in place; returns the mean loss of the last steps."""
     torch.manual_seed(recipe.seed)
     data = _PretrainingData(texts, tokenizer, recipe)

@@ -176,12 +176,18 @@ def language_tag(tokenizer: Any, code: str, *, base: str, direction: str) -> Lan
 
 
 def _missing_message(tokenizer: Any, style: TagStyle, code: str, base: str, direction: str) -> str:
-    wanted = {"flores": code, "m2m100": f"__{ISO_639_1.get(code, code.split('_')[0])}__",
-              "mbart": f"{ISO_639_1.get(code, code.split('_')[0])}_XX", "marian": f">>{code.split('_')[0]}<<"}[style]  # fmt: skip
+    wanted = {
+        "flores": code,
+        "m2m100": f"__{ISO_639_1.get(code, code.split('_')[0])}__",
+        "mbart": f"{ISO_639_1.get(code, code.split('_')[0])}_XX",
+        "marian": f">>{code.split('_')[0]}<<",
+    }[style]
     name = LANGUAGES.get(code, code)
-    return (f"base model {base!r} marks languages with tags but has no tag for {code} ({name}; looked for "
-            f"{wanted!r} and its known aliases) in direction {direction}: choose a base that knows {name}, "
-            "or drop the direction")  # fmt: skip
+    return (
+        f"base model {base!r} marks languages with tags but has no tag for {code} ({name}; looked for "
+        f"{wanted!r} and its known aliases) in direction {direction}: choose a base that knows {name}, "
+        "or drop the direction"
+    )
 
 
 def _is_marian(lm: LoadedModel) -> bool:

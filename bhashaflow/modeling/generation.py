@@ -112,7 +112,9 @@ def translate(
     def run(start: int, stop: int) -> None:
         nonlocal done
         idx = order[start:stop]
-        for i, text in zip(idx, _generate(lm, [encoded[i] for i in idx], tgt_lang, num_beams, max_new_tokens), strict=True):
+        for i, text in zip(
+            idx, _generate(lm, [encoded[i] for i in idx], tgt_lang, num_beams, max_new_tokens), strict=True
+        ):
             outputs[i] = text
         done += len(idx)
         if on_batch is not None:

@@ -149,7 +149,9 @@ def load_base(
     )
 
 
-def load_configured_base(config: PipelineConfig, settings: Settings | None = None, device: str | None = None) -> LoadedModel:
+def load_configured_base(
+    config: PipelineConfig, settings: Settings | None = None, device: str | None = None
+) -> LoadedModel:
     """The configured base, loaded the one way every task, the fit check and the service load it.
 
     Args:
@@ -190,7 +192,9 @@ def load_config_and_tokenizer(
     refused = unsupported_reason(base_model, read_config_json(local / "config.json") if is_local else None)
     if refused:
         raise BaseModelError(refused)
-    return _load_config_and_tokenizer(base_model, path, _hub_kwargs(is_local, revision, trust_remote_code, settings), settings)
+    return _load_config_and_tokenizer(
+        base_model, path, _hub_kwargs(is_local, revision, trust_remote_code, settings), settings
+    )
 
 
 def _hub_kwargs(is_local: bool, revision: str | None, trust_remote_code: bool, settings: Settings) -> dict[str, Any]:
@@ -203,13 +207,19 @@ def _hub_kwargs(is_local: bool, revision: str | None, trust_remote_code: bool, s
     return kwargs
 
 
-def _load_config_and_tokenizer(base_model: str, path: str, hub_kwargs: dict[str, Any], settings: Settings) -> tuple[Any, Any]:
+def _load_config_and_tokenizer(
+    base_model: str, path: str, hub_kwargs: dict[str, Any], settings: Settings
+) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoTokenizer
 
     try:
         return AutoConfig.from_pretrained(path, **hub_kwargs), AutoTokenizer.from_pretrained(path, **hub_kwargs)
     except OSError as exc:
-        hint = " (HF_HUB_OFFLINE is set: the model must already be in the Hugging Face cache)" if settings.hf_hub_offline else ""
+        hint = (
+            " (HF_HUB_OFFLINE is set: the model must already be in the Hugging Face cache)"
+            if settings.hf_hub_offline
+            else ""
+        )
         raise BaseModelError(f"cannot load base model {base_model!r}{hint}: {exc}") from exc
     except ImportError as exc:  # the base's own code (auto_map) imports what this transformers lacks
         raise BaseModelError(
@@ -226,9 +236,15 @@ def _load_config_and_tokenizer(base_model: str, path: str, hub_kwargs: dict[str,
 
 
 def _load_weights(
-    base_model: str, path: str, family: Family, hub_kwargs: dict[str, Any], is_local: bool,
-    quantization: str, dtype: torch.dtype, device: str,
-) -> Any:  # fmt: skip
+    base_model: str,
+    path: str,
+    family: Family,
+    hub_kwargs: dict[str, Any],
+    is_local: bool,
+    quantization: str,
+    dtype: torch.dtype,
+    device: str,
+) -> Any:
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     kwargs: dict[str, Any] = {**hub_kwargs, "dtype": dtype}
@@ -277,5 +293,9 @@ def _content_revision(path: str) -> str:
 def _check_local_weights(folder: Path) -> None:
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.safetensors.index.json")):
         pickled = pickles_in(folder)
-        found = f" (found {', '.join(pickled)}: pickled weights can run code when loaded and are refused)" if pickled else ""
+        found = (
+            f" (found {', '.join(pickled)}: pickled weights can run code when loaded and are refused)"
+            if pickled
+            else ""
+        )
         raise BaseModelError(f"base model directory {folder} has no safetensors weights{found}")

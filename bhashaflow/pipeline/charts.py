@@ -14,7 +14,10 @@ def render_png(width: float, height: float, draw: Callable[[Any], None]) -> byte
 
 
 def render_panels_png(
-    panel_width: float, panel_height: float, draws: Sequence[Callable[[Any], None]], columns: int = 2,
+    panel_width: float,
+    panel_height: float,
+    draws: Sequence[Callable[[Any], None]],
+    columns: int = 2,
     legend: bool = False,
 ) -> bytes:
     """A PNG of one panel per `draws` item, `columns` to a row, each `panel_width` x `panel_height` inches (100 dpi).

@@ -87,8 +87,9 @@ def moving_average(values: list[float], window: int) -> list[float]:
 def loss_chart_png(curves: dict[str, LossCurve]) -> bytes:
     """One panel per direction: the training loss smoothed (a moving average) over the raw loss as a faint line,
     and on its own right-hand axis the validation chrF++ that picks the candidate, the chosen step marked."""
-    return render_panels_png(5.0, 3.2, [_panel(direction, curve) for direction, curve in curves.items()], columns=2,
-                             legend=True)
+    return render_panels_png(
+        5.0, 3.2, [_panel(direction, curve) for direction, curve in curves.items()], columns=2, legend=True
+    )
 
 
 def _panel(direction: str, curve: LossCurve) -> Callable[[Any], None]:
@@ -98,8 +99,13 @@ def _panel(direction: str, curve: LossCurve) -> Callable[[Any], None]:
         window = max(1, min(SMOOTHING_POINTS, len(curve.losses) // 10))
         if window > 1:
             ax.plot(curve.steps, curve.losses, color="C0", alpha=0.25, linewidth=0.8, label="training loss (raw)")
-        ax.plot(curve.steps, moving_average(curve.losses, window), color="C0", linewidth=1.8,
-                label="training loss, moving average" if window > 1 else "training loss")  # fmt: skip
+        ax.plot(
+            curve.steps,
+            moving_average(curve.losses, window),
+            color="C0",
+            linewidth=1.8,
+            label="training loss, moving average" if window > 1 else "training loss",
+        )
         ax.set_xlabel("step")
         ax.set_ylabel("training loss", color="C0")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -108,14 +114,33 @@ def _panel(direction: str, curve: LossCurve) -> Callable[[Any], None]:
         chosen = curve.chosen_step
         validated = chosen is not None and chosen == curve.best_step and chosen in curve.val_steps
         if chosen is not None:
-            ax.axvline(chosen, color="C3", linestyle="--", linewidth=1.0,
-                       label="chosen step (best validation chrF++)" if validated else "chosen step (the last: no validation)")  # fmt: skip
-            ax.annotate(f"step {chosen}", (chosen, 0.0), xycoords=("data", "axes fraction"), xytext=(3, 4),
-                        textcoords="offset points", color="C3", fontsize=8)  # fmt: skip
+            ax.axvline(
+                chosen,
+                color="C3",
+                linestyle="--",
+                linewidth=1.0,
+                label="chosen step (best validation chrF++)" if validated else "chosen step (the last: no validation)",
+            )
+            ax.annotate(
+                f"step {chosen}",
+                (chosen, 0.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, 4),
+                textcoords="offset points",
+                color="C3",
+                fontsize=8,
+            )
         if curve.val_steps:
             right = ax.twinx()
-            right.plot(curve.val_steps, curve.val_chrf_pp, "o-", color="C1", markersize=4, linewidth=1.0,
-                       label="validation chrF++ (picks the candidate)")  # fmt: skip
+            right.plot(
+                curve.val_steps,
+                curve.val_chrf_pp,
+                "o-",
+                color="C1",
+                markersize=4,
+                linewidth=1.0,
+                label="validation chrF++ (picks the candidate)",
+            )
             if validated and chosen is not None:
                 right.plot([chosen], [curve.val_chrf_pp[curve.val_steps.index(chosen)]], "*", color="C3", markersize=13)
             right.set_ylabel("validation chrF++", color="C1")

@@ -85,10 +85,10 @@ class Locator:
         files = sorted(fs.find(path))
         links = []
         for file in files[:MAX_FOLDER_LINKS]:
-            signed = self.presigned(f"{uri.rstrip('/')}/{file[len(path.rstrip('/')) + 1:]}")
+            signed = self.presigned(f"{uri.rstrip('/')}/{file[len(path.rstrip('/')) + 1 :]}")
             if signed is None:
                 return ""
-            links.append(f"[{file[len(path.rstrip('/')) + 1:]}]({signed})")
+            links.append(f"[{file[len(path.rstrip('/')) + 1 :]}]({signed})")
         more = f" and {len(files) - MAX_FOLDER_LINKS} more" if len(files) > MAX_FOLDER_LINKS else ""
         return " · ".join(links) + more
 

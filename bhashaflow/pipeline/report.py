@@ -84,8 +84,11 @@ def direction_result(
     `reused`: some step of it was handed on from an earlier (or the retried) flow run instead of done again.
     """
     base, candidate, incumbent = scores.base, scores.candidate, scores.incumbent
-    corrections = {"base": scores.base_corrections, "incumbent": scores.incumbent_corrections,
-                   "candidate": scores.candidate_corrections}  # fmt: skip
+    corrections = {
+        "base": scores.base_corrections,
+        "incumbent": scores.incumbent_corrections,
+        "candidate": scores.candidate_corrections,
+    }
 
     def corrections_chrf_pp(who: str) -> float | None:
         score = corrections[who]
@@ -120,7 +123,11 @@ def direction_result(
         "candidate_corrections_chrf_pp": corrections_chrf_pp("candidate"),
         "reused": reused,
         # The host that trained, evaluated and promoted it: the same in a re-run that reused them (None: not known).
-        "produced_by": {"train": trained.host or None, "evaluate": scores.host or None, "promote": promotion.host or None},
+        "produced_by": {
+            "train": trained.host or None,
+            "evaluate": scores.host or None,
+            "promote": promotion.host or None,
+        },
     }
 
 
@@ -172,7 +179,9 @@ def format_table(directions: Rows) -> str:
         lines.append("chrF++ on held-out corrections " + "-" * (len(head) - 31))
         for d, r in directions.items():
             scores = [_points(r.get(k)) for k in CORRECTIONS_COLUMNS]
-            lines.append(f"{d:<20} " + " ".join(f"{v:>7}" for v in scores) + f"  {r.get('corrections_sentences')} sentences")
+            lines.append(
+                f"{d:<20} " + " ".join(f"{v:>7}" for v in scores) + f"  {r.get('corrections_sentences')} sentences"
+            )
     return "\n".join(lines)
 
 
@@ -230,7 +239,10 @@ MARKDOWN_CORRECTIONS_COLUMNS: Columns = [
 
 def markdown_table(directions: Rows, columns: Columns) -> list[str]:
     """A markdown table of one row per direction: the direction, then `columns`."""
-    rows = ["| direction | " + " | ".join(h for h, _, _ in columns) + " |", "|---|" + "|".join(a for _, a, _ in columns) + "|"]
+    rows = [
+        "| direction | " + " | ".join(h for h, _, _ in columns) + " |",
+        "|---|" + "|".join(a for _, a, _ in columns) + "|",
+    ]
     return rows + [f"| {d} | " + " | ".join(cell(r) for _, _, cell in columns) + " |" for d, r in directions.items()]
 
 
@@ -246,18 +258,31 @@ def base_notes(config: PipelineConfig, settings: Settings | None = None) -> list
     if known is not None:
         notes.append(known.message(config.base_model, config.evaluation.split))
     if not config.base_model.startswith(BUILTIN_PREFIX):
-        base_config, tokenizer = load_config_and_tokenizer(config.base_model, revision=config.base_revision,
-                                                           trust_remote_code=config.trust_remote_code, settings=settings)  # fmt: skip
+        base_config, tokenizer = load_config_and_tokenizer(
+            config.base_model,
+            revision=config.base_revision,
+            trust_remote_code=config.trust_remote_code,
+            settings=settings,
+        )
         family = "seq2seq" if getattr(base_config, "is_encoder_decoder", False) else "causal"
-        aliases = language_notes(tokenizer, family=family, model_type=str(getattr(base_config, "model_type", "")),
-                                 base=config.base_model, directions=config.directions)  # fmt: skip
+        aliases = language_notes(
+            tokenizer,
+            family=family,
+            model_type=str(getattr(base_config, "model_type", "")),
+            base=config.base_model,
+            directions=config.directions,
+        )
         notes += [f"language tag: {note}" for note in aliases]
     return notes
 
 
 def markdown_report(
-    run_id: str, directions: Rows, chart_uri: str, loss_chart_uri: str | None = None,
-    notes: list[str] | None = None, locate: Callable[[str], str] = _code,
+    run_id: str,
+    directions: Rows,
+    chart_uri: str,
+    loss_chart_uri: str | None = None,
+    notes: list[str] | None = None,
+    locate: Callable[[str], str] = _code,
 ) -> str:
     """The report as markdown: the base's notes (contamination, tag aliases), the chrF++ table, each direction's
     promotion reason, the training details, the held-out corrections (if any), the signature, the charts' files.
@@ -266,17 +291,39 @@ def markdown_report(
         locate: how a file's location is written (its URI as code by default; the Prefect artifact passes
             `bhashaflow.pipeline.links.Locator.file`, which writes links a browser can follow).
     """
-    corrections = (["", "chrF++ on the held-out corrections:", "",
-                    *markdown_table(directions, MARKDOWN_CORRECTIONS_COLUMNS)] if _has_corrections(directions) else [])  # fmt: skip
+    corrections = (
+        ["", "chrF++ on the held-out corrections:", "", *markdown_table(directions, MARKDOWN_CORRECTIONS_COLUMNS)]
+        if _has_corrections(directions)
+        else []
+    )
     reasons = [f"- **{d}**: {r['reason']}" for d, r in directions.items()]
     signature = next(iter(directions.values()))["signature"] if directions else ""
     # A paragraph each: Prefect's newer UI joins lines that a single newline separates.
-    charts = [f"Chart: {locate(chart_uri)}"] + (["", f"Loss curves: {locate(loss_chart_uri)}"] if loss_chart_uri else [])
+    charts = [f"Chart: {locate(chart_uri)}"] + (
+        ["", f"Loss curves: {locate(loss_chart_uri)}"] if loss_chart_uri else []
+    )
     return "\n".join(
-        [f"# adapter-pipeline run `{run_id}`", "", *[f"> **Note:** {n}" for n in notes or []], *([""] if notes else []),
-         "chrF++ on FLORES-200:", "", *markdown_table(directions, MARKDOWN_COLUMNS), "", *reasons, "",
-         "Training:", "", *markdown_table(directions, MARKDOWN_TRAINING_COLUMNS), *corrections, "",
-         f"chrF++ signature: `{signature}`", "", *charts, ""]
+        [
+            f"# adapter-pipeline run `{run_id}`",
+            "",
+            *[f"> **Note:** {n}" for n in notes or []],
+            *([""] if notes else []),
+            "chrF++ on FLORES-200:",
+            "",
+            *markdown_table(directions, MARKDOWN_COLUMNS),
+            "",
+            *reasons,
+            "",
+            "Training:",
+            "",
+            *markdown_table(directions, MARKDOWN_TRAINING_COLUMNS),
+            *corrections,
+            "",
+            f"chrF++ signature: `{signature}`",
+            "",
+            *charts,
+            "",
+        ]
     )
 
 
@@ -290,7 +337,10 @@ class ReportFiles:
 
 
 def write_report(
-    run_uri: str, run_id: str, directions: Rows, storage_options: dict[str, Any] | None = None,
+    run_uri: str,
+    run_id: str,
+    directions: Rows,
+    storage_options: dict[str, Any] | None = None,
     notes: list[str] | None = None,
 ) -> ReportFiles:
     """Write `chrf.png`, `loss.png` (from the directions' train logs) and `report.md` into the run folder."""
@@ -304,4 +354,3 @@ def write_report(
     text = markdown_report(run_id, directions, chart_uri, loss_chart_uri, notes)
     write_bytes_atomic(report_uri, text.encode(), storage_options)
     return ReportFiles(report_uri, chart_uri, loss_chart_uri)
-

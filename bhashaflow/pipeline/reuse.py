@@ -67,9 +67,15 @@ def published_training(
     known = {f.name for f in dataclasses.fields(TrainResult)}
     summary = {k: v for k, v in resolved.items() if k in known and k not in ("direction", "base_model", "files")}
     return TrainResult(
-        adapter_dir=adapter_uri, files=sorted(files), adapter_uri=adapter_uri, direction=direction,
-        base_model=config.base_model, objective=config.training.objective, reused=True, **summary,
-    )  # fmt: skip
+        adapter_dir=adapter_uri,
+        files=sorted(files),
+        adapter_uri=adapter_uri,
+        direction=direction,
+        base_model=config.base_model,
+        objective=config.training.objective,
+        reused=True,
+        **summary,
+    )
 
 
 def promoted_outcome(registry: Registry, direction: str, adapter_dir: str | Path) -> PromotionOutcome | None:

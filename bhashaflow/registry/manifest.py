@@ -102,10 +102,13 @@ class VersionInfo(BaseModel):
         return files
 
     @classmethod
-    def new(cls, direction: str, version: str, provenance: Provenance, files: dict[str, str], created_at: str) -> VersionInfo:
+    def new(
+        cls, direction: str, version: str, provenance: Provenance, files: dict[str, str], created_at: str
+    ) -> VersionInfo:
         """A version about to be stored (no uri or digest yet)."""
-        return cls(direction=direction, version=version, files=files, created_at=created_at,
-                   **dataclasses.asdict(provenance))  # fmt: skip
+        return cls(
+            direction=direction, version=version, files=files, created_at=created_at, **dataclasses.asdict(provenance)
+        )
 
     @property
     def number(self) -> int:

@@ -177,9 +177,13 @@ def suggest_batch_tokens(
 
 
 def check_fit(
-    config: PipelineConfig, *, steps: int = 3, device: str | None = None, settings: Settings | None = None,
+    config: PipelineConfig,
+    *,
+    steps: int = 3,
+    device: str | None = None,
+    settings: Settings | None = None,
     search: bool | None = None,
-) -> FitReport:  # fmt: skip
+) -> FitReport:
     """Measure a few worst-case training steps of `config` on `device` (default: CUDA when present).
 
     Args:
@@ -240,17 +244,31 @@ def _measured_report(
         release_memory()
     steady = statistics.median(durations[1:]) if fits else None
     return FitReport(
-        base_model=config.base_model, device=lm.device, device_name=_device_name(lm.device), family=lm.family,
-        quantization=train_cfg.quantization, gradient_checkpointing=train_cfg.gradient_checkpointing,
-        optimizer=train_cfg.optimizer, max_length=train_cfg.max_length, micro_batch_pairs=pairs,
-        micro_batch_tokens=tokens, grad_accum_steps=train_cfg.grad_accum_steps, steps=len(durations),
+        base_model=config.base_model,
+        device=lm.device,
+        device_name=_device_name(lm.device),
+        family=lm.family,
+        quantization=train_cfg.quantization,
+        gradient_checkpointing=train_cfg.gradient_checkpointing,
+        optimizer=train_cfg.optimizer,
+        max_length=train_cfg.max_length,
+        micro_batch_pairs=pairs,
+        micro_batch_tokens=tokens,
+        grad_accum_steps=train_cfg.grad_accum_steps,
+        steps=len(durations),
         first_step_s=round(durations[0], 3) if fits else None,
         step_ms=round(steady * 1000, 1) if steady is not None else None,
         tokens_per_s=round(tokens / steady, 1) if steady else None,
-        gpu_memory_measured=cuda, peak_allocated_gib=None, peak_reserved_gib=None, device_total_gib=None,
-        device_free_gib=None, peak_rss_gib=None, fits=fits if (cuda or not fits) else None, batch_tokens_max=None,
+        gpu_memory_measured=cuda,
+        peak_allocated_gib=None,
+        peak_reserved_gib=None,
+        device_total_gib=None,
+        device_free_gib=None,
+        peak_rss_gib=None,
+        fits=fits if (cuda or not fits) else None,
+        batch_tokens_max=None,
         note="" if fits else "the configured micro-batch ran out of memory",
-    )  # fmt: skip
+    )
 
 
 def _fill_cuda_figures(report: FitReport, free_before: int, total: int) -> None:
@@ -281,8 +299,10 @@ def format_fit(report: FitReport) -> str:
         f"({report.micro_batch_tokens} tokens), {report.grad_accum_steps} micro-batch(es) per step",
     ]
     if report.step_ms is not None and report.first_step_s is not None and report.tokens_per_s is not None:
-        lines.append(f"first step {report.first_step_s:.2f} s, steady {report.step_ms:.0f} ms per micro-batch, "
-                     f"{report.tokens_per_s:,.0f} tokens/s")  # fmt: skip
+        lines.append(
+            f"first step {report.first_step_s:.2f} s, steady {report.step_ms:.0f} ms per micro-batch, "
+            f"{report.tokens_per_s:,.0f} tokens/s"
+        )
     else:
         lines.append("the configured micro-batch ran out of memory: no timings")
     if report.gpu_memory_measured:

@@ -219,9 +219,12 @@ def train_adapter(
 
 
 def _data(
-    session: _Session, shard_paths: list[str], eval_texts: dict[str, list[str]] | None,
-    storage_options: dict[str, Any] | None, preference_paths: list[str],
-) -> tuple[HeldOutScorer | None, ExampleStream, Iterator[Step | PreferenceStep]]:  # fmt: skip
+    session: _Session,
+    shard_paths: list[str],
+    eval_texts: dict[str, list[str]] | None,
+    storage_options: dict[str, Any] | None,
+    preference_paths: list[str],
+) -> tuple[HeldOutScorer | None, ExampleStream, Iterator[Step | PreferenceStep]]:
     """The validation slice, the training stream without it, and its optimizer steps replayed to the checkpoint."""
     config, lm = session.config, session.lm
     train_cfg = config.training
@@ -230,21 +233,43 @@ def _data(
     pairs = Decontaminator(leaks).filter(iter_shard_pairs(shard_paths, *langs, storage_options))
     scorer = make_scorer(config, langs, pairs, session.direction)
     stream = ExampleStream(
-        lm, shard_paths, langs, Decontaminator(leaks), train_cfg.max_length, train_cfg.seed,
-        storage_options, scorer.holdout if scorer else None,
-    )  # fmt: skip
+        lm,
+        shard_paths,
+        langs,
+        Decontaminator(leaks),
+        train_cfg.max_length,
+        train_cfg.seed,
+        storage_options,
+        scorer.holdout if scorer else None,
+    )
     steps: Iterator[Step | PreferenceStep]
     if train_cfg.objective == "cpo":
-        triplets = load_triplets(lm, preference_paths, langs, Decontaminator(leaks), train_cfg.max_length,
-                                 storage_options, scorer.holdout if scorer else None)  # fmt: skip
-        steps = preference_steps(triplets, stream, batch_size=train_cfg.batch_size,
-                                 grad_accum_steps=train_cfg.grad_accum_steps, cpo=train_cfg.cpo_settings,
-                                 seed=train_cfg.seed)  # fmt: skip
+        triplets = load_triplets(
+            lm,
+            preference_paths,
+            langs,
+            Decontaminator(leaks),
+            train_cfg.max_length,
+            storage_options,
+            scorer.holdout if scorer else None,
+        )
+        steps = preference_steps(
+            triplets,
+            stream,
+            batch_size=train_cfg.batch_size,
+            grad_accum_steps=train_cfg.grad_accum_steps,
+            cpo=train_cfg.cpo_settings,
+            seed=train_cfg.seed,
+        )
     else:
         steps = optimizer_steps(
-            stream, batch_size=train_cfg.batch_size, batch_tokens=train_cfg.batch_tokens,
-            grad_accum_steps=train_cfg.grad_accum_steps, rng=random.Random(train_cfg.seed), family=lm.family,
-        )  # fmt: skip
+            stream,
+            batch_size=train_cfg.batch_size,
+            batch_tokens=train_cfg.batch_tokens,
+            grad_accum_steps=train_cfg.grad_accum_steps,
+            rng=random.Random(train_cfg.seed),
+            family=lm.family,
+        )
     # Replaying the seeded data order up to the checkpoint puts the resumed run on the very next step.
     for _ in range(session.state.step):
         next(steps)
@@ -252,9 +277,13 @@ def _data(
 
 
 def _open_session(
-    config: PipelineConfig, direction: str, out_dir: str, settings: Settings | None, lm: LoadedModel | None,
+    config: PipelineConfig,
+    direction: str,
+    out_dir: str,
+    settings: Settings | None,
+    lm: LoadedModel | None,
     mirror: RunMirror,
-) -> _Session:  # fmt: skip
+) -> _Session:
     """Load the base (unless given), wrap it in LoRA, make the optimizer, and resume the latest checkpoint."""
     train_cfg = config.training
     run_dir = Path(out_dir)
@@ -364,8 +393,14 @@ def _fit(
         if logs:
             # The log is a record of the run that a resumed run reproduces byte for byte: no wall-clock figures in it.
             _log_line(log_path, StepLogLine(step=done, loss=round(values[-1], 5), lr=lr, tokens=state.tokens))
-            log.info("%s step %d/%d loss %.4f, %.0f tokens/s", session.direction, done, train_cfg.max_steps, values[-1],
-                     report.tokens_per_s)  # fmt: skip
+            log.info(
+                "%s step %d/%d loss %.4f, %.0f tokens/s",
+                session.direction,
+                done,
+                train_cfg.max_steps,
+                values[-1],
+                report.tokens_per_s,
+            )
         if validates and scorer is not None:
             _validate(session, scorer, hooks, log_path)
         if reports:
@@ -387,10 +422,17 @@ def _out_of_memory(session: _Session, step: Step | PreferenceStep) -> TrainingOu
         micro = max(step, key=len)
         tokens = sum(len(src) + (len(tgt) if lm.family == "seq2seq" else 0) for src, tgt in micro)
         what = f"a micro-batch of {len(micro)} pairs, {tokens} tokens"
-    budget = (f"training.batch_tokens (now {cfg.batch_tokens}) or max_length (now {cfg.max_length}), or raise "
-              f"grad_accum_steps (now {cfg.grad_accum_steps})") if cfg.batch_tokens else (
-              f"training.batch_size (now {cfg.batch_size}) or max_length (now {cfg.max_length}); raise grad_accum_steps "
-              "to keep the step's size, or set training.batch_tokens")  # fmt: skip
+    budget = (
+        (
+            f"training.batch_tokens (now {cfg.batch_tokens}) or max_length (now {cfg.max_length}), or raise "
+            f"grad_accum_steps (now {cfg.grad_accum_steps})"
+        )
+        if cfg.batch_tokens
+        else (
+            f"training.batch_size (now {cfg.batch_size}) or max_length (now {cfg.max_length}); raise grad_accum_steps "
+            "to keep the step's size, or set training.batch_tokens"
+        )
+    )
     return TrainingOutOfMemory(
         f"{session.direction}: out of memory at step {session.state.step + 1} on {lm.device} ({what}); {kept}. "
         f"Lower {budget}; `bhashaflow fit CONFIG` finds the largest training.batch_tokens that fits this device"
@@ -427,10 +469,15 @@ class _Window:
         state, max_steps = session.state, session.config.training.max_steps
         steps = max(1, state.step - self.step)
         return ProgressReport(
-            direction=session.direction, step=state.step, max_steps=max_steps, loss=loss, lr=lr,
-            tokens_per_s=(state.tokens - self.tokens) / seconds, elapsed_s=state.train_seconds,
+            direction=session.direction,
+            step=state.step,
+            max_steps=max_steps,
+            loss=loss,
+            lr=lr,
+            tokens_per_s=(state.tokens - self.tokens) / seconds,
+            elapsed_s=state.train_seconds,
             eta_s=(max_steps - state.step) * seconds / steps,
-        )  # fmt: skip
+        )
 
 
 def _report(hooks: TrainHooks, report: ProgressReport) -> None:
@@ -444,15 +491,33 @@ def _validate(session: _Session, scorer: HeldOutScorer, hooks: TrainHooks, log_p
     state, done = session.state, session.state.step
     scores = scorer.run(session.lm)
     update = state.record_validation(scores, scorer.patience, session.config.training.max_steps)
-    _log_line(log_path, ValidationLogLine(
-        step=done, val_loss=round(scores["val_loss"], 5), val_chrf=round(scores["val_chrf"], 5),
-        val_chrf_pp=round(scores["val_chrf_pp"], 5), best_step=state.best_step,
-    ))  # fmt: skip
-    log.info("%s step %d validation chrF++ %.2f loss %.4f (best %.2f at step %d)", session.direction, done,
-             scores["val_chrf_pp"], scores["val_loss"], state.best_chrf_pp, state.best_step)  # fmt: skip
+    _log_line(
+        log_path,
+        ValidationLogLine(
+            step=done,
+            val_loss=round(scores["val_loss"], 5),
+            val_chrf=round(scores["val_chrf"], 5),
+            val_chrf_pp=round(scores["val_chrf_pp"], 5),
+            best_step=state.best_step,
+        ),
+    )
+    log.info(
+        "%s step %d validation chrF++ %.2f loss %.4f (best %.2f at step %d)",
+        session.direction,
+        done,
+        scores["val_chrf_pp"],
+        scores["val_loss"],
+        state.best_chrf_pp,
+        state.best_step,
+    )
     if state.stopped_early:
-        log.info("%s: no better validation chrF++ in %d validations; stopping at step %d (best: step %d)",
-                 session.direction, scorer.patience, done, state.best_step)  # fmt: skip
+        log.info(
+            "%s: no better validation chrF++ in %d validations; stopping at step %d (best: step %d)",
+            session.direction,
+            scorer.patience,
+            done,
+            state.best_step,
+        )
     if hooks.on_validation is not None:
         hooks.on_validation(done, update)
 
@@ -479,8 +544,10 @@ def _finish(session: _Session, decontaminated: int, scorer: HeldOutScorer | None
     best_dir = None
     if scorer is not None:
         if state.best_step is None:  # the last step is always validated: only a foreign checkpoint lacks one
-            raise TrainingError(f"{session.direction}: the latest checkpoint records no validated step; delete the "
-                                "run's checkpoints to retrain")  # fmt: skip
+            raise TrainingError(
+                f"{session.direction}: the latest checkpoint records no validated step; delete the "
+                "run's checkpoints to retrain"
+            )
         best_dir = session.mirror.pull(state.best_step)  # on another machine the best may be only at the run URI
         if not (best_dir / TRAINER_STATE).is_file():
             raise TrainingError(
@@ -489,17 +556,29 @@ def _finish(session: _Session, decontaminated: int, scorer: HeldOutScorer | None
         load_adapter_weights(session.model, best_dir, session.optimizer)  # the candidate: the best step, in memory too
     adapter_dir = session.run_dir / ADAPTER_DIR
     summary = RunSummary(
-        steps=state.step, resumed_from=session.resumed_from, final_loss=state.final_loss,
-        tokens_per_s=state.tokens_per_s, decontaminated=decontaminated,
-        validation_pairs=len(scorer.holdout.pairs) if scorer else 0, best_step=state.best_step,
-        best_chrf_pp=state.best_chrf_pp, stopped_early=state.stopped_early, validation=state.validation,
-    )  # fmt: skip
+        steps=state.step,
+        resumed_from=session.resumed_from,
+        final_loss=state.final_loss,
+        tokens_per_s=state.tokens_per_s,
+        decontaminated=decontaminated,
+        validation_pairs=len(scorer.holdout.pairs) if scorer else 0,
+        best_step=state.best_step,
+        best_chrf_pp=state.best_chrf_pp,
+        stopped_early=state.stopped_early,
+        validation=state.validation,
+    )
     resolved = ResolvedTraining(
-        direction=session.direction, src_lang=src_lang, tgt_lang=tgt_lang, family=lm.family,
-        base_model=config.base_model, base_path=lm.base_path, base_revision=lm.revision,
-        target_modules=session.targets, **summary,
+        direction=session.direction,
+        src_lang=src_lang,
+        tgt_lang=tgt_lang,
+        family=lm.family,
+        base_model=config.base_model,
+        base_path=lm.base_path,
+        base_revision=lm.revision,
+        target_modules=session.targets,
+        **summary,
         config=redact_values(config.model_dump(mode="json")),  # it is copied into the registry
-    )  # fmt: skip
+    )
     write_adapter_dir(session.model, lm.tokenizer, resolved, adapter_dir, best_dir)
     adapter_uri = session.mirror.push_adapter(adapter_dir)
     return TrainResult(

@@ -44,9 +44,13 @@ def iter_triplets(
 
     for path in paths:
         with fsspec.open(path, "rb", **(storage_options or {})) as fh:
-            for batch in pq.ParquetFile(fh).iter_batches(batch_size=2048, columns=["src", "tgt", "rejected", "src_lang", "tgt_lang"]):
+            for batch in pq.ParquetFile(fh).iter_batches(
+                batch_size=2048, columns=["src", "tgt", "rejected", "src_lang", "tgt_lang"]
+            ):
                 cols = batch.to_pydict()
-                for src, tgt, rej, sl, tl in zip(cols["src"], cols["tgt"], cols["rejected"], cols["src_lang"], cols["tgt_lang"], strict=True):  # fmt: skip
+                for src, tgt, rej, sl, tl in zip(
+                    cols["src"], cols["tgt"], cols["rejected"], cols["src_lang"], cols["tgt_lang"], strict=True
+                ):
                     if sl == src_lang and tl == tgt_lang and rej is not None:
                         yield src, tgt, rej
 
@@ -67,9 +71,14 @@ class PreferenceStep:
 
 
 def load_triplets(
-    lm: LoadedModel, paths: list[str], langs: tuple[str, str], decon: Decontaminator, max_length: int,
-    storage_options: dict[str, Any] | None, holdout: Holdout | None = None,
-) -> list[PreferenceExample]:  # fmt: skip
+    lm: LoadedModel,
+    paths: list[str],
+    langs: tuple[str, str],
+    decon: Decontaminator,
+    max_length: int,
+    storage_options: dict[str, Any] | None,
+    holdout: Holdout | None = None,
+) -> list[PreferenceExample]:
     """A direction's triplets, tokenized, without evaluation leaks or validation pairs (in memory: feedback is small)."""
     out = []
     for src, chosen, rejected in iter_triplets(paths, *langs, storage_options):
@@ -78,8 +87,11 @@ def load_triplets(
             continue
         if holdout is not None and (src, chosen) in holdout:
             continue
-        out.append(PreferenceExample(encode_pair(lm, src, chosen, *langs, max_length),
-                                     encode_pair(lm, src, rejected, *langs, max_length)))  # fmt: skip
+        out.append(
+            PreferenceExample(
+                encode_pair(lm, src, chosen, *langs, max_length), encode_pair(lm, src, rejected, *langs, max_length)
+            )
+        )
     if not out:
         raise TrainingError(
             f"training.objective cpo: no preference triplets for {langs[0]}-{langs[1]} in {len(paths)} shard(s) "
@@ -89,9 +101,14 @@ def load_triplets(
 
 
 def preference_steps(
-    triplets: list[PreferenceExample], sft: Iterable[Example], *, batch_size: int, grad_accum_steps: int,
-    cpo: CPOConfig, seed: int,
-) -> Iterator[PreferenceStep]:  # fmt: skip
+    triplets: list[PreferenceExample],
+    sft: Iterable[Example],
+    *,
+    batch_size: int,
+    grad_accum_steps: int,
+    cpo: CPOConfig,
+    seed: int,
+) -> Iterator[PreferenceStep]:
     """Endless CPO steps: each micro-batch takes `batch_size` examples, an `sft_share` of them plain pairs."""
     n_sft = min(batch_size - 1, round(batch_size * cpo.sft_share))
     n_pref = batch_size - n_sft
@@ -144,7 +161,9 @@ def cpo_step(
     return total, tokens[0]
 
 
-def preference_margins(model: Any, lm: LoadedModel, triplets: list[PreferenceExample], batch_size: int = 16) -> list[float]:
+def preference_margins(
+    model: Any, lm: LoadedModel, triplets: list[PreferenceExample], batch_size: int = 16
+) -> list[float]:
     """log pi(chosen|x) - log pi(rejected|x) of each triplet under `model` (no gradients): what CPO raises."""
     pad_id = int(lm.tokenizer.pad_token_id)
     margins: list[float] = []

@@ -15,8 +15,18 @@ from typing import Any, TypedDict
 from bhashaflow.training import TrainingError
 
 RECENT_LOSSES = 20  # the losses kept for the run's final loss (their mean)
-_REQUIRED = ("step", "tokens", "train_seconds", "recent_losses", "fingerprint", "validation", "best_step",
-             "best_chrf_pp", "evals_since_best", "stopped_early")  # fmt: skip
+_REQUIRED = (
+    "step",
+    "tokens",
+    "train_seconds",
+    "recent_losses",
+    "fingerprint",
+    "validation",
+    "best_step",
+    "best_chrf_pp",
+    "evals_since_best",
+    "stopped_early",
+)
 
 
 class RunFingerprint(TypedDict):
@@ -123,11 +133,17 @@ class TrainerState:
     def to_json(self) -> str:
         """trainer_state.json's text, key for key as runs have always written it."""
         saved: dict[str, Any] = {
-            "step": self.step, "tokens": self.tokens, "train_seconds": self.train_seconds,
-            "recent_losses": self.recent_losses, "fingerprint": self.fingerprint, "validation": self.validation,
-            "best_step": self.best_step, "best_chrf_pp": self.best_chrf_pp, "evals_since_best": self.evals_since_best,
+            "step": self.step,
+            "tokens": self.tokens,
+            "train_seconds": self.train_seconds,
+            "recent_losses": self.recent_losses,
+            "fingerprint": self.fingerprint,
+            "validation": self.validation,
+            "best_step": self.best_step,
+            "best_chrf_pp": self.best_chrf_pp,
+            "evals_since_best": self.evals_since_best,
             "stopped_early": self.stopped_early,
-        }  # fmt: skip
+        }
         if self.initialized_from is not None:
             saved["initialized_from"] = self.initialized_from
         return json.dumps(saved, indent=1)
@@ -140,12 +156,18 @@ class TrainerState:
         if missing:
             raise TrainingError(f"{path} lacks {', '.join(missing)}; use a new run folder or delete its checkpoints")
         return cls(
-            fingerprint=saved["fingerprint"], step=saved["step"], tokens=saved["tokens"],
-            train_seconds=saved["train_seconds"], recent_losses=saved["recent_losses"],
-            validation=saved["validation"], best_step=saved["best_step"], best_chrf_pp=saved["best_chrf_pp"],
-            evals_since_best=saved["evals_since_best"], stopped_early=saved["stopped_early"],
+            fingerprint=saved["fingerprint"],
+            step=saved["step"],
+            tokens=saved["tokens"],
+            train_seconds=saved["train_seconds"],
+            recent_losses=saved["recent_losses"],
+            validation=saved["validation"],
+            best_step=saved["best_step"],
+            best_chrf_pp=saved["best_chrf_pp"],
+            evals_since_best=saved["evals_since_best"],
+            stopped_early=saved["stopped_early"],
             initialized_from=saved.get("initialized_from"),
-        )  # fmt: skip
+        )
 
 
 class RunSummary(TypedDict):

@@ -42,9 +42,15 @@ class HeldOutScorer:
         try:
             loss = self._loss(lm)
             hypotheses = translate(
-                lm, sources, src_lang=self.langs[0], tgt_lang=self.langs[1], adapter=ADAPTER_NAME,
-                batch_size=self.evaluation.batch_size, num_beams=1, max_new_tokens=self.evaluation.max_new_tokens,
-            )  # fmt: skip
+                lm,
+                sources,
+                src_lang=self.langs[0],
+                tgt_lang=self.langs[1],
+                adapter=ADAPTER_NAME,
+                batch_size=self.evaluation.batch_size,
+                num_beams=1,
+                max_new_tokens=self.evaluation.max_new_tokens,
+            )
         finally:
             lm.model.train()
         score = score_chrf(hypotheses, references, self.langs[1])

@@ -21,8 +21,9 @@ async def list_adapters(service: ServiceDep) -> AdaptersResponse:
     response_model=ReloadResponse,
     dependencies=[AdminAuth],
     responses={
-        **error_responses({401: "Missing or unknown API key.", 403: "The client's key lacks the admin scope.",
-                           503: "Still loading."}),
+        **error_responses(
+            {401: "Missing or unknown API key.", 403: "The client's key lacks the admin scope.", 503: "Still loading."}
+        ),
         409: {
             "model": ReloadResponse,
             "description": "A promoted version was refused (its error says why); that direction keeps its version.",

@@ -44,9 +44,14 @@ def within_feedback_limit(service: Service, client: Client) -> None:
     "/feedback",
     response_model=FeedbackResponse,
     responses=error_responses(
-        {403: "The key lacks the feedback scope, or the episode was requested by another client (needs admin).",
-         404: "Unknown episode.", 413: "A correction too long, or a body over serving.max_body_bytes.", 422: None,
-         429: "Over the client's feedback rate limit (serving.feedback_per_minute).", 503: "The service is starting."}
+        {
+            403: "The key lacks the feedback scope, or the episode was requested by another client (needs admin).",
+            404: "Unknown episode.",
+            413: "A correction too long, or a body over serving.max_body_bytes.",
+            422: None,
+            429: "Over the client's feedback rate limit (serving.feedback_per_minute).",
+            503: "The service is starting.",
+        }
     ),
 )
 async def give_feedback(body: FeedbackRequest, service: ServiceDep, client: FeedbackClient) -> FeedbackResponse:
@@ -67,12 +72,16 @@ async def give_feedback(body: FeedbackRequest, service: ServiceDep, client: Feed
         raise HTTPException(404, f"no episode has id {episode_id}") from None
     except ForeignEpisode:
         raise MissingScope(
-            "admin", f"episode {episode_id} was requested by another client; client {client.name!r} may rate only "
+            "admin",
+            f"episode {episode_id} was requested by another client; client {client.name!r} may rate only "
             "its own episodes (the admin scope may rate any)",
         ) from None
     service.metrics.feedback.labels(client.name).inc()
     assert episode.reward is not None and episode.feedback_at is not None
     return FeedbackResponse(
-        episode_id=episode.id, reward=episode.reward, correction=episode.correction, feedback_at=episode.feedback_at,
+        episode_id=episode.id,
+        reward=episode.reward,
+        correction=episode.correction,
+        feedback_at=episode.feedback_at,
         client=client.name,
     )

@@ -96,14 +96,21 @@ def _responses(statuses: dict[int, str]) -> dict[int | str, dict[str, Any]]:
             entry["headers"] = {"Retry-After": RETRY_AFTER}
         out[status] = entry
     # The body limit is checked before any route (serving/middleware.py), in the service's own error form.
-    out[413] = {"description": "Request body over serving.max_body_bytes.",
-                "content": {"application/json": {"schema": {"type": "object", "properties": {"detail": {"type": "string"}},
-                                                            "required": ["detail"]}}}}  # fmt: skip
+    out[413] = {
+        "description": "Request body over serving.max_body_bytes.",
+        "content": {
+            "application/json": {
+                "schema": {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+            }
+        },
+    }
     return out
 
 
-_AUTH_ERRORS = {400: "Invalid request (the error says which parameter).",
-                401: "Missing or unknown API key (no key: only without serving.require_auth)."}  # fmt: skip
+_AUTH_ERRORS = {
+    400: "Invalid request (the error says which parameter).",
+    401: "Missing or unknown API key (no key: only without serving.require_auth).",
+}
 
 router = APIRouter(tags=["libretranslate"], route_class=LibreRoute)
 
@@ -202,13 +209,17 @@ _TAG = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")  # en, hi-IN, zh-Ha
 def _language(tag: Any, name: str) -> str:
     code = flores_code(tag) if isinstance(tag, str) and _TAG.fullmatch(tag) else None
     if code is None:
-        raise _bad(f"{str(tag)[:40]} is not supported" if isinstance(tag, str) else f"Invalid request: {name} must be a string")
+        raise _bad(
+            f"{str(tag)[:40]} is not supported" if isinstance(tag, str) else f"Invalid request: {name} must be a string"
+        )
     return code
 
 
 def _unavailable(src: str, tgt: str) -> HTTPException:
-    return _bad(f"{LANGUAGES[tgt]} ({libre_code(tgt)}) is not available as a target language from "
-                f"{LANGUAGES[src]} ({libre_code(src)})")  # fmt: skip
+    return _bad(
+        f"{LANGUAGES[tgt]} ({libre_code(tgt)}) is not available as a target language from "
+        f"{LANGUAGES[src]} ({libre_code(src)})"
+    )
 
 
 def detect_by_script(text: str, candidates: Iterable[str]) -> tuple[str, float]:
@@ -221,8 +232,10 @@ def detect_by_script(text: str, candidates: Iterable[str]) -> tuple[str, float]:
     found = [code for code, score in scores.items() if score >= 0.5 and score == best]
     if not found:
         served = ", ".join(libre_code(c) for c in scores) or "none"
-        raise _bad(f"Cannot detect a language: no served language ({served}) is written in this text's script; "
-                   "name the source language")  # fmt: skip
+        raise _bad(
+            f"Cannot detect a language: no served language ({served}) is written in this text's script; "
+            "name the source language"
+        )
     if len(found) > 1:
         names = ", ".join(f"{LANGUAGES[c]} ({libre_code(c)})" for c in found)
         raise _bad(f"Cannot detect a language: the text's script is written in {names}; name the source language")
@@ -277,8 +290,9 @@ class LibreTranslateRequest(_LibreBody):
     """LibreTranslate's POST /translate."""
 
     q: Text | list[Text] = Field(description="Text to translate, or a list of texts (JSON bodies only).")
-    source: StrictStr = Field(description='Source language (ISO 639-1, e.g. en), or "auto" to detect it by script.',
-                              examples=["en"])  # fmt: skip
+    source: StrictStr = Field(
+        description='Source language (ISO 639-1, e.g. en), or "auto" to detect it by script.', examples=["en"]
+    )
     target: StrictStr = Field(description="Target language (ISO 639-1, e.g. hi).", examples=["hi"])
     format: Literal["text", "html"] = Field(
         "text", description="text, or html: the text between tags is translated and the tags are kept."
@@ -352,9 +366,14 @@ class FrontendSettings(BaseModel):
 def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
     """OpenAPI for a body read by `read_params`: the same object as JSON or as a form."""
     schema = model.model_json_schema()
-    return {"requestBody": {"required": True, "content": {
-        media: {"schema": schema} for media in ("application/json", "application/x-www-form-urlencoded")
-    }}}  # fmt: skip
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                media: {"schema": schema} for media in ("application/json", "application/x-www-form-urlencoded")
+            },
+        }
+    }
 
 
 # --- the endpoints ------------------------------------------------------------------------------------------------
@@ -365,10 +384,14 @@ def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
     response_model=LibreTranslateResponse,
     response_model_exclude_none=True,
     openapi_extra=_body_doc(LibreTranslateRequest),
-    responses=_responses({
-        **_AUTH_ERRORS, 403: "The client's key lacks the translate scope.",
-        503: "Loading, or the queue is full (see Retry-After).", 504: "Not translated within serving.request_timeout_s.",
-    }),  # fmt: skip
+    responses=_responses(
+        {
+            **_AUTH_ERRORS,
+            403: "The client's key lacks the translate scope.",
+            503: "Loading, or the queue is full (see Retry-After).",
+            504: "Not translated within serving.request_timeout_s.",
+        }
+    ),
 )
 async def libre_translate(request: Request, service: ServiceDep, client: LibreClient, params: Params) -> dict[str, Any]:
     """Translate text (LibreTranslate's API) with the served adapter of its direction; each text is an episode."""
@@ -410,8 +433,10 @@ async def _translate(service: Service, client: Client, texts: list[str], src: st
     for pieces in documents:
         wanted += [html.unescape(piece).strip() if fmt == "html" else piece for ok, piece in pieces if ok]
     if len(wanted) > service.config.serving.max_texts:
-        raise _bad(f"Invalid request: {len(wanted)} pieces of text between tags; at most "
-                   f"{service.config.serving.max_texts} are translated in one request")  # fmt: skip
+        raise _bad(
+            f"Invalid request: {len(wanted)} pieces of text between tags; at most "
+            f"{service.config.serving.max_texts} are translated in one request"
+        )
     try:
         served = await translate_and_record(service, client, wanted, src, tgt) if wanted else None
     except NoAdapter:
@@ -424,7 +449,7 @@ async def _translate(service: Service, client: Client, texts: list[str], src: st
             if not ok:
                 parts.append(piece)
             elif fmt == "html":
-                lead, trail = piece[: len(piece) - len(piece.lstrip())], piece[len(piece.rstrip()):]
+                lead, trail = piece[: len(piece) - len(piece.lstrip())], piece[len(piece.rstrip()) :]
                 parts.append(lead + html.escape(next(translated), quote=False) + trail)
             else:
                 parts.append(next(translated))
@@ -453,8 +478,14 @@ async def libre_languages(service: ServiceDep, client: LibreClient) -> list[Libr
     "/detect",
     response_model=list[DetectedLanguage],
     openapi_extra=_body_doc(LibreDetectRequest),
-    responses=_responses({**_AUTH_ERRORS, 400: "Invalid request, or no single served language writes the text's "
-                          "script (the error names the candidates).", 503: "Loading (see Retry-After)."}),  # fmt: skip
+    responses=_responses(
+        {
+            **_AUTH_ERRORS,
+            400: "Invalid request, or no single served language writes the text's "
+            "script (the error names the candidates).",
+            503: "Loading (see Retry-After).",
+        }
+    ),
 )
 async def libre_detect(service: ServiceDep, client: LibreClient, params: Params) -> list[DetectedLanguage]:
     """The language of a text among the served ones, by its script: only where exactly one is written in it."""
@@ -472,11 +503,15 @@ async def libre_detect(service: ServiceDep, client: LibreClient, params: Params)
     "/suggest",
     response_model=SuggestResponse,
     openapi_extra=_body_doc(LibreSuggestRequest),
-    responses=_responses({
-        **_AUTH_ERRORS, 403: "The client's key lacks the feedback scope.",
-        429: "Over the client's feedback rate limit (serving.feedback_per_minute).",
-        503: "Loading (a text with no episode yet is translated first).", 504: "Not translated in time.",
-    }),  # fmt: skip
+    responses=_responses(
+        {
+            **_AUTH_ERRORS,
+            403: "The client's key lacks the feedback scope.",
+            429: "Over the client's feedback rate limit (serving.feedback_per_minute).",
+            503: "Loading (a text with no episode yet is translated first).",
+            504: "Not translated in time.",
+        }
+    ),
 )
 async def libre_suggest(request: Request, service: ServiceDep, client: LibreClient, params: Params) -> SuggestResponse:
     """Record a better translation `s` of `q` as a correction on the client's latest episode translating `q` in

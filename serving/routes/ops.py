@@ -27,8 +27,11 @@ def _memory(device: str | None) -> dict[str, int]:
     "/health",
     response_model=HealthResponse,
     responses={
-        503: {"model": HealthResponse, "description": "Not ready: loading, failed or stopping.",
-              "headers": {"Retry-After": RETRY_AFTER}},
+        503: {
+            "model": HealthResponse,
+            "description": "Not ready: loading, failed or stopping.",
+            "headers": {"Retry-After": RETRY_AFTER},
+        },
     },
 )
 async def health(service: ServiceDep, response: Response) -> dict[str, Any]:

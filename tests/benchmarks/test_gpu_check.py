@@ -15,8 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_the_small_gpu_check_runs_every_check_and_prints_one_table(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--small", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=560, env=env)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--small", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=560,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     table = (tmp_path / "table.md").read_text().splitlines()
     assert table[0].startswith("| check | device | peak allocated GiB | peak reserved GiB | first step s |")
@@ -24,7 +29,9 @@ def test_the_small_gpu_check_runs_every_check_and_prints_one_table(tmp_path: Pat
     rows = {line.split(" | ")[0].removeprefix("| "): line for line in table[2:]}
     assert all("FAILED" not in line for line in rows.values()), "\n".join(rows.values())
     fits = [name for name in rows if name.startswith("gpu_fit ")]
-    assert fits == [f"gpu_fit {shape} {q}, 4096 tokens" for shape in ("nllb-600m", "bloomz-560m") for q in ("none", "8bit")]
+    assert fits == [
+        f"gpu_fit {shape} {q}, 4096 tokens" for shape in ("nllb-600m", "bloomz-560m") for q in ("none", "8bit")
+    ]
     for name in fits:  # what only CUDA can say is said to be so
         cells = rows[name].split(" | ")
         assert cells[2] == cells[3] == cells[7] == "n/a (cpu)" and "fit's batch_tokens n/a (cpu)" in cells[9]

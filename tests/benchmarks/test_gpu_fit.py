@@ -39,8 +39,10 @@ def test_kernel_time_comes_from_the_device_rows_as_torchs_own_total_counts_it() 
     mm.append_kernel("gemm", 0, 400)
     add = _event(id=3, name="aten::add", thread=1, start_us=60, end_us=70)
     add.append_kernel("add_kernel", 0, 100)
-    kernels = [_event(id=2, name="gemm", thread=7, start_us=10, end_us=410, device_type=DeviceType.CUDA),
-               _event(id=4, name="add_kernel", thread=7, start_us=420, end_us=520, device_type=DeviceType.CUDA)]  # fmt: skip
+    kernels = [
+        _event(id=2, name="gemm", thread=7, start_us=10, end_us=410, device_type=DeviceType.CUDA),
+        _event(id=4, name="add_kernel", thread=7, start_us=420, end_us=520, device_type=DeviceType.CUDA),
+    ]
     events = EventList([mm, kernels[0], add, kernels[1]], use_device="cuda")
     events._build_tree()
     averages = events.key_averages()
@@ -87,9 +89,22 @@ def test_a_run_that_needs_more_batches_than_the_data_makes_cycles_them(tmp_path:
         (flores / "dev" / f"{lang}.dev").write_text("\n".join(lines) + "\n")
     base = tmp_path / "base"
     gpu_fit.build_base("nllb-600m", "tiny", str(flores), base)
-    case = {"name": "cycled", "shape": "nllb-600m", "base": str(base), "quantization": "none", "checkpointing": True,
-            "path": "after", "steps": 2, "batching": "4096 tokens", "batch_size": 16, "batch_tokens": 4096,
-            "max_length": 32, "flores": str(flores), "out": str(tmp_path), "memory_gib": None}  # fmt: skip
+    case = {
+        "name": "cycled",
+        "shape": "nllb-600m",
+        "base": str(base),
+        "quantization": "none",
+        "checkpointing": True,
+        "path": "after",
+        "steps": 2,
+        "batching": "4096 tokens",
+        "batch_size": 16,
+        "batch_tokens": 4096,
+        "max_length": 32,
+        "flores": str(flores),
+        "out": str(tmp_path),
+        "memory_gib": None,
+    }
     result = gpu_fit.run_case(case)  # 3 warm-up steps, 2 timed and 1 profiled: 6 steps from 1 batch
     assert result["batches"] == 1 and result["tokens_per_s"] > 0
     assert result["gpu_busy"] is None and result["fit_batch_tokens"] is None  # nothing a CPU can say

@@ -104,8 +104,11 @@ def test_each_layout_from_s3(s3_server: S3Server, layout: str) -> None:
     for name, data in tree.items():
         s3_server.put("corpora", f"{layout}/{name}", data)
     folder = f"s3://corpora/{layout}/{LAYOUTS[layout][0]}"
-    records = list(open_connector(SourceConfig(name="lake", kind="aligned", uri=folder, langs=LANGS), Settings(),
-                                  []).iter_records())
+    records = list(
+        open_connector(
+            SourceConfig(name="lake", kind="aligned", uri=folder, langs=LANGS), Settings(), []
+        ).iter_records()
+    )
     assert rows_of(records) == pairs(300)
     assert records[0].ref == f"{ref_label(tree)}:1"
 
@@ -121,8 +124,9 @@ def test_each_layout_over_http(http_server: FaultyHTTPServer, layout: str) -> No
     assert http_server.plan.count("GET") == 2  # one GET a file; the names were found with HEAD requests
 
 
-def test_named_files_are_relative_to_the_folder_or_urls_of_their_own(http_server: FaultyHTTPServer,
-                                                                    tmp_path: Path) -> None:
+def test_named_files_are_relative_to_the_folder_or_urls_of_their_own(
+    http_server: FaultyHTTPServer, tmp_path: Path
+) -> None:
     write_tree(http_server.root, layout_files("samanantar", english(20), hindi(20)))
     named = aligned(http_server.url("en-hi"), files={"src": "train.en", "tgt": "train.hi"})
     assert rows_of(list(named.iter_records())) == pairs(20)
@@ -141,28 +145,35 @@ def test_a_pattern_must_name_one_file_per_side(tmp_path: Path) -> None:
     for split in ("train", "dev", "test"):
         (tmp_path / f"opus.en-hi-{split}.en").write_bytes(text(english(3)))
         (tmp_path / f"opus.en-hi-{split}.hi").write_bytes(text(hindi(3)))
-    with pytest.raises(SourceError, match=r"3 files in .* match '\*\.\{lang\}' for src \(eng_Latn\): "
-                                          r"opus\.en-hi-dev\.en, opus\.en-hi-test\.en, opus\.en-hi-train\.en"):
+    with pytest.raises(
+        SourceError,
+        match=r"3 files in .* match '\*\.\{lang\}' for src \(eng_Latn\): "
+        r"opus\.en-hi-dev\.en, opus\.en-hi-test\.en, opus\.en-hi-train\.en",
+    ):
         list(aligned(tmp_path).iter_records())
     assert len(list(aligned(tmp_path, pattern="opus.en-hi-train.{lang}").iter_records())) == 3
     (tmp_path / "opus.en-hi-train.en.gz").write_bytes(gzip.compress(text(english(3))))
     with pytest.raises(SourceError, match=r"2 files .* opus\.en-hi-train\.en, opus\.en-hi-train\.en\.gz"):
         list(aligned(tmp_path, pattern="opus.en-hi-train.{lang}").iter_records())
-    with pytest.raises(SourceError, match=r"no tgt file \(hin_Deva\) in .* matches 'x\.\{lang\}' "
-                                          r"\(looked for x\.hin_Deva, x\.hi, x\.hin, plain or \.gz\)"):
+    with pytest.raises(
+        SourceError,
+        match=r"no tgt file \(hin_Deva\) in .* matches 'x\.\{lang\}' "
+        r"\(looked for x\.hin_Deva, x\.hi, x\.hin, plain or \.gz\)",
+    ):
         (tmp_path / "x.en").write_bytes(b"a\n")
         list(aligned(tmp_path, pattern="x.{lang}").iter_records())
 
 
 @pytest.mark.parametrize(("n_src", "n_tgt"), [(5, 4), (4, 6)])
 @pytest.mark.parametrize("gz", ["", "both"])
-def test_files_of_different_lengths_are_an_error_naming_both(tmp_path: Path, n_src: int, n_tgt: int,
-                                                             gz: str) -> None:
+def test_files_of_different_lengths_are_an_error_naming_both(tmp_path: Path, n_src: int, n_tgt: int, gz: str) -> None:
     tree = layout_files("samanantar", english(n_src), hindi(n_tgt), gz)
     write_tree(tmp_path, tree)
     src, tgt = (str(tmp_path / name) for name in list(tree)[:2])
-    expected = (f"source 'corpus': {src} has {n_src} lines but {tgt} has {n_tgt}; the two files of an aligned "
-                "source must have as many lines, line N translating line N")
+    expected = (
+        f"source 'corpus': {src} has {n_src} lines but {tgt} has {n_tgt}; the two files of an aligned "
+        "source must have as many lines, line N translating line N"
+    )
     got: list[RawRecord] = []
     with pytest.raises(SourceError) as err:
         got.extend(aligned(tmp_path / "en-hi").iter_records())
@@ -199,8 +210,9 @@ def test_a_fresh_connector_resumes_from_every_position(tmp_path: Path, gz: str) 
 
 
 @pytest.mark.parametrize("ranges", [True, False])
-def test_a_dropped_connection_resumes_both_files_after_the_last_row(http_server: FaultyHTTPServer,
-                                                                    ranges: bool) -> None:
+def test_a_dropped_connection_resumes_both_files_after_the_last_row(
+    http_server: FaultyHTTPServer, ranges: bool
+) -> None:
     tree = layout_files("samanantar", english(3000), hindi(3000))
     write_tree(http_server.root, tree)
     http_server.ranges = ranges
@@ -211,14 +223,17 @@ def test_a_dropped_connection_resumes_both_files_after_the_last_row(http_server:
     assert [r.ref for r in records] == [f"train.en+train.hi:{i}" for i in range(1, 3001)]
     gets = [r for r in http_server.plan.requests if r.method == "GET"]
     assert [(r.path.rsplit("/", 1)[-1], r.fault) for r in gets] == [
-        ("train.en", "drop"), ("train.hi", None), ("train.en", None), ("train.hi", None)
+        ("train.en", "drop"),
+        ("train.hi", None),
+        ("train.en", None),
+        ("train.hi", None),
     ]
     # Both files are asked for from the byte after the last row handed out: one line, in both of them.
     starts = [int(r.range[len("bytes=") : -1]) for r in gets[2:] if r.range]
     assert len(starts) == 2
     data = [tree["en-hi/train.en"], tree["en-hi/train.hi"]]
     assert all(d[start - 1 : start] == b"\n" for d, start in zip(data, starts, strict=True))
-    assert data[0][:starts[0]].count(b"\n") == data[1][:starts[1]].count(b"\n") > 1000
+    assert data[0][: starts[0]].count(b"\n") == data[1][: starts[1]].count(b"\n") > 1000
     assert starts[0] <= size // 2
 
 
@@ -252,8 +267,10 @@ def test_persistent_failures_give_up_naming_the_file(http_server: FaultyHTTPServ
     url = http_server.url("en-hi/train.hi")
     with pytest.raises(TransientSourceError) as err:
         list(aligned(http_server.url("en-hi"), {"attempts": 3}, pattern="train.{lang}").iter_records())
-    assert str(err.value) == (f"source 'corpus': reading {url} failed 3 times in a row; last error: "
-                              "RetryableStatus: HTTP 500 Internal Server Error")
+    assert str(err.value) == (
+        f"source 'corpus': reading {url} failed 3 times in a row; last error: "
+        "RetryableStatus: HTTP 500 Internal Server Error"
+    )
 
 
 def test_a_missing_named_file_fails_at_once(tmp_path: Path, http_server: FaultyHTTPServer) -> None:
@@ -277,7 +294,16 @@ def test_the_config_names_what_aligned_sources_need() -> None:
         SourceConfig(name="a", kind="aligned", uri="x", langs=LANGS, fields={"src": "en"})
     # Sources that do not use the new keys dump (and so hash into run ids) as they did before them.
     assert set(SourceConfig(name="a", kind="http", uri="http://x/a.jsonl").model_dump()) == {
-        "name", "kind", "uri", "split", "format", "fields", "langs", "collection", "endpoint_url", "subset"
+        "name",
+        "kind",
+        "uri",
+        "split",
+        "format",
+        "fields",
+        "langs",
+        "collection",
+        "endpoint_url",
+        "subset",
     }
 
 
@@ -301,11 +327,16 @@ def test_memory_stays_flat_in_corpus_size(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def make_config(tmp_path: Path, sources: list[dict[str, Any]], **retry: float) -> PipelineConfig:
-    return PipelineConfig.model_validate({
-        "run_name": "aligned", "workdir": str(tmp_path / "runs"), "directions": ["eng_Latn-hin_Deva"],
-        "sources": sources, "ingest": {"commit_rows": 40, "shard_rows": 100},
-        "source_retry": {**FAST, "attempts": 3, "timeout_s": 5, **retry},
-    })
+    return PipelineConfig.model_validate(
+        {
+            "run_name": "aligned",
+            "workdir": str(tmp_path / "runs"),
+            "directions": ["eng_Latn-hin_Deva"],
+            "sources": sources,
+            "ingest": {"commit_rows": 40, "shard_rows": 100},
+            "source_retry": {**FAST, "attempts": 3, "timeout_s": 5, **retry},
+        }
+    )
 
 
 def ingest(config: PipelineConfig, run_uri: str) -> dict[str, Any]:
@@ -327,16 +358,32 @@ def dirty_corpus() -> tuple[bytes, bytes]:
 
 def test_ingest_counts_rejects_with_line_numbers_and_skips(tmp_path: Path) -> None:
     src, tgt = dirty_corpus()
-    write_tree(tmp_path, {"hi/train.en": src, "hi/train.hi.gz": gzip.compress(tgt),
-                          "ta/train.en": text(english(5)), "ta/train.ta": text(["வணக்கம்"] * 5)})
-    config = make_config(tmp_path, [
-        {"name": "samanantar", "kind": "aligned", "uri": str(tmp_path / "hi"), "langs": LANGS},
-        {"name": "tamil", "kind": "aligned", "uri": str(tmp_path / "ta"),
-         "langs": {"src": "eng_Latn", "tgt": "tam_Taml"}},  # a direction not configured: skipped
-    ])
+    write_tree(
+        tmp_path,
+        {
+            "hi/train.en": src,
+            "hi/train.hi.gz": gzip.compress(tgt),
+            "ta/train.en": text(english(5)),
+            "ta/train.ta": text(["வணக்கம்"] * 5),
+        },
+    )
+    config = make_config(
+        tmp_path,
+        [
+            {"name": "samanantar", "kind": "aligned", "uri": str(tmp_path / "hi"), "langs": LANGS},
+            {
+                "name": "tamil",
+                "kind": "aligned",
+                "uri": str(tmp_path / "ta"),
+                "langs": {"src": "eng_Latn", "tgt": "tam_Taml"},
+            },  # a direction not configured: skipped
+        ],
+    )
     manifest = ingest(config, config.run_uri())
-    counts = {name: {k: s[k] for k in ("read", "accepted", "duplicates", "rejected", "skipped")}
-              for name, s in manifest["sources"].items()}
+    counts = {
+        name: {k: s[k] for k in ("read", "accepted", "duplicates", "rejected", "skipped")}
+        for name, s in manifest["sources"].items()
+    }
     assert counts == {
         "samanantar": {"read": 313, "accepted": 300, "duplicates": 10, "rejected": 3, "skipped": 0},
         "tamil": {"read": 5, "accepted": 0, "duplicates": 0, "rejected": 0, "skipped": 5},
@@ -345,7 +392,8 @@ def test_ingest_counts_rejects_with_line_numbers_and_skips(tmp_path: Path) -> No
     assert manifest["sources"]["tamil"]["skipped_by_direction"] == {"eng_Latn-tam_Taml": 5}
     quarantine = [json.loads(line) for line in (Path(config.run_uri()) / QUARANTINE).read_text().splitlines()]
     assert [(q["ref"], q["reason"]) for q in quarantine] == [
-        ("train.en+train.hi.gz:311", "empty"), ("train.en+train.hi.gz:312", "wrong_script"),
+        ("train.en+train.hi.gz:311", "empty"),
+        ("train.en+train.hi.gz:312", "wrong_script"),
         ("train.en+train.hi.gz:313", "invalid_utf8"),
     ]
     assert quarantine[2]["detail"] == "train.en:313: invalid UTF-8 at byte 4"
@@ -356,13 +404,19 @@ def comparable(manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("gz", [False, True])
-def test_ingest_over_http_resumes_after_giving_up_mid_file(http_server: FaultyHTTPServer, tmp_path: Path,
-                                                           gz: bool) -> None:
+def test_ingest_over_http_resumes_after_giving_up_mid_file(
+    http_server: FaultyHTTPServer, tmp_path: Path, gz: bool
+) -> None:
     src, tgt = dirty_corpus()
     tgt_name = "train.hi.gz" if gz else "train.hi"
     write_tree(http_server.root, {"en-hi/train.en": src, f"en-hi/{tgt_name}": pack(tgt, gz)})
-    source = {"name": "web", "kind": "aligned", "uri": http_server.url("en-hi"), "langs": LANGS,
-              "pattern": "train.{lang}"}
+    source = {
+        "name": "web",
+        "kind": "aligned",
+        "uri": http_server.url("en-hi"),
+        "langs": LANGS,
+        "pattern": "train.{lang}",
+    }
     clean = ingest(make_config(tmp_path / "clean", [source]), str(tmp_path / "clean-run"))
     http_server.plan.clear()
 
@@ -385,8 +439,9 @@ def test_ingest_over_http_resumes_after_giving_up_mid_file(http_server: FaultyHT
 
 
 @pytest.mark.parametrize("seed", range(20))
-def test_ingest_over_http_under_random_faults_ends_as_the_clean_run(http_server: FaultyHTTPServer, tmp_path: Path,
-                                                                    seed: int) -> None:
+def test_ingest_over_http_under_random_faults_ends_as_the_clean_run(
+    http_server: FaultyHTTPServer, tmp_path: Path, seed: int
+) -> None:
     """Drops, 5xx and cut gzip bodies at random points of either file (HEAD probes included): the run ends with the
     clean manifest, or fails with a one-line error and a re-run without faults resumes to the clean manifest."""
     import random
@@ -395,14 +450,24 @@ def test_ingest_over_http_under_random_faults_ends_as_the_clean_run(http_server:
     src, tgt = dirty_corpus()
     tree = {"en-hi/train.en": src, "en-hi/train.hi.gz": gzip.compress(tgt)}
     write_tree(http_server.root, tree)
-    source = {"name": "web", "kind": "aligned", "uri": http_server.url("en-hi"), "langs": LANGS,
-              "pattern": "train.{lang}"}
+    source = {
+        "name": "web",
+        "kind": "aligned",
+        "uri": http_server.url("en-hi"),
+        "langs": LANGS,
+        "pattern": "train.{lang}",
+    }
     clean = ingest(make_config(tmp_path / "clean", [source]), str(tmp_path / "clean-run"))
     http_server.plan.clear()
     http_server.ranges = rng.random() < 0.7
     for _ in range(rng.randint(1, 4)):
         name, data = rng.choice(list(tree.items()))
-        path, cut, times, after = "/" + name.rsplit("/", 1)[-1], rng.randrange(len(data)), rng.choice([1, 2, 3]), rng.choice([0, 1])
+        path, cut, times, after = (
+            "/" + name.rsplit("/", 1)[-1],
+            rng.randrange(len(data)),
+            rng.choice([1, 2, 3]),
+            rng.choice([0, 1]),
+        )
         kind = rng.choice(["drop", "status"] + (["truncate"] if name.endswith(".gz") else []))
         if kind == "drop":
             http_server.plan.drop(after_bytes=cut, times=times, path=path, after=after)
@@ -423,8 +488,9 @@ def test_ingest_over_http_under_random_faults_ends_as_the_clean_run(http_server:
     assert (run / QUARANTINE).read_bytes() == (tmp_path / "clean-run" / QUARANTINE).read_bytes()
 
 
-def test_credentials_in_the_uri_come_from_the_environment_and_never_show(http_server: FaultyHTTPServer,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_credentials_in_the_uri_come_from_the_environment_and_never_show(
+    http_server: FaultyHTTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_tree(http_server.root, layout_files("samanantar", english(10), hindi(10)))
     monkeypatch.setenv("CORPUS_TOKEN", "s3cr3t-value")
     folder = http_server.url("en-hi").replace("http://", "http://reader:${CORPUS_TOKEN}@")

@@ -41,8 +41,12 @@ def _chunked(data: bytes, size: int) -> list[bytes]:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("pairs.jsonl", "jsonl"), ("pairs.JSON", "jsonl"), ("a/b/pairs.ndjson.gz", "jsonl"),
-        ("x.tsv", "tsv"), ("x.txt.gz", "tsv"), ("corpora/x.parquet", "parquet"),
+        ("pairs.jsonl", "jsonl"),
+        ("pairs.JSON", "jsonl"),
+        ("a/b/pairs.ndjson.gz", "jsonl"),
+        ("x.tsv", "tsv"),
+        ("x.txt.gz", "tsv"),
+        ("corpora/x.parquet", "parquet"),
     ],
 )
 def test_infer_format_from_name(name: str, expected: str) -> None:
@@ -64,8 +68,13 @@ def test_jsonl_records_refs_and_positions_do_not_depend_on_chunking(chunk_size: 
     data = lines[0] + b"\n\n" + lines[1] + b"\n   \n" + b"\n".join(lines[2:])  # blanks; no final newline
     records = list(iter_text_records(_chunked(data, chunk_size), "jsonl", "pairs.jsonl", base={"k": 1}))
     assert [r.row for r in records] == rows
-    assert [r.ref for r in records] == ["pairs.jsonl:1", "pairs.jsonl:3", "pairs.jsonl:5", "pairs.jsonl:6",
-                                        "pairs.jsonl:7"]
+    assert [r.ref for r in records] == [
+        "pairs.jsonl:1",
+        "pairs.jsonl:3",
+        "pairs.jsonl:5",
+        "pairs.jsonl:6",
+        "pairs.jsonl:7",
+    ]
     assert [r.position["line"] for r in records] == [1, 3, 5, 6, 7]
     # offset is the byte just after each record's line (the data's end for the last, unterminated one).
     line_ends = [i + 1 for i, byte in enumerate(data) if byte == ord("\n")] + [len(data)]
@@ -79,8 +88,9 @@ def test_resuming_at_every_offset_yields_exactly_the_rest() -> None:
     everything = list(iter_text_records([data], "jsonl", "p.jsonl"))
     for k, record in enumerate(everything):
         pos = record.position
-        by_offset = list(iter_text_records([data[pos["offset"] :]], "jsonl", "p.jsonl", line=pos["line"],
-                                           offset=pos["offset"]))
+        by_offset = list(
+            iter_text_records([data[pos["offset"] :]], "jsonl", "p.jsonl", line=pos["line"], offset=pos["offset"])
+        )
         by_skipping = list(iter_text_records(_chunked(data, 5), "jsonl", "p.jsonl", skip_to_line=pos["line"]))
         assert by_offset == everything[k + 1 :]
         assert by_skipping == everything[k + 1 :]
@@ -93,11 +103,13 @@ def test_malformed_jsonl_lines_become_records_with_reasons() -> None:
         b"[1, 2]\n"
         b'"just a string"\n'
         b"{not json\n"
-        b"\xef\xbb\xbf{\"src\": \"bom\"}\r\n"
+        b'\xef\xbb\xbf{"src": "bom"}\r\n'
     )
     records = list(iter_text_records([data], "jsonl", "m.jsonl"))
-    assert [(r.ref, r.row) for r in records if r.error is None] == [("m.jsonl:1", {"src": "ok"}),
-                                                                       ("m.jsonl:6", {"src": "bom"})]
+    assert [(r.ref, r.row) for r in records if r.error is None] == [
+        ("m.jsonl:1", {"src": "ok"}),
+        ("m.jsonl:6", {"src": "bom"}),
+    ]
     bad = {r.ref: r for r in records if r.error is not None}
     assert sorted(bad) == ["m.jsonl:2", "m.jsonl:3", "m.jsonl:4", "m.jsonl:5"]
     assert bad["m.jsonl:2"].error == "invalid UTF-8 at byte 13"
@@ -111,20 +123,24 @@ def test_malformed_jsonl_lines_become_records_with_reasons() -> None:
 
 
 def test_json_lines_strict_json_refuses_are_read_for_the_validator_to_judge() -> None:
-    data = b"".join([
-        b'{"src": "raw\x00nul", "tgt": "raw\ttab"}\n',  # raw controls: strict JSON refuses them
-        b'{"src": "lone \\ud800 surrogate"}\n',
-        b'{"src": NaN}\n',
-        b"[" * 100_000 + b"\n",  # nested too deep for any parser
-        b"\xef\xbb\xbf\xef\xbb\xbf{}\n",  # one BOM is dropped, not two
-        b"\xef\xbb\xbf\n",
-        b"\xef\xbb\xbfa\tb\n",
-    ])
+    data = b"".join(
+        [
+            b'{"src": "raw\x00nul", "tgt": "raw\ttab"}\n',  # raw controls: strict JSON refuses them
+            b'{"src": "lone \\ud800 surrogate"}\n',
+            b'{"src": NaN}\n',
+            b"[" * 100_000 + b"\n",  # nested too deep for any parser
+            b"\xef\xbb\xbf\xef\xbb\xbf{}\n",  # one BOM is dropped, not two
+            b"\xef\xbb\xbf\n",
+            b"\xef\xbb\xbfa\tb\n",
+        ]
+    )
     records = list(iter_text_records([data], "jsonl", "m.jsonl"))
     assert [r.row for r in records[:2]] == [{"src": "raw\x00nul", "tgt": "raw\ttab"}, {"src": "lone \ud800 surrogate"}]
     assert [(r.ref, r.reason, (r.error or "")[:12]) for r in records[2:]] == [
-        ("m.jsonl:3", "malformed", "invalid JSON"), ("m.jsonl:4", "malformed", "invalid JSON"),
-        ("m.jsonl:5", "malformed", "invalid JSON"), ("m.jsonl:7", "malformed", "invalid JSON"),
+        ("m.jsonl:3", "malformed", "invalid JSON"),
+        ("m.jsonl:4", "malformed", "invalid JSON"),
+        ("m.jsonl:5", "malformed", "invalid JSON"),
+        ("m.jsonl:7", "malformed", "invalid JSON"),
     ]
     tsv = list(iter_text_records([b"\xef\xbb\xbfa\tb\n\xef\xbb\xbfx\ty\n"], "tsv", "p.tsv"))
     assert [r.row for r in tsv] == [{"a": "x", "b": "y"}]  # a BOM before a data line goes too
@@ -176,8 +192,11 @@ def test_tsv_resume_by_offset_uses_the_header_from_the_position() -> None:
     data = b"en\thi\na\tb\nc\td\ne\tf\n"
     first = list(iter_text_records([data], "tsv", "p.tsv"))
     pos = first[0].position
-    rest = list(iter_text_records([data[pos["offset"] :]], "tsv", "p.tsv", line=pos["line"], offset=pos["offset"],
-                                  header=pos["header"]))
+    rest = list(
+        iter_text_records(
+            [data[pos["offset"] :]], "tsv", "p.tsv", line=pos["line"], offset=pos["offset"], header=pos["header"]
+        )
+    )
     assert rest == first[1:]
     assert [r.row for r in rest] == [{"en": "c", "hi": "d"}, {"en": "e", "hi": "f"}]
 
@@ -223,8 +242,9 @@ def test_parquet_rows_in_batches_and_resume_across_row_groups() -> None:
     assert [r.row for r in records] == rows
     assert records[0].ref == "p.parquet:row 1" and records[0].position == {"key": "k", "row": 1}
     for start in (0, 3, 7, 8, 14, 24, 25):
-        resumed = list(iter_parquet_records(_parquet(rows, 7), "p.parquet", base={"key": "k"}, start_row=start,
-                                            batch_rows=4))
+        resumed = list(
+            iter_parquet_records(_parquet(rows, 7), "p.parquet", base={"key": "k"}, start_row=start, batch_rows=4)
+        )
         assert resumed == records[start:]
 
 
@@ -245,19 +265,42 @@ def test_plain_text_lines_are_all_records_blank_ones_too(chunk_size: int) -> Non
     data = b"\xef\xbb\xbfOne.\r\n\nThree \xff.\n" + b"x" * 50 + b"\nLast, no newline"
     records = list(iter_text_records(_chunked(data, chunk_size), "text", "train.en", max_line_bytes=40))
     assert [(r.ref, r.row, r.reason if r.row is None else None) for r in records] == [
-        ("train.en:1", {"text": "One."}, None), ("train.en:2", {"text": ""}, None), ("train.en:3", None, "invalid_utf8"),
-        ("train.en:4", None, "malformed"), ("train.en:5", {"text": "Last, no newline"}, None),
+        ("train.en:1", {"text": "One."}, None),
+        ("train.en:2", {"text": ""}, None),
+        ("train.en:3", None, "invalid_utf8"),
+        ("train.en:4", None, "malformed"),
+        ("train.en:5", {"text": "Last, no newline"}, None),
     ]
     assert records[2].error == "invalid UTF-8 at byte 6" and records[2].raw == "Three \\xff."
-    assert [r.position["offset"] for r in records] == [data.index(b"\n") + 1, data.index(b"\n") + 2,
-                                                      data.index(b"x"), data.rindex(b"\n") + 1, len(data)]
+    assert [r.position["offset"] for r in records] == [
+        data.index(b"\n") + 1,
+        data.index(b"\n") + 2,
+        data.index(b"x"),
+        data.rindex(b"\n") + 1,
+        len(data),
+    ]
 
     def seen(found: list[RawRecord]) -> list[tuple[object, ...]]:  # an over-long line's preview depends on chunking
         return [(r.position, r.ref, r.row, r.error) for r in found]
 
     for k, record in enumerate(records):
         pos = record.position
-        assert seen(list(iter_text_records([data[pos["offset"] :]], "text", "train.en", line=pos["line"],
-                                           offset=pos["offset"], max_line_bytes=40))) == seen(records[k + 1 :])
-        assert seen(list(iter_text_records(_chunked(data, 3), "text", "train.en", offset=0, skip_to_line=pos["line"],
-                                           max_line_bytes=40))) == seen(records[k + 1 :])
+        assert seen(
+            list(
+                iter_text_records(
+                    [data[pos["offset"] :]],
+                    "text",
+                    "train.en",
+                    line=pos["line"],
+                    offset=pos["offset"],
+                    max_line_bytes=40,
+                )
+            )
+        ) == seen(records[k + 1 :])
+        assert seen(
+            list(
+                iter_text_records(
+                    _chunked(data, 3), "text", "train.en", offset=0, skip_to_line=pos["line"], max_line_bytes=40
+                )
+            )
+        ) == seen(records[k + 1 :])

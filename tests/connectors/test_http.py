@@ -58,7 +58,9 @@ def test_streams_tsv_with_custom_header(http_server: FaultyHTTPServer, gzipped: 
     data = "english\thindi\n" + "".join(f"line {i}\tपंक्ति {i}\n" for i in range(500))
     name = "pairs.tsv.gz" if gzipped else "pairs.tsv"
     (http_server.root / name).write_bytes(gzip.compress(data.encode()) if gzipped else data.encode())
-    records = list(open_connector(SourceConfig(name="web", kind="http", uri=http_server.url(name)), Settings(), []).iter_records())
+    records = list(
+        open_connector(SourceConfig(name="web", kind="http", uri=http_server.url(name)), Settings(), []).iter_records()
+    )
     assert len(records) == 500
     assert records[7].row == {"english": "line 7", "hindi": "पंक्ति 7"}
     assert records[7].ref == f"{name}:9"
@@ -133,7 +135,10 @@ def test_persistent_server_errors_give_up_with_a_one_line_transient_error(http_s
         list(_connector(url, attempts=4).iter_records())
     message = str(err.value)
     assert "\n" not in message
-    assert message == f"source 'web': GET {url} failed 4 times in a row; last error: RetryableStatus: HTTP 500 Internal Server Error"
+    assert (
+        message
+        == f"source 'web': GET {url} failed 4 times in a row; last error: RetryableStatus: HTTP 500 Internal Server Error"
+    )
     assert http_server.plan.count("GET") == 4
 
 
@@ -183,10 +188,12 @@ def test_stalled_response_times_out_and_is_retried(http_server: FaultyHTTPServer
     assert time.monotonic() - began < 1.0
 
 
-@pytest.mark.parametrize(("name", "ranges"), [("pairs.jsonl", True), ("pairs.jsonl", False),
-                                              ("pairs.jsonl.gz", True), ("pairs.tsv", True)])
-def test_fresh_connector_resumes_from_a_reported_position(http_server: FaultyHTTPServer, name: str,
-                                                          ranges: bool) -> None:
+@pytest.mark.parametrize(
+    ("name", "ranges"), [("pairs.jsonl", True), ("pairs.jsonl", False), ("pairs.jsonl.gz", True), ("pairs.tsv", True)]
+)
+def test_fresh_connector_resumes_from_a_reported_position(
+    http_server: FaultyHTTPServer, name: str, ranges: bool
+) -> None:
     rows = _rows(N_ROWS)
     if name.endswith(".tsv"):
         text = "src\ttgt\tsrc_lang\ttgt_lang\n" + "".join("\t".join(r.values()) + "\n" for r in rows)

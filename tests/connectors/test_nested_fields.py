@@ -45,8 +45,13 @@ def validated(source: SourceConfig, records: list[RawRecord]) -> list[tuple[str,
     out: list[tuple[str, str] | str] = []
     for record in records:
         verdict = validator.check(record)
-        out.append((verdict.src, verdict.tgt) if isinstance(verdict, Pair) else
-                   verdict.detail if isinstance(verdict, Rejection) else "skipped")
+        out.append(
+            (verdict.src, verdict.tgt)
+            if isinstance(verdict, Pair)
+            else verdict.detail
+            if isinstance(verdict, Rejection)
+            else "skipped"
+        )
     return out
 
 
@@ -79,7 +84,9 @@ def test_http_jsonl_in_the_hub_layout(http_server: FaultyHTTPServer) -> None:
     got = validated(source, list(open_connector(source, Settings(), [DIRECTION]).iter_records()))
     assert got[4] == "field 'translation.hi' (tgt) is missing: no 'hi' under 'translation'"
     assert got[9] == "field 'translation.en' (src) is missing: 'translation' is str, not an object"
-    assert [g for i, g in enumerate(got) if i not in (4, 9)] == [e for i, e in enumerate(expected(30)) if i not in (4, 9)]
+    assert [g for i, g in enumerate(got) if i not in (4, 9)] == [
+        e for i, e in enumerate(expected(30)) if i not in (4, 9)
+    ]
 
 
 @pytest.mark.parametrize("key", ["hub/train.parquet", "hub/train.jsonl"])
@@ -95,11 +102,22 @@ def test_qdrant_payloads_nest_too() -> None:
     client = QdrantClient(location=":memory:")
     client.create_collection("pairs", vectors_config=VectorParams(size=2, distance=Distance.COSINE))
     rows = hub_rows(12)
-    points = [PointStruct(id=i + 1, vector=[1.0, 0.5], payload={"pair": row["translation"], "langs":
-              {"src": "eng_Latn", "tgt": "hin_Deva"}}) for i, row in enumerate(rows)]
+    points = [
+        PointStruct(
+            id=i + 1,
+            vector=[1.0, 0.5],
+            payload={"pair": row["translation"], "langs": {"src": "eng_Latn", "tgt": "hin_Deva"}},
+        )
+        for i, row in enumerate(rows)
+    ]
     client.upsert("pairs", points)
-    source = SourceConfig(name="vectors", kind="qdrant", uri=":memory:", collection="pairs",
-                          fields={"src": "pair.en", "tgt": "pair.hi", "src_lang": "langs.src", "tgt_lang": "langs.tgt"})
+    source = SourceConfig(
+        name="vectors",
+        kind="qdrant",
+        uri=":memory:",
+        collection="pairs",
+        fields={"src": "pair.en", "tgt": "pair.hi", "src_lang": "langs.src", "tgt_lang": "langs.tgt"},
+    )
     records = list(QdrantConnector(source, Settings(), client=client).iter_records())
     assert validated(source, records) == expected(12)
     client.close()
@@ -111,25 +129,39 @@ def test_ingest_accounting_of_nested_rows(tmp_path: Path, monkeypatch: pytest.Mo
     rows: list[dict[str, Any]] = [{**r, "pair": {"src": "eng_Latn", "tgt": "hin_Deva"}} for r in hub_rows(50)]
     rows += [dict(rows[3]), dict(rows[4])]  # duplicates
     rows.append({"id": "x", "translation": {"en": "No Hindi."}, "pair": {"src": "eng_Latn", "tgt": "hin_Deva"}})
-    rows.append({"id": "y", "translation": {"en": "Tamil.", "hi": "வணக்கம்"}, "pair": {"src": "eng_Latn", "tgt": "tam_Taml"}})
+    rows.append(
+        {"id": "y", "translation": {"en": "Tamil.", "hi": "வணக்கம்"}, "pair": {"src": "eng_Latn", "tgt": "tam_Taml"}}
+    )
     (tmp_path / "train.jsonl").write_bytes(jsonl(rows))
     fields = {"src": "translation.en", "tgt": "translation.hi", "src_lang": "pair.src", "tgt_lang": "pair.tgt"}
-    config = PipelineConfig.model_validate({
-        "run_name": "nested", "workdir": str(tmp_path / "runs"), "directions": [DIRECTION],
-        "sources": [{"name": "hub", "kind": "hf", "uri": str(tmp_path / "train.jsonl"), "fields": fields}],
-        "ingest": {"commit_rows": 16, "shard_rows": 100},
-    })
+    config = PipelineConfig.model_validate(
+        {
+            "run_name": "nested",
+            "workdir": str(tmp_path / "runs"),
+            "directions": [DIRECTION],
+            "sources": [{"name": "hub", "kind": "hf", "uri": str(tmp_path / "train.jsonl"), "fields": fields}],
+            "ingest": {"commit_rows": 16, "shard_rows": 100},
+        }
+    )
     run_uri = config.run_uri()
-    staged = [stage_source(config, s, open_connector(s, Settings(), config.directions), run_uri) for s in config.sources]
+    staged = [
+        stage_source(config, s, open_connector(s, Settings(), config.directions), run_uri) for s in config.sources
+    ]
     manifest = write_shards(config, staged, run_uri)
     source = manifest["sources"]["hub"]
     assert {k: source[k] for k in ("read", "accepted", "duplicates", "rejected", "skipped")} == {
-        "read": 54, "accepted": 50, "duplicates": 2, "rejected": 1, "skipped": 1
+        "read": 54,
+        "accepted": 50,
+        "duplicates": 2,
+        "rejected": 1,
+        "skipped": 1,
     }
     assert manifest["rejected_by_reason"] == {"missing_field": 1}
     assert source["skipped_by_direction"] == {"eng_Latn-tam_Taml": 1}
     (line,) = (Path(run_uri) / QUARANTINE).read_text(encoding="utf-8").splitlines()
     record = json.loads(line)
     assert (record["ref"], record["reason"], record["detail"]) == (
-        f"{tmp_path / 'train.jsonl'}:53", "missing_field", "field 'translation.hi' (tgt) is missing: no 'hi' under 'translation'"
+        f"{tmp_path / 'train.jsonl'}:53",
+        "missing_field",
+        "field 'translation.hi' (tgt) is missing: no 'hi' under 'translation'",
     )

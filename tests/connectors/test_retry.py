@@ -70,8 +70,12 @@ class _FlakySource:
 def _stream(source: _FlakySource, attempts: int = 3) -> list[int]:
     sleeps: list[float] = []
     records = stream_with_retries(
-        source.read_from, None, policy=RetryPolicy(attempts=attempts, base_delay_s=0.5, max_delay_s=1.0),
-        is_transient=lambda exc: isinstance(exc, ConnectionError), what="source 'x'", sleep=sleeps.append,
+        source.read_from,
+        None,
+        policy=RetryPolicy(attempts=attempts, base_delay_s=0.5, max_delay_s=1.0),
+        is_transient=lambda exc: isinstance(exc, ConnectionError),
+        what="source 'x'",
+        sleep=sleeps.append,
     )
     out = [r.row["i"] for r in records if r.row is not None]
     assert all(0.25 <= s <= 1.0 for s in sleeps)
@@ -86,8 +90,11 @@ def test_failures_resume_at_the_last_yielded_record_and_progress_resets_the_coun
 
 def test_consecutive_failures_give_up_with_a_transient_source_error() -> None:
     source = _FlakySource(10, fail_at=[4, 4, 4], error=ConnectionError("reset\nby peer"))
-    with pytest.raises(TransientSourceError, match=r"^source 'x' failed 3 times in a row; last error: "
-                                                   r"ConnectionError: reset by peer$"):
+    with pytest.raises(
+        TransientSourceError,
+        match=r"^source 'x' failed 3 times in a row; last error: "
+        r"ConnectionError: reset by peer$",
+    ):
         _stream(source, attempts=3)
 
 

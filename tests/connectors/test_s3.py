@@ -56,8 +56,11 @@ def corpus(s3_server: S3Server) -> dict[str, list[dict[str, str]]]:
         s3_server.put(BUCKET, key, gzip.compress(_jsonl(rows)))
     s3_server.put(BUCKET, "indic/_SUCCESS", b"")
     tsv_rows = _rows(300, tag="t")
-    s3_server.put(BUCKET, "tsv/pairs.tsv", ("src\ttgt\tsrc_lang\ttgt_lang\n" + "".join(
-        "\t".join(r.values()) + "\n" for r in tsv_rows)).encode())
+    s3_server.put(
+        BUCKET,
+        "tsv/pairs.tsv",
+        ("src\ttgt\tsrc_lang\ttgt_lang\n" + "".join("\t".join(r.values()) + "\n" for r in tsv_rows)).encode(),
+    )
     parquet_rows = _rows(8000, tag="q")  # ~110 kB: more than pyarrow reads with the footer
     s3_server.put(BUCKET, "pq/pairs.parquet", _parquet(parquet_rows))
     return {**parts, "tsv/pairs.tsv": tsv_rows, "pq/pairs.parquet": parquet_rows}
@@ -93,14 +96,18 @@ def test_parquet_rows(s3_server: S3Server, corpus: dict) -> None:
     assert records[-1].position == {"file_index": 0, "key": f"{BUCKET}/pq/pairs.parquet", "row": 8000, "done": True}
 
 
-@pytest.mark.parametrize(("uri", "taken"), [
-    (f"s3://{BUCKET}/indic/", 650),  # inside the second gzip part
-    (f"s3://{BUCKET}/indic/", 400),  # the first part's last record: the resume skips that part
-    (f"s3://{BUCKET}/tsv/pairs.tsv", 123),  # plain text: seeks to the byte offset
-    (f"s3://{BUCKET}/pq/", 5555),  # Parquet: skips whole row groups, then rows
-])
-def test_fresh_connector_resumes_from_a_reported_position(s3_server: S3Server, corpus: dict, uri: str,
-                                                          taken: int) -> None:
+@pytest.mark.parametrize(
+    ("uri", "taken"),
+    [
+        (f"s3://{BUCKET}/indic/", 650),  # inside the second gzip part
+        (f"s3://{BUCKET}/indic/", 400),  # the first part's last record: the resume skips that part
+        (f"s3://{BUCKET}/tsv/pairs.tsv", 123),  # plain text: seeks to the byte offset
+        (f"s3://{BUCKET}/pq/", 5555),  # Parquet: skips whole row groups, then rows
+    ],
+)
+def test_fresh_connector_resumes_from_a_reported_position(
+    s3_server: S3Server, corpus: dict, uri: str, taken: int
+) -> None:
     everything = list(_connector(uri).iter_records())
     position = json.loads(json.dumps(everything[taken - 1].position))
     s3_server.plan.clear()
@@ -123,8 +130,7 @@ def test_server_errors_mid_stream_give_the_same_records(s3_server: S3Server, cor
 
 
 @pytest.mark.parametrize("key", ["tsv/pairs.tsv", "indic/part-1.jsonl.gz"])
-def test_connections_dropped_inside_a_text_file_resume_within_it(s3_server: S3Server, corpus: dict,
-                                                                 key: str) -> None:
+def test_connections_dropped_inside_a_text_file_resume_within_it(s3_server: S3Server, corpus: dict, key: str) -> None:
     uri = f"s3://{BUCKET}/{key}"
     clean = list(_connector(uri).iter_records())
     s3_server.plan.clear()
@@ -202,9 +208,11 @@ def test_unparsable_files_are_source_errors_naming_the_key(s3_server: S3Server) 
         list(_connector(f"s3://{BUCKET}/odd/").iter_records())
 
 
-def test_endpoint_url_of_the_source_overrides_the_environment(s3_server: S3Server, corpus: dict,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_endpoint_url_of_the_source_overrides_the_environment(
+    s3_server: S3Server, corpus: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
-    source = SourceConfig(name="bucket", kind="s3", uri=f"s3://{BUCKET}/tsv/pairs.tsv",
-                          endpoint_url=s3_server.endpoint_url)
+    source = SourceConfig(
+        name="bucket", kind="s3", uri=f"s3://{BUCKET}/tsv/pairs.tsv", endpoint_url=s3_server.endpoint_url
+    )
     assert len(list(S3Connector(source, Settings()).iter_records())) == 300

@@ -39,8 +39,9 @@ def unit(i: int, en: str | None = None, hi: str | None = None, tags: tuple[str, 
     """One <tu> on three lines: English and Hindi tuvs (either left out when passed as "")."""
     en = f"This is sentence {i}." if en is None else en
     hi = f"{HI[i % len(HI)]} {i}" if hi is None else hi
-    tuvs = "".join(f'<tuv xml:lang="{tag}"><seg>{seg}</seg></tuv>' for tag, seg in zip(tags, (en, hi), strict=True)
-                   if seg != "")
+    tuvs = "".join(
+        f'<tuv xml:lang="{tag}"><seg>{seg}</seg></tuv>' for tag, seg in zip(tags, (en, hi), strict=True) if seg != ""
+    )
     return f'    <tu tuid="{i}">\n      {tuvs}\n    </tu>\n'
 
 
@@ -49,8 +50,10 @@ def tmx(units: list[str]) -> bytes:
 
 
 def pairs(n: int, start: int = 0) -> list[dict[str, str]]:
-    return [{"src": f"This is sentence {i}.", "tgt": f"{HI[i % len(HI)]} {i}", "tuid": str(i)}
-            for i in range(start, start + n)]
+    return [
+        {"src": f"This is sentence {i}.", "tgt": f"{HI[i % len(HI)]} {i}", "tuid": str(i)}
+        for i in range(start, start + n)
+    ]
 
 
 def connector(uri: str | Path, **retry: float) -> TmxConnector:
@@ -87,8 +90,9 @@ def test_units_over_http(http_server: FaultyHTTPServer) -> None:
     assert http_server.plan.count("GET") == 1
 
 
-def test_language_tags_map_to_flores_codes_and_inline_markup_is_reduced_to_text(tmp_path: Path,
-                                                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_language_tags_map_to_flores_codes_and_inline_markup_is_reduced_to_text(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     body = [
         '<tu><tuv xml:lang="EN-us"><seg>Press <bpt i="1" x="1">&lt;b&gt;</bpt>Save<ept i="1">&lt;/b&gt;</ept> '
         '<ph x="2">{1}</ph>now, <hi type="em">please</hi>.</seg></tuv>'
@@ -123,13 +127,22 @@ def test_a_unit_missing_a_language_is_a_record_saying_so(tmp_path: Path) -> None
     (tmp_path / "m.tmx").write_bytes(tmx(body))
     records = list(connector(tmp_path / "m.tmx").iter_records())
     assert [(r.ref, r.reason, r.error) for r in records[1:]] == [
-        ("m.tmx:tu 2", "missing_field",
-         "TMX unit at line 9 (tuid '1') has no segment in hin_Deva; its languages: en-US (eng_Latn)"),
-        ("m.tmx:tu 3", "missing_field",
-         "TMX unit at line 12 (tuid '2') has no segment in hin_Deva; its languages: en (eng_Latn), "
-         "xx-YY (unknown tag)"),
-        ("m.tmx:tu 4", "missing_field",
-         "TMX unit at line 15 (tuid '3') has no segment in eng_Latn or hin_Deva; its languages: none"),
+        (
+            "m.tmx:tu 2",
+            "missing_field",
+            "TMX unit at line 9 (tuid '1') has no segment in hin_Deva; its languages: en-US (eng_Latn)",
+        ),
+        (
+            "m.tmx:tu 3",
+            "missing_field",
+            "TMX unit at line 12 (tuid '2') has no segment in hin_Deva; its languages: en (eng_Latn), "
+            "xx-YY (unknown tag)",
+        ),
+        (
+            "m.tmx:tu 4",
+            "missing_field",
+            "TMX unit at line 15 (tuid '3') has no segment in eng_Latn or hin_Deva; its languages: none",
+        ),
     ]
     assert records[1].row is None and records[2].raw == '{"en": "This is sentence 2.", "xx-YY": "मुझे चाय पसंद है 2"}'
 
@@ -137,14 +150,20 @@ def test_a_unit_missing_a_language_is_a_record_saying_so(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (HEAD + '    <tu><tuv xml:lang="en"><seg>a</seg></tuv>\n  </body>\n</tmx>\n',
-         r"malformed TMX at line 7, column 5: mismatched tag"),
-        (HEAD + unit(0) + '    <tu><tuv xml:lang="en"><seg>cut',
-         r"malformed TMX at line 9, column 36: no element found \(the file ends before its </tmx>: cut short\?\)"),
+        (
+            HEAD + '    <tu><tuv xml:lang="en"><seg>a</seg></tuv>\n  </body>\n</tmx>\n',
+            r"malformed TMX at line 7, column 5: mismatched tag",
+        ),
+        (
+            HEAD + unit(0) + '    <tu><tuv xml:lang="en"><seg>cut',
+            r"malformed TMX at line 9, column 36: no element found \(the file ends before its </tmx>: cut short\?\)",
+        ),
         ("<html><body>not a memory</body></html>", r"not a TMX file: its root element is <html>, not <tmx>"),
         ("", r"malformed TMX at line 1, column 1: no element found"),
-        ('<?xml version="1.0"?>\n<!DOCTYPE tmx [<!ENTITY lol "lol">]>\n<tmx/>',
-         r"TMX at line 2 declares entity 'lol'; entity declarations are refused"),
+        (
+            '<?xml version="1.0"?>\n<!DOCTYPE tmx [<!ENTITY lol "lol">]>\n<tmx/>',
+            r"TMX at line 2 declares entity 'lol'; entity declarations are refused",
+        ),
     ],
 )
 def test_a_malformed_file_is_an_error_naming_its_line(tmp_path: Path, data: str, message: str) -> None:
@@ -177,8 +196,9 @@ def test_a_fresh_connector_resumes_from_every_position(tmp_path: Path, gz: bool)
 
 
 @pytest.mark.parametrize("name", ["memory.tmx", "memory.tmx.gz"])
-def test_a_dropped_connection_is_read_again_and_the_units_handed_out_skipped(http_server: FaultyHTTPServer,
-                                                                             name: str) -> None:
+def test_a_dropped_connection_is_read_again_and_the_units_handed_out_skipped(
+    http_server: FaultyHTTPServer, name: str
+) -> None:
     data = tmx([unit(i) for i in range(3000)])
     body = gzip.compress(data) if name.endswith(".gz") else data
     (http_server.root / name).write_bytes(body)
@@ -199,8 +219,10 @@ def test_persistent_failures_give_up_naming_the_file(http_server: FaultyHTTPServ
     url = http_server.url("memory.tmx")
     with pytest.raises(TransientSourceError) as err:
         list(connector(url, attempts=3).iter_records())
-    assert str(err.value) == (f"source 'memory': reading {url} failed 3 times in a row; last error: "
-                              "RetryableStatus: HTTP 503 Service Unavailable")
+    assert str(err.value) == (
+        f"source 'memory': reading {url} failed 3 times in a row; last error: "
+        "RetryableStatus: HTTP 503 Service Unavailable"
+    )
 
 
 def test_the_config_names_what_tmx_sources_need() -> None:
@@ -233,11 +255,16 @@ def test_memory_stays_flat_in_file_size() -> None:
 
 
 def make_config(tmp_path: Path, sources: list[dict[str, Any]]) -> PipelineConfig:
-    return PipelineConfig.model_validate({
-        "run_name": "tmx", "workdir": str(tmp_path / "runs"), "directions": ["eng_Latn-hin_Deva"],
-        "sources": sources, "ingest": {"commit_rows": 40, "shard_rows": 100},
-        "source_retry": {**FAST, "attempts": 3, "timeout_s": 5},
-    })
+    return PipelineConfig.model_validate(
+        {
+            "run_name": "tmx",
+            "workdir": str(tmp_path / "runs"),
+            "directions": ["eng_Latn-hin_Deva"],
+            "sources": sources,
+            "ingest": {"commit_rows": 40, "shard_rows": 100},
+            "source_retry": {**FAST, "attempts": 3, "timeout_s": 5},
+        }
+    )
 
 
 def ingest(config: PipelineConfig, run_uri: str) -> dict[str, Any]:
@@ -251,22 +278,34 @@ def ingest(config: PipelineConfig, run_uri: str) -> dict[str, Any]:
 def dirty_memory() -> bytes:
     """200 good units, 10 repeated, one without Hindi, one with an empty Hindi segment, one in Latin script."""
     units = [unit(i) for i in range(200)] + [unit(i) for i in range(50, 60)]
-    units += [unit(300, hi=""), unit(301, hi=escape("<b></b>").replace("&lt;b&gt;&lt;/b&gt;", " ")),
-              unit(302, hi="namaste")]
+    units += [
+        unit(300, hi=""),
+        unit(301, hi=escape("<b></b>").replace("&lt;b&gt;&lt;/b&gt;", " ")),
+        unit(302, hi="namaste"),
+    ]
     return tmx(units)
 
 
 def test_ingest_counts_units(tmp_path: Path) -> None:
     (tmp_path / "memory.tmx").write_bytes(dirty_memory())
     (tmp_path / "tamil.tmx").write_bytes(tmx([unit(i, hi="வணக்கம்", tags=("en", "ta")) for i in range(4)]))
-    config = make_config(tmp_path, [
-        {"name": "memory", "kind": "tmx", "uri": str(tmp_path / "memory.tmx"), "langs": LANGS},
-        {"name": "tamil", "kind": "tmx", "uri": str(tmp_path / "tamil.tmx"),
-         "langs": {"src": "eng_Latn", "tgt": "tam_Taml"}},
-    ])
+    config = make_config(
+        tmp_path,
+        [
+            {"name": "memory", "kind": "tmx", "uri": str(tmp_path / "memory.tmx"), "langs": LANGS},
+            {
+                "name": "tamil",
+                "kind": "tmx",
+                "uri": str(tmp_path / "tamil.tmx"),
+                "langs": {"src": "eng_Latn", "tgt": "tam_Taml"},
+            },
+        ],
+    )
     manifest = ingest(config, config.run_uri())
-    counts = {name: {k: s[k] for k in ("read", "accepted", "duplicates", "rejected", "skipped")}
-              for name, s in manifest["sources"].items()}
+    counts = {
+        name: {k: s[k] for k in ("read", "accepted", "duplicates", "rejected", "skipped")}
+        for name, s in manifest["sources"].items()
+    }
     assert counts == {
         "memory": {"read": 213, "accepted": 200, "duplicates": 10, "rejected": 3, "skipped": 0},
         "tamil": {"read": 4, "accepted": 0, "duplicates": 0, "rejected": 0, "skipped": 4},
@@ -274,7 +313,9 @@ def test_ingest_counts_units(tmp_path: Path) -> None:
     assert manifest["rejected_by_reason"] == {"empty": 1, "missing_field": 1, "wrong_script": 1}
     quarantine = [json.loads(line) for line in (Path(config.run_uri()) / QUARANTINE).read_text().splitlines()]
     assert [(q["ref"], q["reason"]) for q in quarantine] == [
-        ("memory.tmx:tu 211", "missing_field"), ("memory.tmx:tu 212", "empty"), ("memory.tmx:tu 213", "wrong_script"),
+        ("memory.tmx:tu 211", "missing_field"),
+        ("memory.tmx:tu 212", "empty"),
+        ("memory.tmx:tu 213", "wrong_script"),
     ]
 
 

@@ -15,8 +15,9 @@ BHASHAFLOW = str(Path(sys.executable).parent / "bhashaflow")
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([BHASHAFLOW, *args], cwd=ROOT, env=env or dict(os.environ), capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [BHASHAFLOW, *args], cwd=ROOT, env=env or dict(os.environ), capture_output=True, text=True, timeout=300
+    )
 
 
 def test_config_error_is_one_line_naming_the_key(tmp_path):
@@ -48,14 +49,25 @@ def test_ingest_demo_config_prints_json_summary(cli_env, tmp_path):
     }
     manifest = json.loads(Path(summary["manifest"]).read_text())
     assert manifest["run_id"] == summary["run_id"]
-    shard = tmp_path / "runs" / "demo" / summary["run_id"] / manifest["directions"]["eng_Latn-hin_Deva"]["shards"][0]["path"]
+    shard = (
+        tmp_path
+        / "runs"
+        / "demo"
+        / summary["run_id"]
+        / manifest["directions"]["eng_Latn-hin_Deva"]["shards"][0]["path"]
+    )
     assert shard.is_file()
 
 
 def test_failure_at_run_time_exits_non_zero_with_reason_first(cli_env, tmp_path):
     out = run_cli(
-        "ingest", "configs/demo.yaml", "--set", f"workdir={tmp_path / 'runs'}",
-        "--set", f"sources.flores-dev.uri={tmp_path / 'missing'}", env=cli_env,
+        "ingest",
+        "configs/demo.yaml",
+        "--set",
+        f"workdir={tmp_path / 'runs'}",
+        "--set",
+        f"sources.flores-dev.uri={tmp_path / 'missing'}",
+        env=cli_env,
     )
     assert out.returncode == 1
     error_lines = [line for line in out.stderr.splitlines() if line.startswith("bhashaflow ingest: error:")]
@@ -66,18 +78,41 @@ def test_failure_at_run_time_exits_non_zero_with_reason_first(cli_env, tmp_path)
 @pytest.mark.slow
 def test_pipeline_and_evaluate_json_and_files(cli_env, tiny_base, tmp_path):
     overrides = [
-        "--set", f"base_model={tiny_base}", "--set", f"workdir={tmp_path / 'runs'}",
-        "--set", f"registry={tmp_path / 'registry'}", "--set", "directions=[eng_Latn-hin_Deva]",
-        "--set", "training.max_steps=3", "--set", "training.checkpoint_every=2", "--set", "evaluation.max_sentences=6",
-        "--set", "evaluation.max_new_tokens=8", "--set", "promotion.min_gain=0.0",
-        "--set", "training.validation={pairs: 4}",
+        "--set",
+        f"base_model={tiny_base}",
+        "--set",
+        f"workdir={tmp_path / 'runs'}",
+        "--set",
+        f"registry={tmp_path / 'registry'}",
+        "--set",
+        "directions=[eng_Latn-hin_Deva]",
+        "--set",
+        "training.max_steps=3",
+        "--set",
+        "training.checkpoint_every=2",
+        "--set",
+        "evaluation.max_sentences=6",
+        "--set",
+        "evaluation.max_new_tokens=8",
+        "--set",
+        "promotion.min_gain=0.0",
+        "--set",
+        "training.validation={pairs: 4}",
     ]
     out = run_cli("pipeline", "configs/smoke.yaml", "--json", *overrides, env=cli_env)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     d = result["directions"]["eng_Latn-hin_Deva"]
-    for key in ("base_chrf_pp", "incumbent_chrf_pp", "candidate_chrf_pp", "script_valid", "decontaminated",
-                "promoted", "version", "adapter_uri"):
+    for key in (
+        "base_chrf_pp",
+        "incumbent_chrf_pp",
+        "candidate_chrf_pp",
+        "script_valid",
+        "decontaminated",
+        "promoted",
+        "version",
+        "adapter_uri",
+    ):
         assert key in d, key
     assert d["incumbent_chrf_pp"] is None and d["version"] == "v0001"
     assert d["promoted"] == (d["candidate_chrf_pp"] >= d["base_chrf_pp"])
@@ -90,7 +125,8 @@ def test_pipeline_and_evaluate_json_and_files(cli_env, tiny_base, tmp_path):
     }
     assert not [p for p in adapter.rglob("*") if p.suffix in (".bin", ".pt", ".pkl")]
     assert sorted(p.name for p in (run / "adapters" / "eng_Latn-hin_Deva" / "checkpoints").iterdir()) == [
-        "step-2", "step-3"
+        "step-2",
+        "step-3",
     ]
     for label in ("base", "candidate"):
         scores = json.loads((run / "eval" / "eng_Latn-hin_Deva" / label / "scores.json").read_text())
@@ -98,9 +134,14 @@ def test_pipeline_and_evaluate_json_and_files(cli_env, tiny_base, tmp_path):
         assert len((run / "eval" / "eng_Latn-hin_Deva" / label / "hypotheses.txt").read_text().splitlines()) == 6
     assert (run / "report.md").is_file() and (run / "chrf.png").read_bytes()[:4] == b"\x89PNG"
     assert f"| {d['best_step']} of 3 | 4 |" in (run / "report.md").read_text()  # candidate step, validation pairs
-    logged = [json.loads(line) for line in (run / "adapters" / "eng_Latn-hin_Deva" / "train_log.jsonl").read_text().splitlines()]
+    logged = [
+        json.loads(line)
+        for line in (run / "adapters" / "eng_Latn-hin_Deva" / "train_log.jsonl").read_text().splitlines()
+    ]
     assert [e["step"] for e in logged if "val_chrf_pp" in e] == [2, 3]
-    manifest = json.loads((tmp_path / "registry" / "eng_Latn-hin_Deva" / "versions" / "v0001" / "manifest.json").read_text())
+    manifest = json.loads(
+        (tmp_path / "registry" / "eng_Latn-hin_Deva" / "versions" / "v0001" / "manifest.json").read_text()
+    )
     assert manifest["base_model"] == tiny_base and manifest["files"]["adapter_model.safetensors"]
 
     out = run_cli("evaluate", "configs/smoke.yaml", "--adapter", "none", "--json", *overrides, env=cli_env)
@@ -112,8 +153,10 @@ def test_pipeline_and_evaluate_json_and_files(cli_env, tiny_base, tmp_path):
 
 def test_fit_check_reports_json_and_says_what_a_cpu_cannot_measure(tiny_base, tmp_path):
     config = tmp_path / "fit.yaml"
-    config.write_text(f"directions: [eng_Latn-hin_Deva]\nbase_model: {tiny_base}\n"
-                      "training: {max_length: 32, batch_tokens: 256, grad_accum_steps: 2}\n")  # fmt: skip
+    config.write_text(
+        f"directions: [eng_Latn-hin_Deva]\nbase_model: {tiny_base}\n"
+        "training: {max_length: 32, batch_tokens: 256, grad_accum_steps: 2}\n"
+    )
     out = run_cli("fit", str(config), "--json", "--steps", "2", "--device", "cpu")
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])

@@ -43,18 +43,33 @@ class Run:
 
 def overrides(tiny_base: str, root: Path, run_name: str) -> list[str]:
     sets = [
-        f"run_name={run_name}", f"base_model={tiny_base}", f"workdir={root / 'runs'}", f"registry={root / 'registry'}",
-        f"directions=[{DIRECTION}]", "training.max_steps=12", "training.log_every=4", "training.checkpoint_every=6",
-        "evaluation.max_sentences=6", "evaluation.max_new_tokens=8", "evaluation.batch_size=2",
-    ]  # fmt: skip
+        f"run_name={run_name}",
+        f"base_model={tiny_base}",
+        f"workdir={root / 'runs'}",
+        f"registry={root / 'registry'}",
+        f"directions=[{DIRECTION}]",
+        "training.max_steps=12",
+        "training.log_every=4",
+        "training.checkpoint_every=6",
+        "evaluation.max_sentences=6",
+        "evaluation.max_new_tokens=8",
+        "evaluation.batch_size=2",
+    ]
     return [arg for item in sets for arg in ("--set", item)]
 
 
 @pytest.fixture(scope="module")
 def watch_env(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "COLUMNS", "LINES"))}
-    env.update({"PREFECT_API_URL": prefect_api, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-                "BHASHAFLOW_CACHE_DIR": str(tmp_path_factory.mktemp("watch-cache")), "TERM": "xterm-256color"})  # fmt: skip
+    env.update(
+        {
+            "PREFECT_API_URL": prefect_api,
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "BHASHAFLOW_CACHE_DIR": str(tmp_path_factory.mktemp("watch-cache")),
+            "TERM": "xterm-256color",
+        }
+    )
     return env
 
 
@@ -66,8 +81,9 @@ def run_in_pipe(args: list[str], env: dict[str, str]) -> Run:
 def run_in_terminal(args: list[str], env: dict[str, str], timeout_s: float = 300) -> Run:
     """Run the CLI with stdin, stdout and stderr on a pseudo-terminal; returns what the terminal showed."""
     main, child = pty.openpty()
-    proc = subprocess.Popen([BHASHAFLOW, *args], cwd=ROOT, env={**env, "COLUMNS": "200"}, stdin=child, stdout=child,
-                            stderr=child)  # fmt: skip
+    proc = subprocess.Popen(
+        [BHASHAFLOW, *args], cwd=ROOT, env={**env, "COLUMNS": "200"}, stdin=child, stdout=child, stderr=child
+    )
     os.close(child)
     shown, deadline = bytearray(), time.monotonic() + timeout_s
     try:
@@ -90,14 +106,18 @@ def run_in_terminal(args: list[str], env: dict[str, str], timeout_s: float = 300
 
 def screen_lines(text: str) -> list[str]:
     """Each line as last drawn (a carriage return redraws it), without the bars' repaints."""
-    return [line.split("\r")[-1] if line.split("\r")[-1].strip() else line.strip("\r")
-            for line in text.replace("\r\n", "\n").split("\n")]  # fmt: skip
+    return [
+        line.split("\r")[-1] if line.split("\r")[-1].strip() else line.strip("\r")
+        for line in text.replace("\r\n", "\n").split("\n")
+    ]
 
 
 @pytest.fixture(scope="module")
 def piped(tiny_base: str, watch_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Run:
     root = tmp_path_factory.mktemp("watch-pipe")
-    run = run_in_pipe(["pipeline", "configs/smoke.yaml", "--json", *overrides(tiny_base, root, "watch-pipe")], watch_env)
+    run = run_in_pipe(
+        ["pipeline", "configs/smoke.yaml", "--json", *overrides(tiny_base, root, "watch-pipe")], watch_env
+    )
     assert run.code == 0, run.stderr[-3000:]
     run.run_dir = root / "runs" / "watch-pipe" / json.loads(run.stdout)["run_id"]
     return run
@@ -120,7 +140,9 @@ def test_report_steps_fall_on_log_steps_about_fifty_times_a_run() -> None:
 
 
 def test_a_pipe_gets_periodic_lines_every_log_every_steps_and_no_bars(piped: Run) -> None:
-    steps = re.findall(rf"{DIRECTION} step (\d+)/12 loss \d+\.\d{{4}}, [\d,]+ tokens/s, ETA \d+:\d\d:\d\d", piped.stderr)
+    steps = re.findall(
+        rf"{DIRECTION} step (\d+)/12 loss \d+\.\d{{4}}, [\d,]+ tokens/s, ETA \d+:\d\d:\d\d", piped.stderr
+    )
     assert steps == ["4", "8", "12"]  # training.log_every=4, not every step
     assert "flores-dev: 997 rows read, the whole source" in piped.stderr
     assert f"{DIRECTION} base: translated 6/6 sentences" in piped.stderr
@@ -137,8 +159,11 @@ def test_json_keeps_stdout_to_the_json_alone(piped: Run) -> None:
 
 
 def test_a_run_prints_no_library_warnings_or_bars(piped: Run) -> None:
-    noise = [line for line in piped.stderr.splitlines() if WARNING_LINE.search(line) or "Loading weights" in line
-             or "it/s]" in line]  # fmt: skip
+    noise = [
+        line
+        for line in piped.stderr.splitlines()
+        if WARNING_LINE.search(line) or "Loading weights" in line or "it/s]" in line
+    ]
     assert noise == []
 
 
@@ -158,8 +183,9 @@ def test_a_terminal_gets_one_bar_per_phase_with_rate_and_eta(terminal: Run) -> N
 
 
 def test_quiet_keeps_only_the_final_table(tiny_base: str, watch_env: dict[str, str], tmp_path: Path) -> None:
-    run = run_in_terminal(["pipeline", "configs/smoke.yaml", "--quiet", *overrides(tiny_base, tmp_path, "watch-quiet")],
-                          watch_env)  # fmt: skip
+    run = run_in_terminal(
+        ["pipeline", "configs/smoke.yaml", "--quiet", *overrides(tiny_base, tmp_path, "watch-quiet")], watch_env
+    )
     assert run.code == 0, run.stderr[-3000:]
     lines = [line for line in screen_lines(run.stderr) if line.strip()]
     assert lines[0].startswith("run watch-quiet-") and ": report " in lines[0]
@@ -168,8 +194,18 @@ def test_quiet_keeps_only_the_final_table(tiny_base: str, watch_env: dict[str, s
 
 
 def test_quiet_still_prints_the_error(watch_env: dict[str, str], tmp_path: Path) -> None:
-    run = run_in_pipe(["ingest", "configs/demo.yaml", "--quiet", "--set", f"workdir={tmp_path / 'runs'}",
-                       "--set", f"sources.flores-dev.uri={tmp_path / 'missing'}"], watch_env)  # fmt: skip
+    run = run_in_pipe(
+        [
+            "ingest",
+            "configs/demo.yaml",
+            "--quiet",
+            "--set",
+            f"workdir={tmp_path / 'runs'}",
+            "--set",
+            f"sources.flores-dev.uri={tmp_path / 'missing'}",
+        ],
+        watch_env,
+    )
     assert run.code == 1 and run.stdout == ""
     assert run.stderr.splitlines()[-1].startswith("bhashaflow ingest: error: ")
     assert not [line for line in run.stderr.splitlines() if "| INFO " in line]
@@ -195,8 +231,12 @@ def _artifact(key: str) -> dict[str, object]:
     with get_client(sync_client=True) as client:
         found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
     assert len(found) == 1, [a.data for a in found]  # one card per thing: redrawn charts rewrite it in place
-    return {"data": found[0].data, "description": found[0].description, "type": found[0].type,
-            "flow_run_id": found[0].flow_run_id}  # fmt: skip
+    return {
+        "data": found[0].data,
+        "description": found[0].description,
+        "type": found[0].type,
+        "flow_run_id": found[0].flow_run_id,
+    }
 
 
 def _run_artifacts(flow_run_id: object) -> list[Any]:
@@ -204,19 +244,26 @@ def _run_artifacts(flow_run_id: object) -> list[Any]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     return [a for a in found if a.key]  # Prefect's own unkeyed ones point at persisted results
 
 
 def _embedded_pngs(markdown: str) -> list[bytes]:
-    return [base64.b64decode(b) for b in re.findall(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)]
+    return [
+        base64.b64decode(b) for b in re.findall(r"!\[[^\]]*\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    ]
 
 
 def test_the_artifacts_carry_progress_and_the_loss_curves(piped: Run) -> None:
     progress = _artifact(artifact_key("adapter-pipeline", "watch-pipe", DIRECTION, "train"))
     assert progress["data"] == 100.0
-    assert re.fullmatch(rf"{DIRECTION} training progress, run watch-pipe-\S+: final loss \d+\.\d{{4}}, no validation; "
-                        r"finished at step 12 \(best step 12\)", str(progress["description"]))  # fmt: skip
+    assert re.fullmatch(
+        rf"{DIRECTION} training progress, run watch-pipe-\S+: final loss \d+\.\d{{4}}, no validation; "
+        r"finished at step 12 \(best step 12\)",
+        str(progress["description"]),
+    )
     curve = _artifact(artifact_key("adapter-pipeline", "watch-pipe", DIRECTION, "loss"))  # drawn at steps 6 and 12
     assert str(curve["data"]).startswith(f"### {DIRECTION}: training loss and validation chrF++ at step 12\n")
     assert re.fullmatch(rf"{DIRECTION} loss chart, run watch-pipe-\S+: .* at step 12, .*", str(curve["description"]))
@@ -232,9 +279,13 @@ def test_the_artifacts_carry_progress_and_the_loss_curves(piped: Run) -> None:
         link = _artifact(artifact_key("adapter-pipeline", "watch-pipe", DIRECTION, "adapter"))
         # A local registry: the path as text with the command that opens it, not a file:// link a browser refuses.
         [path] = re.findall(r"In the registry: `(/[^`]+)` on host `[^`]+` \(open: `ls -l \1`\)", str(link["data"]))
-        assert Path(path).is_dir() and (link["type"], link["description"]) == ("markdown", (
-            f"{DIRECTION} adapter {result['version']}, promoted by run {json.loads(piped.stdout)['run_id']}: "
-            "where it is in the registry"))
+        assert Path(path).is_dir() and (link["type"], link["description"]) == (
+            "markdown",
+            (
+                f"{DIRECTION} adapter {result['version']}, promoted by run {json.loads(piped.stdout)['run_id']}: "
+                "where it is in the registry"
+            ),
+        )
     artifacts = _run_artifacts(progress["flow_run_id"])
     assert len(artifacts) == 4 + result["promoted"]  # train, loss, chrf, report (+ adapter)
     for artifact in artifacts:

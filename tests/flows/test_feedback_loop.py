@@ -20,10 +20,23 @@ def _serve(db: Path) -> None:
     """What the service leaves in its database: 60 episodes, 50 corrected by `web`, 5 by `other`, 5 not rated."""
     en, hi = dev_lines("eng_Latn", N), dev_lines("hin_Deva", N)
     with EpisodeStore(db) as store:
-        ids = store.record([NewEpisode(direction=DIRECTION, src_lang="eng_Latn", tgt_lang="hin_Deva",
-                                       adapter_version="v0001", base_model="tiny", input=en[i], output=f"गलत अनुवाद {i}",
-                                       latency_ms=1.0, script_valid=True, client="web" if i < 50 else "other")
-                            for i in range(N)])  # fmt: skip
+        ids = store.record(
+            [
+                NewEpisode(
+                    direction=DIRECTION,
+                    src_lang="eng_Latn",
+                    tgt_lang="hin_Deva",
+                    adapter_version="v0001",
+                    base_model="tiny",
+                    input=en[i],
+                    output=f"गलत अनुवाद {i}",
+                    latency_ms=1.0,
+                    script_valid=True,
+                    client="web" if i < 50 else "other",
+                )
+                for i in range(N)
+            ]
+        )
         for i, episode in enumerate(ids[:55]):
             client = "web" if i < 50 else "other"
             store.attach_feedback(episode, -0.5, hi[i], client=client, requested_by=client)
@@ -31,16 +44,30 @@ def _serve(db: Path) -> None:
 
 def _config(root: Path, base: str, run_id: str, training: dict[str, Any], promotion: dict[str, Any]) -> Any:
     flores = str(Path(__file__).resolve().parents[2] / "data" / "flores200")
-    return config_from_dict({
-        "run_name": "loop", "run_id": run_id, "workdir": str(root / "runs"), "directions": [DIRECTION],
-        "sources": [{"name": "feedback", "kind": "rl_logs", "uri": str(root / "rl-logs"), "trusted_clients": ["web"],
-                     "heldout_share": 0.2}],
-        "base_model": base,
-        "training": {"objective": "cpo", "batch_size": 4, "checkpoint_every": 2, "max_length": 64, **training},
-        "evaluation": {"flores_dir": flores, "max_sentences": 8, "batch_size": 8, "max_new_tokens": 8},
-        "promotion": promotion, "registry": str(root / "registry"),
-        "serving": {"episodes_db": str(root / "episodes.db")}, "rl_export": {"target": str(root / "rl-logs")},
-    })  # fmt: skip
+    return config_from_dict(
+        {
+            "run_name": "loop",
+            "run_id": run_id,
+            "workdir": str(root / "runs"),
+            "directions": [DIRECTION],
+            "sources": [
+                {
+                    "name": "feedback",
+                    "kind": "rl_logs",
+                    "uri": str(root / "rl-logs"),
+                    "trusted_clients": ["web"],
+                    "heldout_share": 0.2,
+                }
+            ],
+            "base_model": base,
+            "training": {"objective": "cpo", "batch_size": 4, "checkpoint_every": 2, "max_length": 64, **training},
+            "evaluation": {"flores_dir": flores, "max_sentences": 8, "batch_size": 8, "max_new_tokens": 8},
+            "promotion": promotion,
+            "registry": str(root / "registry"),
+            "serving": {"episodes_db": str(root / "episodes.db")},
+            "rl_export": {"target": str(root / "rl-logs")},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +105,13 @@ def test_a_second_loop_exports_nothing_new_and_judges_against_the_incumbent(loop
     from flows.feedback_loop import feedback_loop
 
     first = loop["result"]["directions"][DIRECTION]
-    config = _config(loop["root"], loop["base"], "loop-second", {"max_steps": 2, "init_from": "incumbent"},
-                     {"min_gain": 0.0, "max_regression": 0.0})  # fmt: skip
+    config = _config(
+        loop["root"],
+        loop["base"],
+        "loop-second",
+        {"max_steps": 2, "init_from": "incumbent"},
+        {"min_gain": 0.0, "max_regression": 0.0},
+    )
     second = feedback_loop(config)
     assert second["export"]["exported"] == 0  # exactly once: the first loop exported them
     row = second["directions"][DIRECTION]

@@ -16,7 +16,12 @@ HI = ["यह पहला वाक्य है", "दिल्ली भा�
 
 def rows(n: int, start: int = 0) -> list[dict]:
     return [
-        {"src": f"This is sentence {i}.", "tgt": f"{HI[i % len(HI)]} {i}", "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}
+        {
+            "src": f"This is sentence {i}.",
+            "tgt": f"{HI[i % len(HI)]} {i}",
+            "src_lang": "eng_Latn",
+            "tgt_lang": "hin_Deva",
+        }
         for i in range(start, start + n)
     ]
 
@@ -28,7 +33,9 @@ DIRTY = [
     json.dumps({"src": "Empty", "tgt": "  ", "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}),  # empty
     json.dumps({"src": "Long", "tgt": "क" * 300, "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}),  # too_long
     json.dumps({"src": "Code", "tgt": "नमस्ते", "src_lang": "eng_Latn", "tgt_lang": "hin_Xxxx"}),  # unknown_language
-    json.dumps({"src": "Latin", "tgt": "namaste duniya", "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}),  # wrong_script
+    json.dumps(
+        {"src": "Latin", "tgt": "namaste duniya", "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}
+    ),  # wrong_script
     json.dumps({"src": "Tamil", "tgt": "வணக்கம்", "src_lang": "eng_Latn", "tgt_lang": "tam_Taml"}),  # skipped
 ]
 
@@ -74,7 +81,12 @@ def test_clean_run_counts_everything(prefect_api, served, tmp_path):
     assert summary["sources"]["web"] == {"read": 328, "accepted": 300, "duplicates": 20, "rejected": 7, "skipped": 1}
     assert summary["sources"]["lake"] == {"read": 250, "accepted": 230, "duplicates": 20, "rejected": 0, "skipped": 0}
     assert summary["rejected_by_reason"] == {
-        "empty": 1, "malformed": 1, "missing_field": 1, "not_a_string": 1, "too_long": 1, "unknown_language": 1,
+        "empty": 1,
+        "malformed": 1,
+        "missing_field": 1,
+        "not_a_string": 1,
+        "too_long": 1,
+        "unknown_language": 1,
         "wrong_script": 1,
     }
     run_uri = config.run_uri()
@@ -119,7 +131,9 @@ def test_hf_and_qdrant_sources_in_one_run(prefect_api, tmp_path):
     store = tmp_path / "qdrant"
     client = QdrantClient(path=str(store))
     client.create_collection("pairs", vectors_config=models.VectorParams(size=2, distance=models.Distance.COSINE))
-    client.upsert("pairs", [models.PointStruct(id=i + 1, vector=[1.0, 0.0], payload=r) for i, r in enumerate(rows(40, 20))])
+    client.upsert(
+        "pairs", [models.PointStruct(id=i + 1, vector=[1.0, 0.0], payload=r) for i, r in enumerate(rows(40, 20))]
+    )
     client.close()
     config = PipelineConfig.model_validate(
         {
@@ -127,8 +141,13 @@ def test_hf_and_qdrant_sources_in_one_run(prefect_api, tmp_path):
             "workdir": str(tmp_path / "runs"),
             "directions": ["eng_Latn-hin_Deva"],
             "sources": [
-                {"name": "hub", "kind": "hf", "uri": str(local.parent), "fields": {"src": "en", "tgt": "hi"},
-                 "langs": {"src": "eng_Latn", "tgt": "hin_Deva"}},
+                {
+                    "name": "hub",
+                    "kind": "hf",
+                    "uri": str(local.parent),
+                    "fields": {"src": "en", "tgt": "hi"},
+                    "langs": {"src": "eng_Latn", "tgt": "hin_Deva"},
+                },
                 {"name": "vectors", "kind": "qdrant", "uri": str(store), "collection": "pairs"},
             ],
         }

@@ -22,10 +22,14 @@ FLORES_SOURCE = {"name": "flores-dev", "kind": "flores", "uri": FLORES, "split":
 
 def make_config(tmp_path: Path, **changes: object) -> PipelineConfig:
     data: dict[str, object] = {
-        "run_name": "preflight", "workdir": str(tmp_path / "runs"), "registry": str(tmp_path / "registry"),
-        "directions": ["eng_Latn-hin_Deva"], "base_model": "builtin:tiny-seq2seq", "sources": [FLORES_SOURCE],
+        "run_name": "preflight",
+        "workdir": str(tmp_path / "runs"),
+        "registry": str(tmp_path / "registry"),
+        "directions": ["eng_Latn-hin_Deva"],
+        "base_model": "builtin:tiny-seq2seq",
+        "sources": [FLORES_SOURCE],
         "evaluation": {"flores_dir": FLORES},
-    }  # fmt: skip
+    }
     data.update(changes)
     return PipelineConfig.model_validate(data)
 
@@ -78,10 +82,17 @@ def test_unreachable_http_source_fails_in_seconds_naming_the_url(tmp_path):
 
 def test_a_configured_field_missing_in_the_first_rows_is_named(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"en": f"Line {i}.", "hi": f"पंक्ति {i}।"}, ensure_ascii=False) + "\n"
-                             for i in range(8)), encoding="utf-8")  # fmt: skip
-    source = {"name": "local", "kind": "hf", "uri": str(pairs), "fields": {"src": "english", "tgt": "hi"},
-              "langs": {"src": "eng_Latn", "tgt": "hin_Deva"}}  # fmt: skip
+    pairs.write_text(
+        "".join(json.dumps({"en": f"Line {i}.", "hi": f"पंक्ति {i}।"}, ensure_ascii=False) + "\n" for i in range(8)),
+        encoding="utf-8",
+    )
+    source = {
+        "name": "local",
+        "kind": "hf",
+        "uri": str(pairs),
+        "fields": {"src": "english", "tgt": "hi"},
+        "langs": {"src": "eng_Latn", "tgt": "hin_Deva"},
+    }
     checks, seconds = checked(make_config(tmp_path, sources=[source]))
     check = checks["source local"]
     assert not check.ok
@@ -136,14 +147,28 @@ def test_require_preflight_lists_every_failure(tmp_path):
 def run_cli(*args: str, env: dict[str, str] | None = None):
     import subprocess
 
-    return subprocess.run([str(Path(sys.executable).parent / "bhashaflow"), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=env or dict(os.environ))  # fmt: skip
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "bhashaflow"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env or dict(os.environ),
+    )
 
 
 def test_check_command_exits_non_zero_with_named_lines_and_json(tmp_path, tiny_base):
     url = f"http://127.0.0.1:{closed_port()}/pairs.jsonl"
-    sets = ["--set", f"base_model={tiny_base}", "--set", f"workdir={tmp_path / 'runs'}",
-            "--set", f"registry={tmp_path / 'registry'}", "--set", "directions=[eng_Latn-hin_Deva]"]  # fmt: skip
+    sets = [
+        "--set",
+        f"base_model={tiny_base}",
+        "--set",
+        f"workdir={tmp_path / 'runs'}",
+        "--set",
+        f"registry={tmp_path / 'registry'}",
+        "--set",
+        "directions=[eng_Latn-hin_Deva]",
+    ]
     good = run_cli("check", "configs/smoke.yaml", "--json", *sets)
     assert good.returncode == 0, good.stderr[-2000:]
     result = json.loads(good.stdout)  # stdout is the JSON alone
@@ -152,8 +177,13 @@ def test_check_command_exits_non_zero_with_named_lines_and_json(tmp_path, tiny_b
     assert result["checks"][-1]["message"] == "cpu (no CUDA device): training runs on the CPU in float32 (auto)"
     assert any(line.startswith("ok    base model") for line in good.stderr.splitlines())
 
-    bad = run_cli("check", "configs/smoke.yaml", *sets, "--set",
-                  f"sources=[{{name: web, kind: http, uri: '{url}', format: jsonl}}]")  # fmt: skip
+    bad = run_cli(
+        "check",
+        "configs/smoke.yaml",
+        *sets,
+        "--set",
+        f"sources=[{{name: web, kind: http, uri: '{url}', format: jsonl}}]",
+    )
     assert bad.returncode == 1
     lines = {line.split()[1] + " " + line.split()[2]: line for line in bad.stdout.splitlines()}
     assert lines["source web"].startswith("FAIL") and url in lines["source web"]
@@ -162,13 +192,22 @@ def test_check_command_exits_non_zero_with_named_lines_and_json(tmp_path, tiny_b
 
 def test_pipeline_fails_before_ingesting_with_the_same_message(cli_env, tmp_path):
     missing = tmp_path / "no-such-base"
-    out = run_cli("pipeline", "configs/smoke.yaml", "--set", f"base_model={missing}",
-                  "--set", f"workdir={tmp_path / 'runs'}", "--set", f"registry={tmp_path / 'registry'}",
-                  env=cli_env)  # fmt: skip
+    out = run_cli(
+        "pipeline",
+        "configs/smoke.yaml",
+        "--set",
+        f"base_model={missing}",
+        "--set",
+        f"workdir={tmp_path / 'runs'}",
+        "--set",
+        f"registry={tmp_path / 'registry'}",
+        env=cli_env,
+    )
     assert out.returncode == 1
     errors = [line for line in out.stderr.splitlines() if line.startswith("bhashaflow pipeline: error:")]
-    assert errors == [f"bhashaflow pipeline: error: preflight failed: base model: base model directory {missing} "
-                      "does not exist"]  # fmt: skip
+    assert errors == [
+        f"bhashaflow pipeline: error: preflight failed: base model: base model directory {missing} does not exist"
+    ]
     assert not list((tmp_path / "runs").rglob("staging")) and not list((tmp_path / "runs").rglob("manifest.json"))
 
 
@@ -176,8 +215,9 @@ def test_pipeline_fails_before_ingesting_with_the_same_message(cli_env, tmp_path
 
 
 def test_a_language_the_base_has_no_tag_for_fails_the_check_naming_base_direction_and_tag(tmp_path, hf_standins):
-    checks, _ = checked(make_config(tmp_path, base_model="facebook/m2m100_418M",
-                                    directions=["eng_Latn-hin_Deva", "eng_Latn-tel_Telu"]))  # fmt: skip
+    checks, _ = checked(
+        make_config(tmp_path, base_model="facebook/m2m100_418M", directions=["eng_Latn-hin_Deva", "eng_Latn-tel_Telu"])
+    )
     assert checks["base model"].ok
     tags = checks["language tags"]
     assert not tags.ok
@@ -194,8 +234,13 @@ def test_a_pipeline_on_a_base_without_the_tag_stops_before_ingesting(tmp_path, h
 
 
 def test_an_alias_is_said(tmp_path, hf_standins):
-    checks, _ = checked(make_config(tmp_path, base_model="facebook/nllb-200-distilled-600M",
-                                    directions=["eng_Latn-hin_Deva", "eng_Latn-sat_Olck"]))  # fmt: skip
+    checks, _ = checked(
+        make_config(
+            tmp_path,
+            base_model="facebook/nllb-200-distilled-600M",
+            directions=["eng_Latn-hin_Deva", "eng_Latn-sat_Olck"],
+        )
+    )
     tags = checks["language tags"]
     assert tags.ok and "NllbTokenizer" in tags.message and "sat_Olck as sat_Beng" in tags.message
 
@@ -222,8 +267,9 @@ def test_a_base_that_saw_devtest_is_a_warning_not_a_failure(tmp_path, hf_standin
     assert seen.ok and seen.warning
     assert "FLORES-200 dev and devtest" in seen.message and "measure memory, not translation" in seen.message
     assert checks["language tags"].ok and "decoder-only" in checks["language tags"].message
-    checks, _ = checked(make_config(tmp_path, base_model="bigscience/bloomz-560m", evaluation={"flores_dir": FLORES,
-                                                                                             "split": "dev"}))  # fmt: skip
+    checks, _ = checked(
+        make_config(tmp_path, base_model="bigscience/bloomz-560m", evaluation={"flores_dir": FLORES, "split": "dev"})
+    )
     assert checks["evaluation set"].warning  # dev too: BLOOMZ saw both
     from flows.preflight import format_checks
 

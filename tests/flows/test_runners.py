@@ -44,8 +44,11 @@ def test_dask_without_an_address_starts_a_local_cluster_of_one_worker_per_direct
     assert isinstance(runner, DaskTaskRunner) and runner.address is None
     assert runner.cluster_class == "distributed.LocalCluster"
     assert runner.cluster_kwargs == {
-        "n_workers": min(2, os.cpu_count() or 1), "threads_per_worker": 1, "processes": True,
-        "dashboard_address": None, "resources": {"GPU": 1.0},
+        "n_workers": min(2, os.cpu_count() or 1),
+        "threads_per_worker": 1,
+        "processes": True,
+        "dashboard_address": None,
+        "resources": {"GPU": 1.0},
     }
 
 
@@ -86,11 +89,17 @@ def test_s3_results_carry_the_settings_credentials(monkeypatch: pytest.MonkeyPat
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     cfg = config(workdir="s3://bucket/runs", run_name="demo")
-    settings = Settings(aws_access_key_id="AKID", aws_secret_access_key="secret", aws_endpoint_url="http://127.0.0.1:9000")  # type: ignore[call-arg]
+    settings = Settings(
+        aws_access_key_id="AKID", aws_secret_access_key="secret", aws_endpoint_url="http://127.0.0.1:9000"
+    )  # type: ignore[call-arg]
     storage = result_storage(cfg, settings)
     assert isinstance(storage, RemoteFileSystem)
     assert storage.basepath == f"s3://bucket/runs/demo/{cfg.resolved_run_id()}/prefect-results"
-    assert storage.settings == {"key": "AKID", "secret": "secret", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    assert storage.settings == {
+        "key": "AKID",
+        "secret": "secret",
+        "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"},
+    }
 
 
 def test_a_configured_default_storage_block_wins():
@@ -115,8 +124,12 @@ def test_a_scheduled_run_takes_its_run_id_from_its_scheduled_date_and_a_retry_ke
     parameters = {"config": nightly.model_dump(mode="json")}
     monday = _scheduled_run(datetime(2026, 3, 2, 20, 30, tzinfo=UTC), parameters)
     tuesday = _scheduled_run(datetime(2026, 3, 3, 20, 30, tzinfo=UTC), parameters)
-    assert run_flow(_run_folder, flow_run=monday, parameters={"config": nightly}) == f"{tmp_path}/run/nightly-2026-03-02"
-    assert run_flow(_run_folder, flow_run=tuesday, parameters={"config": nightly}) == f"{tmp_path}/run/nightly-2026-03-03"
+    assert (
+        run_flow(_run_folder, flow_run=monday, parameters={"config": nightly}) == f"{tmp_path}/run/nightly-2026-03-02"
+    )
+    assert (
+        run_flow(_run_folder, flow_run=tuesday, parameters={"config": nightly}) == f"{tmp_path}/run/nightly-2026-03-03"
+    )
     # A retry runs the same flow run again (its scheduled start does not move): the same run folder, resumed.
     with get_client(sync_client=True) as client:
         client.set_flow_run_state(monday.id, Scheduled(), force=True)

@@ -97,7 +97,10 @@ class PrefectServer:
         log = (self.home / "server.log").open("wb")
         self.process = subprocess.Popen(
             [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=prefect_env(self.home), stdout=log, stderr=subprocess.STDOUT, cwd=self.home,
+            env=prefect_env(self.home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.home,
         )
         try:
             wait_for_api(self.api_url, self.process)

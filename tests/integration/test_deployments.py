@@ -35,8 +35,14 @@ print(artifact.data)
 
 def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     # -o install: the suite already runs inside the installed venv; never reinstall from a test.
-    return subprocess.run(["make", "--no-print-directory", "-o", "install", target], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=400)
+    return subprocess.run(
+        ["make", "--no-print-directory", "-o", "install", target],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
 
 
 def _get_json(url: str) -> Any:
@@ -54,11 +60,15 @@ def test_smoke_deployment_runs_on_the_worker_and_the_notebook_reads_it(tiny_base
     home = tmp_path / "prefect-home"
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = prefect_env(home, PREFECT_PORT=str(port), PREFECT_WORKER_QUERY_SECONDS="1",
-                      BHASHAFLOW_CACHE_DIR=str(tmp_path / "cache"))
+    env = prefect_env(
+        home, PREFECT_PORT=str(port), PREFECT_WORKER_QUERY_SECONDS="1", BHASHAFLOW_CACHE_DIR=str(tmp_path / "cache")
+    )
     up = make("prefect-up", env)
-    pids = {name: int((home / "up" / f"{name}.pid").read_text()) for name in ("server", "worker")
-            if (home / "up" / f"{name}.pid").is_file()}
+    pids = {
+        name: int((home / "up" / f"{name}.pid").read_text())
+        for name in ("server", "worker")
+        if (home / "up" / f"{name}.pid").is_file()
+    }
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         assert sorted(pids) == ["server", "worker"] and all(pid_alive(p) for p in pids.values())
@@ -84,16 +94,36 @@ def test_smoke_deployment_runs_on_the_worker_and_the_notebook_reads_it(tiny_base
         # The run form, filled in: the smoke config with its paths in this test's folder and a prebuilt base.
         config = smoke_config(tmp_path, tiny_base)
         run = subprocess.run(
-            [PREFECT, "deployment", "run", "adapter-pipeline/smoke", "--params",
-             json.dumps({"config": config.model_dump(mode="json")}), "--watch", "--watch-timeout", "300"],
-            cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=400,
+            [
+                PREFECT,
+                "deployment",
+                "run",
+                "adapter-pipeline/smoke",
+                "--params",
+                json.dumps({"config": config.model_dump(mode="json")}),
+                "--watch",
+                "--watch-timeout",
+                "300",
+            ],
+            cwd=tmp_path,
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=400,
         )
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + (home / "up/worker.log").read_text()[-4000:]
+        assert run.returncode == 0, (
+            run.stdout[-3000:] + run.stderr[-3000:] + (home / "up/worker.log").read_text()[-4000:]
+        )
         assert "Flow run finished successfully in 'Completed'" in run.stdout
 
         # Another process reads the chrF table back through the API: its data is a JSON string.
-        read = subprocess.run([sys.executable, "-c", READ_TABLE, "adapter-pipeline-smoke-chrf"], env=cli_env,
-                              capture_output=True, text=True, timeout=120)
+        read = subprocess.run(
+            [sys.executable, "-c", READ_TABLE, "adapter-pipeline-smoke-chrf"],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert read.returncode == 0, read.stderr[-3000:]
         kind, flow_run_id = read.stdout.splitlines()[0].split()
         # What the UI's Runs page asks of the API it was given: the run is there, completed.
@@ -111,8 +141,13 @@ def test_smoke_deployment_runs_on_the_worker_and_the_notebook_reads_it(tiny_base
         with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
             from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-            artifacts = {a.key: a for a in client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))) if a.key}
+            artifacts = {
+                a.key: a
+                for a in client.read_artifacts(
+                    artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+                )
+                if a.key
+            }
             states = task_states(flow_run_id)
         assert sorted(artifacts) == sorted(
             ["adapter-pipeline-smoke-chrf", "adapter-pipeline-smoke-report"]
@@ -132,12 +167,15 @@ def test_smoke_deployment_runs_on_the_worker_and_the_notebook_reads_it(tiny_base
 
         # The notebook, top to bottom, against the same server.
         notebook = nbformat.read(REPO / "notebooks" / "run_report.ipynb", as_version=4)
-        NotebookClient(notebook, timeout=300, kernel_name="python3",
-                       resources={"metadata": {"path": str(REPO / "notebooks")}}).execute(env=cli_env)
+        NotebookClient(
+            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO / "notebooks")}}
+        ).execute(env=cli_env)
         nbformat.write(notebook, tmp_path / "run_report.executed.ipynb")  # to read when this test fails
         outputs = "\n".join(
             out.get("text", "") + json.dumps(out.get("data", {}).get("text/plain", ""))
-            for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs
+            for cell in notebook.cells
+            if cell.cell_type == "code"
+            for out in cell.outputs
         )
         assert not [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
         assert f"({flow_run_id})" in outputs
@@ -145,8 +183,12 @@ def test_smoke_deployment_runs_on_the_worker_and_the_notebook_reads_it(tiny_base
         label = "promoted" if promoted else "newest candidate (nothing promoted)"
         assert f"{shown}: {label} v0001 from {tmp_path / 'registry'}" in outputs
         assert f"{shown} v0001: 'The river flows through the old city.' -> " in outputs
-        assert any(o.output_type == "display_data" and "image/png" in o.data
-                   for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+        assert any(
+            o.output_type == "display_data" and "image/png" in o.data
+            for c in notebook.cells
+            if c.cell_type == "code"
+            for o in c.outputs
+        )
     finally:
         down = make("prefect-down", env)
         survivors = {name: pid for name, pid in pids.items() if pid_alive(pid)}

@@ -73,8 +73,14 @@ def _config(
 
 
 def _rl_source(uri: str, **extra: Any) -> dict[str, Any]:
-    return {"name": "feedback", "kind": "rl_logs", "uri": uri, "trusted_clients": ["web"], "heldout_share": 0.25,
-            **extra}  # fmt: skip
+    return {
+        "name": "feedback",
+        "kind": "rl_logs",
+        "uri": uri,
+        "trusted_clients": ["web"],
+        "heldout_share": 0.25,
+        **extra,
+    }
 
 
 def _ingest(config: PipelineConfig, run: Path, reader: Any = None) -> dict[str, Any]:
@@ -112,8 +118,13 @@ def _assert_nothing_lost(manifest: dict[str, Any]) -> None:
     source, direction = manifest["sources"]["feedback"], manifest["directions"][EN_HI]
     assert source["skipped"] == sum(source["skipped_by_reason"].values())
     assert source["rejected"] == sum(source["rejected_by_reason"].values())
-    assert source["read"] == (direction["accepted"] + direction["heldout"]["rows"] + source["duplicates"]
-                              + source["rejected"] + source["skipped"])  # fmt: skip
+    assert source["read"] == (
+        direction["accepted"]
+        + direction["heldout"]["rows"]
+        + source["duplicates"]
+        + source["rejected"]
+        + source["skipped"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -156,8 +167,9 @@ def _service(config: PipelineConfig) -> Iterator[str]:
 
 
 def _translate(http: httpx.Client, client: str, texts: list[str]) -> list[tuple[int, str]]:
-    resp = http.post("/v1/translate", json={"texts": texts, "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"},
-                     headers=_auth(client))  # fmt: skip
+    resp = http.post(
+        "/v1/translate", json={"texts": texts, "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}, headers=_auth(client)
+    )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     return list(zip(body["episode_ids"], body["translations"], strict=True))
@@ -175,10 +187,14 @@ def _feedback(http: httpx.Client, client: str, episode: int, reward: float, corr
 def test_feedback_over_http_exported_to_a_folder_and_s3_ingests_with_exact_counts(
     tmp_path: Path, tiny_base: str, served_registry: str, s3_server: S3Server
 ) -> None:
-    serve = _config(tmp_path, str(tmp_path / "unused"), base_model=tiny_base, registry=served_registry,
-                    evaluation={"max_new_tokens": 6},
-                    serving={"episodes_db": str(tmp_path / "episodes.db"), "require_auth": True,
-                             "feedback_per_minute": 0})  # fmt: skip
+    serve = _config(
+        tmp_path,
+        str(tmp_path / "unused"),
+        base_model=tiny_base,
+        registry=served_registry,
+        evaluation={"max_new_tokens": 6},
+        serving={"episodes_db": str(tmp_path / "episodes.db"), "require_auth": True, "feedback_per_minute": 0},
+    )
     expected: dict[str, tuple[str, str]] = {}  # prompt -> (correction, served output): the triplets to train on
     with _service(serve) as url, httpx.Client(base_url=url, timeout=60) as http:
         web = _translate(http, "web", EN[:16])
@@ -264,8 +280,11 @@ def test_feedback_over_http_exported_to_a_folder_and_s3_ingests_with_exact_count
     source, direction = manifest["sources"]["feedback"], manifest["directions"][EN_HI]
     assert source["read"] == rated_episodes
     assert source["skipped_by_reason"] == {
-        "no_correction": 3, "untrusted_client": 3, "correction_equals_output": len(equal), "superseded": 1,
-    }  # fmt: skip
+        "no_correction": 3,
+        "untrusted_client": 3,
+        "correction_equals_output": len(equal),
+        "superseded": 1,
+    }
     assert source["rejected_by_reason"] == {"length_ratio": 1} and source["duplicates"] == 1
     _assert_nothing_lost(manifest)
     training, heldout = _triplets(run, manifest, "preferences"), _triplets(run, manifest, "heldout")
@@ -297,7 +316,7 @@ def _served_episodes(tmp_path: Path) -> None:
                     latency_ms=1.0,
                     script_valid=False,
                     client="web" if i % 4 else "other",
-                )  # fmt: skip
+                )
                 for i in range(N_EPISODES)
             ]
         )
@@ -380,8 +399,14 @@ def test_a_stage_stopped_mid_way_through_the_parts_resumes_to_the_counts_of_an_u
     path.write_text(json.dumps(config.model_dump(mode="json")))
     run = tmp_path / "run-killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.run([sys.executable, "-c", _KILL_CHILD, str(path), str(run), "12"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    child = subprocess.run(
+        [sys.executable, "-c", _KILL_CHILD, str(path), str(run), "12"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
     progress = json.loads((run / "staging" / "feedback" / "progress.json").read_text())
     assert 0 < progress["read"] <= 12 and not progress["done"]
@@ -397,11 +422,24 @@ def test_a_stage_stopped_mid_way_through_the_parts_resumes_to_the_counts_of_an_u
 
 def _record(i: int, **changes: Any) -> dict[str, Any]:
     record = {
-        "episode_id": i, "time": "2026-12-04T10:00:00.000Z", "direction": EN_HI, "src_lang": "eng_Latn",
-        "tgt_lang": "hin_Deva", "adapter_version": "v0001", "base_model": "builtin:tiny-seq2seq", "prompt": EN[i],
-        "response": f"served {i}", "reward": -0.5, "correction": HI[i], "feedback_time": "2026-12-04T10:00:01.000Z",
-        "feedback_seq": i, "latency_ms": 1.0, "script_valid": False, "client": "web", "feedback_client": "web",
-    }  # fmt: skip
+        "episode_id": i,
+        "time": "2026-12-04T10:00:00.000Z",
+        "direction": EN_HI,
+        "src_lang": "eng_Latn",
+        "tgt_lang": "hin_Deva",
+        "adapter_version": "v0001",
+        "base_model": "builtin:tiny-seq2seq",
+        "prompt": EN[i],
+        "response": f"served {i}",
+        "reward": -0.5,
+        "correction": HI[i],
+        "feedback_time": "2026-12-04T10:00:01.000Z",
+        "feedback_seq": i,
+        "latency_ms": 1.0,
+        "script_valid": False,
+        "client": "web",
+        "feedback_client": "web",
+    }
     record.update(changes)
     return record
 
@@ -433,8 +471,9 @@ def test_broken_lines_missing_prompts_and_unknown_languages_are_counted_and_quar
         )
     )
     target = str(folder)
-    config = _config(tmp_path, target, sources=[_rl_source(target, heldout_share=0)],
-                     ingest={"max_reject_fraction": 1.0})  # fmt: skip
+    config = _config(
+        tmp_path, target, sources=[_rl_source(target, heldout_share=0)], ingest={"max_reject_fraction": 1.0}
+    )
     run = tmp_path / "run"
     manifest = _ingest(config, run)
     source, direction = manifest["sources"]["feedback"], manifest["directions"][EN_HI]

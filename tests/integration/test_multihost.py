@@ -55,14 +55,34 @@ class Hosts:
         root = self.root / name
         for sub in ("home", "cache", "work"):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "HOME": str(root / "home"), "BHASHAFLOW_CACHE_DIR": str(root / "cache"),
-               "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": "PASSIVE"}  # fmt: skip
+        env = {
+            **os.environ,
+            "HOME": str(root / "home"),
+            "BHASHAFLOW_CACHE_DIR": str(root / "cache"),
+            "PYTHONPATH": str(REPO),
+            "OMP_WAIT_POLICY": "PASSIVE",
+        }
         before = set(client.scheduler_info()["workers"])
         process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dask"), "worker", self.scheduler, "--nthreads", "1", "--no-nanny",
-             "--name", name, "--resources", resources, "--local-directory", str(root / "work")],
-            cwd=root / "work", env=env, stdout=subprocess.DEVNULL, stderr=(root / "worker.log").open("wb"),
-        )  # fmt: skip
+            [
+                str(Path(sys.executable).parent / "dask"),
+                "worker",
+                self.scheduler,
+                "--nthreads",
+                "1",
+                "--no-nanny",
+                "--name",
+                name,
+                "--resources",
+                resources,
+                "--local-directory",
+                str(root / "work"),
+            ],
+            cwd=root / "work",
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(root / "worker.log").open("wb"),
+        )
         host = Host(name, process, root)
         self.started.append(host)
         deadline = time.monotonic() + 120
@@ -87,8 +107,11 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Client, Hosts]]:
     import dask
 
     # A killed worker's task fails at once (no silent rescheduling): a retried flow run resumes it.
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
-            LocalCluster(n_workers=0, processes=True, dashboard_address=None) as local, Client(local) as client:  # fmt: skip
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        LocalCluster(n_workers=0, processes=True, dashboard_address=None) as local,
+        Client(local) as client,
+    ):
         hosts = Hosts(local.scheduler_address, tmp_path / "hosts")
         try:
             yield client, hosts
@@ -97,22 +120,34 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Client, Hosts]]:
 
 
 def multihost_config(tmp: Path, tiny_base: str, scheduler: str, run: str, *extra: str):  # noqa: ANN201
-    return smoke_config(tmp, tiny_base, [
-        f"workdir=s3://{BUCKET}/{run}", f"registry=s3://{BUCKET}/{run}-registry", f"directions=[{DIRECTION}]",
-        f"sources.flores-dev.uri={FLORES}", f"evaluation.flores_dir={FLORES}",  # inputs, like the base: read-only
-        "task_runner.kind=dask", f"task_runner.address={scheduler}",
-        "task_runner.train_resources={train: 1}", "task_runner.evaluate_resources={evaluate: 1}",
-        "promotion.min_gain=0.0", *extra,
-    ])  # fmt: skip
+    return smoke_config(
+        tmp,
+        tiny_base,
+        [
+            f"workdir=s3://{BUCKET}/{run}",
+            f"registry=s3://{BUCKET}/{run}-registry",
+            f"directions=[{DIRECTION}]",
+            f"sources.flores-dev.uri={FLORES}",
+            f"evaluation.flores_dir={FLORES}",  # inputs, like the base: read-only
+            "task_runner.kind=dask",
+            f"task_runner.address={scheduler}",
+            "task_runner.train_resources={train: 1}",
+            "task_runner.evaluate_resources={evaluate: 1}",
+            "promotion.min_gain=0.0",
+            *extra,
+        ],
+    )
 
 
 def keys(s3: S3Server, prefix: str) -> list[str]:
-    return [o["Key"][len(prefix):] for o in s3.client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
+    return [
+        o["Key"][len(prefix) :] for o in s3.client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    ]
 
 
 def objects(s3: S3Server, prefix: str) -> dict[str, bytes]:
     listed = s3.client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
-    return {o["Key"][len(prefix):]: s3.client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in listed}
+    return {o["Key"][len(prefix) :]: s3.client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in listed}
 
 
 def test_training_and_evaluation_on_different_hosts_hand_over_through_the_bucket(
@@ -122,8 +157,9 @@ def test_training_and_evaluation_on_different_hosts_hand_over_through_the_bucket
     s3_server.create_bucket(BUCKET)
     trainer = hosts.start("trainer", "train=1", client)
     evaluator = hosts.start("evaluator", "evaluate=1", client)
-    config = multihost_config(tmp_path, tiny_base, hosts.scheduler, "split", "training.max_steps=6",
-                              "training.checkpoint_every=3")  # fmt: skip
+    config = multihost_config(
+        tmp_path, tiny_base, hosts.scheduler, "split", "training.max_steps=6", "training.checkpoint_every=3"
+    )
 
     with get_task_stream(client) as stream:
         state = adapter_pipeline(config, return_state=True)
@@ -144,7 +180,9 @@ def test_training_and_evaluation_on_different_hosts_hand_over_through_the_bucket
     assert not keys(s3_server, f"{run}checkpoints/")
     assert json.loads(objects(s3_server, run)["train_log.jsonl"].splitlines()[-1])["step"] == 6
     # Neither host kept anything the other needed: the trainer's disk holds no evaluation, the evaluator's no checkpoint.
-    assert not list((trainer.root / "cache").rglob("eval")) and not list((evaluator.root / "cache").rglob("checkpoints"))
+    assert not list((trainer.root / "cache").rglob("eval")) and not list(
+        (evaluator.root / "cache").rglob("checkpoints")
+    )
 
 
 def test_a_killed_trainer_is_resumed_on_another_host_from_the_bucket(
@@ -154,8 +192,9 @@ def test_a_killed_trainer_is_resumed_on_another_host_from_the_bucket(
     s3_server.create_bucket(BUCKET)
     first = hosts.start("trainer-1", "train=1", client)
     hosts.start("evaluator", "evaluate=1", client)
-    config = multihost_config(tmp_path, tiny_base, hosts.scheduler, "killed", "training.max_steps=200",
-                              "training.checkpoint_every=10")  # fmt: skip
+    config = multihost_config(
+        tmp_path, tiny_base, hosts.scheduler, "killed", "training.max_steps=200", "training.checkpoint_every=10"
+    )
     prefix = f"killed/smoke/{config.resolved_run_id()}/adapters/{DIRECTION}/"
     killed_at: list[list[str]] = []
 
@@ -179,9 +218,19 @@ def test_a_killed_trainer_is_resumed_on_another_host_from_the_bucket(
 
     hosts.start("trainer-2", "train=1", client)  # a fresh machine: nothing of the first on its disk
     retry = subprocess.run(
-        [PREFECT, "flow-run", "retry", str(failed.state_details.flow_run_id), "--entrypoint",
-         "flows.adapter_pipeline:adapter_pipeline"], cwd=REPO, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            PREFECT,
+            "flow-run",
+            "retry",
+            str(failed.state_details.flow_run_id),
+            "--entrypoint",
+            "flows.adapter_pipeline:adapter_pipeline",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert retry.returncode == 0, retry.stdout[-2000:] + retry.stderr[-4000:]
 
     files = objects(s3_server, prefix)
@@ -205,6 +254,11 @@ def train_uninterrupted(config, tmp_path: Path) -> dict[str, torch.Tensor]:  # n
     options = Settings().storage_options_for(config.run_uri())
     manifest = load_manifest(config.run_uri(), options)
     assert manifest is not None
-    result = train_adapter(config=config, direction=DIRECTION, shard_paths=shard_uris(manifest, config.run_uri(), DIRECTION),
-                           out_dir=str(tmp_path / "uninterrupted"), storage_options=options)  # fmt: skip
+    result = train_adapter(
+        config=config,
+        direction=DIRECTION,
+        shard_paths=shard_uris(manifest, config.run_uri(), DIRECTION),
+        out_dir=str(tmp_path / "uninterrupted"),
+        storage_options=options,
+    )
     return load_file(str(Path(result.adapter_dir) / "adapter_model.safetensors"))

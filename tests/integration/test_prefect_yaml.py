@@ -41,7 +41,9 @@ def test_deployments_and_schedules():
     }
     assert {d["work_pool"]["name"] for d in deployments.values()} == {"bhashaflow-local"}
     assert deployments["nightly"]["schedules"] == [{"cron": "0 2 * * *", "timezone": "Asia/Kolkata", "active": False}]
-    assert deployments["feedback-loop"]["schedules"] == [{"cron": "0 3 * * 0", "timezone": "Asia/Kolkata", "active": False}]
+    assert deployments["feedback-loop"]["schedules"] == [
+        {"cron": "0 3 * * 0", "timezone": "Asia/Kolkata", "active": False}
+    ]
     [hourly] = deployments["hourly"]["schedules"]
     assert (hourly["interval"], hourly["active"]) == (3600, False)
     assert "schedules" not in deployments["smoke"] and "schedules" not in deployments["demo"]

@@ -54,14 +54,19 @@ def logged(flow_run_id: Any) -> str:
 
 
 def test_a_finished_run_rerun_on_another_host_trains_evaluates_and_promotes_nothing(
-    prefect_api: str, tiny_base: str, tmp_path: Path, s3_server: S3Server, cluster: tuple[Client, Hosts],
+    prefect_api: str,
+    tiny_base: str,
+    tmp_path: Path,
+    s3_server: S3Server,
+    cluster: tuple[Client, Hosts],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     client, hosts = cluster
     s3_server.create_bucket(BUCKET)
     first = start(hosts, client, "host-a", monkeypatch)
-    config = multihost_config(tmp_path, tiny_base, hosts.scheduler, "rerun", "training.max_steps=4",
-                              "training.checkpoint_every=2")  # fmt: skip
+    config = multihost_config(
+        tmp_path, tiny_base, hosts.scheduler, "rerun", "training.max_steps=4", "training.checkpoint_every=2"
+    )
     done = adapter_pipeline(config, return_state=True)
     assert done.is_completed(), done.message
     before = stamps(s3_server)
@@ -93,18 +98,28 @@ def test_a_finished_run_rerun_on_another_host_trains_evaluates_and_promotes_noth
 
 
 def test_a_retry_after_a_failed_evaluation_reuses_the_training_on_another_host(
-    prefect_api: str, tiny_base: str, tmp_path: Path, s3_server: S3Server, cluster: tuple[Client, Hosts],
+    prefect_api: str,
+    tiny_base: str,
+    tmp_path: Path,
+    s3_server: S3Server,
+    cluster: tuple[Client, Hosts],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     client, hosts = cluster
     s3_server.create_bucket(BUCKET)
     first = start(hosts, client, "host-a", monkeypatch)
-    config = multihost_config(tmp_path, tiny_base, hosts.scheduler, "retry", "training.max_steps=4",
-                              "training.checkpoint_every=2")  # fmt: skip
+    config = multihost_config(
+        tmp_path, tiny_base, hosts.scheduler, "retry", "training.max_steps=4", "training.checkpoint_every=2"
+    )
     # A PROMOTED pointer at a version the registry does not hold: the evaluation fails, after training.
     pointer = f"retry-registry/{DIRECTION}/PROMOTED"
-    s3_server.client.put_object(Bucket=BUCKET, Key=pointer, Body=json.dumps(
-        {"version": "v0009", "manifest_sha256": "0" * 64, "promoted_at": "2026-01-01T00:00:00Z"}).encode())  # fmt: skip
+    s3_server.client.put_object(
+        Bucket=BUCKET,
+        Key=pointer,
+        Body=json.dumps(
+            {"version": "v0009", "manifest_sha256": "0" * 64, "promoted_at": "2026-01-01T00:00:00Z"}
+        ).encode(),
+    )
     failed = adapter_pipeline(config, return_state=True)
     assert failed.is_failed() and "v0009" in str(failed.message)
     trained = f"retry/smoke/{config.resolved_run_id()}/adapters/{DIRECTION}/"
@@ -118,8 +133,11 @@ def test_a_retry_after_a_failed_evaluation_reuses_the_training_on_another_host(
     flow_run_id = failed.state_details.flow_run_id
     retry = subprocess.run(
         [PREFECT, "flow-run", "retry", str(flow_run_id), "--entrypoint", "flows.adapter_pipeline:adapter_pipeline"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert retry.returncode == 0, retry.stdout[-2000:] + retry.stderr[-4000:]
 
     states = task_states(flow_run_id)
@@ -131,14 +149,19 @@ def test_a_retry_after_a_failed_evaluation_reuses_the_training_on_another_host(
 
 
 def test_a_trainer_killed_before_publishing_its_adapter_resumes_on_another_host_at_its_last_checkpoint(
-    prefect_api: str, tiny_base: str, tmp_path: Path, s3_server: S3Server, cluster: tuple[Client, Hosts],
+    prefect_api: str,
+    tiny_base: str,
+    tmp_path: Path,
+    s3_server: S3Server,
+    cluster: tuple[Client, Hosts],
     monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+) -> None:
     client, hosts = cluster
     s3_server.create_bucket(BUCKET)
     first = start(hosts, client, "host-a", monkeypatch, preload=Path(__file__).with_name("_die_before_adapter.py"))
-    config = multihost_config(tmp_path, tiny_base, hosts.scheduler, "killed-late", "training.max_steps=4",
-                              "training.checkpoint_every=2")  # fmt: skip
+    config = multihost_config(
+        tmp_path, tiny_base, hosts.scheduler, "killed-late", "training.max_steps=4", "training.checkpoint_every=2"
+    )
     failed = adapter_pipeline(config, return_state=True)
     assert failed.is_failed()
     assert first.process.wait(timeout=30) == 86  # died on the spot, as it was about to publish the adapter

@@ -29,7 +29,9 @@ def break_promoted_pointer(registry: Path, direction: str) -> Path:
     (the pipeline's preflight checks only that the registry is writable)."""
     pointer = registry / direction / "PROMOTED"
     pointer.parent.mkdir(parents=True)
-    pointer.write_text(json.dumps({"version": "v0009", "manifest_sha256": "0" * 64, "promoted_at": "2026-01-01T00:00:00Z"}))
+    pointer.write_text(
+        json.dumps({"version": "v0009", "manifest_sha256": "0" * 64, "promoted_at": "2026-01-01T00:00:00Z"})
+    )
     return pointer
 
 
@@ -48,7 +50,10 @@ def test_retried_run_reuses_ingestion_training_and_finished_directions(prefect_a
     pointer.unlink()
     retry = subprocess.run(
         [PREFECT, "flow-run", "retry", str(flow_run_id), "--entrypoint", "flows/adapter_pipeline.py:adapter_pipeline"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert retry.returncode == 0, retry.stdout[-2000:] + retry.stderr[-4000:]
 
@@ -75,14 +80,17 @@ def test_retried_run_reuses_ingestion_training_and_finished_directions(prefect_a
     assert {d: (run_dir / "adapters" / d / "train_log.jsonl").read_text() for d in config.directions} == train_logs
     registry = Registry(config.registry)
     assert {d: [v.version for v in registry.versions(d)] for d in config.directions} == {
-        "eng_Latn-hin_Deva": ["v0001"], "eng_Latn-tam_Taml": ["v0001"],
+        "eng_Latn-hin_Deva": ["v0001"],
+        "eng_Latn-tam_Taml": ["v0001"],
     }
     assert sorted(p.name for p in (run_dir / "prefect-results").iterdir())  # results live in the run folder
     # The cached results came back from the run folder as the typed objects the tasks returned.
     cached = cached_results(flow_run_id)
     assert {name: type(value).__name__ for name, value in cached.items()} == {
-        "train-eng_Latn-hin_Deva": "TrainResult", "train-eng_Latn-tam_Taml": "TrainResult",
-        "evaluate-eng_Latn-hin_Deva": "DirectionScores", "promote-eng_Latn-hin_Deva": "PromotionOutcome",
+        "train-eng_Latn-hin_Deva": "TrainResult",
+        "train-eng_Latn-tam_Taml": "TrainResult",
+        "evaluate-eng_Latn-hin_Deva": "DirectionScores",
+        "promote-eng_Latn-hin_Deva": "PromotionOutcome",
     }
     train = cached["train-eng_Latn-hin_Deva"]
     assert isinstance(train, TrainResult) and train.steps == 2 and train.direction == "eng_Latn-hin_Deva"
@@ -104,7 +112,9 @@ def cached_results(flow_run_id):  # noqa: ANN001, ANN201
     return {re.sub(r"-[0-9a-f]{3}$", "", run.name): run.state.result() for run in runs if run.state_name == "Cached"}
 
 
-def test_unchanged_source_is_a_cache_hit_in_a_later_run(prefect_api, tiny_base, tmp_path, http_server: FaultyHTTPServer):
+def test_unchanged_source_is_a_cache_hit_in_a_later_run(
+    prefect_api, tiny_base, tmp_path, http_server: FaultyHTTPServer
+):
     eng = (REPO / "data/flores200/dev/eng_Latn.dev").read_text(encoding="utf-8").splitlines()[:20]
     hin = (REPO / "data/flores200/dev/hin_Deva.dev").read_text(encoding="utf-8").splitlines()[:20]
     sources = [
@@ -116,8 +126,10 @@ def test_unchanged_source_is_a_cache_hit_in_a_later_run(prefect_api, tiny_base, 
     first = ingest_corpus(config, return_state=True)  # the web source is not published yet: 404
     assert first.is_failed() and "404" in first.message
     (http_server.root / "pairs.jsonl").write_text(
-        "".join(json.dumps({"src": e, "tgt": h, "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}, ensure_ascii=False)
-                + "\n" for e, h in zip(eng, hin, strict=True)),
+        "".join(
+            json.dumps({"src": e, "tgt": h, "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}, ensure_ascii=False) + "\n"
+            for e, h in zip(eng, hin, strict=True)
+        ),
         encoding="utf-8",
     )
     second = ingest_corpus(config, return_state=True)

@@ -48,12 +48,22 @@ TAGS = ("eng_Latn", "hin_Deva", "tel_Telu", "tam_Taml", "__", ">>", "</s>", "<pa
 def _short(root: Path, directions: list[str] | None) -> list[str]:
     """The shipped config's own settings, cut to seconds of work; nothing else changes."""
     sets = {
-        "workdir": root / "runs", "registry": root / "registry", "serving.episodes_db": root / "episodes.db",
-        "rl_export.target": root / "rl-logs", "training.max_steps": 2, "training.checkpoint_every": 2,
-        "training.batch_tokens": 512, "training.max_length": 64, "training.eval_every": 2, "training.validation": "{pairs: 4}",
-        "evaluation.max_sentences": 4, "evaluation.batch_size": 4, "evaluation.num_beams": 1,
-        "evaluation.max_new_tokens": 8, "promotion.min_gain": 0.0,
-    }  # fmt: skip
+        "workdir": root / "runs",
+        "registry": root / "registry",
+        "serving.episodes_db": root / "episodes.db",
+        "rl_export.target": root / "rl-logs",
+        "training.max_steps": 2,
+        "training.checkpoint_every": 2,
+        "training.batch_tokens": 512,
+        "training.max_length": 64,
+        "training.eval_every": 2,
+        "training.validation": "{pairs: 4}",
+        "evaluation.max_sentences": 4,
+        "evaluation.batch_size": 4,
+        "evaluation.num_beams": 1,
+        "evaluation.max_new_tokens": 8,
+        "promotion.min_gain": 0.0,
+    }
     args = [a for key, value in sets.items() for a in ("--set", f"{key}={value}")]
     if directions:
         args += ["--set", f"directions=[{', '.join(directions)}]"]
@@ -83,8 +93,14 @@ def served(tmp_path: Path) -> Iterator[Any]:
 
     def start(config: str, args: list[str]) -> str:
         port = _free_port()
-        proc = subprocess.Popen([BHASHAFLOW, "serve", config, *args, "--port", str(port)], cwd=ROOT,
-                                env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [BHASHAFLOW, "serve", config, *args, "--port", str(port)],
+            cwd=ROOT,
+            env=dict(os.environ),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         procs.append(proc)
         url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
         while True:
@@ -107,8 +123,14 @@ def served(tmp_path: Path) -> Iterator[Any]:
 
 
 @pytest.mark.parametrize("config_path", list(CONFIGS), ids=lambda p: Path(p).stem)
-def test_shipped_config_end_to_end_by_hub_id(config_path: str, hf_standins: Path, prefect_api: str, served: Any,
-                                             tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_shipped_config_end_to_end_by_hub_id(
+    config_path: str,
+    hf_standins: Path,
+    prefect_api: str,
+    served: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     args = _short(tmp_path, CONFIGS[config_path])
     config = load_config(str(ROOT / config_path))
     directions = CONFIGS[config_path] or config.directions
@@ -141,16 +163,19 @@ def test_shipped_config_end_to_end_by_hub_id(config_path: str, hf_standins: Path
     lm = load_base(config.base_model, languages=[], settings=Settings(hf_hub_offline=True), device="cpu")
     for direction in directions:
         src, tgt = direction.split("-")
-        answers = [httpx.post(f"{url}/v1/translate", json={"texts": [t], "src_lang": src, "tgt_lang": tgt}, timeout=60)
-                   for t in texts]  # fmt: skip
+        answers = [
+            httpx.post(f"{url}/v1/translate", json={"texts": [t], "src_lang": src, "tgt_lang": tgt}, timeout=60)
+            for t in texts
+        ]
         assert all(a.status_code == 200 for a in answers), answers[0].text
         outputs = [a.json()["translations"][0] for a in answers]
         assert all(not any(tag in out for tag in TAGS) for out in outputs), outputs
         episodes[direction] = [a.json()["episode_ids"][0] for a in answers]
         _same_as_loaded_back(lm, registry, direction, texts, outputs, tmp_path)
         for episode, correction in zip(episodes[direction], dev_lines(tgt, 3), strict=True):
-            answer = httpx.post(f"{url}/v1/feedback", json={"episode_id": episode, "reward": -0.5,
-                                                            "correction": correction}, timeout=30)  # fmt: skip
+            answer = httpx.post(
+                f"{url}/v1/feedback", json={"episode_id": episode, "reward": -0.5, "correction": correction}, timeout=30
+            )
             assert answer.status_code == 200, answer.text
 
     loop = _cli(capsys, "feedback-loop", config_path, *args, *_loop_args(tmp_path))
@@ -160,17 +185,30 @@ def test_shipped_config_end_to_end_by_hub_id(config_path: str, hf_standins: Path
 
 
 def _loop_args(root: Path) -> list[str]:
-    feedback = (f"{{name: feedback, kind: rl_logs, uri: {root / 'rl-logs'}, trusted_clients: [anonymous], "
-                "heldout_share: 0.0}")  # fmt: skip
+    feedback = (
+        f"{{name: feedback, kind: rl_logs, uri: {root / 'rl-logs'}, trusted_clients: [anonymous], heldout_share: 0.0}}"
+    )
     flores = "{name: flores-dev, kind: flores, uri: data/flores200, split: dev}"
     # CPO pairs each correction with the served output: it batches examples (batch_size), not a token budget.
-    return ["--set", f"sources=[{feedback}, {flores}]", "--set", "training.objective=cpo",
-            "--set", "training.batch_tokens=null", "--set", "training.batch_size=4",
-            "--set", "training.init_from=incumbent", "--set", "run_id=feedback-loop-1"]  # fmt: skip
+    return [
+        "--set",
+        f"sources=[{feedback}, {flores}]",
+        "--set",
+        "training.objective=cpo",
+        "--set",
+        "training.batch_tokens=null",
+        "--set",
+        "training.batch_size=4",
+        "--set",
+        "training.init_from=incumbent",
+        "--set",
+        "run_id=feedback-loop-1",
+    ]
 
 
-def _same_as_loaded_back(lm: Any, registry: Registry, direction: str, texts: list[str], served: list[str],
-                         root: Path) -> None:  # fmt: skip
+def _same_as_loaded_back(
+    lm: Any, registry: Registry, direction: str, texts: list[str], served: list[str], root: Path
+) -> None:
     """The promoted adapter fetched from the registry and loaded here translates exactly as the service did."""
     src, tgt = direction.split("-")
     found = registry.fetch_promoted(direction, str(root / "fetched" / direction))

@@ -124,8 +124,14 @@ class WriteHook:
             self.hit(f"remove {_label(path)}")
             real["remove"](path, *args, **kwargs)
 
-        patched = {"makedirs": makedirs, "open": os_open, "fdopen": fdopen, "fsync": fsync, "replace": replace,
-                   "remove": remove}  # fmt: skip
+        patched = {
+            "makedirs": makedirs,
+            "open": os_open,
+            "fdopen": fdopen,
+            "fsync": fsync,
+            "replace": replace,
+            "remove": remove,
+        }
         for name, fn in patched.items():
             setattr(os, name, fn)
         local_disk.open = open_  # type: ignore[attr-defined]  # module globals shadow the builtin
@@ -139,17 +145,31 @@ class WriteHook:
             del fsio.open  # type: ignore[attr-defined]
 
 
-def promote_candidate(root: str, adapter: str, candidate: float, incumbent: str | None,
-                      incumbent_chrf: float | None) -> dict[str, Any]:  # fmt: skip
+def promote_candidate(
+    root: str, adapter: str, candidate: float, incumbent: str | None, incumbent_chrf: float | None
+) -> dict[str, Any]:
     """One promotion as the pipeline does it: decide against `incumbent`, register, promote if still allowed."""
     decision = decide_promotion(candidate, incumbent_chrf, BASE_CHRF, MIN_GAIN)
     outcome = promote_adapter(
-        Registry(root), DIRECTION, adapter, decision, judged_against=incumbent, base_model="tiny",
-        base_revision=None, data_manifest_sha256="0" * 64, config={"adapter": Path(adapter).name},
+        Registry(root),
+        DIRECTION,
+        adapter,
+        decision,
+        judged_against=incumbent,
+        base_model="tiny",
+        base_revision=None,
+        data_manifest_sha256="0" * 64,
+        config={"adapter": Path(adapter).name},
         metrics={"candidate": {"chrf_pp": candidate}, "incumbent": incumbent_chrf},
-    )  # fmt: skip
-    return {"version": outcome.version, "promoted": outcome.promoted, "reason": outcome.reason,
-            "candidate": candidate, "judged_against": incumbent, "decision": decision.promote}  # fmt: skip
+    )
+    return {
+        "version": outcome.version,
+        "promoted": outcome.promoted,
+        "reason": outcome.reason,
+        "candidate": candidate,
+        "judged_against": incumbent,
+        "decision": decision.promote,
+    }
 
 
 @contextlib.contextmanager
@@ -177,8 +197,9 @@ def crash(spec: dict[str, Any]) -> list[dict[str, Any]]:
         if pid == 0:
             with _child():
                 with WriteHook(point["crash_at"], hard=True).installed():
-                    promote_candidate(point["root"], spec["adapter"], spec["candidate"], spec["incumbent"],
-                                      spec["incumbent_chrf"])  # fmt: skip
+                    promote_candidate(
+                        point["root"], spec["adapter"], spec["candidate"], spec["incumbent"], spec["incumbent_chrf"]
+                    )
         out.append({**point, "exit": _wait(pid)})
     return out
 
@@ -201,8 +222,13 @@ def race(spec: dict[str, Any]) -> list[dict[str, Any]]:
                     current = Registry(rnd["root"]).promoted(DIRECTION)
                     incumbent_chrf = current.metrics["candidate"]["chrf_pp"] if current else None
                     time.sleep(rng.uniform(0, rnd["jitter_s"]))
-                    result = promote_candidate(rnd["root"], candidate["adapter"], candidate["chrf_pp"],
-                                               current.version if current else None, incumbent_chrf)  # fmt: skip
+                    result = promote_candidate(
+                        rnd["root"],
+                        candidate["adapter"],
+                        candidate["chrf_pp"],
+                        current.version if current else None,
+                        incumbent_chrf,
+                    )
                     Path(rnd["outcomes"], f"{i}.json").write_text(json.dumps({**result, **candidate}))
             pids.append(pid)
         os.close(gate_r)

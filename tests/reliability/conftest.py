@@ -71,8 +71,14 @@ def record(request: pytest.FixtureRequest) -> Iterator[Record]:
 
     def _record(scenario: str, *, area: str, tried: int, lost: int, **figures: Any) -> None:
         row = {
-            "scenario": scenario, "area": area, "tried": tried, "lost": lost, "figures": figures,
-            "seconds": round(time.perf_counter() - started, 2), "seed": _SEED, "soak": SOAK,
+            "scenario": scenario,
+            "area": area,
+            "tried": tried,
+            "lost": lost,
+            "figures": figures,
+            "seconds": round(time.perf_counter() - started, 2),
+            "seed": _SEED,
+            "soak": SOAK,
             "test": request.node.nodeid,
         }
         _RECORDS.append(row)

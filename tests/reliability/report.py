@@ -40,7 +40,9 @@ def render(logs: list[list[dict]]) -> str:
         seconds = " / ".join(str(r["seconds"]) for r in found if r)
         lines.append(f"| {row['area']} | {row['scenario']} | {tried} | {lost} | {_figures(row)} | {seconds} |")
     lines.append("")
-    seeds = "; ".join(f"{label} run seed {sorted({r['seed'] for r in rows})[0]}" for label, rows in zip(labels, logs, strict=True))
+    seeds = "; ".join(
+        f"{label} run seed {sorted({r['seed'] for r in rows})[0]}" for label, rows in zip(labels, logs, strict=True)
+    )
     lines.append(f"Seeds: {seeds}.")
     return "\n".join(lines)
 

@@ -38,21 +38,79 @@ BOM = b"\xef\xbb\xbf"
 PH = "QQPLACEQQ"  # where a planted piece goes; swapped in after encoding, so it can be bytes JSON cannot hold
 HEADER = ["src", "tgt", "src_lang", "tgt_lang"]
 
-EN = ("the river market school rain café naïve city green old new house road light tea book friend water morning "
-      "evening child garden letter music song Zoë résumé déjà").split()
+EN = (
+    "the river market school rain café naïve city green old new house road light tea book friend water morning "
+    "evening child garden letter music song Zoë résumé déjà"
+).split()
 _HI = [
-    "नदी", "बाज\u093cार", "स्कूल", "बारिश", "शहर", "हरा", "पुराना", "नया", "घर", "सड\u093cक", "रोशनी", "चाय", "किताब",
-    "दोस्त", "पानी", "सुबह", "शाम", "बच्चा", "बगीचा", "चिट्ठी", "संगीत", "गीत", "क्षमा", "क्\u200dषमा", "पत्\u200cनी",
-    "\u0929ाम", "ज\u093cरूर", "फ\u093cिल्म",
+    "नदी",
+    "बाज\u093cार",
+    "स्कूल",
+    "बारिश",
+    "शहर",
+    "हरा",
+    "पुराना",
+    "नया",
+    "घर",
+    "सड\u093cक",
+    "रोशनी",
+    "चाय",
+    "किताब",
+    "दोस्त",
+    "पानी",
+    "सुबह",
+    "शाम",
+    "बच्चा",
+    "बगीचा",
+    "चिट्ठी",
+    "संगीत",
+    "गीत",
+    "क्षमा",
+    "क्\u200dषमा",
+    "पत्\u200cनी",
+    "\u0929ाम",
+    "ज\u093cरूर",
+    "फ\u093cिल्म",
 ]
 HI = [unicodedata.normalize("NFC", w) for w in _HI]
 assert HI == _HI, "the Hindi words must be NFC already"
 ZERO_WIDTH = ["\u200b", "\ufeff"]  # removed by normalisation
 OTHER_SPACE = ["  ", "\u00a0", "\u3000", "\u2009", "\u202f", " \u2028 ", "\u200a"]  # normalised to one space
-CONTROLS = ["\x00", "\x01", "\x08", "\x0b", "\x0c", "\x1b", "\x1f", "\x7f", "\x85", "\x9f",
-            "\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069"]
-INVALID_BYTES = [b"\xff", b"\xfe", b"\x80", b"\xbf\xbf", b"\xc0\xaf", b"\xc1\x81", b"\xed\xa0\x80", b"\xed\xbf\xbf",
-                 b"\xe0\xa4", b"\xf4\x90\x80\x80", b"\xf8\x88\x80\x80\x80", b"\xf0\x9f\x99"]
+CONTROLS = [
+    "\x00",
+    "\x01",
+    "\x08",
+    "\x0b",
+    "\x0c",
+    "\x1b",
+    "\x1f",
+    "\x7f",
+    "\x85",
+    "\x9f",
+    "\u202a",
+    "\u202b",
+    "\u202c",
+    "\u202d",
+    "\u202e",
+    "\u2066",
+    "\u2067",
+    "\u2068",
+    "\u2069",
+]
+INVALID_BYTES = [
+    b"\xff",
+    b"\xfe",
+    b"\x80",
+    b"\xbf\xbf",
+    b"\xc0\xaf",
+    b"\xc1\x81",
+    b"\xed\xa0\x80",
+    b"\xed\xbf\xbf",
+    b"\xe0\xa4",
+    b"\xf4\x90\x80\x80",
+    b"\xf8\x88\x80\x80\x80",
+    b"\xf0\x9f\x99",
+]
 DISALLOWED = set(CONTROLS) | set(ZERO_WIDTH)
 
 
@@ -141,8 +199,11 @@ class DirtyCorpus:
         rng = self.rng
         how = []
         for _ in range(rng.choice([0, 0, 1, 2, 3])):
-            kind = rng.choice(["space", "ends", "nfd", "nukta", "zw", "pad", "tab"] if not tsv else
-                              ["space", "ends", "nfd", "nukta", "zw", "pad"])
+            kind = rng.choice(
+                ["space", "ends", "nfd", "nukta", "zw", "pad", "tab"]
+                if not tsv
+                else ["space", "ends", "nfd", "nukta", "zw", "pad"]
+            )
             how.append(kind)
             if kind == "space" and " " in text:
                 at = rng.choice([i for i, ch in enumerate(text) if ch == " "])
@@ -229,8 +290,17 @@ def jsonl_cases(c: DirtyCorpus) -> dict[str, list[Callable[[], Line]]]:
     """Planters of the rejections a JSONL line can carry, by reason."""
     rng = c.rng
 
-    def parsed(row: dict[str, Any], reason: str, case: str, *, hinted: bool, detail: str | None = None,
-               piece: str | None = None, raw_piece: bool = False, ensure_ascii: bool | None = None) -> Line:
+    def parsed(
+        row: dict[str, Any],
+        reason: str,
+        case: str,
+        *,
+        hinted: bool,
+        detail: str | None = None,
+        piece: str | None = None,
+        raw_piece: bool = False,
+        ensure_ascii: bool | None = None,
+    ) -> Line:
         text, obj = _json_line(rng, row, ensure_ascii)
         if piece is None:
             return Line(text.encode(), "reject", case, reason=reason, hinted=hinted, row=obj, detail=detail)
@@ -247,15 +317,23 @@ def jsonl_cases(c: DirtyCorpus) -> dict[str, list[Callable[[], Line]]]:
 
     def latin1() -> Line:
         src, tgt = c.texts()
-        data = json.dumps({"src": f"café {src}", "tgt": "caf\u00e9", "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"},
-                          ensure_ascii=False).encode("latin-1", "replace")
+        data = json.dumps(
+            {"src": f"café {src}", "tgt": "caf\u00e9", "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"},
+            ensure_ascii=False,
+        ).encode("latin-1", "replace")
         return _unparsed(data, "invalid_utf8", "latin-1 file", _invalid_at(data))
 
     def surrogate_escape() -> Line:
         part = c.part()
         row = c.row_with(part, c.insert(c.texts()[part == "tgt"], PH))
-        return parsed(row, "invalid_utf8", "lone surrogate escape", hinted=True, piece=rng.choice(["\ud800", "\udfff"]),
-                      detail="lone surrogate")
+        return parsed(
+            row,
+            "invalid_utf8",
+            "lone surrogate escape",
+            hinted=True,
+            piece=rng.choice(["\ud800", "\udfff"]),
+            detail="lone surrogate",
+        )
 
     def cesu() -> Line:  # a surrogate encoded as UTF-8 bytes: not UTF-8
         part = c.part()
@@ -267,8 +345,15 @@ def jsonl_cases(c: DirtyCorpus) -> dict[str, list[Callable[[], Line]]]:
         part, ch = c.part(), rng.choice(CONTROLS)
         row = c.row_with(part, c.insert(c.texts()[part == "tgt"], PH))
         raw = rng.random() < 0.5  # a raw NUL is not strict JSON: read leniently, then judged like an escaped one
-        return parsed(row, "control_character", f"control U+{ord(ch):04X} {'raw' if raw else 'escaped'}",
-                      hinted=True, piece=ch, raw_piece=raw, detail=f"({part}) holds control character U+{ord(ch):04X}")
+        return parsed(
+            row,
+            "control_character",
+            f"control U+{ord(ch):04X} {'raw' if raw else 'escaped'}",
+            hinted=True,
+            piece=ch,
+            raw_piece=raw,
+            detail=f"({part}) holds control character U+{ord(ch):04X}",
+        )
 
     def missing() -> Line:
         src, tgt = c.texts()
@@ -285,8 +370,13 @@ def jsonl_cases(c: DirtyCorpus) -> dict[str, list[Callable[[], Line]]]:
         row: dict[str, Any] = {"src": src, "tgt": tgt, "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}
         name = rng.choice(HEADER)
         row[name] = rng.choice([7, 3.5, True, False, ["नदी"], {"text": "नदी"}, -(2**40)])
-        return parsed(row, "not_a_string", f"{name} is {type(row[name]).__name__}", hinted=name in ("src", "tgt"),
-                      detail=f"'{name}'")
+        return parsed(
+            row,
+            "not_a_string",
+            f"{name} is {type(row[name]).__name__}",
+            hinted=name in ("src", "tgt"),
+            detail=f"'{name}'",
+        )
 
     def unknown_language() -> Line:
         src, tgt = c.texts()
@@ -307,30 +397,43 @@ def jsonl_cases(c: DirtyCorpus) -> dict[str, list[Callable[[], Line]]]:
         size = rng.choice([MAX_CHARS + 1, MAX_CHARS + rng.randint(2, 300), ONE_MB])  # 1 MB: a 1 MB line
         text = " ".join(rng.choices(words, k=size // 2 + 1))  # words are 1+ characters: at least `size`
         text = text[: size - 1] + ("x" if part == "src" else "क")  # normalisation changes nothing
-        return parsed(c.row_with(part, text), "too_long", f"{len(text)} characters", hinted=True,
-                      detail=f"has {len(text)} characters > {MAX_CHARS}")
+        return parsed(
+            c.row_with(part, text),
+            "too_long",
+            f"{len(text)} characters",
+            hinted=True,
+            detail=f"has {len(text)} characters > {MAX_CHARS}",
+        )
 
     def wrong_script() -> Line:
-        part, text = rng.choice([
-            ("tgt", "namaste duniya"), ("tgt", "\u200fسلام دنیا\u200f नदी"), ("tgt", "שלום עולם"),
-            ("tgt", "कमल abcdef"), ("src", "नमस्ते दुनिया"), ("src", "привет мир"), ("tgt", "ⲛⲟⲩⲧⲉ")
-        ])
+        part, text = rng.choice(
+            [
+                ("tgt", "namaste duniya"),
+                ("tgt", "\u200fسلام دنیا\u200f नदी"),
+                ("tgt", "שלום עולם"),
+                ("tgt", "कमल abcdef"),
+                ("src", "नमस्ते दुनिया"),
+                ("src", "привет мир"),
+                ("tgt", "ⲛⲟⲩⲧⲉ"),
+            ]
+        )
         if part == "tgt":
             assert deva_share(text) < 0.5
-        return parsed(c.row_with(part, text), "wrong_script", f"wrong script {text!r}", hinted=True,
-                      detail=f"{part} is ")
+        return parsed(
+            c.row_with(part, text), "wrong_script", f"wrong script {text!r}", hinted=True, detail=f"{part} is "
+        )
 
     def malformed() -> Line:
         kind = rng.choice(["truncated", "array", "string", "null", "number", "nan", "1mb", "nested", "bom-bom"])
         src, tgt = c.texts()
         data = {
-            "truncated": json.dumps({"src": src, "tgt": tgt}, ensure_ascii=False)[:-rng.randint(2, 8)].encode(),
+            "truncated": json.dumps({"src": src, "tgt": tgt}, ensure_ascii=False)[: -rng.randint(2, 8)].encode(),
             "array": json.dumps([src, tgt], ensure_ascii=False).encode(),
             "string": json.dumps(src).encode(),
             "null": b"null",
             "number": b"42",
             "nan": b'{"src": NaN, "tgt": "x", "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}',
-            "1mb": (src + " ") .encode() * (ONE_MB // (len(src) + 1)),
+            "1mb": (src + " ").encode() * (ONE_MB // (len(src) + 1)),
             "nested": b"[" * 50_000 + b"]" * 50_000,
             "bom-bom": BOM + BOM + json.dumps({"src": src, "tgt": tgt}, ensure_ascii=False).encode(),
         }[kind]
@@ -388,8 +491,9 @@ def tsv_cases(c: DirtyCorpus, header: list[str]) -> dict[str, list[Callable[[], 
     def unknown_language() -> Line:
         src, tgt = c.texts()
         code = rng.choice(["hin_Xxxx", "", "Hindi", "hin_Deva\x00"])
-        return parsed({"src": src, "tgt": tgt, "src_lang": "eng_Latn", "tgt_lang": code}, "unknown_language",
-                      f"language {code!r}")
+        return parsed(
+            {"src": src, "tgt": tgt, "src_lang": "eng_Latn", "tgt_lang": code}, "unknown_language", f"language {code!r}"
+        )
 
     def wrong_script() -> Line:
         part, text = rng.choice([("tgt", "namaste duniya"), ("tgt", "سلام دنیا"), ("src", "नमस्ते दुनिया")])
@@ -416,8 +520,12 @@ def skipped_row(c: DirtyCorpus) -> tuple[dict[str, Any], str]:
     direction = c.rng.choice(["eng_Latn-tam_Taml", "hin_Deva-eng_Latn", "eng_Latn-urd_Arab"])
     src_lang, tgt_lang = direction.split("-")
     text = c.rng.choice(["வணக்கம்", "नदी", "\x00", "", "x" * (MAX_CHARS + 5), "hello"])
-    return {"src": text, "tgt": c.rng.choice(["வணக்கம் உலகம்", "\u202e"]), "src_lang": src_lang,
-            "tgt_lang": tgt_lang}, direction
+    return {
+        "src": text,
+        "tgt": c.rng.choice(["வணக்கம் உலகம்", "\u202e"]),
+        "src_lang": src_lang,
+        "tgt_lang": tgt_lang,
+    }, direction
 
 
 def build_file(c: DirtyCorpus, source: str, name: str, fmt: str, n_valid: int) -> PlantedFile:
@@ -461,8 +569,9 @@ def build_file(c: DirtyCorpus, source: str, name: str, fmt: str, n_valid: int) -
             line.data += b"\r"  # CRLF
     if fmt == "tsv":
         head = "\t".join(header).encode()
-        lines.insert(0, Line((BOM if rng.random() < 0.5 else b"") + head + (b"\r" if rng.random() < 0.3 else b""),
-                             "header"))
+        lines.insert(
+            0, Line((BOM if rng.random() < 0.5 else b"") + head + (b"\r" if rng.random() < 0.3 else b""), "header")
+        )
     elif rng.random() < 0.5 and lines[0].outcome != "blank" and not lines[0].data.startswith(BOM):
         lines[0].data = BOM + lines[0].data
         lines[0].case += " bom"
@@ -474,8 +583,10 @@ def build_file(c: DirtyCorpus, source: str, name: str, fmt: str, n_valid: int) -
 def over_line_limit(c: DirtyCorpus) -> Line:
     """A JSON row longer than the line limit: one malformed record, never buffered (it would be too_long)."""
     src, _ = c.texts()
-    data = json.dumps({"src": src, "tgt": "क" * (OVER_LINE_LIMIT // 3), "src_lang": "eng_Latn",
-                       "tgt_lang": "hin_Deva"}, ensure_ascii=False).encode()
+    data = json.dumps(
+        {"src": src, "tgt": "क" * (OVER_LINE_LIMIT // 3), "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"},
+        ensure_ascii=False,
+    ).encode()
     return Line(data, "reject", "line over the 8 MB limit", reason="malformed", row=None, detail="longer than")
 
 
@@ -525,8 +636,9 @@ def assert_clean_text(text: str, where: str) -> None:
     assert text == text.strip() and "  " not in text and 0 < len(text) <= MAX_CHARS, f"{where}: not normalised"
 
 
-def run_once(rng: random.Random, root: Path, http_url: Callable[[str], str], workdir: Path) -> tuple[Expected, dict,
-                                                                                                      list, list, int]:
+def run_once(
+    rng: random.Random, root: Path, http_url: Callable[[str], str], workdir: Path
+) -> tuple[Expected, dict, list, list, int]:
     c = DirtyCorpus(rng)
     gz_fmt = rng.choice(["jsonl", "tsv"])
     files = [
@@ -542,14 +654,20 @@ def run_once(rng: random.Random, root: Path, http_url: Callable[[str], str], wor
         body = f.body(rng)
         size += len(body)
         (root / f.name).write_bytes(body)
-    config = PipelineConfig.model_validate({
-        "run_name": "dirty",
-        "workdir": str(workdir),
-        "directions": [DIRECTION],
-        "sources": [{"name": f.source, "kind": "http", "uri": http_url(f.name)} for f in files],
-        "ingest": {"max_chars": MAX_CHARS, "max_reject_fraction": 1.0, "shard_rows": rng.choice([7, 50, 1000]),
-                   "commit_rows": rng.choice([5, 33, 100_000])},
-    })
+    config = PipelineConfig.model_validate(
+        {
+            "run_name": "dirty",
+            "workdir": str(workdir),
+            "directions": [DIRECTION],
+            "sources": [{"name": f.source, "kind": "http", "uri": http_url(f.name)} for f in files],
+            "ingest": {
+                "max_chars": MAX_CHARS,
+                "max_reject_fraction": 1.0,
+                "shard_rows": rng.choice([7, 50, 1000]),
+                "commit_rows": rng.choice([5, 33, 100_000]),
+            },
+        }
+    )
     run_uri = config.run_uri()
     settings = Settings()
     staged = [stage_source(config, s, open_connector(s, settings, config.directions), run_uri) for s in config.sources]
@@ -584,14 +702,19 @@ def compare(exp: Expected, manifest: dict, quarantine: list, pairs: list, where:
         got = manifest["sources"][name]
         for key in ("read", "accepted", "duplicates", "rejected", "skipped"):
             assert got[key] == counts[key], f"{where}: source {name} {key} {got[key]} != planted {counts[key]}"
-    totals = {key: sum(c[key] for c in exp.sources.values())
-              for key in ("read", "accepted", "duplicates", "rejected", "skipped")}
+    totals = {
+        key: sum(c[key] for c in exp.sources.values())
+        for key in ("read", "accepted", "duplicates", "rejected", "skipped")
+    }
     assert manifest["totals"] == totals, where
     assert manifest["rejected_by_reason"] == dict(sorted(exp.by_reason.items())), where
     assert manifest["quarantine"]["rows"] == len(exp.quarantine), where
     d = manifest["directions"][DIRECTION]
     assert (d["accepted"], d["duplicates"], d["rejected"]) == (
-        totals["accepted"], totals["duplicates"], exp.direction_rejected), where
+        totals["accepted"],
+        totals["duplicates"],
+        exp.direction_rejected,
+    ), where
     assert sum(s["rows"] for s in d["shards"]) == totals["accepted"], where
     return lost
 
@@ -628,8 +751,16 @@ def test_dirty_corpus_counts_match_the_planted_counts(http_server, tmp_path, see
     assert lost == 0
     assert joiners, "no accepted pair kept a ZWJ/ZWNJ: they must survive normalisation"
     record(
-        "dirty corpora: planted counts equal manifest counts", area="ingest", tried=runs, lost=lost,
-        rows=totals["read"], accepted=totals["accepted"], duplicates=totals["duplicates"],
-        rejected=totals["rejected"], skipped=totals["skipped"], reasons=len(reasons), zwj_zwnj_kept=joiners,
+        "dirty corpora: planted counts equal manifest counts",
+        area="ingest",
+        tried=runs,
+        lost=lost,
+        rows=totals["read"],
+        accepted=totals["accepted"],
+        duplicates=totals["duplicates"],
+        rejected=totals["rejected"],
+        skipped=totals["skipped"],
+        reasons=len(reasons),
+        zwj_zwnj_kept=joiners,
         mb_served=round(megabytes, 1),
     )

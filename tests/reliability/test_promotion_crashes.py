@@ -44,9 +44,13 @@ def make_adapter(path: Path, seed: int) -> Path:
     path.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     prefix = "base_model.model.encoder.layers.0.q_proj"
-    save_file({f"{prefix}.lora_A.weight": rng.standard_normal((4, 32), dtype=np.float32),
-               f"{prefix}.lora_B.weight": rng.standard_normal((32, 4), dtype=np.float32)},
-              str(path / "adapter_model.safetensors"))  # fmt: skip
+    save_file(
+        {
+            f"{prefix}.lora_A.weight": rng.standard_normal((4, 32), dtype=np.float32),
+            f"{prefix}.lora_B.weight": rng.standard_normal((32, 4), dtype=np.float32),
+        },
+        str(path / "adapter_model.safetensors"),
+    )
     (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "seed": seed}))
     (path / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0, "b": seed}}}))
     return path
@@ -61,9 +65,15 @@ def seed_registry(root: Path, adapters: Path, *, incumbent: bool) -> Path:
     registry = Registry(str(root))
     for direction, chrf, wanted in ((OTHER, 50.0, True), (DIRECTION, INCUMBENT_CHRF, incumbent)):
         if wanted:
-            info = registry.register(direction, make_adapter(adapters / f"{direction}-v1", seed=len(direction)),
-                                     base_model="tiny", base_revision=None, data_manifest_sha256="0" * 64,
-                                     config={"adapter": "seed"}, metrics={"candidate": {"chrf_pp": chrf}})  # fmt: skip
+            info = registry.register(
+                direction,
+                make_adapter(adapters / f"{direction}-v1", seed=len(direction)),
+                base_model="tiny",
+                base_revision=None,
+                data_manifest_sha256="0" * 64,
+                config={"adapter": "seed"},
+                metrics={"candidate": {"chrf_pp": chrf}},
+            )
             registry.promote(direction, info.version)
     return root
 
@@ -73,14 +83,28 @@ def run_harness(mode: str, spec: dict[str, Any], tmp_path: Path) -> list[dict[st
     spec_path, result_path = tmp_path / f"{mode}-spec.json", tmp_path / f"{mode}-result.json"
     spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": str(HERE.parents[1])}  # this tree's bhashaflow, as in this process
-    done = subprocess.run([sys.executable, str(HERE / "_crashpoints.py"), mode, str(spec_path), str(result_path)],
-                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(HERE / "_crashpoints.py"), mode, str(spec_path), str(result_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return list(json.loads(result_path.read_text()))
 
 
-def check_after_crash(root: Path, template: Path, adapter: Path, *, switched: bool, registered: bool,
-                      new_version: str, incumbent: str | None, where: str) -> None:  # fmt: skip
+def check_after_crash(
+    root: Path,
+    template: Path,
+    adapter: Path,
+    *,
+    switched: bool,
+    registered: bool,
+    new_version: str,
+    incumbent: str | None,
+    where: str,
+) -> None:
     registry = Registry(str(root))
     # Exactly one valid promoted version: the incumbent until the PROMOTED rename, the candidate after it.
     expected = new_version if switched else incumbent
@@ -109,8 +133,7 @@ def check_after_crash(root: Path, template: Path, adapter: Path, *, switched: bo
             registry.fetch(DIRECTION, version, root.parent / "cache")
 
     # Running the promotion again finishes it, reusing the version the crashed run completed.
-    again = promote_candidate(str(root), str(adapter), CANDIDATE_CHRF, incumbent,
-                              INCUMBENT_CHRF if incumbent else None)  # fmt: skip
+    again = promote_candidate(str(root), str(adapter), CANDIDATE_CHRF, incumbent, INCUMBENT_CHRF if incumbent else None)
     assert again["promoted"], f"{where}: re-run not promoted: {again['reason']}"
     promoted = registry.promoted(DIRECTION)
     assert promoted is not None and promoted.version == again["version"], where
@@ -131,8 +154,9 @@ def test_crash_at_every_write_of_a_promotion(tmp_path: Path, incumbent: bool, re
     clean = tmp_path / "clean"
     shutil.copytree(template, clean)
     with WriteHook().installed() as hook:
-        result = promote_candidate(str(clean), str(adapter), CANDIDATE_CHRF, current,
-                                   INCUMBENT_CHRF if incumbent else None)  # fmt: skip
+        result = promote_candidate(
+            str(clean), str(adapter), CANDIDATE_CHRF, current, INCUMBENT_CHRF if incumbent else None
+        )
     assert result["promoted"] and result["version"] == new_version
     ops = hook.ops
     manifest_rename = ops.index(f"rename to {new_version}/manifest.json") + 1  # 1-based, as crash points are
@@ -140,9 +164,16 @@ def test_crash_at_every_write_of_a_promotion(tmp_path: Path, incumbent: bool, re
     assert ops.count("fsync") >= 6 and manifest_rename < pointer_rename
 
     def check(root: Path, k: int, how: str) -> None:
-        check_after_crash(root, template, adapter, switched=k > pointer_rename, registered=k > manifest_rename,
-                          new_version=new_version, incumbent=current,
-                          where=f"crash ({how}) at write {k}/{len(ops)} {ops[k - 1]!r}")  # fmt: skip
+        check_after_crash(
+            root,
+            template,
+            adapter,
+            switched=k > pointer_rename,
+            registered=k > manifest_rename,
+            new_version=new_version,
+            incumbent=current,
+            where=f"crash ({how}) at write {k}/{len(ops)} {ops[k - 1]!r}",
+        )
 
     for k in range(1, len(ops) + 1):
         root = tmp_path / f"raise-{k}" / "registry"
@@ -152,8 +183,14 @@ def test_crash_at_every_write_of_a_promotion(tmp_path: Path, incumbent: bool, re
         check(root, k, "exception")
 
     points = [{"crash_at": k, "root": str(tmp_path / f"exit-{k}" / "registry")} for k in range(1, len(ops) + 2)]
-    spec = {"template": str(template), "adapter": str(adapter), "candidate": CANDIDATE_CHRF, "incumbent": current,
-            "incumbent_chrf": INCUMBENT_CHRF if incumbent else None, "points": points}  # fmt: skip
+    spec = {
+        "template": str(template),
+        "adapter": str(adapter),
+        "candidate": CANDIDATE_CHRF,
+        "incumbent": current,
+        "incumbent_chrf": INCUMBENT_CHRF if incumbent else None,
+        "points": points,
+    }
     for point in run_harness("crash", spec, tmp_path):
         k = point["crash_at"]
         if k > len(ops):  # past the last write: the promotion simply finished
@@ -166,9 +203,14 @@ def test_crash_at_every_write_of_a_promotion(tmp_path: Path, incumbent: bool, re
     kinds = {kind: sum(op.startswith(kind) for op in ops) for kind in KINDS}
     record(
         f"crash at every write of a promotion ({'with incumbent' if incumbent else 'first promotion'})",
-        area="promotion", tried=2 * len(ops), lost=0, writes_enumerated=len(ops),
-        crash_points=f"{len(ops)} by exception + {len(ops)} by os._exit", pointer_switch_at=pointer_rename,
-        manifest_at=manifest_rename, **kinds,
+        area="promotion",
+        tried=2 * len(ops),
+        lost=0,
+        writes_enumerated=len(ops),
+        crash_points=f"{len(ops)} by exception + {len(ops)} by os._exit",
+        pointer_switch_at=pointer_rename,
+        manifest_at=manifest_rename,
+        **kinds,
     )
 
 
@@ -185,8 +227,16 @@ def test_concurrent_promotions_of_one_direction(tmp_path: Path, seed: int, recor
         (here / "outcomes").mkdir(parents=True)
         n = rng.choice([3, 4])
         candidates = [{"adapter": str(pool[i]), "chrf_pp": round(rng.uniform(42.0, 52.0), 1)} for i in range(n)]
-        spec_rounds.append({"root": str(here / "registry"), "outcomes": str(here / "outcomes"), "seed": seed + r,
-                            "initial": initial, "candidates": candidates, "jitter_s": rng.choice([0.0, 0.002, 0.01, 0.03])})
+        spec_rounds.append(
+            {
+                "root": str(here / "registry"),
+                "outcomes": str(here / "outcomes"),
+                "seed": seed + r,
+                "initial": initial,
+                "candidates": candidates,
+                "jitter_s": rng.choice([0.0, 0.002, 0.01, 0.03]),
+            }
+        )
     results = run_harness("race", {"rounds": spec_rounds}, tmp_path)
 
     processes = promotions = stale = below_gate = 0
@@ -234,6 +284,12 @@ def test_concurrent_promotions_of_one_direction(tmp_path: Path, seed: int, recor
         below_gate += sum(not o["decision"] for o in outcomes)
 
     record(
-        "concurrent promotions of one direction", area="promotion", tried=rounds, lost=0, processes=processes,
-        promotions=promotions, refused_as_stale=stale, refused_by_gate=below_gate,
+        "concurrent promotions of one direction",
+        area="promotion",
+        tried=rounds,
+        lost=0,
+        processes=processes,
+        promotions=promotions,
+        refused_as_stale=stale,
+        refused_by_gate=below_gate,
     )

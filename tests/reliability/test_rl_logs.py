@@ -106,8 +106,13 @@ class ForkServer:
         self._stderr = self.stderr_path.open("w")
         # s3_server put its endpoint and credentials in os.environ; the child reads them through Settings.
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _FORK_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=self._stderr, text=True, cwd=workdir, env={**os.environ, "PYTHONPATH": str(REPO)},
+            [sys.executable, "-c", _FORK_SERVER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            cwd=workdir,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
         )
         assert self._readline() == "ready", self.stderr()
 
@@ -159,9 +164,14 @@ class Traffic:
     def serve(self, rng: random.Random, n: int, *, rated: bool) -> None:
         episodes = [
             NewEpisode(
-                direction="eng_Latn-hin_Deva", src_lang="eng_Latn", tgt_lang="hin_Deva", adapter_version="v0001",
-                base_model="builtin:tiny-seq2seq", input=f"{rng.choice(TEXTS)} {rng.randrange(10**6)}",
-                output=f"{rng.choice(TEXTS)} {rng.randrange(10**6)}", latency_ms=float(rng.randrange(1, 500)),
+                direction="eng_Latn-hin_Deva",
+                src_lang="eng_Latn",
+                tgt_lang="hin_Deva",
+                adapter_version="v0001",
+                base_model="builtin:tiny-seq2seq",
+                input=f"{rng.choice(TEXTS)} {rng.randrange(10**6)}",
+                output=f"{rng.choice(TEXTS)} {rng.randrange(10**6)}",
+                latency_ms=float(rng.randrange(1, 500)),
                 script_valid=rng.random() < 0.8,
             )
             for _ in range(n)
@@ -169,8 +179,14 @@ class Traffic:
         with EpisodeStore(self.db) as store:
             ids = store.record(episodes)
             for episode_id, ep in zip(ids, episodes, strict=True):
-                want = {"prompt": ep.input, "response": ep.output, "latency_ms": ep.latency_ms,
-                        "script_valid": ep.script_valid, "reward": None, "correction": None}
+                want = {
+                    "prompt": ep.input,
+                    "response": ep.output,
+                    "latency_ms": ep.latency_ms,
+                    "script_valid": ep.script_valid,
+                    "reward": None,
+                    "correction": None,
+                }
                 if rated and rng.random() < 0.5:
                     reward, correction = rng.choice([-1.0, -0.5, 0.0, 0.25, 1.0]), rng.choice([None, "सुधार"])
                     store.attach_feedback(episode_id, reward, correction)
@@ -247,9 +263,7 @@ class FolderParts:
         if not self.folder.exists():
             return {}
         temporary = re.compile(r"\.episodes-\d{12}-\d{12}\.jsonl\.tmp-[0-9a-f]+")
-        return {
-            p.name: p.read_bytes() for p in self.folder.iterdir() if final or not temporary.fullmatch(p.name)
-        }
+        return {p.name: p.read_bytes() for p in self.folder.iterdir() if final or not temporary.fullmatch(p.name)}
 
 
 class HttpParts:
@@ -356,7 +370,9 @@ def test_kills_at_random_points_leave_every_episode_at_the_sink_exactly_once(
             stop = threading.Event()
             writer = traffic.serve_meanwhile(random.Random(rng.random()), stop)
             started = time.perf_counter()
-            pid = fork.start({"config": config.model_dump(mode="json"), "part_rows": part_rows, "point": point, "part": k})
+            pid = fork.start(
+                {"config": config.model_dump(mode="json"), "part_rows": part_rows, "point": point, "part": k}
+            )
             sink_kill.pid = pid
             sink_kill.pid_known.set()
             # Until `wait`, the exporter is not reaped, so `pid` cannot name another process.
@@ -398,9 +414,16 @@ def test_kills_at_random_points_leave_every_episode_at_the_sink_exactly_once(
     undelivered = sorted(set(traffic.expected) - set(found["delivered"]))
     lost = len(found["twice"]) + len(found["missing"]) + len(undelivered)
     record(
-        f"RL export SIGKILLed at random points, {kind} sink", area="rl-logs", tried=n, lost=lost,
-        killed=sum(killed.values()), kills=" ".join(f"{k}:{v}" for k, v in sorted(killed.items())), not_reached=not_reached, resumed_parts=resumed,
-        episodes=len(traffic.expected), last_run_exported=result["exported"],
+        f"RL export SIGKILLed at random points, {kind} sink",
+        area="rl-logs",
+        tried=n,
+        lost=lost,
+        killed=sum(killed.values()),
+        kills=" ".join(f"{k}:{v}" for k, v in sorted(killed.items())),
+        not_reached=not_reached,
+        resumed_parts=resumed,
+        episodes=len(traffic.expected),
+        last_run_exported=result["exported"],
         **({"late_puts_landed": late_puts} if kind == "s3" else {}),
     )
     assert_exactly_once(found, where)
@@ -456,7 +479,9 @@ def test_a_sink_failing_half_the_uploads_still_gets_every_episode_exactly_once(
         try:
             for _ in range(100):
                 try:
-                    export_rl_logs(config, settings, sink=open_sink(target, settings, FAST), part_rows=rng.randint(2, 6))
+                    export_rl_logs(
+                        config, settings, sink=open_sink(target, settings, FAST), part_rows=rng.randint(2, 6)
+                    )
                     break
                 except SinkError:
                     reruns += 1  # a part failed all its attempts: the next run resends it
@@ -485,8 +510,14 @@ def test_a_sink_failing_half_the_uploads_still_gets_every_episode_exactly_once(
             if s3 is not None:
                 s3.plan.clear()
     record(
-        f"RL export to a sink failing half the uploads, {kind} sink", area="rl-logs", tried=n, lost=lost,
-        episodes=episodes, uploads=uploads, failed_and_retried=failed, reruns=reruns,
+        f"RL export to a sink failing half the uploads, {kind} sink",
+        area="rl-logs",
+        tried=n,
+        lost=lost,
+        episodes=episodes,
+        uploads=uploads,
+        failed_and_retried=failed,
+        reruns=reruns,
         **({"stored_twice_kept_once": resent} if kind == "http" else {}),
     )
     assert lost == 0
@@ -509,8 +540,9 @@ def test_concurrent_exports_to_one_target_deliver_every_episode_once(tmp_path: P
         def exporter(r: random.Random) -> None:
             for _ in range(r.randint(1, 3)):
                 try:
-                    result = export_rl_logs(config, Settings(), sink=open_sink(str(out), Settings(), FAST),
-                                            part_rows=r.randint(2, 5))
+                    result = export_rl_logs(
+                        config, Settings(), sink=open_sink(str(out), Settings(), FAST), part_rows=r.randint(2, 5)
+                    )
                     exports.append(result["exported"])
                 except Exception as exc:  # noqa: BLE001 - reported below, with the seed
                     errors.append(repr(exc))
@@ -529,9 +561,14 @@ def test_concurrent_exports_to_one_target_deliver_every_episode_once(tmp_path: P
     found = audit(FolderParts(out)(final=True), traffic, watermark=_watermark(db, str(out)), where=f"seed {seed}")
     undelivered = set(traffic.expected) - set(found["delivered"])
     record(
-        "overlapping RL exports to one folder", area="rl-logs", tried=n,
-        lost=len(found["twice"]) + len(found["missing"]) + len(undelivered), exporters_per_round=3,
-        exports=len(exports), exports_with_nothing_left=exports.count(0), episodes=len(traffic.expected),
+        "overlapping RL exports to one folder",
+        area="rl-logs",
+        tried=n,
+        lost=len(found["twice"]) + len(found["missing"]) + len(undelivered),
+        exporters_per_round=3,
+        exports=len(exports),
+        exports_with_nothing_left=exports.count(0),
+        episodes=len(traffic.expected),
     )
     assert_exactly_once(found, f"seed {seed}, after the last run")
     assert not undelivered

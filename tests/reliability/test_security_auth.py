@@ -109,8 +109,10 @@ def _call(client: TestClient, endpoint: Endpoint, headers: dict[str, str], query
     method, path = endpoint
     body = None
     if method == "POST":
-        body = {"texts": ["hi"], "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"} if "translate" in path else (
-            {"episode_id": 1, "reward": 0.5} if "feedback" in path else None
+        body = (
+            {"texts": ["hi"], "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}
+            if "translate" in path
+            else ({"episode_id": 1, "reward": 0.5} if "feedback" in path else None)
         )
         body = LIBRE_BODIES.get(path, body)
     return client.request(method, path + query, json=body, headers=headers)
@@ -147,13 +149,13 @@ def _mutate(rng: random.Random, token: str) -> str:
     i = rng.randrange(len(token))
     alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~+/="
     if kind == "flip":
-        out = token[:i] + rng.choice([c for c in alphabet if c != token[i]]) + token[i + 1:]
+        out = token[:i] + rng.choice([c for c in alphabet if c != token[i]]) + token[i + 1 :]
     elif kind == "insert":
         out = token[:i] + rng.choice(alphabet) + token[i:]
     elif kind == "delete":
-        out = token[:i] + token[i + 1:]
+        out = token[:i] + token[i + 1 :]
     elif kind == "case":
-        out = token.swapcase() if rng.random() < 0.5 else token[:i] + token[i].swapcase() + token[i + 1:]
+        out = token.swapcase() if rng.random() < 0.5 else token[:i] + token[i].swapcase() + token[i + 1 :]
     elif kind == "prefix":
         out = "".join(rng.choices(alphabet, k=rng.randint(1, 4))) + token
     elif kind == "suffix":
@@ -197,16 +199,25 @@ def test_admin_and_guarded_endpoints_refuse_every_bad_credential(start: Start, s
     for route in routes:
         assert _call(client, route, AUTH).status_code in (200, 404), route
     assert reloads() == 1
-    record("auth: bad bearer tokens refused", area="security", tried=tried, lost=tried - refused,
-           routes=len(routes), mutations=n)
+    record(
+        "auth: bad bearer tokens refused",
+        area="security",
+        tried=tried,
+        lost=tried - refused,
+        routes=len(routes),
+        mutations=n,
+    )
 
 
 def test_admin_is_refused_when_no_token_or_an_empty_one_is_configured(start: Start) -> None:
     for configured in (None, "", "   "):
         client = start(token=configured)
         reloads = _count_calls(_service(client).engine, "reload")
-        for what, headers, query in [*_bad_credentials(), ("the empty string", {"Authorization": "Bearer"}, ""),
-                                     ("blank", {"Authorization": "Bearer    "}, "")]:
+        for what, headers, query in [
+            *_bad_credentials(),
+            ("the empty string", {"Authorization": "Bearer"}, ""),
+            ("blank", {"Authorization": "Bearer    "}, ""),
+        ]:
             resp = client.post("/v1/adapters/reload" + query, headers=headers)
             assert resp.status_code == 401, (configured, what, resp.text)
             assert "none is configured" in resp.json()["detail"], (configured, what)
@@ -294,7 +305,7 @@ def test_bodies_over_the_limit_are_refused_before_parsing(start: Start, tmp_path
         if rng.random() < 0.5:
             resp = client.post(path, content=body, headers={"Content-Type": "application/json", **AUTH})
         else:  # streamed: no Content-Length, the middleware counts the bytes as they come
-            pieces = [body[j:j + 512] for j in range(0, len(body), 512)]
+            pieces = [body[j : j + 512] for j in range(0, len(body), 512)]
             resp = client.post(path, content=iter(pieces), headers={"Content-Type": "application/json", **AUTH})
         assert resp.status_code == 413, f"seed {seed} run {i}: {len(body)} bytes to {path}: {resp.status_code}"
         assert resp.json() == {"detail": f"request body over {LIMIT} bytes"}
@@ -306,12 +317,22 @@ def test_bodies_over_the_limit_are_refused_before_parsing(start: Start, tmp_path
     # At the limit a malformed body reaches the parser (422) and a valid one is translated: the 413s were the size.
     at_limit = b'{"texts": ["' + b"z" * (LIMIT - 12)
     assert len(at_limit) == LIMIT
-    assert client.post("/v1/translate", content=at_limit, headers={"Content-Type": "application/json"}).status_code == 422
+    assert (
+        client.post("/v1/translate", content=at_limit, headers={"Content-Type": "application/json"}).status_code == 422
+    )
     ok = json.dumps({"texts": ["hello"], "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}).encode()
-    assert client.post("/v1/translate", content=ok.ljust(LIMIT), headers={"Content-Type": "application/json"}).status_code == 200
+    assert (
+        client.post("/v1/translate", content=ok.ljust(LIMIT), headers={"Content-Type": "application/json"}).status_code
+        == 200
+    )
     assert _episodes(tmp_path) == 1
-    record("body limit: oversized bodies refused before parsing", area="security", tried=n, lost=n - refused,
-           limit_bytes=LIMIT)
+    record(
+        "body limit: oversized bodies refused before parsing",
+        area="security",
+        tried=n,
+        lost=n - refused,
+        limit_bytes=LIMIT,
+    )
 
 
 def _free_port() -> int:
@@ -321,7 +342,9 @@ def _free_port() -> int:
         return port
 
 
-def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(tmp_path: Path, tiny_base: str, registry: str) -> None:
+def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(
+    tmp_path: Path, tiny_base: str, registry: str
+) -> None:
     """Over a real socket: the 413 comes while the client is still sending, and nothing was parsed or stored."""
     config = serving_config(tmp_path, tiny_base, registry, max_body_bytes=LIMIT)
     app = create_app(config, Settings(api_token=TOKEN))  # type: ignore[call-arg]
@@ -365,21 +388,56 @@ def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(tmp_path: Path
 
 
 EVIL = [
-    "../../secret.txt", "..", "../", "/etc/passwd", "/" + "x" * 5000, "..%2f..%2fsecret.txt", "%2e%2e%2fsecret.txt",
-    "%2e%2e", "eng_Latn\x00", "eng_Latn/../hin_Deva", "eng_Latn-hin_Deva/versions/../../secret.txt", "..\\..\\secret.txt",
-    "v0001/../../../secret.txt", "~/.ssh/id_rsa", "file:///etc/passwd", "eng_Latn" + "A" * 10_000, "\u2025/secret.txt",
+    "../../secret.txt",
+    "..",
+    "../",
+    "/etc/passwd",
+    "/" + "x" * 5000,
+    "..%2f..%2fsecret.txt",
+    "%2e%2e%2fsecret.txt",
+    "%2e%2e",
+    "eng_Latn\x00",
+    "eng_Latn/../hin_Deva",
+    "eng_Latn-hin_Deva/versions/../../secret.txt",
+    "..\\..\\secret.txt",
+    "v0001/../../../secret.txt",
+    "~/.ssh/id_rsa",
+    "file:///etc/passwd",
+    "eng_Latn" + "A" * 10_000,
+    "\u2025/secret.txt",
 ]
 
 
 def _evil(rng: random.Random) -> str:
-    parts = [rng.choice(["..", "%2e%2e", ".%2e", "%252e%252e", "...", "v0001", EN_HI, "versions", "secret.txt",
-                         "PROMOTED", "manifest.json", "", "\x00", "%00"]) for _ in range(rng.randint(1, 6))]
+    parts = [
+        rng.choice(
+            [
+                "..",
+                "%2e%2e",
+                ".%2e",
+                "%252e%252e",
+                "...",
+                "v0001",
+                EN_HI,
+                "versions",
+                "secret.txt",
+                "PROMOTED",
+                "manifest.json",
+                "",
+                "\x00",
+                "%00",
+            ]
+        )
+        for _ in range(rng.randint(1, 6))
+    ]
     sep = rng.choice(["/", "\\", "%2f", "%5c", "//"])
     evil = rng.choice(["", "/"]) + sep.join(parts)
     return evil if evil.strip("/") else evil + ".."
 
 
-def test_paths_in_requests_never_reach_outside_the_registry(start: Start, tmp_path: Path, seed: int, record: Any) -> None:
+def test_paths_in_requests_never_reach_outside_the_registry(
+    start: Start, tmp_path: Path, seed: int, record: Any
+) -> None:
     """Direction, adapter and version values in bodies and URLs get 4xx; nothing outside the registry is served."""
     client = start()
     before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
@@ -392,8 +450,16 @@ def test_paths_in_requests_never_reach_outside_the_registry(start: Start, tmp_pa
         attempts = [
             ("POST", "/v1/translate", {"texts": ["hi"], "src_lang": evil, "tgt_lang": "hin_Deva"}),
             ("POST", "/v1/translate", {"texts": ["hi"], "src_lang": "eng_Latn", "tgt_lang": evil}),
-            ("POST", "/v1/translate", {"texts": ["hi"], "src_lang": "eng_Latn", "tgt_lang": "hin_Deva",
-                                       rng.choice(["adapter", "version", "direction", "path"]): evil}),
+            (
+                "POST",
+                "/v1/translate",
+                {
+                    "texts": ["hi"],
+                    "src_lang": "eng_Latn",
+                    "tgt_lang": "hin_Deva",
+                    rng.choice(["adapter", "version", "direction", "path"]): evil,
+                },
+            ),
             ("POST", "/v1/feedback", {"episode_id": evil, "reward": 0.5}),
             ("POST", "/translate", {"q": "hi", "source": evil, "target": "hi"}),
             ("POST", "/suggest", {"q": "hi", "s": "x", "source": "en", "target": evil}),
@@ -413,8 +479,16 @@ def test_paths_in_requests_never_reach_outside_the_registry(start: Start, tmp_pa
                 ok = 400 <= status < 500
             ok = ok and OUTSIDE not in resp.text and "root:" not in resp.text
             leaked += not ok
-            assert ok, f"seed {seed} run {i}: {method} {path[:80]!r} {str(body)[:80]} -> {resp.status_code} {resp.text[:200]}"
+            assert ok, (
+                f"seed {seed} run {i}: {method} {path[:80]!r} {str(body)[:80]} -> {resp.status_code} {resp.text[:200]}"
+            )
     assert client.get("/v1/adapters", headers=AUTH).json()["adapters"][0]["version"] == "v0001"
     after = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
     assert [p for p in after if p not in before and not p.startswith("episodes.db")] == []
-    record("paths: traversal in request fields and URLs", area="security", tried=tried, lost=leaked, evil_values=n + len(EVIL))
+    record(
+        "paths: traversal in request fields and URLs",
+        area="security",
+        tried=tried,
+        lost=leaked,
+        evil_values=n + len(EVIL),
+    )

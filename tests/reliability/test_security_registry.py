@@ -95,13 +95,44 @@ def _rewrite_manifest(vdir: Path, change: Callable[[dict[str, Any]], None]) -> b
 
 
 EVIL_VERSIONS = [
-    "../x", "/etc", "/etc/passwd", "..", ".", "v0001/../../x", "v0002/../v0001", "v0001\x00", "v0001/", "./v0001",
-    "%2e%2e", "V0001", " v0001", "v0001\n", "v0001/../../../../outside", "v-001", "", "v" + "9" * 300,
+    "../x",
+    "/etc",
+    "/etc/passwd",
+    "..",
+    ".",
+    "v0001/../../x",
+    "v0002/../v0001",
+    "v0001\x00",
+    "v0001/",
+    "./v0001",
+    "%2e%2e",
+    "V0001",
+    " v0001",
+    "v0001\n",
+    "v0001/../../../../outside",
+    "v-001",
+    "",
+    "v" + "9" * 300,
 ]
 EVIL_NAMES = [
-    "../../outside/secret.txt", "/etc/passwd", "../PROMOTED", "../../v0001/adapter_model.safetensors", "..", ".",
-    "sub/x.json", "x\x00.json", "a" * 200 + ".json", "..\\x.json", " adapter_config.json", "adapter_model.bin",
-    "evil.pkl", "pytorch_model.bin", "model.pt", ".hidden.json", "~/x.json", "%2e%2e%2fx.json",
+    "../../outside/secret.txt",
+    "/etc/passwd",
+    "../PROMOTED",
+    "../../v0001/adapter_model.safetensors",
+    "..",
+    ".",
+    "sub/x.json",
+    "x\x00.json",
+    "a" * 200 + ".json",
+    "..\\x.json",
+    " adapter_config.json",
+    "adapter_model.bin",
+    "evil.pkl",
+    "pytorch_model.bin",
+    "model.pt",
+    ".hidden.json",
+    "~/x.json",
+    "%2e%2e%2fx.json",
 ]
 
 
@@ -185,8 +216,17 @@ class Tamper:
         _point(self.registry, "v0002", (self.v2 / "manifest.json").read_bytes())
         return rf"files not in the manifest: {re.escape(name)}"
 
-    KINDS = ("pointer_version", "version_symlink", "file_symlink", "manifest_symlink", "manifest_names",
-             "direction_symlink", "versions_symlink", "pickle_listed", "pickle_unlisted")
+    KINDS = (
+        "pointer_version",
+        "version_symlink",
+        "file_symlink",
+        "manifest_symlink",
+        "manifest_names",
+        "direction_symlink",
+        "versions_symlink",
+        "pickle_listed",
+        "pickle_unlisted",
+    )
 
 
 def _age(root: Path) -> dict[Path, float]:
@@ -267,11 +307,18 @@ def test_registry_files_cannot_point_outside_the_registry(
         if watch_reads:
             assert _read_since(aged) == [], f"{where}: read outside the registry: {_read_since(aged)}"
     # Still translating with v0001 after all that.
-    ok = client.post("/v1/translate", json={"texts": ["hi"], "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"},
-                     headers=AUTH)
+    ok = client.post(
+        "/v1/translate", json={"texts": ["hi"], "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}, headers=AUTH
+    )
     assert ok.status_code == 200 and ok.json()["adapter"]["version"] == "v0001"
-    record("paths: registry files pointing outside (pointers, symlinks, manifests, pickles)", area="security",
-           tried=tried, lost=served_outside, kinds=len(kinds), reads_watched=watch_reads)
+    record(
+        "paths: registry files pointing outside (pointers, symlinks, manifests, pickles)",
+        area="security",
+        tried=tried,
+        lost=served_outside,
+        kinds=len(kinds),
+        reads_watched=watch_reads,
+    )
 
 
 # -- only safetensors ------------------------------------------------------------------------------------------
@@ -322,8 +369,10 @@ def _evil_base(tiny_base: str, folder: Path, marker: Path, *, known_type: bool =
     config = json.loads((folder / "config.json").read_text())
     if not known_type:
         config["model_type"] = "bhashaflow_evil"
-    config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig",
-                          "AutoModelForSeq2SeqLM": "modeling_evil.EvilModel"}
+    config["auto_map"] = {
+        "AutoConfig": "configuration_evil.EvilConfig",
+        "AutoModelForSeq2SeqLM": "modeling_evil.EvilModel",
+    }
     (folder / "config.json").write_text(json.dumps(config))
     touch = f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
     (folder / "configuration_evil.py").write_text(
@@ -331,7 +380,8 @@ def _evil_base(tiny_base: str, folder: Path, marker: Path, *, known_type: bool =
         "    model_type = 'bhashaflow_evil'\n"
     )
     (folder / "modeling_evil.py").write_text(
-        touch + "from transformers import M2M100ForConditionalGeneration\n\nfrom .configuration_evil import EvilConfig\n\n\n"
+        touch
+        + "from transformers import M2M100ForConditionalGeneration\n\nfrom .configuration_evil import EvilConfig\n\n\n"
         "class EvilModel(M2M100ForConditionalGeneration):\n    config_class = EvilConfig\n"
     )
     return folder
@@ -360,7 +410,9 @@ def test_model_code_in_a_base_folder_runs_only_with_trust_remote_code(
 
     # A known model type with an auto_map: loaded with transformers' own code, the folder's never imported.
     known_marker = tmp_path / "known-code-ran"
-    known = _evil_base(tiny_base, tmp_path / f"known_{os.getpid()}_{time.monotonic_ns()}", known_marker, known_type=True)
+    known = _evil_base(
+        tiny_base, tmp_path / f"known_{os.getpid()}_{time.monotonic_ns()}", known_marker, known_type=True
+    )
     assert type(load_base(str(known), languages=[]).model).__name__ == "M2M100ForConditionalGeneration"
     assert not known_marker.exists()
 
@@ -392,8 +444,12 @@ def test_every_from_pretrained_gets_trust_remote_code(tiny_base: str, monkeypatc
     import transformers
 
     calls: list[tuple[str, Any]] = []
-    for cls in (transformers.AutoConfig, transformers.AutoTokenizer, transformers.AutoModelForSeq2SeqLM,
-                transformers.AutoModelForCausalLM):
+    for cls in (
+        transformers.AutoConfig,
+        transformers.AutoTokenizer,
+        transformers.AutoModelForSeq2SeqLM,
+        transformers.AutoModelForCausalLM,
+    ):
         real = cls.from_pretrained
 
         def spy(*args: Any, _real: Any = real, _name: str = cls.__name__, **kwargs: Any) -> Any:

@@ -196,14 +196,27 @@ SCHEMA_CHECKS = [
 # 413 is how the service refuses texts over its documented maxItems/maxLength.
 ST_CONFIG = {"checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "404", "409", "413", "422"]}}}
 CALL_TIMEOUT_S = 10.0  # "no hang": every call answers within this (request_timeout_s is 5)
-FUZZ_WEIGHTS = {"/v1/translate": 3, "/v1/feedback": 2, "/v1/adapters/reload": 1, "/v1/adapters": 1, "/health": 1,
-                "/metrics": 1, "/translate": 2, "/suggest": 1, "/detect": 1, "/languages": 1, "/frontend/settings": 1}
+FUZZ_WEIGHTS = {
+    "/v1/translate": 3,
+    "/v1/feedback": 2,
+    "/v1/adapters/reload": 1,
+    "/v1/adapters": 1,
+    "/health": 1,
+    "/metrics": 1,
+    "/translate": 2,
+    "/suggest": 1,
+    "/detect": 1,
+    "/languages": 1,
+    "/frontend/settings": 1,
+}
 LIBRE_SERVED = [("en", "hi"), ("hi", "en")]  # SERVED in LibreTranslate's codes
 
 # Header values a client could send: printable latin-1 (what HTTP carries), no leading whitespace (requests
 # refuses that, the no-break space included).
 _header_text = st.text(
-    st.characters(codec="latin-1", min_codepoint=0x20, exclude_characters="\x7f" + "".join(map(chr, range(0x80, 0xA0)))),
+    st.characters(
+        codec="latin-1", min_codepoint=0x20, exclude_characters="\x7f" + "".join(map(chr, range(0x80, 0xA0)))
+    ),
     max_size=40,
 ).map(str.lstrip)
 AUTH_HEADERS: st.SearchStrategy[dict[str, str]] = st.one_of(
@@ -232,7 +245,9 @@ def _check_no_server_error(case: Any, resp: requests.Response) -> str | None:
         retry_after = resp.headers.get("Retry-After", "")
         if resp.status_code == 504 or (retry_after.isdigit() and int(retry_after) >= 1):
             return None
-    return f"{case.operation.label}: {resp.status_code} {resp.text[:300]} (Retry-After {resp.headers.get('Retry-After')})"
+    return (
+        f"{case.operation.label}: {resp.status_code} {resp.text[:300]} (Retry-After {resp.headers.get('Retry-After')})"
+    )
 
 
 def _answered(url: str) -> Counter[str]:
@@ -245,17 +260,32 @@ def _answered(url: str) -> Counter[str]:
 
 
 def _fuzz_operation(
-    url: str, operation: Any, mode: GenerationMode, examples: int, run_seed: int, tally: FuzzTally,
+    url: str,
+    operation: Any,
+    mode: GenerationMode,
+    examples: int,
+    run_seed: int,
+    tally: FuzzTally,
     session: requests.Session,
 ) -> None:
     path = operation.path
     positive = mode == GenerationMode.POSITIVE
 
     @hypothesis_seed(run_seed)
-    @settings(max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck),
-              phases=[Phase.generate, Phase.shrink])
-    @given(case=operation.as_strategy(generation_mode=mode), auth=AUTH_HEADERS, query=EXTRA_QUERY,
-           steer=st.integers(0, 3), episode=st.integers(1, 40))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate, Phase.shrink],
+    )
+    @given(
+        case=operation.as_strategy(generation_mode=mode),
+        auth=AUTH_HEADERS,
+        query=EXTRA_QUERY,
+        steer=st.integers(0, 3),
+        episode=st.integers(1, 40),
+    )
     def one(case: Any, auth: dict[str, str], query: dict[str, str], steer: int, episode: int) -> None:
         # Steer most valid cases onto what is served, so the real engine and episode store are exercised.
         if positive and isinstance(case.body, dict) and steer >= 1:
@@ -267,8 +297,7 @@ def _fuzz_operation(
                 case.body["source"], case.body["target"] = LIBRE_SERVED[steer % 2]
         started = time.perf_counter()
         try:
-            resp = case.call(base_url=url, session=session, headers=auth, params=query or None,
-                             timeout=CALL_TIMEOUT_S)
+            resp = case.call(base_url=url, session=session, headers=auth, params=query or None, timeout=CALL_TIMEOUT_S)
         except requests.Timeout:
             raise AssertionError(f"{operation.label} hung past {CALL_TIMEOUT_S}s (seed {run_seed})") from None
         tally.latencies.append(time.perf_counter() - started)
@@ -293,8 +322,16 @@ def test_fuzzing_every_endpoint_from_the_openapi_schema(
     # that requires it everywhere.
     for half, require_auth in enumerate((False, True)):
         # Short texts keep the cases quick; the body limit fits 4 x 40 characters even as \uXXXX escapes.
-        config = _config(tmp_path, tiny_base, registry, max_texts=4, max_chars=40, max_body_bytes=4096,
-                         request_timeout_s=5, require_auth=require_auth)
+        config = _config(
+            tmp_path,
+            tiny_base,
+            registry,
+            max_texts=4,
+            max_chars=40,
+            max_body_bytes=4096,
+            request_timeout_s=5,
+            require_auth=require_auth,
+        )
         with live_server(config) as (url, _), requests.Session() as session:
             document = httpx.get(f"{url}/openapi.json", headers=AUTH, timeout=10).json()
             schema = schemathesis.openapi.from_dict(document, config=SchemathesisConfig.from_dict(ST_CONFIG))
@@ -316,16 +353,24 @@ def test_fuzzing_every_endpoint_from_the_openapi_schema(
             health = httpx.get(f"{url}/health", headers=AUTH, timeout=10)
             assert health.status_code == 200 and health.json()["queue_depth"] == 0, health.text
             assert all(adapter["in_flight"] == 0 for adapter in health.json()["adapters"]), health.text
-            after = httpx.post(f"{url}/v1/translate", json=_translate_body(["after the fuzz"]), headers=AUTH, timeout=30)
+            after = httpx.post(
+                f"{url}/v1/translate", json=_translate_body(["after the fuzz"]), headers=AUTH, timeout=30
+            )
             assert after.status_code == 200, after.text
 
     translated = tally.statuses[("/v1/translate", 200)]
     refused_auth = Counter(path for (path, status), n in tally.statuses.items() for _ in range(n) if status == 401)
     record(
-        "OpenAPI fuzz of every endpoint (schemathesis; open and require_auth, with/without token)", area="serving",
-        tried=tally.cases, lost=sum(server_errors.values()), operations=len(FUZZ_WEIGHTS), translated=translated,
-        libre_translated=tally.statuses[("/translate", 200)], libre_suggested=tally.statuses[("/suggest", 200)],
-        refused_401=sum(refused_auth.values()), p99_ms=round(_p(tally.latencies, 0.99) * 1000, 1),
+        "OpenAPI fuzz of every endpoint (schemathesis; open and require_auth, with/without token)",
+        area="serving",
+        tried=tally.cases,
+        lost=sum(server_errors.values()),
+        operations=len(FUZZ_WEIGHTS),
+        translated=translated,
+        libre_translated=tally.statuses[("/translate", 200)],
+        libre_suggested=tally.statuses[("/suggest", 200)],
+        refused_401=sum(refused_auth.values()),
+        p99_ms=round(_p(tally.latencies, 0.99) * 1000, 1),
         max_ms=round(max(tally.latencies) * 1000, 1),
     )
     assert tally.cases >= total, f"only {tally.cases} of {total} cases ran (seed {seed})"
@@ -399,8 +444,17 @@ def test_ten_times_the_queue_limit_gets_503_with_retry_after_and_bounded_memory(
     registry = _registry(tmp_path, tiny_base, adapters)
     # 128 new tokens: a batch (~0.2 s quiet) outlasts the burst's arrival (~20-70 ms). The torch engine: a
     # CTranslate2 batch ends before a poll can see it running.
-    config = _config(tmp_path, tiny_base, registry, max_new_tokens=128, queue_limit=QUEUE_LIMIT,
-                     max_batch_size=BATCH, max_wait_ms=5, request_timeout_s=120, engine="torch")
+    config = _config(
+        tmp_path,
+        tiny_base,
+        registry,
+        max_new_tokens=128,
+        queue_limit=QUEUE_LIMIT,
+        max_batch_size=BATCH,
+        max_wait_ms=5,
+        request_timeout_s=120,
+        engine="torch",
+    )
     words = "river mountain city rain book friend morning light road market school water".split()
     admitted: list[int] = []
     burst_ms: list[int] = []
@@ -452,8 +506,12 @@ def test_ten_times_the_queue_limit_gets_503_with_retry_after_and_bounded_memory(
                     f"{where}: {status} Retry-After {retry_after!r}: {detail[:200]}"
                     for status, retry_after, detail in answers
                     if not (status == 200 and detail == "v0001")
-                    and not (status == 503 and retry_after.isdigit() and 1 <= int(retry_after) <= 60
-                             and "queue is full" in detail)
+                    and not (
+                        status == 503
+                        and retry_after.isdigit()
+                        and 1 <= int(retry_after) <= 60
+                        and "queue is full" in detail
+                    )
                 ]
                 # The first QUEUE_LIMIT fit; more only as the worker takes batches out while the burst arrives
                 # (one batch at most when the blocker's batch outlasts the burst, as it is sized to).
@@ -471,10 +529,17 @@ def test_ten_times_the_queue_limit_gets_503_with_retry_after_and_bounded_memory(
     growth_mb = (peak[0] - baseline) / 2**20
     drift_mb = (after_round[-1] - after_round[0]) / 2**20
     record(
-        "10x the queue limit at once (real server process)", area="serving", tried=rounds * 10 * QUEUE_LIMIT,
-        lost=len(lost), rounds=rounds, queue_limit=QUEUE_LIMIT, admitted_per_round=admitted,
-        refused_503=rounds * 10 * QUEUE_LIMIT - sum(admitted), burst_ms_max=max(burst_ms),
-        peak_rss_growth_mb=round(growth_mb, 1), rss_drift_mb=round(drift_mb, 1),
+        "10x the queue limit at once (real server process)",
+        area="serving",
+        tried=rounds * 10 * QUEUE_LIMIT,
+        lost=len(lost),
+        rounds=rounds,
+        queue_limit=QUEUE_LIMIT,
+        admitted_per_round=admitted,
+        refused_503=rounds * 10 * QUEUE_LIMIT - sum(admitted),
+        burst_ms_max=max(burst_ms),
+        peak_rss_growth_mb=round(growth_mb, 1),
+        rss_drift_mb=round(drift_mb, 1),
     )
     assert not lost, lost[:5]
     assert final.status_code == 200, final.text
@@ -537,20 +602,24 @@ def test_reloads_under_load_fail_no_request(
                 previous = f"v{r + 1:04d}"
                 assert reload.json()["swapped"] == [{"direction": EN_HI, "previous": previous, "version": new}]
                 swaps.append((previous, new, asked, answered))
-                _wait_for(lambda t=answered: sum(c.started > t for c in calls) >= 8,
-                          what="traffic after the reload")
+                _wait_for(lambda t=answered: sum(c.started > t for c in calls) >= 8, what="traffic after the reload")
         finally:
             stop.set()
             for worker in workers:
                 worker.join(60)
         last = swaps[-1][1]
         # Retired versions leave the model once their last request is done.
-        _wait_for(lambda: service.engine.loaded() == sorted([adapter_name(EN_HI, last), adapter_name(HI_EN, "v0001")]),
-                  what="only the served versions loaded")
+        _wait_for(
+            lambda: service.engine.loaded() == sorted([adapter_name(EN_HI, last), adapter_name(HI_EN, "v0001")]),
+            what="only the served versions loaded",
+        )
     statuses = Counter(c.status for c in calls)
     record(
-        f"adapter reload while 4 clients translate ({engine})", area="serving", tried=len(calls),
-        lost=len(calls) - statuses[200] + len(failures), reloads=rounds,
+        f"adapter reload while 4 clients translate ({engine})",
+        area="serving",
+        tried=len(calls),
+        lost=len(calls) - statuses[200] + len(failures),
+        reloads=rounds,
         p99_ms=round(_p([c.ended - c.started for c in calls], 0.99) * 1000, 1),
     )
     assert not failures and set(statuses) == {200}, (failures[:3], dict(statuses), f"seed {seed}")
@@ -615,13 +684,21 @@ CORRUPTIONS: dict[str, tuple[str, Callable[[Path, random.Random], None] | None, 
 
 def _refusals(url: str) -> float:
     samples = _metrics(url).get("bhashaflow_adapter_refusals", [])
-    return sum(s.value for s in samples if s.name == "bhashaflow_adapter_refusals_total" and s.labels["direction"] == EN_HI)
+    return sum(
+        s.value for s in samples if s.name == "bhashaflow_adapter_refusals_total" and s.labels["direction"] == EN_HI
+    )
 
 
 @ENGINES
 def test_a_corrupted_adapter_is_refused_and_the_previous_version_keeps_serving(
-    tmp_path: Path, tiny_base: str, adapters: dict[str, Path], seed: int, record: Any,
-    caplog: pytest.LogCaptureFixture, engine: str, cache_dir: Path,
+    tmp_path: Path,
+    tiny_base: str,
+    adapters: dict[str, Path],
+    seed: int,
+    record: Any,
+    caplog: pytest.LogCaptureFixture,
+    engine: str,
+    cache_dir: Path,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="serving.engine")
     registry = _registry(tmp_path, tiny_base, adapters)
@@ -679,7 +756,11 @@ def test_a_corrupted_adapter_is_refused_and_the_previous_version_keeps_serving(
         assert _refusals(url) == 1
     lost = [s for s in served if s[1:] != (200, "v0001")]
     record(
-        f"corrupted promoted adapter: reload refused, previous serves ({engine})", area="serving", tried=refusals,
-        lost=len(lost), corruptions=len(CORRUPTIONS), requests_while_refused=len(served),
+        f"corrupted promoted adapter: reload refused, previous serves ({engine})",
+        area="serving",
+        tried=refusals,
+        lost=len(lost),
+        corruptions=len(CORRUPTIONS),
+        requests_while_refused=len(served),
     )
     assert not lost, lost

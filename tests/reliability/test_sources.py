@@ -51,7 +51,12 @@ DIRTY = [
 
 def pairs(start: int, stop: int) -> list[dict[str, str]]:
     return [
-        {"src": f"This is sentence {i}.", "tgt": f"{HI[i % len(HI)]} {i}", "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}
+        {
+            "src": f"This is sentence {i}.",
+            "tgt": f"{HI[i % len(HI)]} {i}",
+            "src_lang": "eng_Latn",
+            "tgt_lang": "hin_Deva",
+        }
         for i in range(start, stop)
     ]
 
@@ -61,15 +66,23 @@ def jsonl(items: list[Any]) -> bytes:
 
 
 def tsv(rows: list[dict[str, str]]) -> bytes:
-    lines = ["src\ttgt\tsrc_lang\ttgt_lang"] + ["\t".join(r[k] for k in ("src", "tgt", "src_lang", "tgt_lang")) for r in rows]
+    lines = ["src\ttgt\tsrc_lang\ttgt_lang"] + [
+        "\t".join(r[k] for k in ("src", "tgt", "src_lang", "tgt_lang")) for r in rows
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 
 def make_config(tmp_path: Path, sources: list[dict[str, Any]]) -> PipelineConfig:
-    return PipelineConfig.model_validate({
-        "run_name": "faults", "workdir": str(tmp_path / "runs"), "directions": [DIRECTION], "sources": sources,
-        "ingest": {"commit_rows": 40, "shard_rows": 150}, "source_retry": IMPATIENT,
-    })
+    return PipelineConfig.model_validate(
+        {
+            "run_name": "faults",
+            "workdir": str(tmp_path / "runs"),
+            "directions": [DIRECTION],
+            "sources": sources,
+            "ingest": {"commit_rows": 40, "shard_rows": 150},
+            "source_retry": IMPATIENT,
+        }
+    )
 
 
 def ingest(config: PipelineConfig, run_uri: str) -> dict[str, Any]:
@@ -174,8 +187,15 @@ def run_faulty(
 
 
 def run_scenario(
-    n: int, seed: int, plan: FaultPlan, config: PipelineConfig, runs: Path, clean: dict[str, Any],
-    targets: list[tuple[str | None, int]], error_names: str, vary: Callable[[random.Random], None] | None = None,
+    n: int,
+    seed: int,
+    plan: FaultPlan,
+    config: PipelineConfig,
+    runs: Path,
+    clean: dict[str, Any],
+    targets: list[tuple[str | None, int]],
+    error_names: str,
+    vary: Callable[[random.Random], None] | None = None,
 ) -> dict[str, int | list[str]]:
     """`n` randomized faulty runs against the clean manifest; the figures and problems they found."""
     failed_clean = hits = planned = lost = kept_rows = 0
@@ -199,8 +219,13 @@ def run_scenario(
         hits += sum(1 for r in plan.requests if r.fault is not None)
         plan.clear()
     return {
-        "failed_clean": failed_clean, "rows_resumed": kept_rows, "faults_planned": planned, "faults_hit": hits,
-        "lost": lost, "slowest_run_s": round(slowest, 2), "problems": problems,
+        "failed_clean": failed_clean,
+        "rows_resumed": kept_rows,
+        "faults_planned": planned,
+        "faults_hit": hits,
+        "lost": lost,
+        "slowest_run_s": round(slowest, 2),
+        "problems": problems,
     }
 
 
@@ -210,10 +235,13 @@ def test_http_sources_under_random_faults(http_server: FaultyHTTPServer, tmp_pat
     packed = gzip.compress(jsonl(pairs(140, 260) + DIRTY[:3] + pairs(250, 262)), mtime=0)  # overlaps both ways
     (http_server.root / "web.jsonl").write_bytes(plain)
     (http_server.root / "more.jsonl.gz").write_bytes(packed)
-    config = make_config(tmp_path, [
-        {"name": "web", "kind": "http", "uri": http_server.url("web.jsonl")},
-        {"name": "webgz", "kind": "http", "uri": http_server.url("more.jsonl.gz")},
-    ])
+    config = make_config(
+        tmp_path,
+        [
+            {"name": "web", "kind": "http", "uri": http_server.url("web.jsonl")},
+            {"name": "webgz", "kind": "http", "uri": http_server.url("more.jsonl.gz")},
+        ],
+    )
     runs = tmp_path / "runs"
     clean = ingest(config, str(runs / "clean"))
     assert clean["totals"] == {"read": 306, "accepted": 262, "duplicates": 35, "rejected": 8, "skipped": 1}
@@ -224,7 +252,12 @@ def test_http_sources_under_random_faults(http_server: FaultyHTTPServer, tmp_pat
         http_server.ranges = rng.random() < 0.7  # else a resumed plain file is re-read and skipped
 
     found = run_scenario(
-        n, seed, http_server.plan, config, runs, clean,
+        n,
+        seed,
+        http_server.plan,
+        config,
+        runs,
+        clean,
         targets=[("/web.jsonl", len(plain)), ("/more.jsonl.gz", len(packed)), (None, len(packed))],
         error_names=rf"^source '(web|webgz)': GET {re.escape(http_server.base_url)}/(web\.jsonl|more\.jsonl\.gz) failed",
         vary=vary,
@@ -252,7 +285,12 @@ def test_s3_source_under_random_faults(s3_server: S3Server, tmp_path: Path, seed
     s3_server.plan.clear()
 
     found = run_scenario(
-        n, seed, s3_server.plan, config, runs, clean,
+        n,
+        seed,
+        s3_server.plan,
+        config,
+        runs,
+        clean,
         targets=[(f"/corpora/{key}", len(data)) for key, data in objects.items() if data] + [(None, 2000)],
         error_names=r"^source 'lake': reading s3://corpora/indic/(a\.jsonl\.gz|b\.jsonl|c\.tsv\.gz)? failed",
     )
@@ -280,8 +318,13 @@ class ObservedClient(QdrantClient):
 
 
 def point_payload(point_id: int, version: int) -> dict[str, Any]:
-    return {"src": f"Sentence {point_id} v{version}.", "tgt": f"{HI[point_id % len(HI)]} {point_id}",
-            "src_lang": "eng_Latn", "tgt_lang": "hin_Deva", "version": version}
+    return {
+        "src": f"Sentence {point_id} v{version}.",
+        "tgt": f"{HI[point_id % len(HI)]} {point_id}",
+        "src_lang": "eng_Latn",
+        "tgt_lang": "hin_Deva",
+        "version": version,
+    }
 
 
 def modify(rng: random.Random, client: ObservedClient, figures: dict[str, int], deleted: set[int]) -> None:
@@ -323,10 +366,12 @@ def check_scroll(
         expected = [(k, held[k]) for k in ahead[: len(page)]]
         last = j == len(client.fetches) - 1
         if page != expected:
-            problems.append(f"{context}: fetch {j} after point {cursor} gave {versions(page)}, the collection then "
-                            f"held {versions(expected)}")
+            problems.append(
+                f"{context}: fetch {j} after point {cursor} gave {versions(page)}, the collection then "
+                f"held {versions(expected)}"
+            )
         elif last and len(page) != len(ahead):
-            problems.append(f"{context}: the read ended after {ids[-1:]} though {ahead[len(page):]} followed")
+            problems.append(f"{context}: the read ended after {ids[-1:]} though {ahead[len(page) :]} followed")
         elif not last and not page or len(page) > page_size + 1:
             problems.append(f"{context}: fetch {j} gave {len(page)} points with a page size of {page_size}")
     return problems

@@ -38,10 +38,21 @@ from bhashaflow.training.checkpoints import latest_checkpoint
 
 DIRECTION = "eng_Latn-hin_Deva"
 CHECKPOINT_EVERY = 3
-ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "training_config.json"]  # fmt: skip
-CHECKPOINT_FILES = ["adapter_config.json", "adapter_model.safetensors", "optimizer.json", "optimizer.safetensors",
-                    "rng.safetensors", "trainer_state.json"]  # fmt: skip
+ADAPTER_FILES = [
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "training_config.json",
+]
+CHECKPOINT_FILES = [
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "optimizer.json",
+    "optimizer.safetensors",
+    "rng.safetensors",
+    "trainer_state.json",
+]
 RUN_TIMEOUT_S = 180
 Event = tuple[str, Any, float]  # (event, step or result, monotonic time) from _train_child
 
@@ -190,8 +201,13 @@ def listing(folder: Path) -> list[str]:
 
 def unfinished(out: Path) -> list[Path]:
     """Folders a killed session left half-written or half-deleted (partial and old copies, marked checkpoints)."""
-    found = [p for parent in (out, out / "checkpoints") if parent.is_dir() for p in parent.iterdir()
-             if re.search(r"\.(partial|old)-\d+$", p.name)]  # fmt: skip
+    found = [
+        p
+        for parent in (out, out / "checkpoints")
+        if parent.is_dir()
+        for p in parent.iterdir()
+        if re.search(r"\.(partial|old)-\d+$", p.name)
+    ]
     found += [p for p in (out / "checkpoints").glob("step-*") if (p / INCOMPLETE).exists()]
     return sorted(found)
 
@@ -223,8 +239,15 @@ def offer_to_registry(registry: Registry, candidates: list[Path], cache: Path) -
         whole = loads(folder, ADAPTER_FILES) or loads(folder, CHECKPOINT_FILES)
         before = registry.versions(DIRECTION)
         try:
-            info = registry.register(DIRECTION, folder, base_model="tiny", base_revision=None,
-                                     data_manifest_sha256="0" * 64, config={}, metrics={})  # fmt: skip
+            info = registry.register(
+                DIRECTION,
+                folder,
+                base_model="tiny",
+                base_revision=None,
+                data_manifest_sha256="0" * 64,
+                config={},
+                metrics={},
+            )
         except RegistryError:
             refused += 1
             assert registry.versions(DIRECTION) == before, f"a refused {folder.name} left a version behind"
@@ -243,8 +266,14 @@ def test_sigkill_at_random_points_of_training_resumes_to_the_uninterrupted_adapt
     max_steps = 4 * kills
     pairs = list(zip(dev_lines("eng_Latn", 48), dev_lines("hin_Deva", 48), strict=True))
     shard = write_shard(tmp_path / "shard.parquet", pairs, "eng_Latn", "hin_Deva")
-    training = {"max_steps": max_steps, "batch_size": 4, "checkpoint_every": CHECKPOINT_EVERY, "learning_rate": 1e-3,
-                "max_length": 32, "seed": seed % 1000}  # fmt: skip
+    training = {
+        "max_steps": max_steps,
+        "batch_size": 4,
+        "checkpoint_every": CHECKPOINT_EVERY,
+        "learning_rate": 1e-3,
+        "max_length": 32,
+        "seed": seed % 1000,
+    }
     config = config_from_dict({"directions": [DIRECTION], "base_model": tiny_base, "training": training})
     args = {"config": config.model_dump(mode="json"), "direction": DIRECTION, "shards": [shard]}
 
@@ -311,16 +340,32 @@ def test_sigkill_at_random_points_of_training_resumes_to_the_uninterrupted_adapt
     assert log == (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()  # every step, same loss
 
     registry = Registry(str(tmp_path / "registry-final"))
-    info = registry.register(DIRECTION, out / "adapter", base_model="tiny", base_revision=None,
-                             data_manifest_sha256="0" * 64, config={}, metrics={})  # fmt: skip
+    info = registry.register(
+        DIRECTION,
+        out / "adapter",
+        base_model="tiny",
+        base_revision=None,
+        data_manifest_sha256="0" * 64,
+        config={},
+        metrics={},
+    )
     registry.promote(DIRECTION, info.version)
     assert registry.fetch_promoted(DIRECTION, tmp_path / "cache") == (info, info.uri)
 
     record(
-        "SIGKILL during fine-tuning, re-run resumes", area="training", tried=delivered, lost=0,
-        sessions=sessions + 2, killed_mid_checkpoint=killed["checkpoint"], killed_mid_step=killed["step"],
-        killed_at_startup=killed["startup"], killed_mid_adapter_write=killed["adapter"],
-        finished_before_kill=finished_first, kills_leaving_half_written_folders=half_written,
-        registry_refused=refused, registry_accepted_whole=accepted, resumed_at=resumed_at,
+        "SIGKILL during fine-tuning, re-run resumes",
+        area="training",
+        tried=delivered,
+        lost=0,
+        sessions=sessions + 2,
+        killed_mid_checkpoint=killed["checkpoint"],
+        killed_mid_step=killed["step"],
+        killed_at_startup=killed["startup"],
+        killed_mid_adapter_write=killed["adapter"],
+        finished_before_kill=finished_first,
+        kills_leaving_half_written_folders=half_written,
+        registry_refused=refused,
+        registry_accepted_whole=accepted,
+        resumed_at=resumed_at,
         max_abs_diff_vs_uninterrupted=max_abs_diff,
     )

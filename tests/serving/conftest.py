@@ -31,8 +31,13 @@ def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     recipe = small_recipe(name, vocab_size=600, d_model=32, layers=1, heads=2, ffn_dim=64, steps=0)
     out = tmp_path_factory.mktemp("tiny-base")
     # Bengali too: en-bn is configured (and promoted by some tests); a base without its tag could not serve it.
-    build_builtin(name, languages=["eng_Latn", "hin_Deva", "ben_Beng"], flores_dir=str(REPO / "data/flores200"),
-                  out_dir=out, recipe=recipe)
+    build_builtin(
+        name,
+        languages=["eng_Latn", "hin_Deva", "ben_Beng"],
+        flores_dir=str(REPO / "data/flores200"),
+        out_dir=out,
+        recipe=recipe,
+    )
     return str(out)
 
 

@@ -32,8 +32,9 @@ def make_adapter(base: str, out: Path, seed: int) -> Path:
 
     lm = load_base(base, languages=["eng_Latn", "hin_Deva"], device="cpu")
     torch.manual_seed(seed)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type=TaskType.SEQ_2_SEQ_LM,
-                      init_lora_weights=False)
+    lora = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type=TaskType.SEQ_2_SEQ_LM, init_lora_weights=False
+    )
     model = get_peft_model(lm.model, lora)
     model.save_pretrained(str(out), safe_serialization=True)
     (out / "README.md").unlink(missing_ok=True)
@@ -46,8 +47,13 @@ def register(
     """Register an adapter (and promote it); returns its version."""
     reg = Registry(registry)
     info = reg.register(
-        direction, adapter_dir, base_model=base, base_revision=revision, data_manifest_sha256="0" * 64,
-        config={"test": True}, metrics={"chrf++": 1.0},
+        direction,
+        adapter_dir,
+        base_model=base,
+        base_revision=revision,
+        data_manifest_sha256="0" * 64,
+        config={"test": True},
+        metrics={"chrf++": 1.0},
     )
     if promote:
         reg.promote(direction, info.version)

@@ -71,7 +71,10 @@ def test_translate_returns_translations_episodes_and_script_checks(serve: Serve,
     with EpisodeStore(tmp_path / "episodes.db") as store:
         ep = store.get(2)
     assert (ep.input, ep.output, ep.direction, ep.adapter_version) == (
-        "How are you?", body["translations"][1], EN_HI, "v0001",
+        "How are you?",
+        body["translations"][1],
+        EN_HI,
+        "v0001",
     )
     assert ep.base_model == _service(client).config.base_model and ep.latency_ms > 0
 
@@ -101,7 +104,9 @@ def test_feedback_round_trip(serve: Serve, tmp_path: Path) -> None:
     first = client.post("/v1/feedback", json={"episode_id": ids[0], "reward": 0.5, "correction": "एक"})
     assert first.status_code == 200
     assert {k: first.json()[k] for k in ("episode_id", "reward", "correction")} == {
-        "episode_id": ids[0], "reward": 0.5, "correction": "एक",
+        "episode_id": ids[0],
+        "reward": 0.5,
+        "correction": "एक",
     }
     again = client.post("/v1/feedback", json={"episode_id": str(ids[0]), "reward": -1})  # string form, replaces
     assert again.status_code == 200 and again.json()["correction"] is None
@@ -134,8 +139,14 @@ def test_malformed_translate_bodies_get_422_with_a_readable_message(serve: Serve
 
 def test_invalid_json_and_lone_surrogates_get_422(serve: Serve) -> None:
     client = serve()
-    for raw in (b"{not json", b'{"texts": ["\\ud800"], "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}',
-                b"\xff\xfe", b"\x80", b'{"texts": ["\xc3"]}', b""):
+    for raw in (
+        b"{not json",
+        b'{"texts": ["\\ud800"], "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}',
+        b"\xff\xfe",
+        b"\x80",
+        b'{"texts": ["\xc3"]}',
+        b"",
+    ):
         resp = client.post("/v1/translate", content=raw, headers={"Content-Type": "application/json"})
         assert resp.status_code == 422, (raw, resp.text)
         assert resp.json()["detail"]
@@ -199,7 +210,9 @@ def test_feedback_errors(serve: Serve, body: dict[str, Any], status: int) -> Non
 def test_nan_reward_is_refused(serve: Serve) -> None:
     client = serve()
     client.post("/v1/translate", json=_body("one"))
-    resp = client.post("/v1/feedback", content=b'{"episode_id": 1, "reward": NaN}', headers={"Content-Type": "application/json"})
+    resp = client.post(
+        "/v1/feedback", content=b'{"episode_id": 1, "reward": NaN}', headers={"Content-Type": "application/json"}
+    )
     assert resp.status_code == 422
 
 
@@ -258,7 +271,8 @@ def test_metrics_count_requests_by_status_and_show_queue_depth(serve: Serve) -> 
     samples = _metric_samples(client)
     counts = {
         (s.labels["route"], s.labels["status"]): s.value
-        for s in samples["bhashaflow_requests"] if s.name == "bhashaflow_requests_total"
+        for s in samples["bhashaflow_requests"]
+        if s.name == "bhashaflow_requests_total"
     }
     assert counts[("/v1/translate", "200")] == 1 and counts[("/v1/translate", "404")] == 1
     assert counts[("/v1/translate", "422")] == 1
@@ -271,8 +285,11 @@ def test_each_app_has_its_own_metrics_registry(serve: Serve) -> None:
     first, second = serve(), serve()
     first.post("/v1/translate", json=_body("hi"))
     counts = [
-        sum(s.value for s in _metric_samples(c)["bhashaflow_requests"]
-            if s.name == "bhashaflow_requests_total" and s.labels["route"] == "/v1/translate")
+        sum(
+            s.value
+            for s in _metric_samples(c)["bhashaflow_requests"]
+            if s.name == "bhashaflow_requests_total" and s.labels["route"] == "/v1/translate"
+        )
         for c in (first, second)
     ]
     assert counts == [1, 0]
@@ -297,8 +314,11 @@ def test_reload_is_refused_when_no_token_is_configured(serve: Serve) -> None:
 def test_require_auth_guards_every_endpoint(serve: Serve) -> None:
     client = serve(require_auth=True)
     for method, path, body in (
-        ("POST", "/v1/translate", _body("hi")), ("POST", "/v1/feedback", {"episode_id": 1, "reward": 0}),
-        ("GET", "/health", None), ("GET", "/v1/adapters", None), ("GET", "/metrics", None),
+        ("POST", "/v1/translate", _body("hi")),
+        ("POST", "/v1/feedback", {"episode_id": 1, "reward": 0}),
+        ("GET", "/health", None),
+        ("GET", "/v1/adapters", None),
+        ("GET", "/metrics", None),
     ):
         assert client.request(method, path, json=body).status_code == 401, path
     assert client.post("/v1/translate", json=_body("hi"), headers=AUTH).status_code == 200
@@ -314,7 +334,9 @@ def test_require_auth_without_a_token_is_a_config_error(tmp_path: Path, tiny_bas
 
 
 @ENGINES
-def test_reload_under_load_loses_no_request(serve: Serve, registry: str, tiny_base: str, adapters: dict[str, Path]) -> None:
+def test_reload_under_load_loses_no_request(
+    serve: Serve, registry: str, tiny_base: str, adapters: dict[str, Path]
+) -> None:
     client = serve(max_batch_size=4, max_wait_ms=2)
     stop = threading.Event()
     seen: list[tuple[int, str]] = []
@@ -360,8 +382,13 @@ def test_a_tampered_promoted_version_is_refused_with_409_and_the_served_one_stay
     assert error.startswith(f"{EN_HI}/{version}: adapter_model.safetensors sha256 mismatch")
     assert client.post("/v1/translate", json=_body("still")).json()["adapter"]["version"] == "v0001"
     assert client.get("/health").json()["adapters"][0] | {"loaded_at": None} == {
-        "direction": EN_HI, "version": "v0001", "manifest_sha256": Registry(registry).verify(EN_HI, "v0001").manifest_sha256,
-        "loaded_at": None, "in_flight": 0, "engine": engine, "error": error,
+        "direction": EN_HI,
+        "version": "v0001",
+        "manifest_sha256": Registry(registry).verify(EN_HI, "v0001").manifest_sha256,
+        "loaded_at": None,
+        "in_flight": 0,
+        "engine": engine,
+        "error": error,
     }
     refusals = _metric_samples(client)["bhashaflow_adapter_refusals"]
     assert [(s.labels["direction"], s.value) for s in refusals if s.name.endswith("_total")] == [(EN_HI, 1.0)]
@@ -405,7 +432,12 @@ def test_the_registry_is_polled_for_newly_promoted_adapters(
     ],
 )
 def test_an_adapter_trained_on_another_base_is_refused(
-    serve: Serve, registry: str, tiny_base: str, adapters: dict[str, Path], base: str | None, revision: str | None,
+    serve: Serve,
+    registry: str,
+    tiny_base: str,
+    adapters: dict[str, Path],
+    base: str | None,
+    revision: str | None,
     needle: str,
 ) -> None:
     register(registry, EN_BN, adapters["b"], base or tiny_base, revision=revision)
@@ -478,7 +510,9 @@ def test_arbitrary_bodies_never_get_a_500(serve: Serve) -> None:
     check()
 
 
-def test_service_stays_ready_after_the_app_stops_and_starts_again(tmp_path: Path, tiny_base: str, registry: str) -> None:
+def test_service_stays_ready_after_the_app_stops_and_starts_again(
+    tmp_path: Path, tiny_base: str, registry: str
+) -> None:
     config = serving_config(tmp_path, tiny_base, registry)
     for expected_id in (1, 2):
         with TestClient(create_app(config, Settings())) as client:

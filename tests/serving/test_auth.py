@@ -35,10 +35,16 @@ def test_hash_key_is_the_hex_sha256_of_the_utf8_key() -> None:
 
 
 def test_clients_come_from_the_file_the_environment_and_the_token(tmp_path: Path) -> None:
-    keys = _ring(tmp_path, [_entry("web", ["translate"], KEY)], token="tok",
-                 env=[_entry("annotators", ["translate", "feedback"], "bf_other")])
+    keys = _ring(
+        tmp_path,
+        [_entry("web", ["translate"], KEY)],
+        token="tok",
+        env=[_entry("annotators", ["translate", "feedback"], "bf_other")],
+    )
     assert [(c.name, sorted(c.scopes)) for c in keys.clients()] == [
-        (TOKEN_CLIENT, sorted(SCOPES)), ("annotators", ["feedback", "translate"]), ("web", ["translate"]),
+        (TOKEN_CLIENT, sorted(SCOPES)),
+        ("annotators", ["feedback", "translate"]),
+        ("web", ["translate"]),
     ]
     assert identify_key(keys, KEY).name == "web"
     assert identify_key(keys, "bf_other").name == "annotators"
@@ -67,15 +73,21 @@ def test_every_key_is_compared_in_constant_time_whichever_matches(
         calls.clear()
         identify_key(keys, given)
         digest = hash_key(given).encode()
-        assert calls == [(given.encode(), b"tok"), (digest, hash_key("bf_a").encode()),
-                         (digest, hash_key("bf_b").encode())], given
+        assert calls == [
+            (given.encode(), b"tok"),
+            (digest, hash_key("bf_a").encode()),
+            (digest, hash_key("bf_b").encode()),
+        ], given
 
 
 @pytest.mark.parametrize(
     ("entries", "needle"),
     [
         ([{"name": "web", "scopes": ["translate"], "sha256": KEY}], "client 1: sha256: String should match pattern"),
-        ([{"name": "web", "scopes": ["translate"], "key": KEY, "sha256": hash_key(KEY)}], "client 1: key: Extra inputs"),
+        (
+            [{"name": "web", "scopes": ["translate"], "key": KEY, "sha256": hash_key(KEY)}],
+            "client 1: key: Extra inputs",
+        ),
         ([{"name": "web", "scopes": ["read"], "sha256": hash_key(KEY)}], "client 1: scopes.0: Input should be"),
         ([{"name": "web", "scopes": [], "sha256": hash_key(KEY)}], "client 1: scopes: List should have at least 1"),
         ([{"name": "../x", "scopes": ["translate"], "sha256": hash_key(KEY)}], "client 1: name: String should match"),
@@ -100,8 +112,10 @@ def test_a_missing_keys_file_and_bad_environment_keys_are_config_errors(tmp_path
     with pytest.raises(ConfigError, match=r"serving.api_keys_file .*missing.yaml: cannot read it"):
         load_key_ring(Settings(), ServingConfig(api_keys_file=str(tmp_path / "missing.yaml")))
     with pytest.raises(ConfigError, match="BHASHAFLOW_API_KEYS: client 1: sha256"):
-        load_key_ring(Settings(api_keys=json.dumps([{"name": "x", "scopes": ["admin"], "sha256": KEY}])),  # type: ignore[call-arg]
-                      ServingConfig())
+        load_key_ring(
+            Settings(api_keys=json.dumps([{"name": "x", "scopes": ["admin"], "sha256": KEY}])),  # type: ignore[call-arg]
+            ServingConfig(),
+        )
     assert Settings(api_keys="  ").api_keys is None  # type: ignore[call-arg]
 
 
@@ -112,9 +126,21 @@ def test_anonymous_may_translate_and_rate_never_reload() -> None:
 
 @pytest.mark.parametrize(
     ("host", "loopback"),
-    [("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("[::1]", True), ("localhost", True),
-     ("::ffff:127.0.0.1", True), ("0.0.0.0", False), ("::", False), ("", False), ("10.1.2.3", False),
-     ("192.168.0.7", False), ("::ffff:10.0.0.1", False), ("no-such-host.invalid", False)],
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("::ffff:127.0.0.1", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("10.1.2.3", False),
+        ("192.168.0.7", False),
+        ("::ffff:10.0.0.1", False),
+        ("no-such-host.invalid", False),
+    ],
 )
 def test_loopback_addresses(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
@@ -126,9 +152,14 @@ def test_a_public_address_without_auth_is_refused_unless_anonymous_is_allowed() 
     with pytest.raises(ConfigError) as refused:
         exposure_warning(ServingConfig(), "0.0.0.0")
     message = str(refused.value)
-    for needle in ("refusing to serve on '0.0.0.0' without authentication", "serving.require_auth: true",
-                   "python -m serving.keys new", "serving.api_keys_file", "BHASHAFLOW_API_KEYS",
-                   "serving.allow_anonymous: true"):
+    for needle in (
+        "refusing to serve on '0.0.0.0' without authentication",
+        "serving.require_auth: true",
+        "python -m serving.keys new",
+        "serving.api_keys_file",
+        "BHASHAFLOW_API_KEYS",
+        "serving.allow_anonymous: true",
+    ):
         assert needle in message
     warning = exposure_warning(ServingConfig(allow_anonymous=True), "0.0.0.0")
     assert warning is not None and "without authentication" in warning and "'anonymous'" in warning

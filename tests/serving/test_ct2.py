@@ -61,8 +61,9 @@ def demo_base(tmp_path_factory: pytest.TempPathFactory) -> str:
     """builtin:tiny-seq2seq as the demo builds it (its shape, tokenizer and generation config), pre-trained briefly."""
     name = "builtin:tiny-seq2seq"
     out = tmp_path_factory.mktemp("demo-base")
-    build_builtin(name, languages=["eng_Latn", "hin_Deva"], flores_dir=FLORES, out_dir=out,
-                  recipe=small_recipe(name, steps=150))
+    build_builtin(
+        name, languages=["eng_Latn", "hin_Deva"], flores_dir=FLORES, out_dir=out, recipe=small_recipe(name, steps=150)
+    )
     return str(out)
 
 
@@ -74,8 +75,13 @@ def _first_divergence_is_a_tie(lm: Any, source: list[int], ours: list[int], thei
     k = next(i for i, (a, b) in enumerate(zip(ours + [-1], theirs + [-2], strict=False)) if a != b)
     start = lm.model.generation_config.decoder_start_token_id
     with torch.inference_mode():
-        step = lm.model.generate(input_ids=torch.tensor([source]), decoder_input_ids=torch.tensor([[start, *ours[:k]]]),
-                                 max_new_tokens=1, output_scores=True, return_dict_in_generate=True)
+        step = lm.model.generate(
+            input_ids=torch.tensor([source]),
+            decoder_input_ids=torch.tensor([[start, *ours[:k]]]),
+            max_new_tokens=1,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
     scores = step.scores[0][0]
     eos = int(lm.tokenizer.eos_token_id)
     a, b = (ours[k] if k < len(ours) else eos), (theirs[k] if k < len(theirs) else eos)
@@ -103,8 +109,13 @@ def _without_repetition_guards(base: str, out: Path) -> str:
         # CTranslate2 4.8.5 applies the repetition penalty and no-repeat n-grams to a history without the token
         # generated last (measured: the step after a token it is not penalized yet), so with the demo base's guards
         # (1.2, 3-grams) its outputs part from transformers' at the second generated token. Kept to show it.
-        pytest.param(True, id="demo-guards", marks=pytest.mark.xfail(reason="CTranslate2's repetition guards lag one "
-                                                                       "token behind transformers'", strict=True)),
+        pytest.param(
+            True,
+            id="demo-guards",
+            marks=pytest.mark.xfail(
+                reason="CTranslate2's repetition guards lag one token behind transformers'", strict=True
+            ),
+        ),
     ],
 )
 def test_float32_gives_the_torch_engines_translations(
@@ -133,8 +144,9 @@ def test_float32_gives_the_torch_engines_translations(
     sources = read_flores(FLORES, "eng_Latn", "devtest")[:200]
     served = {}
     for engine, extra in (("torch", {}), ("ctranslate2", {"compute_type": "float32"})):
-        client = clients(_config(tmp_path, demo_base, registry, max_new_tokens=128, max_batch_size=32, engine=engine,
-                                 **extra))
+        client = clients(
+            _config(tmp_path, demo_base, registry, max_new_tokens=128, max_batch_size=32, engine=engine, **extra)
+        )
         assert _engines(client) == {EN_HI: engine}
         served[engine] = _translate(client, sources)
     if not guards:  # over HTTP too
@@ -155,12 +167,15 @@ def test_float32_gives_the_torch_engines_translations(
         for text in sources:
             source = encode_source(lm, text, "eng_Latn", "hin_Deva", 256)
             decoding = Decoding.of(lm, 1, bounded_new_tokens(len(source), 128))
-            ours = lm.model.generate(input_ids=torch.tensor([source]), max_new_tokens=decoding.max_new_tokens,
-                                     forced_bos_token_id=tag)
+            ours = lm.model.generate(
+                input_ids=torch.tensor([source]), max_new_tokens=decoding.max_new_tokens, forced_bos_token_id=tag
+            )
             ours_ids = [t for t in ours[0].tolist()[1:] if t != tok.eos_token_id]
             theirs = translator.translate_batch(
-                [tok.convert_ids_to_tokens(source)], target_prefix=[[tok.convert_ids_to_tokens(tag)]],
-                max_decoding_length=decoding.max_new_tokens, repetition_penalty=decoding.repetition_penalty,
+                [tok.convert_ids_to_tokens(source)],
+                target_prefix=[[tok.convert_ids_to_tokens(tag)]],
+                max_decoding_length=decoding.max_new_tokens,
+                repetition_penalty=decoding.repetition_penalty,
                 no_repeat_ngram_size=decoding.no_repeat_ngram_size,
             )[0].hypotheses[0]
             theirs_ids = tok.convert_tokens_to_ids(theirs)
@@ -179,10 +194,14 @@ def _chrf_into_english(tmp_path: Path, base: str, clients: Any) -> dict[str, flo
     sources = read_flores(FLORES, "hin_Deva", "devtest")[:200]
     references = read_flores(FLORES, "eng_Latn", "devtest")[:200]
     chrf = {}
-    for label, serving in (("torch", {"engine": "torch"}), ("float32", {"engine": "ctranslate2", "compute_type": "float32"}),
-                           ("int8", {"engine": "ctranslate2", "compute_type": "int8"})):
-        client = clients(_config(tmp_path, base, registry, max_new_tokens=128, max_batch_size=32, direction=HI_EN,
-                                 **serving))
+    for label, serving in (
+        ("torch", {"engine": "torch"}),
+        ("float32", {"engine": "ctranslate2", "compute_type": "float32"}),
+        ("int8", {"engine": "ctranslate2", "compute_type": "int8"}),
+    ):
+        client = clients(
+            _config(tmp_path, base, registry, max_new_tokens=128, max_batch_size=32, direction=HI_EN, **serving)
+        )
         assert _engines(client) == {HI_EN: serving["engine"]}
         chrf[label] = score_chrf(_translate(client, sources, direction=HI_EN), references, "eng_Latn").chrf_pp
     return chrf
@@ -201,8 +220,11 @@ def demo_chrf(tmp_path_factory: pytest.TempPathFactory, demo_base: str, _cache_r
         mp.setenv("BHASHAFLOW_CACHE_DIR", str(_cache_root))
         started = Clients()
         try:
-            return _chrf_into_english(tmp_path_factory.mktemp("demo-chrf"), demo_base,
-                                      lambda config: started.start(config, Settings(api_token=TOKEN)))  # type: ignore[call-arg]
+            return _chrf_into_english(
+                tmp_path_factory.mktemp("demo-chrf"),
+                demo_base,
+                lambda config: started.start(config, Settings(api_token=TOKEN)),
+            )  # type: ignore[call-arg]
         finally:
             started.close()
 
@@ -250,8 +272,9 @@ def _causal_adapter(base: str, out: Path, target_modules: list[str]) -> Path:
 
     lm = load_base(base, languages=["eng_Latn", "hin_Deva"], device="cpu")
     torch.manual_seed(3)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=target_modules, task_type=TaskType.CAUSAL_LM,
-                      init_lora_weights=False)
+    lora = LoraConfig(
+        r=4, lora_alpha=8, target_modules=target_modules, task_type=TaskType.CAUSAL_LM, init_lora_weights=False
+    )
     get_peft_model(lm.model, lora).save_pretrained(str(out), safe_serialization=True)
     (out / "README.md").unlink(missing_ok=True)
     return out
@@ -281,10 +304,16 @@ def _save_tiny_gpt_neo(path: Path) -> Path:
 
     tok = tiny_tokenizer("causal")
     config = GPTNeoConfig(
-        vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=2, attention_types=[[["global"], 2]],
-        max_position_embeddings=256, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        attention_types=[[["global"], 2]],
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     GPTNeoForCausalLM(config).save_pretrained(str(path))
     tok.save_pretrained(str(path))

@@ -17,8 +17,15 @@ from serving.deps import identify_key
 
 
 def _keys(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "serving.keys", *args], cwd=REPO, input=stdin, capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, "-m", "serving.keys", *args],
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def test_new_prints_a_key_once_and_adds_only_its_hash_to_the_file(tmp_path: Path) -> None:
@@ -37,7 +44,9 @@ def test_new_prints_a_key_once_and_adds_only_its_hash_to_the_file(tmp_path: Path
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     keys = load_key_ring(Settings(), ServingConfig(api_keys_file=str(path)))
     assert {name: sorted(identify_key(keys, key).scopes) for name, key in made.items()} == {  # type: ignore[union-attr]
-        "web": ["translate"], "annotators": ["feedback", "translate"], "ops": ["admin"],
+        "web": ["translate"],
+        "annotators": ["feedback", "translate"],
+        "ops": ["admin"],
     }
     again = _keys("new", "web", "--file", str(path))
     assert again.returncode == 1 and "'web' is listed twice" in again.stderr and path.read_text() == text

@@ -78,8 +78,9 @@ def libre(tiny_base: str, adapters: dict[str, Path], tmp_path_factory: pytest.Te
     registry = str(folder / "registry")
     register(registry, EN_HI, adapters["a"], tiny_base)
     register(registry, HI_EN, adapters["c"], tiny_base)
-    config = serving_config(folder, tiny_base, registry, require_auth=True, feedback_per_minute=0, max_texts=4,
-                            max_chars=300)  # fmt: skip
+    config = serving_config(
+        folder, tiny_base, registry, require_auth=True, feedback_per_minute=0, max_texts=4, max_chars=300
+    )
     entries = [{"name": n, "scopes": scopes, "sha256": hash_key(k)} for n, (k, scopes) in KEYS.items()]
     app = create_app(config, Settings(api_keys=json.dumps(entries), api_token=None))  # type: ignore[call-arg]
     port = _free_port()
@@ -102,8 +103,12 @@ def libre(tiny_base: str, adapters: dict[str, Path], tmp_path_factory: pytest.Te
 
 
 def _v1_translation(libre: Libre, text: str, src: str = "eng_Latn", tgt: str = "hin_Deva") -> str:
-    resp = httpx.post(f"{libre.url}/v1/translate", json={"texts": [text], "src_lang": src, "tgt_lang": tgt},
-                      headers=_bearer("web"), timeout=60)  # fmt: skip
+    resp = httpx.post(
+        f"{libre.url}/v1/translate",
+        json={"texts": [text], "src_lang": src, "tgt_lang": tgt},
+        headers=_bearer("web"),
+        timeout=60,
+    )
     assert resp.status_code == 200, resp.text
     return str(resp.json()["translations"][0])
 
@@ -157,9 +162,13 @@ def test_source_auto_is_detected_by_script(libre: Libre) -> None:
         share = round(script_fraction(HI[2], "hin_Deva") * 100, 1)  # this line holds a few Latin letters too
         assert 50 < share < 100
         assert resp.status_code == 200, resp.text
-        assert resp.json() == {"translatedText": _v1_translation(libre, HI[2], "hin_Deva", "eng_Latn"),
-                               "detectedLanguage": {"confidence": share, "language": "hi"}}  # fmt: skip
-        listed = http.post("/translate", json={"q": [EN[5], EN[6]], "source": "auto", "target": "hi", "alternatives": 2})
+        assert resp.json() == {
+            "translatedText": _v1_translation(libre, HI[2], "hin_Deva", "eng_Latn"),
+            "detectedLanguage": {"confidence": share, "language": "hi"},
+        }
+        listed = http.post(
+            "/translate", json={"q": [EN[5], EN[6]], "source": "auto", "target": "hi", "alternatives": 2}
+        )
         assert listed.status_code == 200, listed.text
         assert listed.json()["detectedLanguage"] == [{"confidence": 100.0, "language": "en"}] * 2
         assert listed.json()["alternatives"] == [[], []]
@@ -170,24 +179,44 @@ def test_source_auto_is_detected_by_script(libre: Libre) -> None:
 
 def test_html_keeps_the_tags_and_translates_the_text_between_them(libre: Libre) -> None:
     markup = f'<p class="x">{EN[7][:30]} <b>{EN[8][:20]}</b></p>\n<!-- a comment --><script>var a = "<b>";</script>'
-    resp = httpx.post(f"{libre.url}/translate", json={"q": markup, "source": "en", "target": "hi", "format": "html"},
-                      headers=_bearer("web"), timeout=60)  # fmt: skip
+    resp = httpx.post(
+        f"{libre.url}/translate",
+        json={"q": markup, "source": "en", "target": "hi", "format": "html"},
+        headers=_bearer("web"),
+        timeout=60,
+    )
     assert resp.status_code == 200, resp.text
     out = resp.json()["translatedText"]
     tags = re.compile(r"<!--.*?-->|<[^>]*>", re.DOTALL)
     assert tags.findall(out) == tags.findall(markup)  # every tag, comment and script kept, in order
     assert 'var a = "' in out
     translated = [_v1_translation(libre, EN[7][:30]), _v1_translation(libre, EN[8][:20])]
-    expected = f'<p class="x">{translated[0]} <b>{translated[1]}</b></p>\n<!-- a comment --><script>var a = "<b>";</script>'
+    expected = (
+        f'<p class="x">{translated[0]} <b>{translated[1]}</b></p>\n<!-- a comment --><script>var a = "<b>";</script>'
+    )
     assert out == expected.replace(translated[0], translated[0].replace("&", "&amp;").replace("<", "&lt;"))
 
 
 def test_html_pieces_and_language_codes() -> None:
     assert html_pieces("<a href='x'>Hi &amp; bye</a> <br/>") == [
-        (False, "<a href='x'>"), (True, "Hi &amp; bye"), (False, "</a>"), (False, " "), (False, "<br/>")]  # fmt: skip
-    assert html_pieces("<style>p {}</style>ok") == [(False, "<style>"), (False, "p {}"), (False, "</style>"), (True, "ok")]
+        (False, "<a href='x'>"),
+        (True, "Hi &amp; bye"),
+        (False, "</a>"),
+        (False, " "),
+        (False, "<br/>"),
+    ]
+    assert html_pieces("<style>p {}</style>ok") == [
+        (False, "<style>"),
+        (False, "p {}"),
+        (False, "</style>"),
+        (True, "ok"),
+    ]
     assert (libre_code("hin_Deva"), libre_code("kas_Deva"), libre_code("zho_Hant"), libre_code("awa_Deva")) == (
-        "hi", "ks-Deva", "zh-Hant", "awa")  # fmt: skip
+        "hi",
+        "ks-Deva",
+        "zh-Hant",
+        "awa",
+    )
     assert all(flores_code(libre_code(code)) == code for code in LANGUAGES)  # every code read back
     assert len({libre_code(code) for code in LANGUAGES}) == len(LANGUAGES)
     assert detect_by_script(HI[0], ["hin_Deva", "eng_Latn"]) == ("hin_Deva", 100.0)
@@ -208,10 +237,16 @@ def test_html_pieces_and_language_codes() -> None:
         ({"q": "x", "source": "en", "target": "klingon"}, True, "klingon is not supported"),
         ({"source": "en", "target": "hi"}, True, "Invalid request: missing q parameter"),
         ({"q": "x", "target": "hi"}, False, "Invalid request: missing source parameter"),
-        ({"q": "x", "source": "en", "target": "bn"}, False,
-         "Bengali (bn) is not available as a target language from English (en)"),
-        ({"q": "x", "source": "en", "target": "en"}, False,
-         "English (en) is not available as a target language from English (en)"),
+        (
+            {"q": "x", "source": "en", "target": "bn"},
+            False,
+            "Bengali (bn) is not available as a target language from English (en)",
+        ),
+        (
+            {"q": "x", "source": "en", "target": "en"},
+            False,
+            "English (en) is not available as a target language from English (en)",
+        ),
         ({"q": "x", "source": "en", "target": "hi", "format": "pdf"}, False, "Invalid request: format"),
         ({"q": "x", "source": "auto", "target": "ta"}, False, "Tamil (ta) is not available as a target language"),
         ({"q": "x", "source": "en", "target": "../../hi"}, False, "../../hi is not supported"),
@@ -219,8 +254,16 @@ def test_html_pieces_and_language_codes() -> None:
         ({"q": "x", "source": "eng_Latn-hin_Deva", "target": "hi"}, False, "eng_Latn-hin_Deva is not supported"),
         ({"q": "x", "source": "en", "target": "hi", "alternatives": "many"}, True, "Invalid request: alternatives"),
         ({"q": ["a", 5], "source": "en", "target": "hi"}, False, "Invalid request: q"),
-        ({"q": "x" * 301, "source": "en", "target": "hi"}, False, "Invalid request: request (301) exceeds text limit (300)"),
-        ({"q": ["a"] * 5, "source": "en", "target": "hi"}, False, "Invalid request: request (5) exceeds text limit (4)"),
+        (
+            {"q": "x" * 301, "source": "en", "target": "hi"},
+            False,
+            "Invalid request: request (301) exceeds text limit (300)",
+        ),
+        (
+            {"q": ["a"] * 5, "source": "en", "target": "hi"},
+            False,
+            "Invalid request: request (5) exceeds text limit (4)",
+        ),
     ],
 )
 def test_bad_input_is_a_400_with_an_error(libre: Libre, body: dict[str, Any], form: bool, message: str) -> None:
@@ -232,12 +275,19 @@ def test_bad_input_is_a_400_with_an_error(libre: Libre, body: dict[str, Any], fo
 
 def test_malformed_bodies_and_keys_are_answered_in_libretranslates_form(libre: Libre) -> None:
     with httpx.Client(base_url=libre.url, timeout=60) as http:
-        broken = http.post("/translate", content=b'{"q": "x",', headers={**_bearer("web"), "Content-Type": "application/json"})
+        broken = http.post(
+            "/translate", content=b'{"q": "x",', headers={**_bearer("web"), "Content-Type": "application/json"}
+        )
         assert (broken.status_code, broken.json()) == (400, {"error": "Invalid JSON format"})
-        surrogate = http.post("/translate", content=b'{"q": "\\ud800", "source": "en", "target": "hi"}',
-                              headers={**_bearer("web"), "Content-Type": "application/json"})  # fmt: skip
+        surrogate = http.post(
+            "/translate",
+            content=b'{"q": "\\ud800", "source": "en", "target": "hi"}',
+            headers={**_bearer("web"), "Content-Type": "application/json"},
+        )
         assert surrogate.status_code == 400 and "lone surrogate" in surrogate.json()["error"], surrogate.text
-        nested = http.post("/translate", content=b"[" * 100_000, headers={**_bearer("web"), "Content-Type": "application/json"})
+        nested = http.post(
+            "/translate", content=b"[" * 100_000, headers={**_bearer("web"), "Content-Type": "application/json"}
+        )
         assert (nested.status_code, nested.json()) == (400, {"error": "Invalid JSON format"})
         listed = http.post("/translate", json=["q"], headers=_bearer("web"))
         assert listed.status_code == 400 and listed.json()["error"].startswith("Invalid JSON format")
@@ -249,8 +299,9 @@ def test_malformed_bodies_and_keys_are_answered_in_libretranslates_form(libre: L
         no_scope = http.post("/translate", json={**body, "api_key": _key("rater")})
         assert no_scope.status_code == 403, no_scope.text
         assert no_scope.json()["missing_scope"] == "translate" and "'translate' scope" in no_scope.json()["error"]
-        no_feedback = http.post("/suggest", data={"q": "x", "s": "y", "source": "en", "target": "hi"},
-                                headers=_bearer("reader"))  # fmt: skip
+        no_feedback = http.post(
+            "/suggest", data={"q": "x", "s": "y", "source": "en", "target": "hi"}, headers=_bearer("reader")
+        )
         assert no_feedback.status_code == 403 and no_feedback.json()["missing_scope"] == "feedback"
         for path in ("/languages", "/frontend/settings"):
             assert http.get(path).status_code == 401  # require_auth: every endpoint needs a known key
@@ -270,10 +321,15 @@ def test_detect_languages_settings_and_the_openapi_schema(libre: Libre) -> None:
             {"code": "hi", "name": "Hindi", "targets": ["en"]},
         ]
         assert http.get("/frontend/settings").json() == {
-            "charLimit": 300, "frontendTimeout": 500, "apiKeys": True, "keyRequired": True, "suggestions": True,
-            "filesTranslation": False, "supportedFilesFormat": [],
+            "charLimit": 300,
+            "frontendTimeout": 500,
+            "apiKeys": True,
+            "keyRequired": True,
+            "suggestions": True,
+            "filesTranslation": False,
+            "supportedFilesFormat": [],
             "language": {"source": {"code": "en", "name": "English"}, "target": {"code": "hi", "name": "Hindi"}},
-        }  # fmt: skip
+        }
         paths = http.get("/openapi.json").json()["paths"]
     for path in ("/translate", "/detect", "/suggest"):
         content = paths[path]["post"]["requestBody"]["content"]
@@ -288,17 +344,29 @@ def test_detect_languages_settings_and_the_openapi_schema(libre: Libre) -> None:
 
 
 def _suggest(libre: Libre, q: str, s: str, **extra: Any) -> httpx.Response:
-    return httpx.post(f"{libre.url}/suggest", data={"q": q, "s": s, "source": "en", "target": "hi", **extra},
-                      timeout=60)  # fmt: skip
+    return httpx.post(
+        f"{libre.url}/suggest", data={"q": q, "s": s, "source": "en", "target": "hi", **extra}, timeout=60
+    )
 
 
 def test_a_suggestion_corrects_the_clients_latest_episode_of_that_text_or_a_new_one(libre: Libre) -> None:
     text = EN[9]
     for _ in range(2):
-        assert httpx.post(f"{libre.url}/translate", json={"q": text, "source": "en", "target": "hi"},
-                          headers=_bearer("web"), timeout=60).status_code == 200  # fmt: skip
-    other = httpx.post(f"{libre.url}/translate", json={"q": text, "source": "en", "target": "hi"},
-                       headers=_bearer("reader"), timeout=60)  # another client's later episode of the same text
+        assert (
+            httpx.post(
+                f"{libre.url}/translate",
+                json={"q": text, "source": "en", "target": "hi"},
+                headers=_bearer("web"),
+                timeout=60,
+            ).status_code
+            == 200
+        )
+    other = httpx.post(
+        f"{libre.url}/translate",
+        json={"q": text, "source": "en", "target": "hi"},
+        headers=_bearer("reader"),
+        timeout=60,
+    )  # another client's later episode of the same text
     assert other.status_code == 200
     resp = _suggest(libre, text, HI[9], api_key=_key("web"))
     assert (resp.status_code, resp.json()) == (200, {"success": True})
@@ -332,10 +400,21 @@ def test_suggestions_are_rate_limited_and_an_open_service_serves_mastodons_calls
     # Mastodon's calls: GET /languages saying application/json with no body; html texts as a list, api_key null.
     languages = client.get("/languages", headers={"Content-Type": "application/json"})
     assert languages.status_code == 200 and [lang["code"] for lang in languages.json()] == ["en", "hi"]
-    toots = client.post("/translate", json={"q": ["<p>Good morning.</p>", "<p>Hello <a href='#'>there</a></p>"],
-                                            "source": "auto", "target": "hi", "format": "html", "api_key": None})
+    toots = client.post(
+        "/translate",
+        json={
+            "q": ["<p>Good morning.</p>", "<p>Hello <a href='#'>there</a></p>"],
+            "source": "auto",
+            "target": "hi",
+            "format": "html",
+            "api_key": None,
+        },
+    )
     assert toots.status_code == 200, toots.text
-    assert [re.sub(r">[^<]*<", "><", t) for t in toots.json()["translatedText"]] == ["<p></p>", "<p><a href='#'></a></p>"]
+    assert [re.sub(r">[^<]*<", "><", t) for t in toots.json()["translatedText"]] == [
+        "<p></p>",
+        "<p><a href='#'></a></p>",
+    ]
     assert toots.json()["detectedLanguage"] == [{"confidence": 100.0, "language": "en"}] * 2
 
 
@@ -343,25 +422,34 @@ def test_a_suggestion_arrives_as_a_correction_in_an_rl_log_export_and_is_counted
     libre: Libre, tmp_path: Path
 ) -> None:
     q = EN[11]
-    resp = httpx.post(f"{libre.url}/translate", data={"q": q, "source": "en", "target": "hi", "api_key": _key("web")},
-                      timeout=60)  # fmt: skip
+    resp = httpx.post(
+        f"{libre.url}/translate", data={"q": q, "source": "en", "target": "hi", "api_key": _key("web")}, timeout=60
+    )
     served = resp.json()["translatedText"]
     assert _suggest(libre, q, HI[11], api_key=_key("web")).json() == {"success": True}
 
     target = str(tmp_path / "rl-logs")
     source = {"name": "feedback", "kind": "rl_logs", "uri": target, "trusted_clients": ["web"], "heldout_share": 0}
-    config = config_from_dict({"directions": [EN_HI], "serving": {"episodes_db": str(libre.db)},
-                               "rl_export": {"target": target, "only_with_feedback": True}, "sources": [source]})  # fmt: skip
+    config = config_from_dict(
+        {
+            "directions": [EN_HI],
+            "serving": {"episodes_db": str(libre.db)},
+            "rl_export": {"target": target, "only_with_feedback": True},
+            "sources": [source],
+        }
+    )
     exported = export_rl_logs(config, Settings(), sink=open_sink(target, Settings()))
     records = [json.loads(line) for part in sorted(Path(target).iterdir()) for line in part.read_text().splitlines()]
     assert len(records) == exported["exported"]
     mine = [r for r in records if r["prompt"] == q]
     assert [(r["response"], r["correction"], r["reward"], r["feedback_client"]) for r in mine] == [
-        (served, HI[11], -0.5, "web")]  # fmt: skip
+        (served, HI[11], -0.5, "web")
+    ]
 
     run = tmp_path / "run"
-    staged = stage_source(config, config.sources[0], open_connector(config.sources[0], Settings(), config.directions),
-                          str(run))  # fmt: skip
+    staged = stage_source(
+        config, config.sources[0], open_connector(config.sources[0], Settings(), config.directions), str(run)
+    )
     manifest = write_shards(config, [staged], str(run))
     counted = manifest["sources"]["feedback"]
     assert counted["read"] == len(records)
@@ -386,9 +474,12 @@ def test_a_service_that_is_not_ready_answers_503_with_retry_after(tmp_path: Path
         while client.get("/health").json()["status"] == "loading":
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        for resp in (client.post("/translate", json={"q": "hi", "source": "en", "target": "hi"}),
-                     client.post("/translate", data={"q": "hi", "source": "auto", "target": "hi"}),
-                     client.get("/languages"), client.post("/detect", data={"q": "hi"}),
-                     client.post("/suggest", json={"q": "hi", "s": "x", "source": "en", "target": "hi"})):  # fmt: skip
+        for resp in (
+            client.post("/translate", json={"q": "hi", "source": "en", "target": "hi"}),
+            client.post("/translate", data={"q": "hi", "source": "auto", "target": "hi"}),
+            client.get("/languages"),
+            client.post("/detect", data={"q": "hi"}),
+            client.post("/suggest", json={"q": "hi", "s": "x", "source": "en", "target": "hi"}),
+        ):
             assert resp.status_code == 503 and resp.headers["Retry-After"] == "5", resp.text
             assert resp.json() == {"error": "the service is failed"}

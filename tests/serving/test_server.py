@@ -40,7 +40,11 @@ def _start(tmp_path: Path, base: str, registry: str, **serving: object) -> tuple
     env = {**os.environ, "BHASHAFLOW_API_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         [sys.executable, "-c", _RUN, str(path), str(port)],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     return proc, f"http://127.0.0.1:{port}"
 
@@ -75,8 +79,9 @@ async def _translate_concurrently(url: str, n: int) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         return await asyncio.gather(
             *(
-                client.post("/v1/translate", json={"texts": [f"sentence {i}"], "src_lang": "eng_Latn",
-                                                   "tgt_lang": "hin_Deva"})
+                client.post(
+                    "/v1/translate", json={"texts": [f"sentence {i}"], "src_lang": "eng_Latn", "tgt_lang": "hin_Deva"}
+                )
                 for i in range(n)
             )
         )

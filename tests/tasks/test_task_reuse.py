@@ -29,7 +29,8 @@ def test_the_training_key_names_the_step_and_direction_and_follows_the_run_and_w
     assert key(TRAIN_CACHE, config=config("evaluation.max_sentences=4"), direction=DIRECTION) == first
     assert key(TRAIN_CACHE, config=config("run_id=other"), direction=DIRECTION) != first
     assert key(TRAIN_CACHE, config=config("run_id=x", "training.max_steps=3"), direction=DIRECTION) != key(
-        TRAIN_CACHE, config=config("run_id=x"), direction=DIRECTION)  # a fixed run id, trained otherwise  # fmt: skip
+        TRAIN_CACHE, config=config("run_id=x"), direction=DIRECTION
+    )  # a fixed run id, trained otherwise
     assert key(TRAIN_CACHE, config=config(), direction="eng_Latn-tam_Taml") != first
 
 
@@ -40,8 +41,12 @@ def test_an_evaluation_is_keyed_by_the_adapters_bytes_and_its_settings(tmp_path:
     (adapter / "adapter_model.safetensors").write_bytes(b"1")
     first = key(EVALUATE_CACHE, config=config(), direction=DIRECTION, candidate_uri=str(adapter))
     assert key(EVALUATE_CACHE, config=config(), direction=DIRECTION, candidate_uri=str(adapter)) == first
-    assert key(EVALUATE_CACHE, config=config("evaluation.max_sentences=4"), direction=DIRECTION,
-               candidate_uri=str(adapter)) != first  # fmt: skip
+    assert (
+        key(
+            EVALUATE_CACHE, config=config("evaluation.max_sentences=4"), direction=DIRECTION, candidate_uri=str(adapter)
+        )
+        != first
+    )
     (adapter / "adapter_model.safetensors").write_bytes(b"2")  # trained again under the same URI
     assert key(EVALUATE_CACHE, config=config(), direction=DIRECTION, candidate_uri=str(adapter)) != first
 
@@ -51,7 +56,9 @@ def test_who_produced_a_result_is_not_part_of_the_promotions_key() -> None:
     scores = DirectionScores(DIRECTION, base=score, candidate=score, host="host-a")
     inputs = {"config": config(), "direction": DIRECTION, "trained": None, "data_manifest_sha256": "0" * 64}
     first = key(PROMOTE_CACHE, scores=scores, **inputs)
-    assert key(PROMOTE_CACHE, scores=DirectionScores(DIRECTION, base=score, candidate=score, host="host-b"),
-               **inputs) == first  # fmt: skip
+    assert (
+        key(PROMOTE_CACHE, scores=DirectionScores(DIRECTION, base=score, candidate=score, host="host-b"), **inputs)
+        == first
+    )
     other = ChrfScore(chrf=41.0, chrf_pp=39.0, n=8, script_valid=1.0, signature_chrf="s", signature_chrf_pp="s")
     assert key(PROMOTE_CACHE, scores=DirectionScores(DIRECTION, base=score, candidate=other), **inputs) != first

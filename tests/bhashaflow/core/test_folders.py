@@ -108,8 +108,9 @@ publish_folder(Path(local), uri, Settings().storage_options_for(uri))
 
 
 @pytest.mark.parametrize("stalled", ["a.bin", "z.bin"])
-def test_a_kill_during_an_upload_leaves_no_folder_never_a_mix(run_uri: str, tmp_path: Path, s3_server: S3Server,
-                                                               stalled: str) -> None:  # fmt: skip
+def test_a_kill_during_an_upload_leaves_no_folder_never_a_mix(
+    run_uri: str, tmp_path: Path, s3_server: S3Server, stalled: str
+) -> None:
     uri = f"{run_uri}/adapters/x/adapter"
     publish_folder(folder(tmp_path / "v1", a_bin=b"a1", z_bin=b"z1"), uri, options(uri))
     new = folder(tmp_path / "v2", a_bin=b"a2" * 1000, z_bin=b"z2" * 1000)

@@ -75,7 +75,7 @@ def test_steps_are_a_pure_function_of_the_seed_and_cover_the_stream(budget: int 
 
     def steps(seed: int) -> list[list[list[Example]]]:
         stream = optimizer_steps(data, batch_size=8, batch_tokens=budget, grad_accum_steps=accum,
-                                 rng=random.Random(seed), family="seq2seq")  # fmt: skip
+                                 rng=random.Random(seed), family="seq2seq")
         return list(stream)
 
     first, again, other = steps(0), steps(0), steps(1)

@@ -16,14 +16,14 @@ from bhashaflow.data.manifest import DataManifest, read_data_manifest
 SHARD = {"path": "shards/eng_Latn-hin_Deva/shard-00000.parquet", "rows": 3, "sha256": "ab" * 32}
 SOURCE = {"kind": "http", "uri": "https://example.org/pairs.jsonl?token=***", "read": 5, "accepted": 3, "duplicates": 1,
           "rejected": 1, "skipped": 0, "rejected_by_reason": {"malformed": 1}, "skipped_by_direction": {},
-          "skipped_by_reason": {}, "position": {"offset": 120}}  # fmt: skip
+          "skipped_by_reason": {}, "position": {"offset": 120}}
 PLAIN = {
     "run_id": "r1", "config_hash": "cd" * 32, "created_at": "2026-12-01T10:00:00+00:00",
     "directions": {"eng_Latn-hin_Deva": {"accepted": 3, "duplicates": 1, "rejected": 1, "shards": [SHARD]}},
     "sources": {"web": SOURCE},
     "totals": {"read": 5, "accepted": 3, "duplicates": 1, "rejected": 1, "skipped": 0},
     "rejected_by_reason": {"malformed": 1}, "quarantine": {"path": "quarantine.jsonl", "rows": 1},
-}  # fmt: skip
+}
 
 
 def with_feedback() -> dict:

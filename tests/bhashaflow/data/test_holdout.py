@@ -51,7 +51,7 @@ def test_a_repeated_pair_is_held_out_once() -> None:
     ("validation", "message"),
     [({}, "exactly one of share or pairs"), ({"share": 0.1, "pairs": 5}, "exactly one of share or pairs"),
      ({"share": 0}, "share"), ({"share": 1.5}, "share")],
-)  # fmt: skip
+)
 def test_validation_settings_are_checked_by_name(validation: dict[str, float], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config_from_dict({"directions": ["eng_Latn-hin_Deva"], "training": {"validation": validation}})

@@ -23,13 +23,13 @@ def _record(i: int) -> dict[str, Any]:
     correction = None if i % 10 == 0 else HI[i]
     return {"episode_id": i, "direction": "eng_Latn-hin_Deva", "src_lang": "eng_Latn", "tgt_lang": "hin_Deva",
             "adapter_version": "v0001", "prompt": EN[i], "response": f"गलत {i}", "reward": -0.5, "correction": correction,
-            "feedback_seq": i, "client": "web", "feedback_client": "web"}  # fmt: skip
+            "feedback_seq": i, "client": "web", "feedback_client": "web"}
 
 
 def _ingest(tmp_path: Path, parts: Path, run: str, sources: list[dict[str, Any]]) -> dict[str, Any]:
     config = config_from_dict({"directions": ["eng_Latn-hin_Deva"], "sources": sources})
     staged = [stage_source(config, s, open_connector(s, Settings(), config.directions), str(tmp_path / run))
-              for s in config.sources]  # fmt: skip
+              for s in config.sources]
     return write_shards(config, staged, str(tmp_path / run))
 
 
@@ -43,7 +43,7 @@ def test_corrections_become_pairs_and_triplets_and_a_held_out_share_never_trains
     (parts / "episodes-000000000000-000000000079.jsonl").write_bytes(encode_part([_record(i) for i in range(N)], "jsonl"))
     feedback = {"name": "fb", "kind": "rl_logs", "uri": str(parts), "trusted_clients": ["web"], "heldout_share": 0.25}
     flores = {"name": "flores-dev", "kind": "flores", "uri": str(Path(__file__).resolve().parents[3] / "data/flores200"),
-              "split": "dev"}  # fmt: skip
+              "split": "dev"}
     manifest = _ingest(tmp_path, parts, "run", [feedback, flores])
     run = str(tmp_path / "run")
     entry = manifest["directions"]["eng_Latn-hin_Deva"]
@@ -70,7 +70,7 @@ def test_corrections_become_pairs_and_triplets_and_a_held_out_share_never_trains
 
 def test_runs_without_rl_logs_keep_their_manifest_layout(tmp_path: Path) -> None:
     flores = {"name": "flores-dev", "kind": "flores", "uri": str(Path(__file__).resolve().parents[3] / "data/flores200"),
-              "split": "dev"}  # fmt: skip
+              "split": "dev"}
     manifest = _ingest(tmp_path, tmp_path, "plain", [flores])
     assert set(manifest["directions"]["eng_Latn-hin_Deva"]) == {"accepted", "duplicates", "rejected", "shards"}
     assert not (tmp_path / "plain" / "preferences").exists() and not (tmp_path / "plain" / "heldout").exists()

@@ -29,7 +29,7 @@ ALPHABET = [
     "\u09d7", "\u0bc6", "\u0bbe", "\u0bd7", "\u0cc6", "\u0cc2", "\u0cd5", "\u0d46", "\u0d3e", "\u0c46", "\u0c56",
     "가", "\u1100", "\u1161", "\u11a8", "😀", "\U0001d15e", "\u0378", "\ue000", "\u200b", "\ufeff", "\u200c",
     "\u200d", "\U00011382", "\U000113c9", "\U000105d2", "\u0307",
-]  # fmt: skip
+]
 texts = st.lists(st.sampled_from(ALPHABET), max_size=12).map("".join)
 
 

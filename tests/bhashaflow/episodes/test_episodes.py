@@ -220,12 +220,24 @@ def _fields(ep: NewEpisode) -> dict[str, object]:
 def test_latest_episode_is_the_newest_of_that_client_direction_and_text(store: EpisodeStore) -> None:
     web = replace(_episode("hello"), client="web")
     first, second = store.record([web, web])
-    others = store.record([replace(web, client="app"), replace(web, input="hello!"),
-                           replace(web, direction="hin_Deva-eng_Latn", src_lang="hin_Deva", tgt_lang="eng_Latn")])
+    others = store.record(
+        [
+            replace(web, client="app"),
+            replace(web, input="hello!"),
+            replace(web, direction="hin_Deva-eng_Latn", src_lang="hin_Deva", tgt_lang="eng_Latn"),
+        ]
+    )
     latest = store.latest_episode("web", "eng_Latn-hin_Deva", "hello")
-    assert latest is not None and (latest.id, latest.client, latest.input) == (second, "web", "hello") and first < second
-    assert [store.latest_episode(*key).id for key in (("app", "eng_Latn-hin_Deva", "hello"),  # type: ignore[union-attr]
-                                                      ("web", "eng_Latn-hin_Deva", "hello!"),
-                                                      ("web", "hin_Deva-eng_Latn", "hello"))] == others
+    assert (
+        latest is not None and (latest.id, latest.client, latest.input) == (second, "web", "hello") and first < second
+    )
+    assert [
+        store.latest_episode(*key).id
+        for key in (
+            ("app", "eng_Latn-hin_Deva", "hello"),  # type: ignore[union-attr]
+            ("web", "eng_Latn-hin_Deva", "hello!"),
+            ("web", "hin_Deva-eng_Latn", "hello"),
+        )
+    ] == others
     assert store.latest_episode("web", "eng_Latn-hin_Deva", "Hello") is None  # the text exactly
     assert store.latest_episode("nobody", "eng_Latn-hin_Deva", "hello") is None

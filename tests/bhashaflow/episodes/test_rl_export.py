@@ -27,9 +27,23 @@ from connectors.sinks import SinkError, open_sink
 REPO = Path(__file__).resolve().parents[3]
 FAST = RetryPolicy(attempts=3, base_delay_s=0.01, max_delay_s=0.05)
 RECORD_KEYS = [
-    "episode_id", "time", "direction", "src_lang", "tgt_lang", "adapter_version", "base_model", "prompt",
-    "response", "reward", "correction", "feedback_time", "feedback_seq", "latency_ms", "script_valid",
-    "client", "feedback_client",  # added with named API clients, at the end
+    "episode_id",
+    "time",
+    "direction",
+    "src_lang",
+    "tgt_lang",
+    "adapter_version",
+    "base_model",
+    "prompt",
+    "response",
+    "reward",
+    "correction",
+    "feedback_time",
+    "feedback_seq",
+    "latency_ms",
+    "script_valid",
+    "client",
+    "feedback_client",  # added with named API clients, at the end
 ]
 
 
@@ -54,8 +68,14 @@ def _serve(config: PipelineConfig, n: int, start: int = 1) -> list[int]:
         return store.record(
             [
                 NewEpisode(
-                    direction="eng_Latn-hin_Deva", src_lang="eng_Latn", tgt_lang="hin_Deva", adapter_version="v0001",
-                    base_model="builtin:tiny-seq2seq", input=f"text {i}", output=f"पाठ {i}", latency_ms=float(i),
+                    direction="eng_Latn-hin_Deva",
+                    src_lang="eng_Latn",
+                    tgt_lang="hin_Deva",
+                    adapter_version="v0001",
+                    base_model="builtin:tiny-seq2seq",
+                    input=f"text {i}",
+                    output=f"पाठ {i}",
+                    latency_ms=float(i),
                     script_valid=True,
                 )
                 for i in range(start, start + n)
@@ -77,28 +97,45 @@ def test_folder_export_writes_parts_named_by_id_range_and_a_rerun_exports_nothin
     with EpisodeStore(config.serving.episodes_db) as store:
         store.attach_feedback(2, -0.5, "सुधार")
     result = export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()), part_rows=3)
-    names = ["episodes-000000000001-000000000003.jsonl", "episodes-000000000004-000000000006.jsonl",
-             "episodes-000000000007-000000000007.jsonl"]
+    names = [
+        "episodes-000000000001-000000000003.jsonl",
+        "episodes-000000000004-000000000006.jsonl",
+        "episodes-000000000007-000000000007.jsonl",
+    ]
     assert result == {"exported": 7, "parts": names, "target": f"file://{tmp_path}/out"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == names
     records = _folder_records(tmp_path / "out")
     assert [r["episode_id"] for r in records] == [1, 2, 3, 4, 5, 6, 7]
     assert list(records[1]) == RECORD_KEYS
-    assert {k: records[1][k] for k in ("prompt", "response", "reward", "correction", "direction", "adapter_version")} == {
-        "prompt": "text 2", "response": "पाठ 2", "reward": -0.5, "correction": "सुधार",
-        "direction": "eng_Latn-hin_Deva", "adapter_version": "v0001",
+    assert {
+        k: records[1][k] for k in ("prompt", "response", "reward", "correction", "direction", "adapter_version")
+    } == {
+        "prompt": "text 2",
+        "response": "पाठ 2",
+        "reward": -0.5,
+        "correction": "सुधार",
+        "direction": "eng_Latn-hin_Deva",
+        "adapter_version": "v0001",
     }
     assert records[0]["reward"] is None and records[0]["base_model"] == "builtin:tiny-seq2seq"
 
-    assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()), part_rows=3) == {"exported": 0, "parts": [], "target": config.rl_export.target}
+    assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()), part_rows=3) == {
+        "exported": 0,
+        "parts": [],
+        "target": config.rl_export.target,
+    }
     _serve(config, 2, start=8)
-    assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()), part_rows=3)["parts"] == ["episodes-000000000008-000000000009.jsonl"]
+    assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()), part_rows=3)[
+        "parts"
+    ] == ["episodes-000000000008-000000000009.jsonl"]
 
 
 def test_parquet_parts_carry_the_record_schema(tmp_path: Path) -> None:
     config = _config(tmp_path, str(tmp_path / "pq"), format="parquet")
     _serve(config, 4)
-    assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))["parts"] == ["episodes-000000000001-000000000004.parquet"]
+    assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))["parts"] == [
+        "episodes-000000000001-000000000004.parquet"
+    ]
     table = pq.read_table(tmp_path / "pq" / "episodes-000000000001-000000000004.parquet")
     assert table.schema.equals(RECORD_SCHEMA)
     assert table.column("prompt").to_pylist() == ["text 1", "text 2", "text 3", "text 4"]
@@ -108,7 +145,10 @@ def test_s3_export(tmp_path: Path, s3_server: S3Server) -> None:
     s3_server.create_bucket("rl-logs")
     config = _config(tmp_path, "s3://rl-logs/exports/plain")
     _serve(config, 5)
-    assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()), part_rows=2)["exported"] == 5
+    assert (
+        export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()), part_rows=2)["exported"]
+        == 5
+    )
     assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))["exported"] == 0
     s3 = s3_server.client
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="rl-logs", Prefix="exports/plain/")["Contents"]]
@@ -120,7 +160,9 @@ def test_s3_export(tmp_path: Path, s3_server: S3Server) -> None:
 def test_http_export_posts_ndjson(tmp_path: Path, part_server: PartServer) -> None:
     config = _config(tmp_path, part_server.url)
     _serve(config, 3)
-    assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))["parts"] == ["episodes-000000000001-000000000003.jsonl"]
+    assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))["parts"] == [
+        "episodes-000000000001-000000000003.jsonl"
+    ]
     assert [r["episode_id"] for r in _jsonl(part_server.parts["episodes-000000000001-000000000003.jsonl"])] == [1, 2, 3]
     assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))["exported"] == 0
     assert len(part_server.posts) == 1
@@ -193,16 +235,28 @@ def test_exports_to_one_target_take_turns_and_a_killed_holder_frees_its_turn(tmp
     db = tmp_path / "episodes.db"
     with EpisodeStore(db) as first, EpisodeStore(db) as second:
         with first.export_lock("s3://b/rl", "all"):
-            with pytest.raises(ExportBusy, match="another export to this target still holds .*episodes.db.export-"), second.export_lock("s3://b/rl", "all", wait_s=0.2):
+            with (
+                pytest.raises(ExportBusy, match="another export to this target still holds .*episodes.db.export-"),
+                second.export_lock("s3://b/rl", "all", wait_s=0.2),
+            ):
                 pass
-            with second.export_lock("s3://b/other", "all", wait_s=0), second.export_lock("s3://b/rl", "feedback", wait_s=0):
+            with (
+                second.export_lock("s3://b/other", "all", wait_s=0),
+                second.export_lock("s3://b/rl", "feedback", wait_s=0),
+            ):
                 pass  # other targets and modes have turns of their own
         with second.export_lock("s3://b/rl", "all", wait_s=0):
             pass
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom bhashaflow.episodes.store import EpisodeStore\n"
-         f"with EpisodeStore({str(db)!r}).export_lock('s3://b/rl', 'all'):\n    print('held', flush=True); time.sleep(60)"],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom bhashaflow.episodes.store import EpisodeStore\n"
+            f"with EpisodeStore({str(db)!r}).export_lock('s3://b/rl', 'all'):\n    print('held', flush=True); time.sleep(60)",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
@@ -225,14 +279,21 @@ def test_only_with_feedback_exports_rated_episodes_whenever_feedback_arrives(tmp
     with EpisodeStore(config.serving.episodes_db) as store:
         store.attach_feedback(4, 1.0)
         store.attach_feedback(2, 0.0)
-    assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))["parts"] == ["feedback-000000000001-000000000002.jsonl"]
+    assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))["parts"] == [
+        "feedback-000000000001-000000000002.jsonl"
+    ]
     with EpisodeStore(config.serving.episodes_db) as store:
         store.attach_feedback(1, 0.5)  # late feedback on an old episode
         store.attach_feedback(4, -1.0, "नया")  # replaced feedback: exported again, newer seq
-    assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))["parts"] == ["feedback-000000000003-000000000004.jsonl"]
+    assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))["parts"] == [
+        "feedback-000000000003-000000000004.jsonl"
+    ]
     records = _folder_records(tmp_path / "fb")
     assert [(r["episode_id"], r["reward"], r["feedback_seq"]) for r in records] == [
-        (4, 1.0, 1), (2, 0.0, 2), (1, 0.5, 3), (4, -1.0, 4),
+        (4, 1.0, 1),
+        (2, 0.0, 2),
+        (1, 0.5, 3),
+        (4, -1.0, 4),
     ]
     assert export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))["exported"] == 0
 
@@ -259,13 +320,19 @@ def test_a_kill_between_upload_and_watermark_leaves_no_duplicate_and_no_gap(
     kind: str, tmp_path: Path, part_server: PartServer, s3_server: S3Server
 ) -> None:
     s3_server.create_bucket("rl-logs")
-    target = {"folder": str(tmp_path / "out"), "http": part_server.url, "s3": f"s3://rl-logs/exports/{tmp_path.name}"}[kind]
+    target = {"folder": str(tmp_path / "out"), "http": part_server.url, "s3": f"s3://rl-logs/exports/{tmp_path.name}"}[
+        kind
+    ]
     config = _config(tmp_path, target)
     _serve(config, 4)
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # s3_server put its endpoint and credentials in os.environ
     proc = subprocess.run(
         [sys.executable, "-c", _KILLED_EXPORT, json.dumps(config.model_dump(mode="json"))],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 17, proc.stderr
 
@@ -276,7 +343,9 @@ def test_a_kill_between_upload_and_watermark_leaves_no_duplicate_and_no_gap(
             return dict(part_server.parts)
         s3 = s3_server.client
         listing = s3.list_objects_v2(Bucket="rl-logs", Prefix=f"exports/{tmp_path.name}/").get("Contents", [])
-        return {o["Key"].rsplit("/", 1)[1]: s3.get_object(Bucket="rl-logs", Key=o["Key"])["Body"].read() for o in listing}
+        return {
+            o["Key"].rsplit("/", 1)[1]: s3.get_object(Bucket="rl-logs", Key=o["Key"])["Body"].read() for o in listing
+        }
 
     names = [part_name("all", a, b, "jsonl") for a, b in [(1, 3), (4, 6), (7, 7)]]
     assert sorted(stored()) == names[:1]  # uploaded before the kill
@@ -293,7 +362,10 @@ def test_a_kill_between_upload_and_watermark_leaves_no_duplicate_and_no_gap(
     assert sorted(parts) == names
     ids = [r["episode_id"] for name in names for r in _jsonl(parts[name])]
     assert ids == [1, 2, 3, 4, 5, 6, 7]
-    assert export_rl_logs(config, settings, sink=open_sink(config.rl_export.target, settings), part_rows=3)["exported"] == 0
+    assert (
+        export_rl_logs(config, settings, sink=open_sink(config.rl_export.target, settings), part_rows=3)["exported"]
+        == 0
+    )
 
 
 def test_parts_are_valid_utf8_ndjson_for_any_text(tmp_path: Path) -> None:
@@ -301,8 +373,17 @@ def test_parts_are_valid_utf8_ndjson_for_any_text(tmp_path: Path) -> None:
     with EpisodeStore(config.serving.episodes_db) as store:
         store.record(
             [
-                NewEpisode("eng_Latn-hin_Deva", "eng_Latn", "hin_Deva", "v0001", "b", 'a "quoted"\nline\u2028x',
-                           "नमस्ते\t\x00", 1.0, False)
+                NewEpisode(
+                    "eng_Latn-hin_Deva",
+                    "eng_Latn",
+                    "hin_Deva",
+                    "v0001",
+                    "b",
+                    'a "quoted"\nline\u2028x',
+                    "नमस्ते\t\x00",
+                    1.0,
+                    False,
+                )
             ]
         )
     export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))
@@ -311,28 +392,53 @@ def test_parts_are_valid_utf8_ndjson_for_any_text(tmp_path: Path) -> None:
     assert len(lines) == 2 and lines[1] == b""
     assert len(lines[0].decode("utf-8").splitlines()) == 1
     record = json.load(io.BytesIO(lines[0]))
-    assert (record["prompt"], record["response"], record["script_valid"]) == ('a "quoted"\nline\u2028x', "नमस्ते\t\x00", False)
+    assert (record["prompt"], record["response"], record["script_valid"]) == (
+        'a "quoted"\nline\u2028x',
+        "नमस्ते\t\x00",
+        False,
+    )
 
 
 def test_records_name_the_client_of_the_episode_and_of_its_feedback(tmp_path: Path) -> None:
     config = _config(tmp_path, str(tmp_path / "out"), format="parquet")
     with EpisodeStore(config.serving.episodes_db) as store:
-        ids = store.record([NewEpisode("eng_Latn-hin_Deva", "eng_Latn", "hin_Deva", "v0001", "b", f"t{i}", "x", 1.0,
-                                       True, client) for i, client in enumerate(["web", "anonymous", "web"])])
+        ids = store.record(
+            [
+                NewEpisode("eng_Latn-hin_Deva", "eng_Latn", "hin_Deva", "v0001", "b", f"t{i}", "x", 1.0, True, client)
+                for i, client in enumerate(["web", "anonymous", "web"])
+            ]
+        )
         store.attach_feedback(ids[0], 1.0, client="web", requested_by="web")
         store.attach_feedback(ids[2], -1.0, "सही", client="ops")
     (name,) = export_rl_logs(config, Settings(), sink=open_sink(config.rl_export.target, Settings()))["parts"]
     records = decode_part((tmp_path / "out" / name).read_bytes(), "parquet")
-    assert [(r["client"], r["feedback_client"]) for r in records] == [("web", "web"), ("anonymous", None), ("web", "ops")]
+    assert [(r["client"], r["feedback_client"]) for r in records] == [
+        ("web", "web"),
+        ("anonymous", None),
+        ("web", "ops"),
+    ]
     assert pq.read_table(tmp_path / "out" / name).schema.equals(RECORD_SCHEMA)
 
 
 def test_parts_written_before_clients_were_recorded_still_decode(tmp_path: Path) -> None:
     """An old part lacks `client` and `feedback_client`: they read as None (not attributed), in both formats."""
-    old = {"episode_id": 1, "time": "2025-01-31T12:00:00.123Z", "direction": "eng_Latn-hin_Deva", "src_lang": "eng_Latn",
-           "tgt_lang": "hin_Deva", "adapter_version": "v0002", "base_model": "b", "prompt": "p", "response": "r",
-           "reward": 1.0, "correction": None, "feedback_time": "2025-01-31T12:00:09.481Z", "feedback_seq": 3,
-           "latency_ms": 41.7, "script_valid": True}
+    old = {
+        "episode_id": 1,
+        "time": "2025-01-31T12:00:00.123Z",
+        "direction": "eng_Latn-hin_Deva",
+        "src_lang": "eng_Latn",
+        "tgt_lang": "hin_Deva",
+        "adapter_version": "v0002",
+        "base_model": "b",
+        "prompt": "p",
+        "response": "r",
+        "reward": 1.0,
+        "correction": None,
+        "feedback_time": "2025-01-31T12:00:09.481Z",
+        "feedback_seq": 3,
+        "latency_ms": 41.7,
+        "script_valid": True,
+    }
     assert list(old) == RECORD_KEYS[:-2]
     buf = io.BytesIO()
     old_schema = pa.schema([f for f in RECORD_SCHEMA if f.name in old])

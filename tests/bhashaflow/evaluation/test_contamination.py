@@ -17,8 +17,12 @@ def test_bloomz_saw_flores_dev_and_devtest() -> None:
 
 
 def test_bases_without_a_known_contamination_pass() -> None:
-    for base in ("facebook/nllb-200-distilled-600M", "bigscience/bloom-560m", "builtin:tiny-seq2seq",
-                 "Helsinki-NLP/opus-mt-en-hi"):  # fmt: skip
+    for base in (
+        "facebook/nllb-200-distilled-600M",
+        "bigscience/bloom-560m",
+        "builtin:tiny-seq2seq",
+        "Helsinki-NLP/opus-mt-en-hi",
+    ):
         assert contamination_for(base, "FLORES-200", "devtest") is None, base
 
 

@@ -12,8 +12,9 @@ from bhashaflow.evaluation.evaluate import EvalSet, evaluate_chrf
 from bhashaflow.modeling.loading import load_base
 
 
-def test_an_evaluation_batch_that_runs_out_of_memory_is_halved_with_the_same_score(tiny_bases: dict[str, Path],
-                                                                                   tmp_path: Path) -> None:  # fmt: skip
+def test_an_evaluation_batch_that_runs_out_of_memory_is_halved_with_the_same_score(
+    tiny_bases: dict[str, Path], tmp_path: Path
+) -> None:
     lm = load_base(str(tiny_bases["seq2seq"]), languages=[])
     eval_set = EvalSet("eng_Latn-hin_Deva", dev_lines("eng_Latn", 12), dev_lines("hin_Deva", 12))
     evaluation = EvaluationConfig(batch_size=12, max_new_tokens=8)  # type: ignore[call-arg]

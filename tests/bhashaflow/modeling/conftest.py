@@ -36,7 +36,13 @@ def bloom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def adapter_dir(m2m: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("adapter")
     shard = write_shard(root / "s.parquet", [("Hello there.", "नमस्ते।")] * 4, "eng_Latn", "hin_Deva")
-    config = config_from_dict({"directions": ["eng_Latn-hin_Deva"], "base_model": str(m2m),
-                               "training": {"max_steps": 1, "batch_size": 2}})  # fmt: skip
-    return train_adapter(config=config, direction="eng_Latn-hin_Deva", shard_paths=[shard], out_dir=str(root / "run"),
-                         hooks=TrainHooks(eval_texts={})).adapter_dir  # fmt: skip
+    config = config_from_dict(
+        {"directions": ["eng_Latn-hin_Deva"], "base_model": str(m2m), "training": {"max_steps": 1, "batch_size": 2}}
+    )
+    return train_adapter(
+        config=config,
+        direction="eng_Latn-hin_Deva",
+        shard_paths=[shard],
+        out_dir=str(root / "run"),
+        hooks=TrainHooks(eval_texts={}),
+    ).adapter_dir

@@ -39,12 +39,24 @@ def test_pickled_adapters_are_refused(m2m: Path, adapter_dir: str, tmp_path: Pat
 
 
 def test_default_target_modules_per_architecture(m2m: Path, bloom: Path) -> None:
-    assert default_target_modules(load_base(str(m2m), languages=[]).model) == ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    assert default_target_modules(load_base(str(m2m), languages=[]).model) == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "out_proj",
+        "fc1",
+        "fc2",
+    ]
     assert default_target_modules(load_base(str(bloom), languages=[]).model) == [
-        "query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]  # fmt: skip
+        "query_key_value",
+        "dense",
+        "dense_h_to_4h",
+        "dense_4h_to_h",
+    ]
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    neox = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                            intermediate_size=32))  # fmt: skip
+    neox = GPTNeoXForCausalLM(
+        GPTNeoXConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    )
     # No table entry: every hidden linear layer, never the output layer.
     assert default_target_modules(neox) == ["dense", "dense_4h_to_h", "dense_h_to_4h", "query_key_value"]

@@ -20,10 +20,13 @@ from bhashaflow.modeling.loading import load_base, resolve_base
 FAST = {"vocab_size": 300, "d_model": 32, "layers": 1, "ffn_dim": 64, "steps": 4, "batch_size": 4, "warmup_steps": 1}
 
 
-@pytest.mark.parametrize("name,family,arch", [("builtin:tiny-seq2seq", "seq2seq", "M2M100ForConditionalGeneration"),
-                                               ("builtin:tiny-causal", "causal", "LlamaForCausalLM")])  # fmt: skip
-
-
+@pytest.mark.parametrize(
+    "name,family,arch",
+    [
+        ("builtin:tiny-seq2seq", "seq2seq", "M2M100ForConditionalGeneration"),
+        ("builtin:tiny-causal", "causal", "LlamaForCausalLM"),
+    ],
+)
 def test_builtin_is_built_once_from_dev_text_and_loaded_like_a_hub_model(
     name: str, family: str, arch: str, dev_only_flores: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -34,7 +37,14 @@ def test_builtin_is_built_once_from_dev_text_and_loaded_like_a_hub_model(
     folder = Path(lm.base_path)
     assert folder.parent == tmp_path / "cache" / "builtin" and folder.name.startswith(name.split(":")[1] + "-")
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", MANIFEST]
+        [
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            MANIFEST,
+        ]
     )
     manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["languages"] == ["eng_Latn", "hin_Deva", "tam_Taml"]  # English is always the pivot
@@ -53,16 +63,29 @@ def test_builtin_is_built_once_from_dev_text_and_loaded_like_a_hub_model(
 
 def test_builtin_build_is_reproducible(dev_only_flores: Path, tmp_path: Path) -> None:
     recipe = small_recipe("builtin:tiny-seq2seq", **FAST)
-    dirs = [ensure_builtin("builtin:tiny-seq2seq", languages=["hin_Deva"], cache_dir=str(tmp_path / c),
-                           flores_dir=str(dev_only_flores), recipe=recipe) for c in ("a", "b")]  # fmt: skip
+    dirs = [
+        ensure_builtin(
+            "builtin:tiny-seq2seq",
+            languages=["hin_Deva"],
+            cache_dir=str(tmp_path / c),
+            flores_dir=str(dev_only_flores),
+            recipe=recipe,
+        )
+        for c in ("a", "b")
+    ]
     hashes = [json.loads((d / MANIFEST).read_text())["content_hash"] for d in dirs]
     assert hashes[0] == hashes[1]
 
 
 def test_builtin_without_dev_text_names_the_missing_files(tmp_path: Path) -> None:
     with pytest.raises(BaseModelError, match="lacks eng_Latn.dev, hin_Deva.dev"):
-        ensure_builtin("builtin:tiny-seq2seq", languages=["hin_Deva"], cache_dir=str(tmp_path), flores_dir=str(tmp_path),
-                       recipe=small_recipe("builtin:tiny-seq2seq", **FAST))  # fmt: skip
+        ensure_builtin(
+            "builtin:tiny-seq2seq",
+            languages=["hin_Deva"],
+            cache_dir=str(tmp_path),
+            flores_dir=str(tmp_path),
+            recipe=small_recipe("builtin:tiny-seq2seq", **FAST),
+        )
 
 
 def test_built_in_bases_read_dev_text_aligned_across_a_line_separator(tmp_path: Path) -> None:

@@ -27,7 +27,9 @@ def m2m(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 
 def test_batched_length_sorted_output_matches_one_at_a_time_in_input_order(m2m: LoadedModel) -> None:
     batched = translate(m2m, TEXTS, src_lang="eng_Latn", tgt_lang="hin_Deva", batch_size=3, max_new_tokens=10)
-    single = [translate(m2m, [t], src_lang="eng_Latn", tgt_lang="hin_Deva", batch_size=1, max_new_tokens=10)[0] for t in TEXTS]
+    single = [
+        translate(m2m, [t], src_lang="eng_Latn", tgt_lang="hin_Deva", batch_size=1, max_new_tokens=10)[0] for t in TEXTS
+    ]
     assert batched == single
     assert len(set(batched[:9])) > 3  # outputs differ by input, so a shuffled order would show
     assert batched[-1] == ""  # an empty text is not sent to the model
@@ -35,8 +37,15 @@ def test_batched_length_sorted_output_matches_one_at_a_time_in_input_order(m2m: 
 
 def test_progress_reports_every_batch(m2m: LoadedModel) -> None:
     seen: list[tuple[int, int]] = []
-    translate(m2m, TEXTS, src_lang="eng_Latn", tgt_lang="hin_Deva", batch_size=4, max_new_tokens=2,
-              on_batch=lambda done, total: seen.append((done, total)))  # fmt: skip
+    translate(
+        m2m,
+        TEXTS,
+        src_lang="eng_Latn",
+        tgt_lang="hin_Deva",
+        batch_size=4,
+        max_new_tokens=2,
+        on_batch=lambda done, total: seen.append((done, total)),
+    )
     assert seen == [(5, 10), (9, 10), (10, 10)]  # the empty text counts as done from the start
 
 
@@ -57,13 +66,26 @@ def test_causal_generation_returns_only_the_translation(tmp_path: Path) -> None:
     base = save_tiny_bloom(tmp_path / "bloom", hidden=64, init_std=0.2)
     src, tgt = "The cat sat.", "बिल्ली बैठी।"
     shard = write_shard(tmp_path / "pairs.parquet", [(src, tgt)], "eng_Latn", "hin_Deva")
-    config = config_from_dict({
-        "directions": ["eng_Latn-hin_Deva"], "base_model": str(base),
-        "training": {"max_steps": 40, "batch_size": 2, "learning_rate": 1e-2, "checkpoint_every": 40,
-                     "lora": {"r": 16, "alpha": 32, "dropout": 0.0}},
-    })  # fmt: skip
-    result = train_adapter(config=config, direction="eng_Latn-hin_Deva", shard_paths=[shard], out_dir=str(tmp_path / "run"),
-                           hooks=TrainHooks(eval_texts={}))  # fmt: skip
+    config = config_from_dict(
+        {
+            "directions": ["eng_Latn-hin_Deva"],
+            "base_model": str(base),
+            "training": {
+                "max_steps": 40,
+                "batch_size": 2,
+                "learning_rate": 1e-2,
+                "checkpoint_every": 40,
+                "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+            },
+        }
+    )
+    result = train_adapter(
+        config=config,
+        direction="eng_Latn-hin_Deva",
+        shard_paths=[shard],
+        out_dir=str(tmp_path / "run"),
+        hooks=TrainHooks(eval_texts={}),
+    )
     lm = load_base(str(base), languages=[])
     load_adapter(lm, result.adapter_dir, "taught")
     out = translate(lm, [src, src], src_lang="eng_Latn", tgt_lang="hin_Deva", adapter="taught", max_new_tokens=24)

@@ -50,14 +50,17 @@ def test_eight_and_four_bit_bases_load_quantized_linears_and_generate(m2m: Path)
         load_base(str(m2m), languages=[], quantization="3bit")
 
 
-@pytest.mark.parametrize(("precision", "dtype"), [("auto", torch.float32), ("bf16", torch.bfloat16),
-                                                  ("fp16", torch.float16), ("fp32", torch.float32)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("precision", "dtype"),
+    [("auto", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)],
+)
 def test_training_precision_is_the_dtype_the_base_loads_in(m2m: Path, precision: str, dtype: torch.dtype) -> None:
     from bhashaflow.config import config_from_dict
     from bhashaflow.modeling.loading import load_configured_base
 
-    config = config_from_dict({"directions": ["eng_Latn-hin_Deva"], "base_model": str(m2m),
-                               "training": {"precision": precision}})  # fmt: skip
+    config = config_from_dict(
+        {"directions": ["eng_Latn-hin_Deva"], "base_model": str(m2m), "training": {"precision": precision}}
+    )
     lm = load_configured_base(config, device="cpu")  # auto: fp32 on the CPU; the others honoured there too
     assert {p.dtype for p in lm.model.parameters()} == {dtype} and lm.compute_dtype == dtype
     # The default is left out of the config's dump: fingerprints and caches of earlier runs still match.

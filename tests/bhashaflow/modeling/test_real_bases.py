@@ -104,7 +104,9 @@ def test_host_time_does_not_grow_with_the_vocabulary(nllb: LoadedModel, tiny_bas
             for s, t in pairs:  # what translate() does around generate: encode, the forced tag, decode
                 encode_source(lm, s, "eng_Latn", "hin_Deva", 128)
                 forced_bos_id(lm, "hin_Deva")
-                lm.tokenizer.batch_decode([encode_pair(lm, s, t, "eng_Latn", "hin_Deva", 128)[1]], skip_special_tokens=True)
+                lm.tokenizer.batch_decode(
+                    [encode_pair(lm, s, t, "eng_Latn", "hin_Deva", 128)[1]], skip_special_tokens=True
+                )
 
         return work
 
@@ -138,9 +140,11 @@ def test_m2m100_uses_its_tags_and_refuses_a_language_it_lacks(m2m: LoadedModel) 
     src, labels = encode_pair(m2m, "Hello.", "नमस्ते।", "eng_Latn", "hin_Deva", max_length=64)
     assert src[0] == tok.convert_tokens_to_ids("__en__") and labels[0] == tok.convert_tokens_to_ids("__hi__")
     assert tag_style(tok) == "m2m100"
-    for call in (lambda: encode_pair(m2m, "Hello.", "నమస్తే", "eng_Latn", "tel_Telu", 64),
-                 lambda: forced_bos_id(m2m, "tel_Telu"), lambda: translate(m2m, ["Hello."], src_lang="eng_Latn",
-                                                                          tgt_lang="asm_Beng", max_new_tokens=2)):  # fmt: skip
+    for call in (
+        lambda: encode_pair(m2m, "Hello.", "నమస్తే", "eng_Latn", "tel_Telu", 64),
+        lambda: forced_bos_id(m2m, "tel_Telu"),
+        lambda: translate(m2m, ["Hello."], src_lang="eng_Latn", tgt_lang="asm_Beng", max_new_tokens=2),
+    ):
         with pytest.raises(LanguageTagError) as err:
             call()
         message = str(err.value)
@@ -151,20 +155,32 @@ def test_santali_is_named_by_nllbs_alias_and_said_so(nllb: LoadedModel) -> None:
     tok = nllb.tokenizer
     src, labels = encode_pair(nllb, "Hello.", "ᱥᱟᱱᱛᱟᱲᱤ", "eng_Latn", "sat_Olck", max_length=32)
     assert labels[0] == tok.convert_tokens_to_ids("sat_Beng") == forced_bos_id(nllb, "sat_Olck")
-    notes = language_notes(tok, family="seq2seq", model_type="m2m_100", base=NLLB,
-                           directions=["eng_Latn-hin_Deva", "eng_Latn-sat_Olck"])  # fmt: skip
+    notes = language_notes(
+        tok, family="seq2seq", model_type="m2m_100", base=NLLB, directions=["eng_Latn-hin_Deva", "eng_Latn-sat_Olck"]
+    )
     assert len(notes) == 1 and notes[0].startswith("sat_Olck as sat_Beng")
 
 
-def test_decoded_translations_carry_no_tags_or_prompt(nllb: LoadedModel, m2m: LoadedModel, marian: LoadedModel,
-                                                      bloomz: LoadedModel) -> None:  # fmt: skip
+def test_decoded_translations_carry_no_tags_or_prompt(
+    nllb: LoadedModel, m2m: LoadedModel, marian: LoadedModel, bloomz: LoadedModel
+) -> None:
     texts = dev_lines("eng_Latn", 4)
     for lm in (nllb, m2m, marian, bloomz):
         out = translate(lm, texts, src_lang="eng_Latn", tgt_lang="hin_Deva", max_new_tokens=8, batch_size=4)
         assert len(out) == 4
         for text in out:
-            for marker in ("hin_Deva", "eng_Latn", "__hi__", "__en__", ">>", "</s>", "<pad>", "Translate from",
-                           "Hindi:", "\n"):  # fmt: skip
+            for marker in (
+                "hin_Deva",
+                "eng_Latn",
+                "__hi__",
+                "__en__",
+                ">>",
+                "</s>",
+                "<pad>",
+                "Translate from",
+                "Hindi:",
+                "\n",
+            ):
                 assert marker not in text, (lm.base_id, text)
 
 

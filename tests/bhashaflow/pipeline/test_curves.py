@@ -54,7 +54,10 @@ def test_the_report_draws_every_direction_curve_on_any_fsspec_url() -> None:
     directions = {"eng_Latn-hin_Deva": result(), "eng_Latn-tam_Taml": result()}
     files = write_report(run, "run-1", directions)
     assert (files.report_uri, files.chart_uri, files.loss_chart_uri) == (
-        f"{run}/report.md", f"{run}/chrf.png", f"{run}/loss.png")
+        f"{run}/report.md",
+        f"{run}/chrf.png",
+        f"{run}/loss.png",
+    )
     fs, _ = open_fs(run)
     assert_png(fs.cat_file(f"{run}/loss.png"))
     assert_png(fs.cat_file(f"{run}/chrf.png"))
@@ -66,4 +69,3 @@ def test_a_run_without_train_logs_has_no_loss_chart() -> None:
     files = write_report("memory://reports/run-2", "run-2", {"eng_Latn-hin_Deva": result()})
     assert files.loss_chart_uri is None
     assert "Loss curves" not in markdown_report("run-2", {"eng_Latn-hin_Deva": result()}, "x/chrf.png")
-

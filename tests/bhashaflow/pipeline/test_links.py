@@ -28,14 +28,16 @@ def test_a_local_folder_is_text_naming_its_host_and_the_command_that_opens_it(tm
     folder = locator.folder("registry/v0001")  # relative to the worker's working directory
     assert folder == f"`{tmp_path}/registry/v0001` on host `worker-1` (open: `ls -l {tmp_path}/registry/v0001`)"
     assert locator.file(f"file://{tmp_path}/chrf.png") == (
-        f"`{tmp_path}/chrf.png` on host `worker-1` (open: `xdg-open {tmp_path}/chrf.png`)")
+        f"`{tmp_path}/chrf.png` on host `worker-1` (open: `xdg-open {tmp_path}/chrf.png`)"
+    )
     assert not LINK.search(folder) and "file://" not in folder + locator.file(str(tmp_path / "a b.png"))
     assert "'" + str(tmp_path / "a b.png") + "'" in locator.file(str(tmp_path / "a b.png"))  # quoted for a shell
 
 
 def test_http_is_a_link() -> None:
     assert Locator(Settings()).file("https://models.example.com/hi/v0001/") == (
-        "[v0001](https://models.example.com/hi/v0001/)")
+        "[v0001](https://models.example.com/hi/v0001/)"
+    )
 
 
 def test_s3_files_get_presigned_links_a_browser_can_follow(s3_server: S3Server) -> None:
@@ -45,8 +47,10 @@ def test_s3_files_get_presigned_links_a_browser_can_follow(s3_server: S3Server) 
         s3_server.put("registry", f"hi/versions/v0001/{name}", data)
     locator = Locator(Settings())
     folder = locator.folder("s3://registry/hi/versions/v0001")
-    assert folder.startswith(f"`s3://registry/hi/versions/v0001` (`aws s3 cp --recursive s3://registry/hi/versions/"
-                             f"v0001/ v0001 --endpoint-url {s3_server.endpoint_url}`); files, links valid 7 days: ")
+    assert folder.startswith(
+        f"`s3://registry/hi/versions/v0001` (`aws s3 cp --recursive s3://registry/hi/versions/"
+        f"v0001/ v0001 --endpoint-url {s3_server.endpoint_url}`); files, links valid 7 days: "
+    )
     links = dict(LINK.findall(folder))
     assert sorted(links) == sorted(files)
     for name, url in links.items():
@@ -61,7 +65,8 @@ def test_s3_is_text_when_signing_is_off_or_impossible(s3_server: S3Server, monke
     s3_server.put("runs", "demo/1/chrf.png", b"png")
     off = Locator(Settings(artifact_link_ttl_s=0))
     assert off.file("s3://runs/demo/1/chrf.png") == (
-        f"`s3://runs/demo/1/chrf.png` (`aws s3 cp s3://runs/demo/1/chrf.png . --endpoint-url {s3_server.endpoint_url}`)")
+        f"`s3://runs/demo/1/chrf.png` (`aws s3 cp s3://runs/demo/1/chrf.png . --endpoint-url {s3_server.endpoint_url}`)"
+    )
     assert not LINK.search(off.folder("s3://runs/demo/1"))
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # nothing to sign with
         monkeypatch.delenv(name)

@@ -28,11 +28,24 @@ def publish(direction_dir: Path, cfg: PipelineConfig, seed: int = 1) -> Path:
     adapter.mkdir(parents=True)
     save_file({"lora_A.weight": np.full((2, 4), seed, dtype=np.float32)}, str(adapter / "adapter_model.safetensors"))
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "seed": seed}))
-    resolved = {"direction": DIRECTION, "base_model": cfg.base_model, "base_revision": "abc", "steps": 2,
-                "resumed_from": None, "final_loss": 3.5, "tokens_per_s": 100.0, "decontaminated": 0,
-                "target_modules": ["q_proj"], "validation_pairs": 0, "best_step": None, "best_chrf_pp": None,
-                "stopped_early": False, "validation": [], "family": "seq2seq",
-                "config": cfg.model_dump(mode="json")}  # fmt: skip
+    resolved = {
+        "direction": DIRECTION,
+        "base_model": cfg.base_model,
+        "base_revision": "abc",
+        "steps": 2,
+        "resumed_from": None,
+        "final_loss": 3.5,
+        "tokens_per_s": 100.0,
+        "decontaminated": 0,
+        "target_modules": ["q_proj"],
+        "validation_pairs": 0,
+        "best_step": None,
+        "best_chrf_pp": None,
+        "stopped_early": False,
+        "validation": [],
+        "family": "seq2seq",
+        "config": cfg.model_dump(mode="json"),
+    }
     (adapter / "training_config.json").write_text(json.dumps(resolved))
     return adapter
 
@@ -67,9 +80,18 @@ def test_only_a_promoted_adapter_counts_as_a_finished_promotion(tmp_path: Path) 
     assert promoted_outcome(registry, DIRECTION, adapter) is None  # nothing registered yet
 
     def promote(candidate: float) -> None:
-        promote_adapter(registry, DIRECTION, adapter, decide_promotion(candidate, None, 40.0, 0.5), judged_against=None,
-                        base_model="tiny", base_revision=None, data_manifest_sha256="0" * 64, config={},
-                        metrics={"chrf_pp": candidate})  # fmt: skip
+        promote_adapter(
+            registry,
+            DIRECTION,
+            adapter,
+            decide_promotion(candidate, None, 40.0, 0.5),
+            judged_against=None,
+            base_model="tiny",
+            base_revision=None,
+            data_manifest_sha256="0" * 64,
+            config={},
+            metrics={"chrf_pp": candidate},
+        )
 
     promote(39.0)  # registered, refused: a re-run may still promote it
     assert promoted_outcome(registry, DIRECTION, adapter) is None

@@ -111,12 +111,21 @@ def adapter(path: Path, seed: int) -> Path:
     return path
 
 
-def promote(registry: Registry, folder: Path, candidate: float, judged_against: str | None,
-            incumbent: float | None) -> PromotionOutcome:  # fmt: skip
+def promote(
+    registry: Registry, folder: Path, candidate: float, judged_against: str | None, incumbent: float | None
+) -> PromotionOutcome:
     return promote_adapter(
-        registry, DIRECTION, folder, decide_promotion(candidate, incumbent, 40.0, 0.5), judged_against=judged_against,
-        base_model="tiny", base_revision=None, data_manifest_sha256="0" * 64, config={}, metrics={"chrf_pp": candidate},
-    )  # fmt: skip
+        registry,
+        DIRECTION,
+        folder,
+        decide_promotion(candidate, incumbent, 40.0, 0.5),
+        judged_against=judged_against,
+        base_model="tiny",
+        base_revision=None,
+        data_manifest_sha256="0" * 64,
+        config={},
+        metrics={"chrf_pp": candidate},
+    )
 
 
 def test_promote_adapter_registers_and_promotes_only_past_the_gate_and_the_same_incumbent(tmp_path: Path) -> None:
@@ -129,9 +138,18 @@ def test_promote_adapter_registers_and_promotes_only_past_the_gate_and_the_same_
     assert weak.reason.startswith("refused: candidate chrF++ 45.20")
 
     # Judged against v0001, but another promotion put v0003 there meanwhile: not promoted, kept as a version.
-    registry.promote(DIRECTION, registry.register(DIRECTION, adapter(tmp_path / "c", 3), base_model="tiny",
-                                                  base_revision=None, data_manifest_sha256="0" * 64, config={},
-                                                  metrics={}).version)  # fmt: skip
+    registry.promote(
+        DIRECTION,
+        registry.register(
+            DIRECTION,
+            adapter(tmp_path / "c", 3),
+            base_model="tiny",
+            base_revision=None,
+            data_manifest_sha256="0" * 64,
+            config={},
+            metrics={},
+        ).version,
+    )
     stale = promote(registry, adapter(tmp_path / "d", 4), 48.0, "v0001", 45.0)
     conflict = f"{DIRECTION}: v0003 is promoted now, not the incumbent judged"
     assert stale == PromotionOutcome("v0004", False, f"refused: {conflict}; evaluate it again to compare")
@@ -154,8 +172,10 @@ def test_held_out_corrections_block_a_candidate_that_regresses_beyond_max_regres
     assert kept.promote and "held-out corrections chrF++ 49.50 (-0.50 against incumbent)" in kept.reason
     blocked = gate_corrections(passed, 48.0, 50.0, "incumbent", 1.0)
     assert not blocked.promote
-    assert blocked.reason == ("refused: candidate passes on FLORES but its held-out corrections chrF++ 48.00 loses 2.00 "
-                              "against incumbent 50.00, more than promotion.max_regression 1.00")  # fmt: skip
+    assert blocked.reason == (
+        "refused: candidate passes on FLORES but its held-out corrections chrF++ 48.00 loses 2.00 "
+        "against incumbent 50.00, more than promotion.max_regression 1.00"
+    )
     refused = decide_promotion(38.1, 38.0, 30.0, 0.5)
     assert gate_corrections(refused, 10.0, 50.0, "base", 1.0) == refused  # the FLORES refusal stands as it was
     assert not gate_corrections(passed, float("nan"), 50.0, "base", 1.0).promote

@@ -730,8 +730,17 @@ def test_a_provenance_value_writes_the_manifest_its_fields_as_keywords_write(tmp
     assert [{k: v for k, v in m.items() if k != "created_at"} for m in stored] == [
         {k: v for k, v in stored[1].items() if k != "created_at"}
     ] * 2
-    assert set(stored[0]) == {"direction", "version", "base_model", "base_revision", "data_manifest_sha256",
-                              "config", "metrics", "files", "created_at"}  # fmt: skip
+    assert set(stored[0]) == {
+        "direction",
+        "version",
+        "base_model",
+        "base_revision",
+        "data_manifest_sha256",
+        "config",
+        "metrics",
+        "files",
+        "created_at",
+    }
     assert by_value.provenance == made_of == by_keywords.provenance
     with pytest.raises(TypeError, match="not both"):
         Registry(str(tmp_path / "c")).register(DIRECTION, tmp_path / "ad", made_of, base_model="other")

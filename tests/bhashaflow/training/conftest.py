@@ -16,4 +16,6 @@ def bases(tiny_bases: dict[str, Path]) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def shard(tmp_path_factory: pytest.TempPathFactory) -> str:
     pairs = list(zip(dev_lines("eng_Latn", 64), dev_lines("hin_Deva", 64), strict=True))
-    return write_shard(tmp_path_factory.mktemp("shards") / "eng_Latn-hin_Deva-00000.parquet", pairs, "eng_Latn", "hin_Deva")
+    return write_shard(
+        tmp_path_factory.mktemp("shards") / "eng_Latn-hin_Deva-00000.parquet", pairs, "eng_Latn", "hin_Deva"
+    )

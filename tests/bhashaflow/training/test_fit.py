@@ -12,8 +12,13 @@ from bhashaflow.training.fit import check_fit, format_fit, largest_fitting, micr
 
 
 def fit_config(base: Path, **training: object):  # noqa: ANN201
-    return config_from_dict({"directions": ["eng_Latn-hin_Deva"], "base_model": str(base),
-                             "training": {"max_length": 24, "batch_size": 3, **training}})  # fmt: skip
+    return config_from_dict(
+        {
+            "directions": ["eng_Latn-hin_Deva"],
+            "base_model": str(base),
+            "training": {"max_length": 24, "batch_size": 3, **training},
+        }
+    )
 
 
 @pytest.mark.parametrize("family", ["seq2seq", "causal"])
@@ -37,7 +42,9 @@ def test_the_micro_batch_follows_batch_size_or_the_token_budget(tiny_bases: dict
 
 
 @pytest.mark.parametrize("family", ["seq2seq", "causal"])
-def test_on_cpu_it_measures_steps_and_says_gpu_memory_cannot_be_measured(tiny_bases: dict[str, Path], family: str) -> None:
+def test_on_cpu_it_measures_steps_and_says_gpu_memory_cannot_be_measured(
+    tiny_bases: dict[str, Path], family: str
+) -> None:
     report = check_fit(fit_config(tiny_bases[family], gradient_checkpointing=True), steps=3, device="cpu")
 
     assert report.device == "cpu" and report.family == family and report.steps == 3

@@ -20,8 +20,9 @@ def steps(optimizer: AdapterOptimizer, weights: list[torch.nn.Parameter], n: int
     gen = torch.Generator().manual_seed(seed)
     for _ in range(n):
         grads = [torch.randn(w.shape, generator=gen) / 64 for w in weights]  # scaled for fp16, it must not overflow
-        optimizer.descend([sum(((w.float() * g).sum() for w, g in zip(weights, grads, strict=True)), torch.zeros(()))],
-                          "cpu")  # fmt: skip
+        optimizer.descend(
+            [sum(((w.float() * g).sum() for w, g in zip(weights, grads, strict=True)), torch.zeros(()))], "cpu"
+        )
 
 
 def test_bf16_weights_are_stepped_through_fp32_masters() -> None:
@@ -74,8 +75,12 @@ def test_a_restored_state_continues_exactly_as_the_uninterrupted_one() -> None:
         assert torch.equal(a, b)
 
 
-PRECISION_CHANGES = [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16), (torch.float16, torch.bfloat16),
-                     (torch.bfloat16, torch.float16)]  # fmt: skip
+PRECISION_CHANGES = [
+    (torch.bfloat16, torch.float32),
+    (torch.float32, torch.bfloat16),
+    (torch.float16, torch.bfloat16),
+    (torch.bfloat16, torch.float16),
+]
 
 
 @pytest.mark.parametrize(("saved", "resumed"), PRECISION_CHANGES)

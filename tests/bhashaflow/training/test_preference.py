@@ -41,11 +41,20 @@ def _off_target(translation: str, source: str) -> str:
 def write_preferences(path: Path, lo: int, hi: int) -> str:
     src, chosen = dev_lines("eng_Latn", hi)[lo:], dev_lines("hin_Deva", hi)[lo:]
     n = len(src)
-    table = pa.table({
-        "src": src, "tgt": chosen, "src_lang": ["eng_Latn"] * n, "tgt_lang": ["hin_Deva"] * n,
-        "source": ["feedback"] * n, "id": [f"feedback:{i}" for i in range(n)],
-        "rejected": [_off_target(t, s) for t, s in zip(chosen, src, strict=True)], "reward": [-0.5] * n, "adapter_version": ["v0001"] * n,
-    }, schema=PREFERENCE_SCHEMA)  # fmt: skip
+    table = pa.table(
+        {
+            "src": src,
+            "tgt": chosen,
+            "src_lang": ["eng_Latn"] * n,
+            "tgt_lang": ["hin_Deva"] * n,
+            "source": ["feedback"] * n,
+            "id": [f"feedback:{i}" for i in range(n)],
+            "rejected": [_off_target(t, s) for t, s in zip(chosen, src, strict=True)],
+            "reward": [-0.5] * n,
+            "adapter_version": ["v0001"] * n,
+        },
+        schema=PREFERENCE_SCHEMA,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, str(path))
     return str(path)
@@ -55,21 +64,29 @@ def write_preferences(path: Path, lo: int, hi: int) -> str:
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("preferences")
     pairs = list(zip(dev_lines("eng_Latn", 48), dev_lines("hin_Deva", 48), strict=True))
-    return {"pairs": write_shard(root / "pairs.parquet", pairs, "eng_Latn", "hin_Deva"),
-            "train": write_preferences(root / "train.parquet", 0, 48),
-            "heldout": write_preferences(root / "heldout.parquet", 48, 64)}  # fmt: skip
+    return {
+        "pairs": write_shard(root / "pairs.parquet", pairs, "eng_Latn", "hin_Deva"),
+        "train": write_preferences(root / "train.parquet", 0, 48),
+        "heldout": write_preferences(root / "heldout.parquet", 48, 64),
+    }
 
 
 def test_per_token_loss_and_its_gradients_match_autograd() -> None:
     torch.manual_seed(0)
-    hidden, weight, bias = (torch.randn(7, 5, requires_grad=True), torch.randn(11, 5, requires_grad=True),
-                            torch.randn(11, requires_grad=True))  # fmt: skip
+    hidden, weight, bias = (
+        torch.randn(7, 5, requires_grad=True),
+        torch.randn(11, 5, requires_grad=True),
+        torch.randn(11, requires_grad=True),
+    )
     targets, upstream = torch.randint(0, 11, (7,)), torch.randn(7)
     expected = torch.nn.functional.cross_entropy(hidden @ weight.T + bias, targets, reduction="none")
     got = _PerTokenLinearCrossEntropy.apply(hidden, weight, bias, targets, 3)
     torch.testing.assert_close(got, expected)
-    for a, b in zip(torch.autograd.grad((got * upstream).sum(), (hidden, weight, bias)),
-                    torch.autograd.grad((expected * upstream).sum(), (hidden, weight, bias)), strict=True):  # fmt: skip
+    for a, b in zip(
+        torch.autograd.grad((got * upstream).sum(), (hidden, weight, bias)),
+        torch.autograd.grad((expected * upstream).sum(), (hidden, weight, bias)),
+        strict=True,
+    ):
         torch.testing.assert_close(a, b)
 
 

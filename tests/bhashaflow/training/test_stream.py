@@ -17,11 +17,17 @@ def test_training_drops_and_counts_pairs_leaking_the_evaluation_set(bases: dict[
     clean = list(zip(dev_lines("eng_Latn", 20), dev_lines("hin_Deva", 20), strict=True))
     eval_src, eval_tgt = devtest_lines("eng_Latn", 30), devtest_lines("hin_Deva", 30)
     leaks = [("  " + eval_src[0].upper() + " ", "anything"), ("anything", eval_tgt[1]), (eval_tgt[2], "reversed")]
-    shards = [write_shard(tmp_path / "a.parquet", clean[:10] + leaks[:2], "eng_Latn", "hin_Deva"),
-              write_shard(tmp_path / "b.parquet", clean[10:] + leaks[2:], "eng_Latn", "hin_Deva")]  # fmt: skip
-    result = train_adapter(config=make_config(bases["seq2seq"], max_steps=10, checkpoint_every=10),
-                           direction=DIRECTION, shard_paths=shards, out_dir=str(tmp_path / "run"),
-                           hooks=TrainHooks(eval_texts={"src": eval_src, "tgt": eval_tgt}))  # fmt: skip
+    shards = [
+        write_shard(tmp_path / "a.parquet", clean[:10] + leaks[:2], "eng_Latn", "hin_Deva"),
+        write_shard(tmp_path / "b.parquet", clean[10:] + leaks[2:], "eng_Latn", "hin_Deva"),
+    ]
+    result = train_adapter(
+        config=make_config(bases["seq2seq"], max_steps=10, checkpoint_every=10),
+        direction=DIRECTION,
+        shard_paths=shards,
+        out_dir=str(tmp_path / "run"),
+        hooks=TrainHooks(eval_texts={"src": eval_src, "tgt": eval_tgt}),
+    )
     assert result.decontaminated == 3
     assert json.loads((tmp_path / "run" / "adapter" / "training_config.json").read_text())["decontaminated"] == 3
 
@@ -32,8 +38,9 @@ def test_default_decontamination_uses_the_configured_evaluation_split(bases: dic
     leak = (devtest_lines("eng_Latn")[700], "x")  # past any max_sentences cut: the whole split is excluded
     shard = write_shard(tmp_path / "s.parquet", [("Hello.", "नमस्ते।"), leak], "eng_Latn", "hin_Deva")
     config = make_config(bases["seq2seq"], max_steps=1)
-    config = config.model_copy(update={"evaluation": config.evaluation.model_copy(update={"flores_dir": str(FLORES),
-                                                                                          "max_sentences": 10})})  # fmt: skip
+    config = config.model_copy(
+        update={"evaluation": config.evaluation.model_copy(update={"flores_dir": str(FLORES), "max_sentences": 10})}
+    )
     result = train_adapter(config=config, direction=DIRECTION, shard_paths=[shard], out_dir=str(tmp_path / "run"))
     assert result.decontaminated == 1
 

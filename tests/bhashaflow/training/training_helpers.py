@@ -14,17 +14,35 @@ from bhashaflow.config import PipelineConfig, config_from_dict
 
 DIRECTION = "eng_Latn-hin_Deva"
 
-ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "training_config.json"]  # fmt: skip
+ADAPTER_FILES = [
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "training_config.json",
+]
 
-CHECKPOINT_FILES = ["adapter_config.json", "adapter_model.safetensors", "optimizer.json", "optimizer.safetensors",
-                    "rng.safetensors", "trainer_state.json"]  # fmt: skip
+CHECKPOINT_FILES = [
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "optimizer.json",
+    "optimizer.safetensors",
+    "rng.safetensors",
+    "trainer_state.json",
+]
 
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
 
 def make_config(base: Path, **training: object) -> PipelineConfig:
-    settings = {"max_steps": 2, "batch_size": 4, "checkpoint_every": 1, "learning_rate": 1e-3, "max_length": 48, **training}
+    settings = {
+        "max_steps": 2,
+        "batch_size": 4,
+        "checkpoint_every": 1,
+        "learning_rate": 1e-3,
+        "max_length": 48,
+        **training,
+    }
     return config_from_dict({"directions": [DIRECTION], "base_model": str(base), "training": settings})
 
 
@@ -50,6 +68,7 @@ def kill_when_marked(script: str, args: dict[str, object], marker: Path) -> None
     finally:
         proc.kill()
         proc.wait()
+
 
 VALIDATED = {"validation": {"pairs": 8}, "eval_every": 2, "checkpoint_every": 4, "learning_rate": 1e-2}
 
