@@ -88,6 +88,8 @@ class SourceBase(_Strict):
     told apart by `kind`. A key of another kind is refused naming the kinds it applies to.
     """
 
+    model_config = ConfigDict(json_schema_extra=lambda schema, model: _foreign_keys_as_null(schema, model))
+
     # The keys each kind must have, and why, for a message that says so (instead of pydantic's "Field required").
     _needs: ClassVar[dict[str, str]] = {}
 
@@ -369,6 +371,17 @@ _DUMP_ORDER = (
 )
 _DUMPED_ALWAYS = ("name", "kind", "uri", "split", "format", "fields", "langs", "collection", "endpoint_url", "subset")
 _DUMPED_WHEN_SET = ("pattern", "files", "trusted_clients", "max_length_ratio", "reward_margin", "heldout_share")
+
+
+def _foreign_keys_as_null(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """A kind's JSON schema also allows, as null, the keys of the one layout every kind dumps in: the Prefect run
+    form and `prefect deployment run --params` check a dumped config against the schema."""
+    properties = schema.setdefault("properties", {})
+    for key in _DUMPED_ALWAYS:
+        if key not in model.model_fields:
+            kinds = " or ".join(_SOURCE_KEY_KINDS[key])
+            properties[key] = {"type": "null", "default": None, "description": f"Applies to kind {kinds} only."}
+
 
 if TYPE_CHECKING:
     SourceConfig: TypeAlias = AnySource

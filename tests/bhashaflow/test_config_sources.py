@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from bhashaflow.config import (
     SOURCE_MODELS,
@@ -108,6 +110,22 @@ def test_a_dumped_config_loads_back_to_the_same_run() -> None:
     again = PipelineConfig.model_validate_json(json.dumps(config.model_dump(mode="json")))
     assert again.model_dump(mode="json") == config.model_dump(mode="json")
     assert again.resolved_run_id() == config.resolved_run_id()
+
+
+def test_a_dumped_config_passes_the_run_forms_json_schema() -> None:
+    """Prefect checks a deployment's parameters (the UI's run form, `prefect deployment run --params`) against the
+    config's JSON schema: every kind's dump, with the null keys of the one layout, must pass it, and a key of another
+    kind that is set must not."""
+    import jsonschema
+
+    schema = PipelineConfig.model_json_schema()
+    dumped = pipeline(*SOURCES).model_dump(mode="json")
+    jsonschema.validate(dumped, schema)
+    for path in sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")):
+        jsonschema.validate(config_from_dict(yaml.safe_load(path.read_text())).model_dump(mode="json"), schema)
+    dumped["sources"][0]["collection"] = "pairs"  # a flores source
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(dumped, schema)
 
 
 @pytest.mark.parametrize(
