@@ -8,7 +8,6 @@ counts whole columns of code points at once for validation, with the same tables
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Sequence
 from functools import cache
@@ -160,18 +159,6 @@ def parse_direction(direction: str) -> tuple[str, str]:
     if parts[0] == parts[1]:
         raise ValueError(f"direction {direction!r}: source and target are the same language")
     return parts[0], parts[1]
-
-
-def script_regexes(code: str) -> tuple[str, str] | None:
-    """RE2 patterns (for pyarrow.compute) of `code`'s script characters and of letters of any other script.
-
-    They count what `script_fraction` counts, for whole columns at once; None for an unknown script.
-    """
-    block = SCRIPT_RANGES.get(script_of(code))
-    if block is None:
-        return None
-    re2_block = re.sub(r"[^\x00-\x7f]", lambda m: f"\\x{{{ord(m.group()):04x}}}", block)
-    return f"[{re2_block}]", f"[^\\P{{L}}{re2_block}]"
 
 
 BMP_SIZE = 0x10000

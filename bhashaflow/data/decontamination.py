@@ -41,21 +41,3 @@ class Decontaminator:
                 self.removed += 1
             else:
                 yield src, tgt
-
-
-def decontaminate(
-    pairs: Iterable[tuple[str, str]], eval_src: Iterable[str], eval_tgt: Iterable[str]
-) -> tuple[list[tuple[str, str]], int]:
-    """Drop pairs whose source or target appears in the evaluation set.
-
-    Args:
-        pairs: (source, target) training pairs.
-        eval_src: evaluation source sentences.
-        eval_tgt: evaluation reference sentences.
-
-    Returns:
-        The kept pairs in their order, and how many were removed.
-    """
-    decon = Decontaminator([*eval_src, *eval_tgt])
-    kept = list(decon.filter(pairs))
-    return kept, decon.removed

@@ -42,39 +42,3 @@ def read_flores(flores_dir: str | Path, lang: str, split: str) -> list[str]:
     if lines and lines[-1] == "":
         lines.pop()
     return [line.removesuffix("\r") for line in lines]
-
-
-def flores_checksums_ok(flores_dir: str | Path, split: str) -> list[str]:
-    """Files of a split whose SHA-256 differs from `<split>.sha256` (or that are missing); empty when all match.
-
-    Args:
-        flores_dir: directory in the official layout, holding `dev.sha256` / `devtest.sha256`.
-        split: `dev` or `devtest`.
-
-    Raises:
-        SourceError: the checksum file is missing or has a malformed line.
-    """
-    if split not in FLORES_SPLITS:
-        raise SourceError(f"FLORES-200 split {split!r} does not exist; expected one of {', '.join(FLORES_SPLITS)}")
-    sums_path = Path(flores_dir) / f"{split}.sha256"
-    try:
-        listing = sums_path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SourceError(f"cannot read FLORES-200 checksums {sums_path}: {exc.strerror or exc}") from None
-    bad = []
-    for lineno, line in enumerate(listing.splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2 or len(parts[0]) != 64:
-            raise SourceError(f"{sums_path}:{lineno}: expected '<sha256>  <file>', got {line!r}")
-        expected, name = parts[0].lower(), parts[1].strip().lstrip("*")  # '*' marks binary mode in sha256sum
-        path = Path(flores_dir) / split / name
-        try:
-            actual = sha256_file(path)
-        except OSError:
-            bad.append(name)
-            continue
-        if actual != expected:
-            bad.append(name)
-    return bad

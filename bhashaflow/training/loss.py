@@ -171,12 +171,6 @@ def _select(hidden: torch.Tensor, scored: ScoredTokens) -> torch.Tensor:
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, scored.index)
 
 
-def scored_positions(hidden: torch.Tensor, labels: torch.Tensor, family: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hidden states, targets) of the scored positions only: (n x hidden), (n); see `scored_tokens`."""
-    scored = scored_tokens(labels, family).to(hidden.device)
-    return _select(hidden, scored), scored.targets
-
-
 def scored_token_count(labels: torch.Tensor, family: str) -> int:
     """How many positions of a collated batch the loss scores."""
     if family == "causal":

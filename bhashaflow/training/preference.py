@@ -161,24 +161,6 @@ def cpo_step(
     return total, tokens[0]
 
 
-def preference_margins(
-    model: Any, lm: LoadedModel, triplets: list[PreferenceExample], batch_size: int = 16
-) -> list[float]:
-    """log pi(chosen|x) - log pi(rejected|x) of each triplet under `model` (no gradients): what CPO raises."""
-    pad_id = int(lm.tokenizer.pad_token_id)
-    margins: list[float] = []
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(triplets), batch_size):
-            chunk = triplets[start : start + batch_size]
-            chosen, _ = _log_probs(model, collate([t.chosen for t in chunk], pad_id), lm.family, lm.device)
-            rejected, _ = _log_probs(model, collate([t.rejected for t in chunk], pad_id), lm.family, lm.device)
-            margins.extend((chosen - rejected).tolist())
-    model.train(was_training)
-    return margins
-
-
 def _log_probs(model: Any, batch: dict[str, torch.Tensor], family: str, device: str) -> tuple[torch.Tensor, ...]:
     """sequence_log_probs of a host batch, moved to `device` with its scored tokens located on the host."""
     moved, scored = on_device(batch, family, device)

@@ -6,8 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from script_kernels import script_regexes
 
-from bhashaflow.core.languages import count_script_letters, in_script, parse_direction, script_fraction, script_regexes
+from bhashaflow.core.languages import count_script_letters, in_script, parse_direction, script_fraction
 
 SAMPLE = [
     ("Hello world", "eng_Latn"),

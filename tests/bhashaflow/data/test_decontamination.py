@@ -6,9 +6,28 @@ from tiny_models import FLORES
 
 from bhashaflow.config import SourceConfig
 from bhashaflow.core.records import Pair, RawRecord
-from bhashaflow.data.decontamination import Decontaminator, decontaminate, normalize_sentence
+from bhashaflow.data.decontamination import Decontaminator, normalize_sentence
 from bhashaflow.data.flores import read_flores
 from bhashaflow.data.validation import Validator
+
+
+
+def decontaminate(
+    pairs: Iterable[tuple[str, str]], eval_src: Iterable[str], eval_tgt: Iterable[str]
+) -> tuple[list[tuple[str, str]], int]:
+    """Drop pairs whose source or target appears in the evaluation set.
+
+    Args:
+        pairs: (source, target) training pairs.
+        eval_src: evaluation source sentences.
+        eval_tgt: evaluation reference sentences.
+
+    Returns:
+        The kept pairs in their order, and how many were removed.
+    """
+    decon = Decontaminator([*eval_src, *eval_tgt])
+    kept = list(decon.filter(pairs))
+    return kept, decon.removed
 
 
 def test_decontaminate_normalises_and_counts() -> None:

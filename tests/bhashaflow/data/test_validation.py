@@ -2,11 +2,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from script_kernels import script_regexes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bhashaflow.config import SourceConfig
-from bhashaflow.core.languages import script_fraction, script_regexes
+from bhashaflow.core.languages import script_fraction
 from bhashaflow.core.records import PAIR_SCHEMA, Pair, RawRecord, Rejection
 from bhashaflow.data.validation import (
     _CONTROL_RE2,

@@ -24,8 +24,8 @@ from bhashaflow.training.loss import (
     CHUNK_ELEMENTS,
     chunk_rows_for,
     linear_cross_entropy,
-    scored_positions,
     scored_token_count,
+    scored_tokens,
     translation_loss_sum,
 )
 from bhashaflow.training.optim import AdapterOptimizer
@@ -113,6 +113,12 @@ def test_linear_cross_entropy_equals_cross_entropy_with_bias_and_trained_weight(
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     for tensor, grad in zip((hidden, weight, bias), want, strict=True):
         torch.testing.assert_close(tensor.grad, grad * 0.5, rtol=1e-5, atol=1e-6)
+
+
+def scored_positions(hidden: torch.Tensor, labels: torch.Tensor, family: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states, targets) of the scored positions only: (n x hidden), (n); see `scored_tokens`."""
+    scored = scored_tokens(labels, family).to(hidden.device)
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, scored.index), scored.targets
 
 
 def test_decoder_only_bases_project_only_the_answer(tiny_bases: dict[str, Path]) -> None:

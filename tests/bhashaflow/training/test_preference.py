@@ -4,6 +4,7 @@ loss matches autograd's, a killed CPO run resumes bit-identically, and a run wit
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -14,13 +15,15 @@ from tiny_models import dev_lines, write_shard
 from training_helpers import DIRECTION, make_config
 
 from bhashaflow.core.records import PREFERENCE_SCHEMA
+from bhashaflow.data.batching import collate
 from bhashaflow.data.decontamination import Decontaminator
 from bhashaflow.modeling.adapters import load_adapter
+from bhashaflow.modeling.loaded import LoadedModel
 from bhashaflow.modeling.loading import load_base
 from bhashaflow.training import TrainingError
 from bhashaflow.training.loop import TrainHooks, train_adapter
 from bhashaflow.training.loss import _PerTokenLinearCrossEntropy
-from bhashaflow.training.preference import load_triplets, preference_margins
+from bhashaflow.training.preference import PreferenceExample, _log_probs, load_triplets
 
 # Long enough for every FLORES dev pair: a truncated pair would cut off where chosen and rejected differ.
 CPO = {
@@ -69,6 +72,24 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "train": write_preferences(root / "train.parquet", 0, 48),
         "heldout": write_preferences(root / "heldout.parquet", 48, 64),
     }
+
+
+def preference_margins(
+    model: Any, lm: LoadedModel, triplets: list[PreferenceExample], batch_size: int = 16
+) -> list[float]:
+    """log pi(chosen|x) - log pi(rejected|x) of each triplet under `model` (no gradients): what CPO raises."""
+    pad_id = int(lm.tokenizer.pad_token_id)
+    margins: list[float] = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(triplets), batch_size):
+            chunk = triplets[start : start + batch_size]
+            chosen, _ = _log_probs(model, collate([t.chosen for t in chunk], pad_id), lm.family, lm.device)
+            rejected, _ = _log_probs(model, collate([t.rejected for t in chunk], pad_id), lm.family, lm.device)
+            margins.extend((chosen - rejected).tolist())
+    model.train(was_training)
+    return margins
 
 
 def test_per_token_loss_and_its_gradients_match_autograd() -> None:
