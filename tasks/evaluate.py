@@ -13,7 +13,7 @@ from bhashaflow.core.fsio import join
 from bhashaflow.core.progress import PROGRESS_LOG_EXTRA, PhaseProgress, publish
 from bhashaflow.core.quiet import quiet_libraries
 from bhashaflow.core.settings import get_settings
-from bhashaflow.data.ingest import load_manifest
+from bhashaflow.data.manifest import read_data_manifest
 from bhashaflow.evaluation.chrf import ChrfScore
 from bhashaflow.evaluation.evaluate import (
     AdapterScore,
@@ -94,7 +94,7 @@ def _score_corrections(
 ) -> dict[str, ChrfScore | None]:
     """The held-out corrections yardstick, when the run has them: base, incumbent and candidate scored on them."""
     run_uri = config.run_uri()
-    manifest = load_manifest(run_uri, options)
+    manifest = read_data_manifest(run_uri, options)
     heldout = load_heldout_corrections(manifest, run_uri, direction, options) if manifest else None
     if heldout is None:
         return {}

@@ -9,7 +9,7 @@ from typing import Any
 from bhashaflow.config import EvaluationConfig
 from bhashaflow.core.languages import parse_direction
 from bhashaflow.data.flores import read_flores
-from bhashaflow.data.ingest import preference_uris
+from bhashaflow.data.manifest import DataManifest
 from bhashaflow.data.shards import iter_pairs
 from bhashaflow.evaluation.chrf import ChrfScore, score_chrf, write_scores
 from bhashaflow.modeling.generation import translate
@@ -66,11 +66,11 @@ def load_eval_set(evaluation: EvaluationConfig, direction: str) -> EvalSet:
 
 
 def load_heldout_corrections(
-    manifest: dict[str, Any], run_uri: str, direction: str, storage_options: dict[str, Any] | None = None
+    manifest: DataManifest, run_uri: str, direction: str, storage_options: dict[str, Any] | None = None
 ) -> EvalSet | None:
     """The direction's held-out corrections (source texts and the users' corrections as references), or None
     when the run has none: corrected episodes the ingestion kept out of training (an rl_logs `heldout_share`)."""
-    uris = preference_uris(manifest, run_uri, direction, "heldout")
+    uris = manifest.preference_uris(run_uri, direction, "heldout")
     pairs = [(p.src, p.tgt) for p in iter_pairs(uris, storage_options)]
     if not pairs:
         return None
