@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeAlias, 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializationInfo,
     SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
+    create_model,
     field_validator,
     model_serializer,
     model_validator,
@@ -87,8 +89,6 @@ class SourceBase(_Strict):
     One model per kind derives from this (`FloresSource` ... `RlLogsSource`); `SourceConfig` is their union,
     told apart by `kind`. A key of another kind is refused naming the kinds it applies to.
     """
-
-    model_config = ConfigDict(json_schema_extra=lambda schema, model: _foreign_keys_as_null(schema, model))
 
     # The keys each kind must have, and why, for a message that says so (instead of pydantic's "Field required").
     _needs: ClassVar[dict[str, str]] = {}
@@ -373,14 +373,45 @@ _DUMPED_ALWAYS = ("name", "kind", "uri", "split", "format", "fields", "langs", "
 _DUMPED_WHEN_SET = ("pattern", "files", "trusted_clients", "max_length_ratio", "reward_margin", "heldout_share")
 
 
-def _foreign_keys_as_null(schema: dict[str, Any], model: type[BaseModel]) -> None:
-    """A kind's JSON schema also allows, as null, the keys of the one layout every kind dumps in: the Prefect run
-    form and `prefect deployment run --params` check a dumped config against the schema."""
-    properties = schema.setdefault("properties", {})
-    for key in _DUMPED_ALWAYS:
-        if key not in model.model_fields:
-            kinds = " or ".join(_SOURCE_KEY_KINDS[key])
-            properties[key] = {"type": "null", "default": None, "description": f"Applies to kind {kinds} only."}
+def _source_form() -> type[BaseModel]:
+    """What the Prefect run form shows for a source: every kind's keys in one object, as sources had one model
+    before (the form renders a union of objects only as a JSON editor). It is the schema only: each source is
+    still validated by its kind's model, which names a key of another kind."""
+    fields: dict[str, Any] = {}
+    for key in _DUMP_ORDER:
+        by_kind = {kind: model.model_fields[key] for kind, model in SOURCE_MODELS.items() if key in model.model_fields}
+        first = next(iter(by_kind.values()))
+        if key in ("name", "uri"):
+            fields[key] = (str, Field(description=first.description))
+            continue
+        if key == "kind":
+            fields[key] = (SourceKind, Field(description=SourceBase.model_fields["kind"].description))
+            continue
+        said: dict[str, list[str]] = {}
+        for kind, info in by_kind.items():
+            said.setdefault(info.description or "", []).append(kind)
+        if key in SourceBase.model_fields:  # said once for every kind (the kinds that require it say so there)
+            description = SourceBase.model_fields[key].description or ""
+        elif len(said) == 1:
+            description = next(iter(said))
+            if len(by_kind) < len(SOURCE_MODELS):
+                description += f" (kind {' or '.join(by_kind)} only)"
+        else:
+            description = "; ".join(f"{' or '.join(kinds)}: {text.rstrip('.')}" for text, kinds in said.items())
+        annotation = first.annotation
+        if key == "fields":
+            fields[key] = (annotation, Field(default_factory=FieldMap, description=description))
+        else:
+            fields[key] = (annotation | None, Field(None, description=description))  # type: ignore[operator]
+    form: type[BaseModel] = create_model("SourceConfig", __base__=_Strict, **fields)
+    return form
+
+
+_SOURCE_FORM = _source_form()
+
+
+def _as_given(value: Any) -> Any:
+    return value
 
 
 if TYPE_CHECKING:
@@ -791,7 +822,9 @@ class PipelineConfig(_Strict):
     directions: list[str] = Field(
         description="Translation directions as src-tgt FLORES-200 codes, e.g. eng_Latn-hin_Deva.", min_length=1
     )
-    sources: list[AnySource] = Field(default_factory=list, description="Where training pairs come from.")
+    sources: list[Annotated[AnySource, BeforeValidator(_as_given, json_schema_input_type=_SOURCE_FORM)]] = Field(
+        default_factory=list, description="Where training pairs come from."
+    )
     ingest: IngestConfig = Field(default_factory=IngestConfig, description="Validation and sharding.")
     # Not part of the run id: a run resumed with more patience is still the same run.
     source_retry: SourceRetryConfig = Field(

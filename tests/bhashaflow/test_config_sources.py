@@ -112,19 +112,33 @@ def test_a_dumped_config_loads_back_to_the_same_run() -> None:
     assert again.resolved_run_id() == config.resolved_run_id()
 
 
-def test_a_dumped_config_passes_the_run_forms_json_schema() -> None:
-    """Prefect checks a deployment's parameters (the UI's run form, `prefect deployment run --params`) against the
-    config's JSON schema: every kind's dump, with the null keys of the one layout, must pass it, and a key of another
-    kind that is set must not."""
+def test_the_run_form_shows_a_source_as_one_object_that_every_dump_passes() -> None:
+    """Prefect renders a deployment's parameters from the config's JSON schema (the UI's run form) and checks them
+    against it (`prefect deployment run --params`). Its form shows a union of objects only as a JSON editor, so a
+    source is one object there, with every kind's keys, as before kinds had models; every kind's dump passes it."""
     import jsonschema
 
     schema = PipelineConfig.model_json_schema()
+    assert schema["properties"]["sources"]["items"] == {"$ref": "#/$defs/SourceConfig"}
+    form = schema["$defs"]["SourceConfig"]
+    assert list(form["properties"]) == [
+        *ALWAYS[:7],
+        "pattern",
+        "files",
+        *ALWAYS[7:],
+        "trusted_clients",
+        "max_length_ratio",
+        "reward_margin",
+        "heldout_share",
+    ]
+    assert form["required"] == ["name", "kind", "uri"] and form["properties"]["kind"]["enum"] == list(SOURCE_MODELS)
+    assert "(kind qdrant only)" in form["properties"]["collection"]["description"]
     dumped = pipeline(*SOURCES).model_dump(mode="json")
     jsonschema.validate(dumped, schema)
     for path in sorted((Path(__file__).parents[2] / "configs").glob("*.yaml")):
         jsonschema.validate(config_from_dict(yaml.safe_load(path.read_text())).model_dump(mode="json"), schema)
-    dumped["sources"][0]["collection"] = "pairs"  # a flores source
-    with pytest.raises(jsonschema.ValidationError):
+    dumped["sources"][0]["colection"] = "pairs"
+    with pytest.raises(jsonschema.ValidationError, match="colection"):
         jsonschema.validate(dumped, schema)
 
 
