@@ -19,7 +19,7 @@ from bhashaflow.config import ValidationConfig
 Pair = tuple[str, str]
 
 
-def pair_key(seed: int, src: str, tgt: str) -> float:
+def holdout_rank(seed: int, src: str, tgt: str) -> float:
     """A pair's place in [0, 1) for this seed."""
     digest = hashlib.blake2b(f"{seed}\0{src}\0{tgt}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
@@ -57,7 +57,7 @@ def select_holdout(pairs: Iterable[Pair], config: ValidationConfig) -> Holdout:
     seen: set[Pair] = set()
     for pair in pairs:
         total += 1
-        key = pair_key(config.seed, *pair)
+        key = holdout_rank(config.seed, *pair)
         if config.share is not None and key >= config.share:
             continue
         if pair in seen:

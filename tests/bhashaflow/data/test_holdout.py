@@ -7,7 +7,7 @@ import random
 import pytest
 
 from bhashaflow.config import ConfigError, ValidationConfig, config_from_dict
-from bhashaflow.data.holdout import pair_key, select_holdout
+from bhashaflow.data.holdout import holdout_rank, select_holdout
 
 
 def corpus(n: int) -> list[tuple[str, str]]:
@@ -21,7 +21,7 @@ def test_a_share_holds_out_about_that_share_the_same_in_any_order() -> None:
     assert select_holdout(shuffled, ValidationConfig(share=0.1, max_pairs=10_000)).pairs == held.pairs
     assert 340 <= len(held.pairs) <= 460  # a binomial(4000, 0.1): far inside 5 sigma
     assert held.total == 4000 and held.training_pairs == 4000 - len(held.pairs)
-    assert all(pair_key(0, *p) < 0.1 for p in held.pairs)
+    assert all(holdout_rank(0, *p) < 0.1 for p in held.pairs)
     assert sum(p in held for p in pairs) == len(held.pairs)
 
 
@@ -29,7 +29,7 @@ def test_a_count_holds_out_exactly_that_many_with_the_smallest_keys() -> None:
     pairs = corpus(500)
     held = select_holdout(pairs, ValidationConfig(pairs=25))
     assert len(held.pairs) == 25
-    smallest = sorted(pairs, key=lambda p: pair_key(0, *p))[:25]
+    smallest = sorted(pairs, key=lambda p: holdout_rank(0, *p))[:25]
     assert held.pairs == smallest  # in key order
 
 
