@@ -136,7 +136,7 @@ NLLB_EMBEDDINGS = 256_206
 
 
 def build_nllb(out_dir: Path) -> None:
-    from transformers import M2M100Config, M2M100ForConditionalGeneration, NllbTokenizer
+    from transformers import M2M100ForConditionalGeneration, NllbTokenizer
     from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
 
     proto = fill_spm(train_spm(dev_text(), "bpe", TRAINED_PIECES), NLLB_SPM_PIECES, spm_fillers())
@@ -188,8 +188,21 @@ def build_nllb(out_dir: Path) -> None:
         token["ids"] = [ids[token["id"]]]
     _write_json(out_dir / "tokenizer.json", backend)
 
-    config = M2M100Config(
-        vocab_size=NLLB_EMBEDDINGS,
+    config = _tiny_m2m100_config(NLLB_EMBEDDINGS, layerdrop=0.0)
+    _save_model(
+        _seeded(M2M100ForConditionalGeneration, config),
+        out_dir,
+        {"tokenizer_class": "NllbTokenizer", "max_length": 200},
+        {"bos_token_id": 0, "decoder_start_token_id": 2, "eos_token_id": 2, "max_length": 200, "pad_token_id": 1},
+    )
+
+
+def _tiny_m2m100_config(vocab_size: int, *, layerdrop: float) -> Any:
+    """NLLB's and M2M100's config fields (both are M2M100ForConditionalGeneration) with tiny layers."""
+    from transformers import M2M100Config
+
+    return M2M100Config(
+        vocab_size=vocab_size,
         d_model=TINY["d_model"],
         encoder_layers=1,
         decoder_layers=1,
@@ -202,20 +215,14 @@ def build_nllb(out_dir: Path) -> None:
         dropout=0.1,
         attention_dropout=0.1,
         activation_dropout=0.0,
-        encoder_layerdrop=0.0,
-        decoder_layerdrop=0.0,
+        encoder_layerdrop=layerdrop,
+        decoder_layerdrop=layerdrop,
         init_std=0.02,
         scale_embedding=True,
         bos_token_id=0,
         pad_token_id=1,
         eos_token_id=2,
         decoder_start_token_id=2,
-    )
-    _save_model(
-        _seeded(M2M100ForConditionalGeneration, config),
-        out_dir,
-        {"tokenizer_class": "NllbTokenizer", "max_length": 200},
-        {"bos_token_id": 0, "decoder_start_token_id": 2, "eos_token_id": 2, "max_length": 200, "pad_token_id": 1},
     )
 
 
@@ -316,7 +323,7 @@ M2M100_EMBEDDINGS = 128_112
 
 
 def build_m2m100(out_dir: Path) -> None:
-    from transformers import M2M100Config, M2M100ForConditionalGeneration
+    from transformers import M2M100ForConditionalGeneration
     from transformers.models.m2m_100.tokenization_m2m_100 import FAIRSEQ_LANGUAGE_CODES
 
     proto = fill_spm(train_spm(dev_text(), "bpe", TRAINED_PIECES), M2M100_SPM_PIECES, spm_fillers(1))
@@ -349,29 +356,7 @@ def build_m2m100(out_dir: Path) -> None:
         },
     )
 
-    config = M2M100Config(
-        vocab_size=M2M100_EMBEDDINGS,
-        d_model=TINY["d_model"],
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=TINY["heads"],
-        decoder_attention_heads=TINY["heads"],
-        encoder_ffn_dim=TINY["ffn"],
-        decoder_ffn_dim=TINY["ffn"],
-        max_position_embeddings=1024,
-        activation_function="relu",
-        dropout=0.1,
-        attention_dropout=0.1,
-        activation_dropout=0.0,
-        encoder_layerdrop=0.05,
-        decoder_layerdrop=0.05,
-        init_std=0.02,
-        scale_embedding=True,
-        bos_token_id=0,
-        pad_token_id=1,
-        eos_token_id=2,
-        decoder_start_token_id=2,
-    )
+    config = _tiny_m2m100_config(M2M100_EMBEDDINGS, layerdrop=0.05)
     generation = {
         "bos_token_id": 0,
         "decoder_start_token_id": 2,
