@@ -165,6 +165,19 @@ def _state_as_runs_wrote_it(**values: object) -> str:
 
 
 FINGERPRINT = {"direction": DIRECTION, "base_model": "base", "base_revision": None, "training": {"max_steps": 4}}
+# A trainer's state before its first step.
+FRESH = {
+    "step": 0,
+    "tokens": 0,
+    "train_seconds": 0.0,
+    "recent_losses": [],
+    "fingerprint": FINGERPRINT,
+    "validation": [],
+    "best_step": None,
+    "best_chrf_pp": None,
+    "evals_since_best": 0,
+    "stopped_early": False,
+}
 
 
 @pytest.mark.parametrize("incumbent", [{}, {"initialized_from": "v0003"}], ids=["scratch", "incumbent"])
@@ -172,18 +185,7 @@ def test_trainer_state_reads_and_writes_the_file_runs_have_always_written(incumb
     from bhashaflow.training.state import TrainerState
 
     fresh = TrainerState(FINGERPRINT)  # type: ignore[arg-type]
-    assert fresh.to_json() == _state_as_runs_wrote_it(
-        step=0,
-        tokens=0,
-        train_seconds=0.0,
-        recent_losses=[],
-        fingerprint=FINGERPRINT,
-        validation=[],
-        best_step=None,
-        best_chrf_pp=None,
-        evals_since_best=0,
-        stopped_early=False,
-    )
+    assert fresh.to_json() == _state_as_runs_wrote_it(**FRESH)
     text = _state_as_runs_wrote_it(
         step=4,
         tokens=1234,
@@ -209,20 +211,7 @@ def test_a_trainer_state_missing_a_key_names_the_file_and_the_key() -> None:
     from bhashaflow.training import TrainingError
     from bhashaflow.training.state import TrainerState
 
-    saved = json.loads(
-        _state_as_runs_wrote_it(
-            step=1,
-            tokens=1,
-            train_seconds=1.0,
-            recent_losses=[],
-            fingerprint=FINGERPRINT,
-            validation=[],
-            best_step=None,
-            best_chrf_pp=None,
-            evals_since_best=0,
-            stopped_early=False,
-        )
-    )
+    saved = json.loads(_state_as_runs_wrote_it(**{**FRESH, "step": 1, "tokens": 1, "train_seconds": 1.0}))
     del saved["evals_since_best"]
     with pytest.raises(TrainingError, match=r"run/checkpoints/step-1/trainer_state.json lacks evals_since_best"):
         TrainerState.from_json(json.dumps(saved), "run/checkpoints/step-1/trainer_state.json")
