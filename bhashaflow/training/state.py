@@ -15,7 +15,7 @@ from typing import Any, TypedDict
 from bhashaflow.training import TrainingError
 
 RECENT_LOSSES = 20  # the losses kept for the run's final loss (their mean)
-_REQUIRED = (
+_KEYS = (  # trainer_state.json's keys, in the order runs write them (initialized_from follows when set)
     "step",
     "tokens",
     "train_seconds",
@@ -132,18 +132,7 @@ class TrainerState:
 
     def to_json(self) -> str:
         """trainer_state.json's text, key for key as runs have always written it."""
-        saved: dict[str, Any] = {
-            "step": self.step,
-            "tokens": self.tokens,
-            "train_seconds": self.train_seconds,
-            "recent_losses": self.recent_losses,
-            "fingerprint": self.fingerprint,
-            "validation": self.validation,
-            "best_step": self.best_step,
-            "best_chrf_pp": self.best_chrf_pp,
-            "evals_since_best": self.evals_since_best,
-            "stopped_early": self.stopped_early,
-        }
+        saved: dict[str, Any] = {key: getattr(self, key) for key in _KEYS}
         if self.initialized_from is not None:
             saved["initialized_from"] = self.initialized_from
         return json.dumps(saved, indent=1)
@@ -152,22 +141,10 @@ class TrainerState:
     def from_json(cls, text: str, path: Path | str) -> TrainerState:
         """The state `to_json` wrote to `path` (named in the error when a key is missing)."""
         saved = json.loads(text)
-        missing = [key for key in _REQUIRED if key not in saved] if isinstance(saved, dict) else list(_REQUIRED)
+        missing = [key for key in _KEYS if key not in saved] if isinstance(saved, dict) else list(_KEYS)
         if missing:
             raise TrainingError(f"{path} lacks {', '.join(missing)}; use a new run folder or delete its checkpoints")
-        return cls(
-            fingerprint=saved["fingerprint"],
-            step=saved["step"],
-            tokens=saved["tokens"],
-            train_seconds=saved["train_seconds"],
-            recent_losses=saved["recent_losses"],
-            validation=saved["validation"],
-            best_step=saved["best_step"],
-            best_chrf_pp=saved["best_chrf_pp"],
-            evals_since_best=saved["evals_since_best"],
-            stopped_early=saved["stopped_early"],
-            initialized_from=saved.get("initialized_from"),
-        )
+        return cls(**{key: saved[key] for key in _KEYS}, initialized_from=saved.get("initialized_from"))
 
 
 class RunSummary(TypedDict):
