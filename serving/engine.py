@@ -112,8 +112,7 @@ class Engine:
         self.lm: Any = None  # bhashaflow.modeling.loading.LoadedModel once loaded
         self._lock = threading.Lock()
         self._torch_lock = threading.RLock()  # the torch base and its adapters: one user at a time
-        self._fallbacks: set[str] = set()  # directions the ctranslate2 engine serves with torch (logged once)
-        self._guard_warned: set[str] = set()  # directions ctranslate2 serves with repetition guards (logged once)
+        self._said: set[tuple[str, str]] = set()  # (what, direction) warnings logged once per direction
         self._current: dict[str, AdapterSlot] = {}  # direction -> the version new requests get
         self._loaded: dict[str, AdapterSlot] = {}  # peft name -> every attached version, retired ones too
         self._problems: dict[str, str] = {}  # direction -> why it has no (newer) adapter
@@ -223,12 +222,16 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 - a conversion that fails any other way: torch still serves
             log.debug("CTranslate2 conversion of %s/%s failed", info.direction, info.version, exc_info=True)
             reason = f"CTranslate2 conversion failed: {_first_line(exc)}"
-        with self._lock:
-            first = info.direction not in self._fallbacks
-            self._fallbacks.add(info.direction)
-        if first:
-            log.warning("%s is served by the torch engine: %s", info.direction, reason)
+        self._warn_once("fallback", info.direction, "%s is served by the torch engine: %s", info.direction, reason)
         return None
+
+    def _warn_once(self, what: str, direction: str, message: str, *args: object) -> None:
+        """Log `message` the first time `what` happens to `direction` in this service, never again."""
+        with self._lock:
+            first = (what, direction) not in self._said
+            self._said.add((what, direction))
+        if first:
+            log.warning(message, *args)
 
     def _warn_of_guards(self, direction: str) -> None:
         """One line per direction where the base sets repetition guards: CTranslate2 (4.8.5) applies them differently
@@ -236,18 +239,16 @@ class Engine:
         decoding = Decoding.of(self.lm, 1, 1)
         if decoding.repetition_penalty == 1.0 and decoding.no_repeat_ngram_size == 0:
             return
-        with self._lock:
-            first = direction not in self._guard_warned
-            self._guard_warned.add(direction)
-        if first:
-            log.warning(
-                "%s is served by ctranslate2 with the base's repetition guards (penalty %s, no repeated "
-                "%d-grams), which it applies differently from transformers: translations may differ from the "
-                "evaluated ones; serving.engine: torch serves exactly those",
-                direction,
-                decoding.repetition_penalty,
-                decoding.no_repeat_ngram_size,
-            )
+        self._warn_once(
+            "guards",
+            direction,
+            "%s is served by ctranslate2 with the base's repetition guards (penalty %s, no repeated %d-grams), which "
+            "it applies differently from transformers: translations may differ from the evaluated ones; "
+            "serving.engine: torch serves exactly those",
+            direction,
+            decoding.repetition_penalty,
+            decoding.no_repeat_ngram_size,
+        )
 
     def _attach(self, info: VersionInfo, path: str, ct2: CT2Model | None = None) -> AdapterSlot:
         """Attach a version (converted, or as a peft adapter) and make it the one new requests get (worker only)."""
