@@ -346,7 +346,13 @@ def verdicts(rows: list[dict[str, Any]], clients: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="serve this pipeline config (its registry must hold promoted adapters)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides (of --config or of the self-contained setup)",
+    )
     parser.add_argument(
         "--shape",
         choices=["demo", "nllb-600m"],
@@ -388,6 +394,8 @@ def main() -> None:
         else:
             print("building the self-contained setup (random tiny base, one LoRA adapter)...", flush=True)
             config = build_demo_setup(workdir, args.max_new_tokens)
+        if args.set and not args.config:  # the self-contained setups take overrides too (serving.max_batch_size=32)
+            config = config_from_dict(config.model_dump(mode="json"), args.set)
         count_tokens = token_counter(config, args.max_new_tokens if nllb else None)
         inputs: list[str] = []
         rows: list[dict[str, Any]] = []

@@ -221,9 +221,12 @@ class CT2Model:
             "no_repeat_ngram_size": decoding.no_repeat_ngram_size,
         }
         with self._lock:
-            texts_out = (
-                self._generate(sources, decoding, common) if self.causal else self._translate(sources, decoding, common)
-            )
+            if not self.causal:
+                texts_out = self._translate(sources, decoding, common)
+            elif decoding.repetition_penalty == 1.0 and decoding.no_repeat_ngram_size == 0:
+                texts_out = self._generate(sources, decoding, common)
+            else:
+                texts_out = self._generate_by_length(sources, decoding, common)
         for i, text in zip(index, texts_out, strict=True):
             outputs[i] = text
         return outputs
@@ -238,6 +241,20 @@ class CT2Model:
         return [
             tok.decode(tok.convert_tokens_to_ids(r.hypotheses[0]), skip_special_tokens=True).strip() for r in results
         ]
+
+    def _generate_by_length(self, prompts: list[list[str]], decoding: Decoding, common: dict[str, Any]) -> list[str]:
+        """`_generate` over groups of prompts of one length. CTranslate2's Generator feeds a batch's prompts up to the
+        shortest one's length before decoding, and decodes the rest of each longer prompt as a forced prefix that its
+        repetition guards then count; in a group of one length they count the generated tokens only, as the torch
+        engine's guards do (`GeneratedTokensPenalty`)."""
+        by_length: dict[int, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            by_length.setdefault(len(prompt), []).append(i)
+        outputs = [""] * len(prompts)
+        for group in by_length.values():
+            for i, text in zip(group, self._generate([prompts[i] for i in group], decoding, common), strict=True):
+                outputs[i] = text
+        return outputs
 
     def _generate(self, prompts: list[list[str]], decoding: Decoding, common: dict[str, Any]) -> list[str]:
         tok = self.lm.tokenizer

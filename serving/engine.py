@@ -212,7 +212,7 @@ class Engine:
                 compute_type=compute_type,
                 threads=torch.get_num_threads(),
             )
-            self._warn_of_guards(info.direction)
+            self._warn_of_beams(info.direction)
             return model
         except AdapterRefused as exc:
             cause = exc.__cause__ or exc
@@ -233,21 +233,22 @@ class Engine:
         if first:
             log.warning(message, *args)
 
-    def _warn_of_guards(self, direction: str) -> None:
-        """One line per direction where the base sets repetition guards: CTranslate2 (4.8.5) applies them differently
-        from transformers, so what it serves may differ from what was evaluated (README, "Serving engines")."""
-        decoding = Decoding.of(self.lm, 1, 1)
-        if decoding.repetition_penalty == 1.0 and decoding.no_repeat_ngram_size == 0:
+    def _warn_of_beams(self, direction: str) -> None:
+        """One line per direction where ctranslate2 runs a beam search: its beam search is not transformers' (when
+        it stops, how it ends secondary beams, and a repetition penalty applied before the scores are normalised
+        rather than after), so what it serves may differ from what was evaluated. Greedy search gives the same
+        translations (README, "Serving engines")."""
+        num_beams = self.config.evaluation.num_beams
+        if num_beams == 1:
             return
         self._warn_once(
-            "guards",
+            "beams",
             direction,
-            "%s is served by ctranslate2 with the base's repetition guards (penalty %s, no repeated %d-grams), which "
-            "it applies differently from transformers: translations may differ from the evaluated ones; "
+            "%s is served by ctranslate2 with beam search (num_beams %d), which differs from transformers' in "
+            "details: translations may differ from the evaluated ones; evaluation.num_beams: 1 or "
             "serving.engine: torch serves exactly those",
             direction,
-            decoding.repetition_penalty,
-            decoding.no_repeat_ngram_size,
+            num_beams,
         )
 
     def _attach(self, info: VersionInfo, path: str, ct2: CT2Model | None = None) -> AdapterSlot:

@@ -232,7 +232,8 @@ def _make_model(recipe: BuiltinRecipe, tokenizer: Any) -> Any:
     decoding: dict[str, Any] = {}
     if recipe.family == "seq2seq":
         # A model this small loops on a phrase under greedy search; the usual guards (CTRL's repetition
-        # penalty 1.2, BART's no-repeat 3-grams) ship in its generation config, as real bases ship theirs.
+        # penalty 1.2, BART's no-repeat 3-grams) ship in its generation config, as real bases ship theirs. Both
+        # serving engines apply the penalty to the generated tokens only (modeling.generation.GeneratedTokensPenalty).
         decoding = {
             "decoder_start_token_id": tokenizer.eos_token_id,
             "repetition_penalty": 1.2,

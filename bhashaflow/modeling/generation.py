@@ -46,6 +46,87 @@ def pad_batch(rows: list[list[int]], pad_id: int, *, left: bool, device: str) ->
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
+class GeneratedTokensPenalty:
+    """The repetition penalty (CTRL's: a previous token's score divided by `penalty` when positive, multiplied when
+    negative) over the tokens generated so far, the forced target tag included.
+
+    transformers' own `repetition_penalty` also penalizes everything before them: the decoder start token, which for
+    NLLB, M2M100 and the built-in bases is `</s>` (so every step penalizes ending the translation and outputs run
+    long), and a decoder-only base's whole prompt (the source sentence: names and numbers to copy). CTranslate2
+    penalizes the generated tokens only; both engines apply this one, so they give the same translations.
+
+    Args:
+        penalty: the base's `repetition_penalty` (above 1 discourages repeats).
+        start: the first generated position in the `input_ids` generate passes (1 after the decoder start token,
+            the padded prompt's width for a decoder-only base).
+    """
+
+    def __init__(self, penalty: float, start: int) -> None:
+        self.penalty = penalty
+        self.start = start
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        history = input_ids[:, self.start :]
+        if history.shape[1] == 0:
+            return scores
+        previous = torch.gather(scores, 1, history)
+        penalized = torch.where(previous < 0, previous * self.penalty, previous / self.penalty)
+        return scores.scatter(1, history, penalized)
+
+
+class GeneratedTokensNoRepeat:
+    """No n-gram of `size` tokens twice among the tokens generated so far (the forced target tag included): after
+    the last `size - 1` tokens, every token that followed them before is banned.
+
+    transformers' `no_repeat_ngram_size` also counts what precedes them (a decoder-only base's prompt, so no phrase of
+    the source could be copied) and walks every row in Python at every step; this is CTranslate2's rule, in tensor
+    operations.
+
+    Args:
+        size: the base's `no_repeat_ngram_size`.
+        start: as `GeneratedTokensPenalty`'s.
+    """
+
+    def __init__(self, size: int, start: int) -> None:
+        self.size = size
+        self.start = start
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        history = input_ids[:, self.start :]
+        length = history.shape[1]
+        if length < self.size:
+            return scores
+        ngrams = history.unfold(1, self.size, 1)  # (rows, length - size + 1, size): every complete n-gram
+        last = history[:, length - self.size + 1 :]  # the n-1 tokens a new token would complete an n-gram with
+        repeats = (ngrams[:, :, :-1] == last[:, None, :]).all(-1)
+        banned = torch.zeros(scores.shape, dtype=torch.int32, device=scores.device)
+        banned.scatter_add_(1, ngrams[:, :, -1], repeats.to(torch.int32))
+        return scores.masked_fill(banned > 0, float("-inf"))
+
+
+def repetition_guards(lm: LoadedModel, start: int) -> dict[str, Any]:
+    """`generate` keyword arguments that apply the base's repetition penalty and no-repeat n-grams to the generated
+    tokens only (`GeneratedTokensPenalty`, `GeneratedTokensNoRepeat`), as CTranslate2 applies them.
+
+    Args:
+        lm: the loaded base (its generation config says which guards it sets).
+        start: the first generated position in the `input_ids` generate passes.
+    """
+    from transformers import LogitsProcessorList
+
+    generation = getattr(lm.model, "generation_config", None)
+    penalty = float(getattr(generation, "repetition_penalty", None) or 1.0)
+    size = int(getattr(generation, "no_repeat_ngram_size", None) or 0)
+    processors: list[Any] = []
+    if penalty != 1.0:
+        processors.append(GeneratedTokensPenalty(penalty, start))
+    if size > 0:
+        processors.append(GeneratedTokensNoRepeat(size, start))
+    if not processors:
+        return {}
+    return {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "logits_processor": LogitsProcessorList(processors)}
+
+
 def _clean_causal(text: str) -> str:
     # The translation ends at the first line break: what follows is the model continuing the template.
     return text.split("\n", 1)[0].strip()
@@ -67,6 +148,7 @@ def _generate(lm: LoadedModel, rows: list[list[int]], tgt_lang: str, num_beams: 
         bos = forced_bos_id(lm, tgt_lang)
         if bos is not None:
             kwargs["forced_bos_token_id"] = bos
+    kwargs.update(repetition_guards(lm, batch["input_ids"].shape[1] if causal else 1))
     out = lm.model.generate(**batch, **kwargs)
     if causal:
         out = out[:, batch["input_ids"].shape[1] :]  # only the continuation, never the echoed prompt

@@ -21,14 +21,21 @@ FLORES = str(REPO / "data/flores200")
 
 
 def _config(
-    tmp_path: Path, base: str, registry: str, *, max_new_tokens: int = 6, direction: str = EN_HI, **serving: Any
+    tmp_path: Path,
+    base: str,
+    registry: str,
+    *,
+    max_new_tokens: int = 6,
+    direction: str = EN_HI,
+    num_beams: int = 1,
+    **serving: Any,
 ) -> PipelineConfig:
     return config_from_dict(
         {
             "directions": [direction],
             "base_model": base,
             "registry": registry,
-            "evaluation": {"max_new_tokens": max_new_tokens, "flores_dir": FLORES},
+            "evaluation": {"max_new_tokens": max_new_tokens, "flores_dir": FLORES, "num_beams": num_beams},
             "serving": {"episodes_db": str(tmp_path / "episodes.db"), **serving},
         }
     )
@@ -72,6 +79,8 @@ def _first_divergence_is_a_tie(lm: Any, source: list[int], ours: list[int], thei
     processed scores (repetition penalty and no-repeat n-grams applied): float32 rounding chose between a tie."""
     import torch
 
+    from bhashaflow.modeling.generation import repetition_guards
+
     k = next(i for i, (a, b) in enumerate(zip(ours + [-1], theirs + [-2], strict=False)) if a != b)
     start = lm.model.generation_config.decoder_start_token_id
     with torch.inference_mode():
@@ -79,6 +88,7 @@ def _first_divergence_is_a_tie(lm: Any, source: list[int], ours: list[int], thei
             input_ids=torch.tensor([source]),
             decoder_input_ids=torch.tensor([[start, *ours[:k]]]),
             max_new_tokens=1,
+            **repetition_guards(lm, 1),
             output_scores=True,
             return_dict_in_generate=True,
         )
@@ -106,31 +116,23 @@ def _without_repetition_guards(base: str, out: Path) -> str:
     "guards",
     [
         pytest.param(False, id="plain-greedy"),
-        # CTranslate2 4.8.5 applies the repetition penalty and no-repeat n-grams to a history without the token
-        # generated last (measured: the step after a token it is not penalized yet), so with the demo base's guards
-        # (1.2, 3-grams) its outputs part from transformers' at the second generated token. Kept to show it.
-        pytest.param(
-            True,
-            id="demo-guards",
-            marks=pytest.mark.xfail(
-                reason="CTranslate2's repetition guards lag one token behind transformers'", strict=True
-            ),
-        ),
+        pytest.param(True, id="demo-guards"),
     ],
 )
 def test_float32_gives_the_torch_engines_translations(
     tmp_path: Path, demo_base: str, clients: Any, cache_dir: Path, guards: bool
 ) -> None:
-    """On the demo's base, token by token over 200 FLORES sentences: float32 outputs are the torch engine's but where
-    greedy search met a tie of the torch engine's own scores (a briefly trained base is unsure and its outputs run
-    long: float32 rounding may decide a tie). Without the guards this base mostly repeats language tags (empty text):
-    the point is the token ids."""
+    """On the demo's base with its repetition guards (penalty 1.2 over the generated tokens, no repeated 3-grams) and
+    without them, 200 FLORES sentences: over HTTP at least 95% the same text (measured: all 200), and token by token
+    float32 outputs are the torch engine's but where greedy search met a tie of the torch engine's own scores (a
+    briefly trained base is unsure and its outputs run long: float32 rounding may decide a tie). This base with a
+    random adapter mostly repeats language tags (empty text): the point is the token ids."""
     import ctranslate2
     import torch
 
     from bhashaflow.modeling.adapters import load_adapter
     from bhashaflow.modeling.encoding import encode_source, forced_bos_id
-    from bhashaflow.modeling.generation import adapter_selected
+    from bhashaflow.modeling.generation import adapter_selected, repetition_guards
     from bhashaflow.modeling.loading import load_base
     from bhashaflow.registry.store import Registry
     from serving.ct2 import Decoding, cache_key
@@ -149,8 +151,8 @@ def test_float32_gives_the_torch_engines_translations(
         )
         assert _engines(client) == {EN_HI: engine}
         served[engine] = _translate(client, sources)
-    if not guards:  # over HTTP too
-        assert served["ctranslate2"] == served["torch"]
+    same = sum(a == b for a, b in zip(served["ctranslate2"], served["torch"], strict=True))
+    assert same >= 190, same  # over HTTP, batched: at least 95% the same text
 
     # Token by token, each sentence alone: where the float32 output is not the torch engine's, it parted at a tie.
     lm = load_base(demo_base, languages=["eng_Latn", "hin_Deva"], device="cpu")
@@ -168,13 +170,17 @@ def test_float32_gives_the_torch_engines_translations(
             source = encode_source(lm, text, "eng_Latn", "hin_Deva", 256)
             decoding = Decoding.of(lm, 1, bounded_new_tokens(len(source), 128))
             ours = lm.model.generate(
-                input_ids=torch.tensor([source]), max_new_tokens=decoding.max_new_tokens, forced_bos_token_id=tag
+                input_ids=torch.tensor([source]),
+                max_new_tokens=decoding.max_new_tokens,
+                forced_bos_token_id=tag,
+                **repetition_guards(lm, 1),
             )
             ours_ids = [t for t in ours[0].tolist()[1:] if t != tok.eos_token_id]
             theirs = translator.translate_batch(
                 [tok.convert_ids_to_tokens(source)],
                 target_prefix=[[tok.convert_ids_to_tokens(tag)]],
                 max_decoding_length=decoding.max_new_tokens,
+                beam_size=decoding.num_beams,
                 repetition_penalty=decoding.repetition_penalty,
                 no_repeat_ngram_size=decoding.no_repeat_ngram_size,
             )[0].hypotheses[0]
@@ -230,11 +236,10 @@ def demo_chrf(tmp_path_factory: pytest.TempPathFactory, demo_base: str, _cache_r
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="CTranslate2 4.8.5 applies the repetition guards one token late", strict=True)
 def test_with_repetition_guards_ctranslate2_keeps_the_torch_engines_chrf(demo_chrf: dict[str, float]) -> None:
-    """The known gap: with the demo base's guards (penalty 1.2, no repeated 3-grams) ctranslate2 loses chrF++ against
-    the torch engine (measured 6.81 float32 and 6.76 int8 against 9.69)."""
-    assert abs(demo_chrf["int8"] - demo_chrf["torch"]) <= 1.0, demo_chrf
+    """With the demo base's guards (penalty 1.2, no repeated 3-grams), both engines penalize the generated tokens
+    only: int8 and float32 within 1.0 chrF++ of the torch engine (measured 6.76, 6.81 and 6.81)."""
+    assert all(abs(demo_chrf[k] - demo_chrf["torch"]) <= 1.0 for k in ("float32", "int8")), demo_chrf
 
 
 def test_a_version_is_converted_once_and_cached_by_its_manifest(
@@ -280,10 +285,26 @@ def _causal_adapter(base: str, out: Path, target_modules: list[str]) -> Path:
     return out
 
 
+def _with_repetition_guards(base: str, out: Path, penalty: float, size: int) -> str:
+    """The base with a generation config that sets a repetition penalty and no-repeat n-grams."""
+    import json
+    import shutil
+
+    shutil.copytree(base, out)
+    path = out / "generation_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**config, "repetition_penalty": penalty, "no_repeat_ngram_size": size}))
+    return str(out)
+
+
+@pytest.mark.parametrize("guards", [False, True], ids=["plain", "guards"])
 def test_a_decoder_only_base_runs_on_the_generator_with_the_torch_engines_output(
-    tmp_path: Path, tiny_bases: dict[str, Path], clients: Any
+    tmp_path: Path, tiny_bases: dict[str, Path], clients: Any, guards: bool
 ) -> None:
+    """With guards, both engines count the generated tokens only, never the prompt (the source sentence)."""
     base = str(tiny_bases["causal"])
+    if guards:
+        base = _with_repetition_guards(base, tmp_path / "base", 1.5, 2)
     registry = str(tmp_path / "registry")
     register(registry, EN_HI, _causal_adapter(base, tmp_path / "adapter", ["query_key_value"]), base)
     sources = read_flores(FLORES, "eng_Latn", "devtest")[:12]
@@ -337,28 +358,28 @@ def test_a_base_ctranslate2_cannot_convert_is_served_by_torch_said_once_per_dire
     assert _engines(client) == {EN_HI: "torch"}
 
 
-def test_ctranslate2_serving_a_base_with_repetition_guards_says_so_once_per_direction(
+def test_ctranslate2_with_beam_search_says_so_once_per_direction(
     tmp_path: Path, demo_base: str, clients: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """CTranslate2 applies the guards differently from transformers (the xfails above): a user who picks it is told,
-    once per direction, and a base without guards gets no such line."""
-    plain = _without_repetition_guards(demo_base, tmp_path / "plain")
-    said: dict[str, list[str]] = {}
-    for label, base in (("guards", demo_base), ("plain", plain)):
+    """CTranslate2's beam search is not transformers' (greedy search is the same, tested above): a user who serves
+    beams with it is told, once per direction across a reload, and greedy search gets no such line."""
+    said: dict[int, list[str]] = {}
+    for beams in (1, 4):
+        label = f"beams{beams}"
         registry = str(tmp_path / label / "registry")
-        register(registry, EN_HI, make_adapter(base, tmp_path / label / "a", seed=1), base)
+        register(registry, EN_HI, make_adapter(demo_base, tmp_path / label / "a", seed=1), demo_base)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="serving.engine"):
-            client = clients(_config(tmp_path / label, base, registry, engine="ctranslate2"))
+            client = clients(_config(tmp_path / label, demo_base, registry, num_beams=beams, engine="ctranslate2"))
             assert _engines(client) == {EN_HI: "ctranslate2"}
             assert len(_translate(client, ["Hello world.", "How are you?"])) == 2
-            register(registry, EN_HI, make_adapter(base, tmp_path / label / "b", seed=2), base)
+            register(registry, EN_HI, make_adapter(demo_base, tmp_path / label / "b", seed=2), demo_base)
             assert client.post("/v1/adapters/reload", headers=AUTH).json()["swapped"][0]["version"] == "v0002"
             assert _engines(client) == {EN_HI: "ctranslate2"}
-        said[label] = [r.getMessage() for r in caplog.records if "applies differently" in r.getMessage()]
-    assert said["plain"] == []
-    assert said["guards"] == [
-        f"{EN_HI} is served by ctranslate2 with the base's repetition guards (penalty 1.2, no repeated 3-grams), "
-        "which it applies differently from transformers: translations may differ from the evaluated ones; "
+        said[beams] = [r.getMessage() for r in caplog.records if "beam search" in r.getMessage()]
+    assert said[1] == []
+    assert said[4] == [
+        f"{EN_HI} is served by ctranslate2 with beam search (num_beams 4), which differs from transformers' in "
+        "details: translations may differ from the evaluated ones; evaluation.num_beams: 1 or "
         "serving.engine: torch serves exactly those"
     ]
