@@ -57,6 +57,10 @@ class FieldMap(_Strict):
     tgt_lang: str = Field("tgt_lang", description="Column (or dotted path) holding the target FLORES-200 code.")
 
 
+# A source name or a run name: a folder name and a Prefect label alike.
+_SAFE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
 def _unset(value: object) -> bool:
     # Keys added after run ids existed leave a source's dump (and so the run id) as it was while unset.
     return value is None
@@ -124,7 +128,7 @@ class SourceBase(_Strict):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, name: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        if not _SAFE_NAME_RE.fullmatch(name):
             raise ValueError("source name must be 1-64 letters, digits, '_', '.', '-' and not start with a symbol")
         return name
 
@@ -853,7 +857,7 @@ class PipelineConfig(_Strict):
     @field_validator("run_name")
     @classmethod
     def _safe_run_name(cls, name: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+        if not _SAFE_NAME_RE.fullmatch(name):
             raise ValueError("run_name must be 1-64 letters, digits, '_', '.', '-'")
         return name
 
