@@ -90,24 +90,10 @@ def tiny_bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 1-layer M2M100 with a tokenizer trained on FLORES dev text and no pre-training: built in seconds.
+    """A 1-layer M2M100 with a tokenizer trained on FLORES dev text and no pre-training: built in seconds."""
+    from tiny_models import build_tiny_base
 
-    The configs' own base (builtin:tiny-seq2seq) takes minutes to pre-train on this machine.
-    """
-    from bhashaflow.modeling.builtin import build_builtin, small_recipe
-
-    name = "builtin:tiny-seq2seq"
-    recipe = small_recipe(name, vocab_size=600, d_model=32, layers=1, heads=2, ffn_dim=64, steps=0)
-    out = tmp_path_factory.mktemp("tiny-base")
-    root = Path(__file__).resolve().parents[1]
-    build_builtin(
-        name,
-        languages=["eng_Latn", "hin_Deva", "tam_Taml"],
-        flores_dir=str(root / "data/flores200"),
-        out_dir=out,
-        recipe=recipe,
-    )
-    return str(out)
+    return build_tiny_base(tmp_path_factory.mktemp("tiny-base"), ["eng_Latn", "hin_Deva", "tam_Taml"])
 
 
 @pytest.fixture(scope="session")

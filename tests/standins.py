@@ -34,6 +34,16 @@ INDICTRANS2 = "ai4bharat/indictrans2-en-indic-dist-200M"
 HUB_IDS: tuple[str, ...] = (NLLB, M2M100, MARIAN_EN_HI, BLOOMZ, INDICTRANS2)
 
 TINY = {"d_model": 16, "heads": 2, "ffn": 32}
+# The encoder-decoder stand-ins' tiny layers, in the field names M2M100Config and MarianConfig share.
+TINY_SEQ2SEQ = {
+    "d_model": TINY["d_model"],
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "encoder_attention_heads": TINY["heads"],
+    "decoder_attention_heads": TINY["heads"],
+    "encoder_ffn_dim": TINY["ffn"],
+    "decoder_ffn_dim": TINY["ffn"],
+}
 TRAINED_PIECES = 8000  # pieces learnt from the dev text; the rest of the real vocabulary never occurs
 _DONE = "standin.json"  # written last into a built stand-in: its files' blob digests and its commit hash
 
@@ -203,13 +213,7 @@ def _tiny_m2m100_config(vocab_size: int, *, layerdrop: float) -> Any:
 
     return M2M100Config(
         vocab_size=vocab_size,
-        d_model=TINY["d_model"],
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=TINY["heads"],
-        decoder_attention_heads=TINY["heads"],
-        encoder_ffn_dim=TINY["ffn"],
-        decoder_ffn_dim=TINY["ffn"],
+        **TINY_SEQ2SEQ,
         max_position_embeddings=1024,
         activation_function="relu",
         dropout=0.1,
@@ -409,13 +413,7 @@ def build_marian_en_hi(out_dir: Path) -> None:
     config = MarianConfig(
         vocab_size=MARIAN_VOCAB,
         decoder_vocab_size=MARIAN_VOCAB,
-        d_model=TINY["d_model"],
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=TINY["heads"],
-        decoder_attention_heads=TINY["heads"],
-        encoder_ffn_dim=TINY["ffn"],
-        decoder_ffn_dim=TINY["ffn"],
+        **TINY_SEQ2SEQ,
         max_position_embeddings=512,
         activation_function="swish",
         dropout=0.1,

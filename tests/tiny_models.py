@@ -97,6 +97,17 @@ def save_tiny_bloom(path: Path, hidden: int = 32, init_std: float = 0.02, vocab_
     return path
 
 
+def build_tiny_base(out: Path, languages: list[str]) -> str:
+    """builtin:tiny-seq2seq's layout at 1 layer, its tokenizer trained on the FLORES dev text of `languages`, no
+    pre-training: built in seconds (the configs' own base takes minutes to pre-train on this machine)."""
+    from bhashaflow.modeling.builtin import build_builtin
+
+    name = "builtin:tiny-seq2seq"
+    recipe = small_recipe(name, vocab_size=600, d_model=32, layers=1, heads=2, ffn_dim=64, steps=0)
+    build_builtin(name, languages=languages, flores_dir=str(FLORES), out_dir=out, recipe=recipe)
+    return str(out)
+
+
 def write_shard(path: Path, pairs: list[tuple[str, str]], src_lang: str, tgt_lang: str, source: str = "test") -> str:
     """A Parquet shard in the ingestion layout: src, tgt, src_lang, tgt_lang, source, id."""
     table = pa.table(

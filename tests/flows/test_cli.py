@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-BHASHAFLOW = str(Path(sys.executable).parent / "bhashaflow")
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [BHASHAFLOW, *args], cwd=ROOT, env=env or dict(os.environ), capture_output=True, text=True, timeout=300
-    )
+from cli_helpers import local_run, run_cli, sets
 
 
 def test_config_error_is_one_line_naming_the_key(tmp_path):
@@ -77,28 +66,14 @@ def test_failure_at_run_time_exits_non_zero_with_reason_first(cli_env, tmp_path)
 
 @pytest.mark.slow
 def test_pipeline_and_evaluate_json_and_files(cli_env, tiny_base, tmp_path):
-    overrides = [
-        "--set",
-        f"base_model={tiny_base}",
-        "--set",
-        f"workdir={tmp_path / 'runs'}",
-        "--set",
-        f"registry={tmp_path / 'registry'}",
-        "--set",
-        "directions=[eng_Latn-hin_Deva]",
-        "--set",
-        "training.max_steps=3",
-        "--set",
-        "training.checkpoint_every=2",
-        "--set",
-        "evaluation.max_sentences=6",
-        "--set",
-        "evaluation.max_new_tokens=8",
-        "--set",
-        "promotion.min_gain=0.0",
-        "--set",
-        "training.validation={pairs: 4}",
-    ]
+    overrides = local_run(tmp_path, tiny_base) + sets(
+        training__max_steps=3,
+        training__checkpoint_every=2,
+        evaluation__max_sentences=6,
+        evaluation__max_new_tokens=8,
+        promotion__min_gain=0.0,
+        training__validation="{pairs: 4}",
+    )
     out = run_cli("pipeline", "configs/smoke.yaml", "--json", *overrides, env=cli_env)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_helpers import local_run, run_cli
 
 from bhashaflow.config import PipelineConfig
 from bhashaflow.core.settings import Settings
@@ -144,31 +144,9 @@ def test_require_preflight_lists_every_failure(tmp_path):
     assert "workdir: " in message and "registry: " in message and str(tmp_path / "gone") in message
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None):
-    import subprocess
-
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "bhashaflow"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env or dict(os.environ),
-    )
-
-
 def test_check_command_exits_non_zero_with_named_lines_and_json(tmp_path, tiny_base):
     url = f"http://127.0.0.1:{closed_port()}/pairs.jsonl"
-    sets = [
-        "--set",
-        f"base_model={tiny_base}",
-        "--set",
-        f"workdir={tmp_path / 'runs'}",
-        "--set",
-        f"registry={tmp_path / 'registry'}",
-        "--set",
-        "directions=[eng_Latn-hin_Deva]",
-    ]
+    sets = local_run(tmp_path, tiny_base)
     good = run_cli("check", "configs/smoke.yaml", "--json", *sets)
     assert good.returncode == 0, good.stderr[-2000:]
     result = json.loads(good.stdout)  # stdout is the JSON alone

@@ -26,9 +26,11 @@ import pytest
 from _knobs import SOAK
 
 TESTS = Path(__file__).resolve().parents[1]
-# tests/serving's helpers (a tiny base, adapters in a registry) serve the serving scenarios here too.
-if str(TESTS / "serving") not in sys.path:
-    sys.path.append(str(TESTS / "serving"))
+# tests/serving's helpers (a tiny base, adapters in a registry) serve the serving scenarios here too, and the
+# training tests' helpers (the files an adapter and a checkpoint hold) the training ones.
+for helpers in (TESTS / "serving", TESTS / "bhashaflow" / "training"):
+    if str(helpers) not in sys.path:
+        sys.path.append(str(helpers))
 
 
 def base_seed() -> int:

@@ -30,29 +30,14 @@ import torch
 from _knobs import count
 from safetensors.torch import load_file
 from tiny_models import dev_lines, write_shard
+from training_helpers import ADAPTER_FILES, CHECKPOINT_FILES, DIRECTION
 
 from bhashaflow.config import config_from_dict
 from bhashaflow.core.names import INCOMPLETE
 from bhashaflow.registry.store import Registry, RegistryError
 from bhashaflow.training.checkpoints import latest_checkpoint
 
-DIRECTION = "eng_Latn-hin_Deva"
 CHECKPOINT_EVERY = 3
-ADAPTER_FILES = [
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "training_config.json",
-]
-CHECKPOINT_FILES = [
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "optimizer.json",
-    "optimizer.safetensors",
-    "rng.safetensors",
-    "trainer_state.json",
-]
 RUN_TIMEOUT_S = 180
 Event = tuple[str, Any, float]  # (event, step or result, monotonic time) from _train_child
 

@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 from serving_helpers import (
     EN_HI,
     HI_EN,
-    REPO,
     TOKEN,
     Clients,
     Serve,
@@ -19,26 +18,18 @@ from serving_helpers import (
     register,
     serving_config,
 )
+from tiny_models import build_tiny_base
 
 from bhashaflow.core.settings import Settings
-from bhashaflow.modeling.builtin import build_builtin, small_recipe
 
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A randomly initialised 1-layer M2M100 with a tokenizer trained on FLORES dev text (no pre-training)."""
-    name = "builtin:tiny-seq2seq"
-    recipe = small_recipe(name, vocab_size=600, d_model=32, layers=1, heads=2, ffn_dim=64, steps=0)
-    out = tmp_path_factory.mktemp("tiny-base")
-    # Bengali too: en-bn is configured (and promoted by some tests); a base without its tag could not serve it.
-    build_builtin(
-        name,
-        languages=["eng_Latn", "hin_Deva", "ben_Beng"],
-        flores_dir=str(REPO / "data/flores200"),
-        out_dir=out,
-        recipe=recipe,
-    )
-    return str(out)
+    """A randomly initialised 1-layer M2M100 with a tokenizer trained on FLORES dev text (no pre-training).
+
+    Bengali too: en-bn is configured (and promoted by some tests); a base without its tag could not serve it.
+    """
+    return build_tiny_base(tmp_path_factory.mktemp("tiny-base"), ["eng_Latn", "hin_Deva", "ben_Beng"])
 
 
 @pytest.fixture(scope="session")
